@@ -1,0 +1,75 @@
+"""The public entry points: trace, compile, run_pipeline, default_pipeline."""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from functools import partial
+from typing import Any
+
+import torch
+
+from .errors import UnsupportedOpsError
+from .frontends.fx import Imported, import_module
+from .ir.core import Graph
+from .ir.interpreter import interpret
+from .options import CompileOptions
+from .passes.manager import default_pipeline, parse_pipeline, run_pipeline, run_steps
+from .runtime.compiled import CompiledModule
+
+
+def _as_args(example_inputs: Any) -> tuple:
+    if isinstance(example_inputs, torch.Tensor):
+        return (example_inputs,)
+    return tuple(example_inputs)
+
+
+def trace(model: torch.nn.Module, example_inputs: Sequence[Any] | torch.Tensor,
+          example_kwargs: Mapping[str, Any] | None = None) -> Graph:
+    """The lamina Graph of ``model(*example_inputs, **example_kwargs)``."""
+    return import_module(model, _as_args(example_inputs), example_kwargs).graph
+
+
+def compile(model: torch.nn.Module, example_inputs: Sequence[Any] | torch.Tensor, *, backend: str = "reference",
+            pipeline: str | None = None, fallback: bool = True, example_kwargs: Mapping[str, Any] | None = None,
+            dump_dir: str | None = None) -> CompiledModule:
+    """Compile ``model`` for inputs like ``example_inputs``; the result is called like the model.
+
+    ``pipeline`` is a pass-pipeline string (``None``: ``default_pipeline(backend)``).
+    Unsupported ops raise UnsupportedOpsError listing all of them; with ``fallback``
+    true (the default) the whole model then runs in eager PyTorch instead, with a
+    warning that names the ops (per-op partitioning is the torch.compile backend's job).
+    """
+    from pathlib import Path
+
+    options = CompileOptions(backend=backend, pipeline=pipeline, fallback=fallback,
+                             dump_dir=Path(dump_dir) if dump_dir else None)
+    steps = parse_pipeline(pipeline if pipeline is not None else default_pipeline(backend))
+    model_name = type(model).__name__
+    was_training = model.training
+    model.eval()
+    try:
+        imported = import_module(model, _as_args(example_inputs), example_kwargs)
+    except UnsupportedOpsError as e:
+        if not fallback:
+            raise
+        return _eager_fallback(model, e)
+    finally:
+        model.train(was_training)
+    result = run_steps(imported.graph, steps, dump_dir=options.dump_dir, check=options.verify)
+    executor = _executor(options.backend, result.graph)
+    return CompiledModule(imported, result.graph, executor, options, result.timings, model_name)
+
+
+def _executor(backend: str, graph: Graph) -> Any:
+    if backend == "reference":
+        return partial(interpret, graph)
+    raise ValueError(f"backend {backend!r} is not available")
+
+
+def _eager_fallback(model: torch.nn.Module, error: UnsupportedOpsError) -> Any:
+    import warnings
+
+    warnings.warn(f"lamina: running {type(model).__name__} eagerly: {error}", RuntimeWarning, stacklevel=3)
+    return model
+
+
+__all__ = ["compile", "default_pipeline", "run_pipeline", "trace", "Imported"]

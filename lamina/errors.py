@@ -1,0 +1,41 @@
+"""Errors users of lamina see; each says what went wrong, where, and what to do."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .ir.errors import IRParseError, LaminaError, VerifyError
+
+
+@dataclass(frozen=True)
+class UnsupportedOp:
+    """One op lamina cannot translate: the torch target, its module path, and why."""
+
+    target: str
+    module: str
+    node: str
+    reason: str = ""
+
+    def __str__(self) -> str:
+        where = self.module or "<top level>"
+        why = f": {self.reason}" if self.reason else ""
+        return f"{self.target} in module {where} (node {self.node}){why}"
+
+
+class UnsupportedOpsError(LaminaError, NotImplementedError):
+    """The model uses ops lamina cannot translate; lists every one, not only the first."""
+
+    def __init__(self, ops: list[UnsupportedOp], model: str = "the model") -> None:
+        self.ops = ops
+        lines = "\n".join(f"  - {op}" for op in ops)
+        super().__init__(
+            f"{model} uses {len(ops)} op(s) lamina does not support:\n{lines}\n"
+            "Rewrite those parts with supported ops, or use torch.compile(model, backend='lamina') "
+            "so that PyTorch runs the unsupported pieces."
+        )
+
+
+class InputMismatchError(LaminaError, ValueError):
+    """A compiled module was called with inputs that differ from the ones it was compiled for."""
+
+
+__all__ = ["IRParseError", "InputMismatchError", "LaminaError", "UnsupportedOp", "UnsupportedOpsError", "VerifyError"]

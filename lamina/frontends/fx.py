@@ -1,0 +1,298 @@
+"""torch models -> lamina Graph, through torch.export and a core ATen op set.
+
+``import_module`` exports an ``nn.Module``; ``import_graph_module`` takes the
+fx GraphModule a dynamo backend receives. Both decompose to core ATen (keeping
+attention, linear, norms and activations whole) and translate node by node with
+``aten.CONVERTERS``. Every unsupported op is collected, then reported at once.
+"""
+from __future__ import annotations
+
+import operator
+import re
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.fx
+import torch.utils._pytree as pytree
+
+from ..errors import UnsupportedOp, UnsupportedOpsError
+from ..ir.builder import GraphBuilder
+from ..ir.core import Graph, Loc, Value
+from ..ir.opdef import InferenceError
+from ..ir.types import TensorType
+from .aten import CONVERTERS, NO_OUTPUT
+from .context import Context, Unsupported, tensor_type
+
+# High-level ops lamina keeps whole instead of letting torch decompose them.
+KEEP_WHOLE = (
+    "scaled_dot_product_attention.default", "linear.default", "layer_norm.default", "rms_norm.default",
+    "gelu.default", "silu.default", "softmax.int", "log_softmax.int", "conv2d.default",
+)
+
+
+@dataclass(frozen=True)
+class InputRole:
+    """A flat call argument that becomes graph input ``index``."""
+
+    index: int
+
+
+@dataclass(frozen=True)
+class ParamRole:
+    """A flat call argument that is the weight ``key`` (dynamo passes weights as arguments)."""
+
+    key: str
+
+
+@dataclass(frozen=True)
+class ConstRole:
+    """A flat call argument that was not a tensor; the graph is specialised to its traced value."""
+
+    value: Any
+
+
+Role = InputRole | ParamRole | ConstRole
+
+
+@dataclass
+class Imported:
+    """A translated model: the graph, its weights, and how call arguments map onto it."""
+
+    graph: Graph
+    weights: dict[str, torch.Tensor]
+    roles: tuple[Role, ...]
+    in_spec: Any
+    out_spec: Any
+    exported: Any = field(default=None, repr=False)
+
+
+def module_path(node: torch.fx.Node) -> str:
+    """The dotted module path of a node (``h.0.attn.c_proj``), from its ``nn_module_stack``."""
+    stack = node.meta.get("nn_module_stack")
+    if not stack:
+        return ""
+    path = list(stack.values())[-1][0]
+    path = re.sub(r"^L\['[^']*'\]\.?", "", path)
+    path = re.sub(r"^L__[a-z_]+___", "", path)
+    path = re.sub(r"\._modules\['([^']*)'\]", r".\1", path)
+    return path.strip(".")
+
+
+def decomposition_table() -> dict:
+    table = torch.export.default_decompositions()
+    for name in KEEP_WHOLE:
+        overload = _overload(name)
+        if overload is not None and overload in table:
+            table.pop(overload)
+    return table
+
+
+def _overload(name: str) -> Any:
+    packet, _, overload = name.partition(".")
+    packet_obj = getattr(torch.ops.aten, packet, None)
+    return getattr(packet_obj, overload, None) if packet_obj is not None else None
+
+
+def export(model: torch.nn.Module, args: Sequence[Any], kwargs: Mapping[str, Any] | None = None,
+           dynamic_shapes: Any = None) -> torch.export.ExportedProgram:
+    """torch.export the model and decompose it to lamina's core ATen set."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        with torch.no_grad():
+            ep = torch.export.export(model, tuple(args), dict(kwargs or {}), dynamic_shapes=dynamic_shapes, strict=False)
+            return ep.run_decompositions(decomposition_table())
+
+
+def import_module(model: torch.nn.Module, args: Sequence[Any], kwargs: Mapping[str, Any] | None = None,
+                  dynamic_shapes: Any = None) -> Imported:
+    """Translate an nn.Module called as ``model(*args, **kwargs)``; weights keyed by state-dict names."""
+    ep = export(model, args, kwargs, dynamic_shapes)
+    name = type(model).__name__
+    return _Translator(ep, name).run(param_keys={})
+
+
+def import_graph_module(gm: torch.fx.GraphModule, example_inputs: Sequence[Any]) -> Imported:
+    """Translate the GraphModule a dynamo backend receives; parameters passed as inputs keep their names."""
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    param_keys = {}
+    for i, (node, example) in enumerate(zip(placeholders, example_inputs)):
+        if isinstance(example, torch.nn.Parameter):
+            param_keys[i] = _dynamo_param_key(node)
+    ep = export(gm, tuple(example_inputs))
+    return _Translator(ep, "GraphModule").run(param_keys=param_keys)
+
+
+def _dynamo_param_key(node: torch.fx.Node) -> str:
+    arg = node.meta.get("grapharg")
+    source = getattr(arg, "source", None)
+    text = source.name if isinstance(getattr(source, "name", None), str) else (source.name() if source else node.name)
+    text = re.sub(r"^L\['[^']*'\]", "", text)
+    parts = re.findall(r"\['([^']*)'\]|\.([A-Za-z_][A-Za-z0-9_]*)", text)
+    names = [a or b for a, b in parts if (a or b) not in ("_modules", "_parameters", "_buffers")]
+    return ".".join(names) or node.name
+
+
+class _Translator:
+    def __init__(self, ep: torch.export.ExportedProgram, model_name: str) -> None:
+        self.ep = ep
+        self.model_name = model_name
+        self.builder = GraphBuilder("forward")
+        self.env: dict[torch.fx.Node, Any] = {}
+        self.unsupported: list[UnsupportedOp] = []
+
+    def run(self, param_keys: Mapping[int, str]) -> Imported:
+        weights, roles = self.placeholders(param_keys)
+        for node in self.ep.graph.nodes:
+            if node.op == "call_function":
+                self.call(node)
+        output = next(n for n in self.ep.graph.nodes if n.op == "output")
+        outputs = self.outputs(output)
+        if self.unsupported:
+            raise UnsupportedOpsError(self.unsupported, self.model_name)
+        graph = self.builder.build(outputs)
+        return Imported(graph, weights, tuple(roles), self.ep.call_spec.in_spec, self.ep.call_spec.out_spec, self.ep)
+
+    # --- placeholders ---------------------------------------------------------------------
+    def placeholders(self, param_keys: Mapping[int, str]) -> tuple[dict[str, torch.Tensor], list[Role]]:
+        from torch.export.graph_signature import InputKind
+
+        weights: dict[str, torch.Tensor] = {}
+        roles: list[Role] = []
+        nodes = {n.name: n for n in self.ep.graph.nodes if n.op == "placeholder"}
+        state = {**self.ep.state_dict, **self.ep.constants}
+        user_index = 0
+        for spec in self.ep.graph_signature.input_specs:
+            node = nodes[spec.arg.name]
+            meta = node.meta.get("val")
+            if spec.kind in (InputKind.PARAMETER, InputKind.BUFFER, InputKind.CONSTANT_TENSOR):
+                key = spec.target
+                self.env[node] = self.builder.param(key, self.type_of(node, meta))
+                weights[key] = state[key].detach()
+            elif spec.kind == InputKind.USER_INPUT:
+                position = user_index
+                user_index += 1
+                if not isinstance(meta, torch.Tensor):
+                    roles.append(ConstRole(meta))
+                    self.env[node] = meta
+                elif position in param_keys:
+                    key = param_keys[position]
+                    self.env[node] = self.builder.param(key, self.type_of(node, meta))
+                    roles.append(ParamRole(key))
+                else:
+                    roles.append(InputRole(len(self.builder.inputs)))
+                    self.env[node] = self.builder.input(self.type_of(node, meta), node.name)
+            else:
+                self.report(node, f"input kind {spec.kind.name} is not supported")
+        return weights, roles
+
+    def type_of(self, node: torch.fx.Node, meta: Any) -> TensorType:
+        try:
+            return tensor_type(meta)
+        except Unsupported as e:
+            self.report(node, str(e))
+            return TensorType((), _fallback_dtype())
+
+    # --- ops ------------------------------------------------------------------------------
+    def call(self, node: torch.fx.Node) -> None:
+        target = _target_name(node.target)
+        if node.target is operator.getitem:
+            source, index = node.args
+            self.env[node] = self.env[source][index] if self.env.get(source) is not None else None
+            return
+        if target in NO_OUTPUT:
+            return
+        converter = CONVERTERS.get(target)
+        if converter is None:
+            self.report(node, "no lamina translation")
+            return
+        loc = Loc(module_path(node), target)
+        try:
+            args = pytree.tree_map(self.lookup, node.args)
+            kwargs = pytree.tree_map(self.lookup, dict(node.kwargs))
+            out = _meta_types(node.meta.get("val"))
+            if _has_placeholder(args) or _has_placeholder(kwargs):
+                raise _Skip
+            result = converter(Context(self.builder, loc, out), *args, **kwargs)
+            self.check(node, result, out)
+            self.env[node] = result
+        except _Skip:
+            self.env[node] = _placeholder_like(node)
+        except (Unsupported, InferenceError) as e:
+            self.report(node, str(e))
+
+    def lookup(self, x: Any) -> Any:
+        if isinstance(x, torch.fx.Node):
+            return self.env.get(x, _MISSING)
+        if isinstance(x, (torch.device, torch.layout, torch.memory_format, torch.dtype)):
+            return x
+        return x
+
+    def check(self, node: torch.fx.Node, result: Any, expected: Any) -> None:
+        """Cross-check a converter's result types against torch's traced ones."""
+        got = result if isinstance(result, tuple) else (result,)
+        want = expected if isinstance(expected, tuple) else (expected,)
+        for g, w in zip(got, want):
+            if isinstance(g, Value) and w is not None and g.type != w:
+                raise AssertionError(f"lamina translated {_target_name(node.target)} at {module_path(node)} to "
+                                     f"{g.type}, but torch computes {w}: a frontend bug")
+
+    def report(self, node: torch.fx.Node, reason: str) -> None:
+        self.unsupported.append(UnsupportedOp(_target_name(node.target), module_path(node), node.name, reason))
+        self.env[node] = _placeholder_like(node)
+
+    def outputs(self, node: torch.fx.Node) -> list[Value]:
+        outs = []
+        for item in pytree.tree_leaves(node.args[0]):
+            value = self.env.get(item) if isinstance(item, torch.fx.Node) else item
+            if isinstance(value, Value):
+                outs.append(value)
+            elif value is _MISSING or isinstance(value, _Placeholder):
+                continue  # already reported
+            else:
+                self.unsupported.append(UnsupportedOp("output", "", str(item), f"non-tensor output {value!r}"))
+        return outs
+
+
+class _Skip(Exception):
+    """A node whose inputs failed to translate; its own failure would only repeat theirs."""
+
+
+class _Placeholder:
+    """Stands for the results of an untranslatable node so that translation goes on."""
+
+    def __getitem__(self, index: int) -> "_Placeholder":
+        return self
+
+
+_MISSING = _Placeholder()
+
+
+def _placeholder_like(node: torch.fx.Node) -> _Placeholder:
+    return _MISSING
+
+
+def _has_placeholder(tree: Any) -> bool:
+    return any(isinstance(leaf, _Placeholder) for leaf in pytree.tree_leaves(tree))
+
+
+def _meta_types(meta: Any) -> Any:
+    if isinstance(meta, torch.Tensor):
+        return tensor_type(meta)
+    if isinstance(meta, (tuple, list)):
+        return tuple(tensor_type(m) if isinstance(m, torch.Tensor) else None for m in meta)
+    return None
+
+
+def _target_name(target: Any) -> str:
+    if isinstance(target, torch._ops.OpOverload):
+        return str(target)
+    return getattr(target, "__name__", str(target))
+
+
+def _fallback_dtype() -> Any:
+    from ..ir.dtypes import DType
+
+    return DType.f32

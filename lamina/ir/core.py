@@ -1,0 +1,125 @@
+"""The graph IR: SSA values, ops with optional regions, and graphs.
+
+All objects are immutable; a pass builds a new Graph and may share unchanged
+Values and Ops with its input. Values are compared by identity.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from .types import TensorType
+
+
+@dataclass(frozen=True, eq=False)
+class Value:
+    """An SSA value. ``hint`` is a preferred printed name (inputs and parameters)."""
+
+    type: TensorType
+    hint: str | None = None
+
+    def __repr__(self) -> str:
+        return f"Value({self.hint or hex(id(self))}: {self.type})"
+
+
+@dataclass(frozen=True)
+class Loc:
+    """Where an op came from: the module path (``h.3.attn.c_proj``) and torch target."""
+
+    module: str = ""
+    target: str = ""
+
+    def __str__(self) -> str:
+        text = self.module
+        if self.target:
+            text = f"{text} ({self.target})" if text else f"({self.target})"
+        return text
+
+
+UNKNOWN = Loc()
+
+
+@dataclass(frozen=True, eq=False)
+class Region:
+    """A single-block region: arguments and ops, the last of which is ``yield``."""
+
+    args: tuple[Value, ...]
+    ops: tuple["Op", ...]
+
+    @property
+    def results(self) -> tuple[Value, ...]:
+        """The values the terminating ``yield`` returns."""
+        return self.ops[-1].operands if self.ops else ()
+
+
+@dataclass(frozen=True, eq=False)
+class Op:
+    """One operation: ``results = name(operands) {attrs} regions``."""
+
+    name: str
+    operands: tuple[Value, ...]
+    results: tuple[Value, ...]
+    attrs: Mapping[str, Any] = field(default_factory=dict)
+    regions: tuple[Region, ...] = ()
+    loc: Loc = UNKNOWN
+
+    @property
+    def result(self) -> Value:
+        """The single result of a one-result op."""
+        if len(self.results) != 1:
+            raise ValueError(f"op {self.name} has {len(self.results)} results, not one")
+        return self.results[0]
+
+    def replace(self, **changes: Any) -> "Op":
+        return replace(self, **changes)
+
+    def describe(self) -> str:
+        """A short description for error messages: name and source location."""
+        where = f" at {self.loc.module}" if self.loc.module else ""
+        return f"{self.name}{where}"
+
+
+@dataclass(frozen=True, eq=False)
+class Param:
+    """A named weight: its SSA value and its state-dict key."""
+
+    key: str
+    value: Value
+
+
+@dataclass(frozen=True, eq=False)
+class Graph:
+    """A function of tensors: inputs, named parameters, ops in order, outputs."""
+
+    name: str
+    inputs: tuple[Value, ...]
+    params: tuple[Param, ...]
+    ops: tuple[Op, ...]
+    outputs: tuple[Value, ...]
+    history: tuple[str, ...] = ()
+
+    def __str__(self) -> str:
+        from .printer import print_graph
+
+        return print_graph(self)
+
+    def replace(self, **changes: Any) -> "Graph":
+        return replace(self, **changes)
+
+    def param(self, key: str) -> Param:
+        for p in self.params:
+            if p.key == key:
+                return p
+        raise KeyError(f"graph @{self.name} has no parameter {key!r}")
+
+    def walk(self) -> Iterator[Op]:
+        """Every op, nested region ops included, in program order."""
+        yield from walk_ops(self.ops)
+
+
+def walk_ops(ops: tuple[Op, ...]) -> Iterator[Op]:
+    for op in ops:
+        yield op
+        for region in op.regions:
+            yield from walk_ops(region.ops)

@@ -1,0 +1,27 @@
+"""Errors raised by the IR layer: located parse errors and verifier errors."""
+from __future__ import annotations
+
+
+class LaminaError(Exception):
+    """Base class of every error lamina raises on purpose."""
+
+
+class IRParseError(LaminaError, ValueError):
+    """Malformed IR text; carries the line and column and shows the offending line."""
+
+    def __init__(self, message: str, line: int, column: int, source: str | None = None) -> None:
+        self.line, self.column = line, column
+        text = f"line {line}, column {column}: {message}"
+        if source is not None:
+            lines = source.splitlines()
+            if 1 <= line <= len(lines):
+                text += f"\n  {lines[line - 1]}\n  {' ' * (column - 1)}^"
+        super().__init__(text)
+
+
+class VerifyError(LaminaError, ValueError):
+    """A graph that breaks an IR rule; the message names the op, its %value and module path."""
+
+    def __init__(self, message: str, op: object = None) -> None:
+        self.op = op
+        super().__init__(message)

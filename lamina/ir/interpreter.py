@@ -1,0 +1,110 @@
+"""Run any Graph on NumPy arrays with each op's reference semantics: the oracle for every test."""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import sympy
+
+from .core import Graph, Op, Region, Value
+from .dtypes import DType, round_to
+from .errors import LaminaError
+from .ops import REGISTRY
+from .shapes import evaluate
+
+
+class InterpreterError(LaminaError, RuntimeError):
+    """An op failed at run time (bad index, shape that does not bind); names the op and module."""
+
+
+def bind_symbols(types: Sequence[Any], arrays: Sequence[np.ndarray]) -> dict[sympy.Symbol, int]:
+    """Bind the symbolic dims of ``types`` from the arrays' shapes; raises ValueError on mismatch."""
+    bindings: dict[sympy.Symbol, int] = {}
+    for t, a in zip(types, arrays):
+        if len(t.shape) != a.ndim:
+            raise ValueError(f"expected rank {t.rank} for {t}, got shape {list(a.shape)}")
+        for d, n in zip(t.shape, a.shape):
+            if isinstance(d, sympy.Symbol) and d not in bindings:
+                bindings[d] = int(n)
+        for d, n in zip(t.shape, a.shape):
+            if evaluate(d, bindings) != n:
+                raise ValueError(f"expected shape {t} but got {list(a.shape)}")
+    return bindings
+
+
+def _concrete(value: Any, bindings: Mapping[sympy.Symbol, int]) -> Any:
+    if isinstance(value, sympy.Expr):
+        return evaluate(value, bindings)
+    if isinstance(value, list):
+        return [_concrete(v, bindings) for v in value]
+    return value
+
+
+_LOW_PRECISION = (DType.f16, DType.bf16)
+
+
+class Interpreter:
+    """Evaluates ops in order; f16/bf16 compute in f32 and round to their type after each op."""
+
+    def __init__(self, bindings: Mapping[sympy.Symbol, int]) -> None:
+        self.bindings = dict(bindings)
+
+    def run_ops(self, ops: Sequence[Op], env: dict[int, np.ndarray]) -> None:
+        for op in ops:
+            if op.name == "yield":
+                continue
+            args = [env[id(v)] for v in op.operands]
+            outs = self.run_op(op, args)
+            for value, out in zip(op.results, outs):
+                env[id(value)] = out
+
+    def run_region(self, region: Region, args: Sequence[np.ndarray]) -> list[np.ndarray]:
+        env = {id(a): x for a, x in zip(region.args, args)}
+        self.run_ops(region.ops, env)
+        return [env[id(v)] for v in region.results]
+
+    def run_op(self, op: Op, args: list[np.ndarray]) -> list[np.ndarray]:
+        opdef = REGISTRY[op.name]
+        try:
+            if op.name == "fused":
+                outs = self.run_region(op.regions[0], args)
+            elif opdef.reference is None:
+                raise InterpreterError(f"op {op.name} has no reference semantics")
+            else:
+                attrs = {k: _concrete(v, self.bindings) for k, v in op.attrs.items()}
+                wide = [a.astype(np.float32) if a.dtype == np.float16 else a for a in args]
+                with np.errstate(all="ignore"):
+                    result = opdef.reference(wide, attrs)
+                outs = list(result) if isinstance(result, tuple) else [result]
+        except InterpreterError:
+            raise
+        except (IndexError, ValueError, TypeError) as e:
+            where = f" at {op.loc.module}" if op.loc.module else ""
+            raise InterpreterError(f"{op.name}{where} failed: {e}") from e
+        return [np.ascontiguousarray(round_to(o, v.type.dtype)) for o, v in zip(outs, op.results)]
+
+
+def interpret(graph: Graph, inputs: Sequence[np.ndarray], params: Mapping[str, np.ndarray] | None = None) -> list[np.ndarray]:
+    """Outputs of ``graph`` for ``inputs`` (positional) and ``params`` (by key)."""
+    params = params or {}
+    if len(inputs) != len(graph.inputs):
+        raise InterpreterError(f"graph @{graph.name} takes {len(graph.inputs)} inputs, got {len(inputs)}")
+    missing = [p.key for p in graph.params if p.key not in params]
+    if missing:
+        raise InterpreterError(f"graph @{graph.name} is missing parameters {missing[:5]}")
+    arrays = [np.asarray(x) for x in inputs]
+    for value, array in zip(graph.inputs, arrays):
+        if array.dtype != value.type.dtype.numpy:
+            raise InterpreterError(f"input {value.hint or ''} expects {value.type}, got dtype {array.dtype}")
+    try:
+        bindings = bind_symbols([v.type for v in graph.inputs], arrays)
+    except ValueError as e:
+        raise InterpreterError(f"graph @{graph.name}: {e}") from None
+    env: dict[int, np.ndarray] = {id(v): a for v, a in zip(graph.inputs, arrays)}
+    for p in graph.params:
+        env[id(p.value)] = np.asarray(params[p.key])
+    Interpreter(bindings).run_ops(graph.ops, env)
+    return [env[id(v)] for v in graph.outputs]
+
+

@@ -1,0 +1,149 @@
+"""Sliding-window ops over NCHW images: conv2d, max/avg pooling, and inference batch_norm."""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from ..opdef import AttrSpec, InferenceError, Kind, OpDef, need_float, need_rank, same_dtype
+from ..types import TensorType
+
+
+def _pair(name: str, value: Sequence[int]) -> tuple[int, int]:
+    if len(value) == 1:
+        return value[0], value[0]
+    if len(value) != 2:
+        raise InferenceError(f"{name} expects 1 or 2 values, got {list(value)}")
+    return value[0], value[1]
+
+
+def _out_size(size: Any, kernel: int, stride: int, pad: int, dilation: int, name: str) -> int:
+    if not isinstance(size, int):
+        raise InferenceError(f"{name} needs static spatial dims, got {size}")
+    out = (size + 2 * pad - dilation * (kernel - 1) - 1) // stride + 1
+    if out < 1:
+        raise InferenceError(f"{name}: window {kernel} does not fit input size {size} with padding {pad}")
+    return out
+
+
+def _conv_infer(types: Sequence[TensorType], attrs: Mapping[str, Any]) -> list[TensorType]:
+    x, w = types[0], types[1]
+    same_dtype("conv2d", types)
+    need_float("conv2d", x)
+    need_rank("conv2d", x, 4)
+    need_rank("conv2d", w, 4)
+    groups = attrs["groups"]
+    if x.shape[1] != w.shape[1] * groups or w.shape[0] % groups:
+        raise InferenceError(f"conv2d: input {x} and weight {w} disagree on channels with groups={groups}")
+    if len(types) == 3 and types[2].shape != (w.shape[0],):
+        raise InferenceError(f"conv2d: bias {types[2]} should be [{w.shape[0]}]")
+    (sh, sw), (ph, pw), (dh, dw) = (_pair("conv2d " + k, attrs[k]) for k in ("stride", "padding", "dilation"))
+    h = _out_size(x.shape[2], w.shape[2], sh, ph, dh, "conv2d")
+    wd = _out_size(x.shape[3], w.shape[3], sw, pw, dw, "conv2d")
+    return [TensorType((x.shape[0], w.shape[0], h, wd), x.dtype)]
+
+
+def _windows(x: np.ndarray, kernel: tuple[int, int], stride: tuple[int, int], dilation: tuple[int, int]) -> np.ndarray:
+    """[N, C, OH, OW, KH, KW] strided view of the windows of a padded input."""
+    span = ((kernel[0] - 1) * dilation[0] + 1, (kernel[1] - 1) * dilation[1] + 1)
+    view = sliding_window_view(x, span, axis=(2, 3))
+    return view[:, :, ::stride[0], ::stride[1], ::dilation[0], ::dilation[1]]
+
+
+def conv2d(a: Sequence[np.ndarray], attrs: Mapping[str, Any]) -> np.ndarray:
+    x, w = a[0], a[1]
+    (ph, pw) = _pair("padding", attrs["padding"])
+    x = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    win = _windows(x, (w.shape[2], w.shape[3]), _pair("stride", attrs["stride"]), _pair("dilation", attrs["dilation"]))
+    g = attrs["groups"]
+    n, c, oh, ow, kh, kw = win.shape
+    win = win.reshape(n, g, c // g, oh, ow, kh, kw)
+    wg = w.reshape(g, w.shape[0] // g, c // g, kh, kw)
+    out = np.einsum("ngchwij,gocij->ngohw", win, wg, optimize=True).reshape(n, w.shape[0], oh, ow)
+    return out + a[2].reshape(1, -1, 1, 1) if len(a) == 3 else out
+
+
+def _pool_infer(name: str) -> Any:
+    def infer(types: Sequence[TensorType], attrs: Mapping[str, Any]) -> list[TensorType]:
+        x = types[0]
+        need_rank(name, x, 4)
+        if attrs["ceil_mode"]:
+            raise InferenceError(f"{name}: ceil_mode=true is not supported; pad the input instead")
+        kernel = _pair(name + " kernel", attrs["kernel"])
+        stride = _pair(name + " stride", attrs["stride"] or attrs["kernel"])
+        pad = _pair(name + " padding", attrs["padding"])
+        dil = _pair(name + " dilation", attrs.get("dilation", [1]))
+        if any(p * 2 > k for p, k in zip(pad, kernel)):
+            raise InferenceError(f"{name}: padding {list(pad)} exceeds half the kernel {list(kernel)}")
+        h = _out_size(x.shape[2], kernel[0], stride[0], pad[0], dil[0], name)
+        w = _out_size(x.shape[3], kernel[1], stride[1], pad[1], dil[1], name)
+        return [x.with_shape((x.shape[0], x.shape[1], h, w))]
+
+    return infer
+
+
+def max_pool2d(a: Sequence[np.ndarray], attrs: Mapping[str, Any]) -> np.ndarray:
+    x = a[0]
+    ph, pw = _pair("padding", attrs["padding"])
+    low = -np.inf if x.dtype.kind == "f" else np.iinfo(x.dtype).min
+    x = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=low)
+    win = _windows(x, _pair("kernel", attrs["kernel"]), _pair("stride", attrs["stride"] or attrs["kernel"]),
+                   _pair("dilation", attrs["dilation"]))
+    return win.max(axis=(-2, -1))
+
+
+def avg_pool2d(a: Sequence[np.ndarray], attrs: Mapping[str, Any]) -> np.ndarray:
+    x = a[0]
+    ph, pw = _pair("padding", attrs["padding"])
+    kernel, stride = _pair("kernel", attrs["kernel"]), _pair("stride", attrs["stride"] or attrs["kernel"])
+    padded = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    total = _windows(padded, kernel, stride, (1, 1)).sum(axis=(-2, -1))
+    if attrs["divisor_override"]:
+        return total / x.dtype.type(attrs["divisor_override"])
+    if attrs["count_include_pad"]:
+        return total / x.dtype.type(kernel[0] * kernel[1])
+    ones = np.pad(np.ones(x.shape[2:], dtype=x.dtype), ((ph, ph), (pw, pw)))[None, None]
+    count = _windows(ones, kernel, stride, (1, 1)).sum(axis=(-2, -1))
+    return total / count
+
+
+def _batch_norm_infer(types: Sequence[TensorType], attrs: Mapping[str, Any]) -> list[TensorType]:
+    x = types[0]
+    need_float("batch_norm", x)
+    same_dtype("batch_norm", types)
+    if x.rank < 2:
+        raise InferenceError(f"batch_norm needs [N, C, ...], got {x}")
+    for t in types[1:]:
+        if t.shape != (x.shape[1],):
+            raise InferenceError(f"batch_norm: statistics/affine {t} should be [{x.shape[1]}]")
+    return [x]
+
+
+def batch_norm(a: Sequence[np.ndarray], attrs: Mapping[str, Any]) -> np.ndarray:
+    x, mean, var = a[:3]
+    shape = (1, -1) + (1,) * (x.ndim - 2)
+    y = (x - mean.reshape(shape)) / np.sqrt(var.reshape(shape) + x.dtype.type(attrs["eps"]))
+    if len(a) > 3:
+        y = y * a[3].reshape(shape)
+    if len(a) > 4:
+        y = y + a[4].reshape(shape)
+    return y
+
+
+_POOL = {"kernel": AttrSpec("ints"), "stride": AttrSpec("ints", []), "padding": AttrSpec("ints", [0]),
+         "ceil_mode": AttrSpec("bool", False)}
+
+DEFS = [
+    OpDef("conv2d", ("x", "weight", "bias?"), _conv_infer, conv2d, Kind.WINDOW,
+          "2-D cross-correlation, NCHW input, [out, in/groups, kh, kw] weight",
+          {"stride": AttrSpec("ints", [1]), "padding": AttrSpec("ints", [0]), "dilation": AttrSpec("ints", [1]),
+           "groups": AttrSpec("int", 1)}),
+    OpDef("max_pool2d", ("x",), _pool_infer("max_pool2d"), max_pool2d, Kind.WINDOW, "max over windows (NCHW)",
+          {**_POOL, "dilation": AttrSpec("ints", [1])}),
+    OpDef("avg_pool2d", ("x",), _pool_infer("avg_pool2d"), avg_pool2d, Kind.WINDOW, "mean over windows (NCHW)",
+          {**_POOL, "count_include_pad": AttrSpec("bool", True), "divisor_override": AttrSpec("int?", None)}),
+    OpDef("batch_norm", ("x", "mean", "var", "weight?", "bias?"), _batch_norm_infer, batch_norm,
+          Kind.NORMALIZATION, "inference batch norm over dim 1 with running statistics", {"eps": AttrSpec("float", 1e-5)}),
+]

@@ -1,0 +1,80 @@
+"""Dimensions: plain ints or symbolic SymPy expressions (``B``, ``B*T``), and shape arithmetic."""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from functools import reduce
+from typing import Union
+
+import sympy
+
+Dim = Union[int, sympy.Expr]
+Shape = tuple[Dim, ...]
+
+
+def dim(value: object) -> Dim:
+    """Normalise an int, SymPy expression, or torch SymInt to a Dim (ints stay ints)."""
+    if isinstance(value, bool):
+        raise TypeError("a bool is not a dimension")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, sympy.Expr):
+        return int(value) if value.is_Integer else value
+    node = getattr(value, "node", None)  # torch.SymInt
+    if node is not None and hasattr(node, "expr"):
+        expr = sympy.sympify(node.expr)
+        return int(expr) if expr.is_Integer else expr
+    if isinstance(value, str):
+        return symbol(value)
+    raise TypeError(f"not a dimension: {value!r}")
+
+
+def symbol(name: str) -> sympy.Symbol:
+    """The symbol for a named dimension; symbols are positive integers."""
+    return sympy.Symbol(name, integer=True, positive=True)
+
+
+def is_static(shape: Sequence[Dim]) -> bool:
+    return all(isinstance(d, int) for d in shape)
+
+
+def numel(shape: Sequence[Dim]) -> Dim:
+    return dim(reduce(lambda a, b: a * b, shape, 1))
+
+
+def format_dim(d: Dim) -> str:
+    return str(d) if isinstance(d, int) else str(d).replace(" ", "")
+
+
+def broadcast(*shapes: Sequence[Dim]) -> Shape:
+    """NumPy broadcasting of shapes; raises ValueError naming the clashing dims."""
+    rank = max((len(s) for s in shapes), default=0)
+    out: list[Dim] = []
+    for axis in range(rank):
+        size: Dim = 1
+        for s in shapes:
+            d = s[axis - rank + len(s)] if axis - rank + len(s) >= 0 else 1
+            if d == 1 or d == size:
+                continue
+            if size == 1:
+                size = d
+            else:
+                raise ValueError(f"shapes {' and '.join(str(list(map(format_dim, s))) for s in shapes)} do not broadcast")
+        out.append(size)
+    return tuple(out)
+
+
+def evaluate(d: Dim, bindings: Mapping[sympy.Symbol, int]) -> int:
+    """The concrete value of a dim under symbol bindings."""
+    if isinstance(d, int):
+        return d
+    value = d.subs(bindings)
+    if not value.is_Integer:
+        raise ValueError(f"dimension {d} is not determined by the bound symbols")
+    return int(value)
+
+
+def normalize_axis(axis: int, rank: int) -> int:
+    """A possibly negative axis as a non-negative one; raises IndexError if out of range."""
+    if not -rank <= axis < max(rank, 1):
+        raise IndexError(f"axis {axis} is out of range for rank {rank}")
+    return axis % max(rank, 1)

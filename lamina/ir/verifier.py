@@ -1,0 +1,100 @@
+"""Check a Graph against the IR rules and the op registry."""
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from .core import Graph, Op, Region, Value
+from .errors import VerifyError
+from .opdef import InferenceError
+from .ops import REGISTRY
+from .printer import Namer
+
+
+class _Checker:
+    def __init__(self, graph: Graph) -> None:
+        self.graph = graph
+        self.name = Namer(graph)
+        self.defined: set[int] = set()
+
+    def where(self, op: Op) -> str:
+        results = ", ".join(self.name(v) for v in op.results)
+        head = f"{results} = {op.name}" if results else op.name
+        return head + (f" (module {op.loc.module})" if op.loc.module else "")
+
+    def fail(self, op: Op, message: str) -> VerifyError:
+        return VerifyError(f"{self.where(op)}: {message}", op)
+
+    def define(self, values: Iterable[Value], op: Op | None) -> None:
+        for v in values:
+            if id(v) in self.defined:
+                where = self.where(op) if op else f"graph @{self.graph.name}"
+                raise VerifyError(f"{where}: {self.name(v)} is defined more than once", op)
+            self.defined.add(id(v))
+
+    def run(self) -> None:
+        keys = [p.key for p in self.graph.params]
+        dupes = {k for k in keys if keys.count(k) > 1}
+        if dupes:
+            raise VerifyError(f"graph @{self.graph.name}: parameter {sorted(dupes)[0]!r} is declared twice")
+        self.define(self.graph.inputs, None)
+        self.define((p.value for p in self.graph.params), None)
+        self.block(self.graph.ops, visible=set(self.defined), terminator=None)
+        for v in self.graph.outputs:
+            if id(v) not in self.defined:
+                raise VerifyError(f"graph @{self.graph.name}: return uses {self.name(v)}, which is not defined")
+
+    def block(self, ops: tuple[Op, ...], visible: set[int], terminator: str | None) -> None:
+        for i, op in enumerate(ops):
+            last = i == len(ops) - 1
+            if op.name == "yield" and not (terminator and last):
+                raise self.fail(op, "yield may only end a region")
+            if terminator and last and op.name != terminator:
+                raise self.fail(op, f"a region must end with {terminator}")
+            for v in op.operands:
+                if id(v) not in visible:
+                    raise self.fail(op, f"operand {self.name(v)} is used before it is defined"
+                                        " (or comes from outside an isolated region)")
+            self.op(op)
+            self.define(op.results, op)
+            visible.update(id(v) for v in op.results)
+        if terminator and not ops:
+            raise VerifyError(f"graph @{self.graph.name}: empty region; it must end with {terminator}")
+
+    def op(self, op: Op) -> None:
+        if op.name not in REGISTRY:
+            raise self.fail(op, f"unknown op {op.name!r}")
+        opdef = REGISTRY[op.name]
+        if len(op.regions) != opdef.regions:
+            raise self.fail(op, f"{op.name} takes {opdef.regions} region(s), has {len(op.regions)}")
+        try:
+            opdef.check_arity(len(op.operands))
+            attrs = opdef.complete_attrs(op.attrs)
+            if attrs != dict(op.attrs):
+                missing = sorted(set(attrs) - set(op.attrs))
+                raise InferenceError(f"attributes {missing} are not stated (passes must store complete attributes)")
+            if op.regions:
+                expected = tuple(self.region(op, r) for r in op.regions)[0]
+            else:
+                expected = opdef.infer_types([v.type for v in op.operands], attrs)
+        except InferenceError as e:
+            raise self.fail(op, str(e)) from None
+        got = tuple(v.type for v in op.results)
+        if got != tuple(expected):
+            raise self.fail(op, f"result types {', '.join(map(str, got)) or '()'} differ from the inferred "
+                                f"{', '.join(map(str, expected)) or '()'}")
+
+    def region(self, op: Op, region: Region) -> tuple:
+        arg_types = tuple(a.type for a in region.args)
+        operand_types = tuple(v.type for v in op.operands)
+        if arg_types != operand_types:
+            raise self.fail(op, f"region arguments ({', '.join(map(str, arg_types))}) do not match operands "
+                                f"({', '.join(map(str, operand_types))})")
+        self.define(region.args, op)
+        self.block(region.ops, visible={id(a) for a in region.args}, terminator="yield")
+        return tuple(v.type for v in region.results)
+
+
+def verify(graph: Graph) -> Graph:
+    """Raise VerifyError if ``graph`` breaks SSA, typing, region or parameter rules; else return it."""
+    _Checker(graph).run()
+    return graph

@@ -1,0 +1,97 @@
+"""canonicalize: dead code, common subexpressions, constant folding, trivial layout/cast removal."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..ir.core import Graph, Op, Value
+from ..ir.opdef import Kind
+from ..ir.ops import REGISTRY
+from .rewrite import Rewriter, apply_rules, rule
+
+
+def _same(op: Op, x: Value) -> bool:
+    return x.type == op.result.type
+
+
+@rule("identity", "dropout")
+def _drop_identity(op: Op, out: Rewriter) -> tuple[Value, ...]:
+    return (op.operands[0],)
+
+
+@rule("cast", "reshape", "expand")
+def _drop_noop_layout(op: Op, out: Rewriter) -> tuple[Value, ...] | None:
+    return (op.operands[0],) if _same(op, op.operands[0]) else None
+
+
+@rule("permute")
+def _drop_identity_permute(op: Op, out: Rewriter) -> tuple[Value, ...] | None:
+    return (op.operands[0],) if list(op.attrs["dims"]) == list(range(len(op.attrs["dims"]))) else None
+
+
+@rule("slice")
+def _drop_full_slice(op: Op, out: Rewriter) -> tuple[Value, ...] | None:
+    a = op.attrs
+    return (op.operands[0],) if a["start"] == 0 and a["step"] == 1 and _same(op, op.operands[0]) else None
+
+
+@rule("concat")
+def _drop_single_concat(op: Op, out: Rewriter) -> tuple[Value, ...] | None:
+    return (op.operands[0],) if len(op.operands) == 1 else None
+
+
+@rule("reshape")
+def _merge_reshapes(op: Op, out: Rewriter) -> tuple[Value, ...] | None:
+    src = out.producer(op.operands[0])
+    if src is None or src.name != "reshape":
+        return None
+    return (out.emit("reshape", src.operands[0], loc=op.loc, shape=list(op.result.type.shape)),)
+
+
+@rule("permute")
+def _merge_permutes(op: Op, out: Rewriter) -> tuple[Value, ...] | None:
+    src = out.producer(op.operands[0])
+    if src is None or src.name != "permute":
+        return None
+    inner, outer = src.attrs["dims"], op.attrs["dims"]
+    return (out.emit("permute", src.operands[0], loc=op.loc, dims=[inner[d] for d in outer]),)
+
+
+@rule()
+def _fold_constants(op: Op, out: Rewriter) -> tuple[Value, ...] | None:
+    """An elementwise op of ``full`` operands is itself a ``full``."""
+    opdef = REGISTRY[op.name]
+    if opdef.kind is not Kind.ELEMENTWISE or op.regions or not op.operands or len(op.results) != 1:
+        return None
+    sources = [out.producer(v) for v in op.operands]
+    if any(s is None or s.name != "full" for s in sources):
+        return None
+    scalars = [np.full((), s.attrs["value"], dtype=s.attrs["dtype"].numpy) for s in sources]
+    with np.errstate(all="ignore"):
+        value = np.asarray(opdef.reference(scalars, dict(op.attrs))).astype(op.result.type.dtype.numpy)
+    dtype = op.result.type.dtype
+    folded = value.item()
+    if dtype.is_float:
+        folded = float(folded)
+    return (out.emit("full", loc=op.loc, shape=list(op.result.type.shape), value=folded, dtype=dtype),)
+
+
+@rule("add", "sub", "mul", "div")
+def _drop_neutral(op: Op, out: Rewriter) -> tuple[Value, ...] | None:
+    """x + 0, x - 0, x * 1, x / 1 -> x, when that changes neither shape nor dtype."""
+    neutral = 0 if op.name in ("add", "sub") else 1
+    for keep, other in ((0, 1), (1, 0)):
+        if keep == 1 and op.name in ("sub", "div"):
+            continue
+        src = out.producer(op.operands[other])
+        if src is not None and src.name == "full" and src.attrs["value"] == neutral and _same(op, op.operands[keep]):
+            return (op.operands[keep],)
+    return None
+
+
+RULES = (_drop_identity, _drop_noop_layout, _drop_identity_permute, _drop_full_slice, _drop_single_concat,
+         _merge_reshapes, _merge_permutes, _fold_constants, _drop_neutral)
+
+
+def canonicalize(graph: Graph) -> Graph:
+    """Simplify ``graph`` to a fixed point without changing what it computes."""
+    return apply_rules(graph, RULES)

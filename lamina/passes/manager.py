@@ -1,0 +1,167 @@
+"""Pass registry and pipelines: ``"canonicalize,fuse,quantize{bits=4}"`` run with verification,
+dumps before/after any pass, and per-pass timing stamped on the result."""
+from __future__ import annotations
+
+import dataclasses
+import re
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from ..ir.core import Graph
+from ..ir.errors import LaminaError
+from ..ir.printer import print_graph
+from ..ir.verifier import verify
+from .canonicalize import canonicalize
+
+
+class PipelineError(LaminaError, ValueError):
+    """A pipeline string names an unknown pass or gives it bad options."""
+
+
+@dataclass(frozen=True)
+class PassInfo:
+    """A registered pass: a pure ``Graph -> Graph`` function and its options dataclass (if any)."""
+
+    name: str
+    run: Callable[..., Graph]
+    options: type | None = None
+    doc: str = ""
+
+
+PASSES: Mapping[str, PassInfo] = MappingProxyType({
+    "canonicalize": PassInfo("canonicalize", canonicalize, None, canonicalize.__doc__ or ""),
+})
+
+
+@dataclass(frozen=True)
+class PassStep:
+    """One pipeline entry: a pass and its options."""
+
+    info: PassInfo
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        if not self.options:
+            return self.info.name
+        return self.info.name + "{" + ",".join(f"{k}={v}" for k, v in self.options.items()) + "}"
+
+
+@dataclass(frozen=True)
+class PassTiming:
+    name: str
+    seconds: float
+    ops_before: int
+    ops_after: int
+
+
+@dataclass(frozen=True)
+class PipelineResult:
+    graph: Graph
+    timings: tuple[PassTiming, ...]
+
+
+_STEP_RE = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_-]*)\s*(?:\{([^}]*)\})?\s*")
+
+
+def _literal(text: str) -> Any:
+    low = text.strip()
+    if low in ("true", "false"):
+        return low == "true"
+    for cast in (int, float):
+        try:
+            return cast(low)
+        except ValueError:
+            pass
+    return low.strip('"')
+
+
+def parse_pipeline(pipeline: str, passes: Mapping[str, PassInfo] = PASSES) -> list[PassStep]:
+    """Parse ``"a,b{k=v,k2=v2}"`` into steps; raises PipelineError naming the bad part."""
+    steps: list[PassStep] = []
+    pos = 0
+    text = pipeline.strip()
+    while pos < len(text):
+        m = _STEP_RE.match(text, pos)
+        if m is None or m.end() == pos:
+            raise PipelineError(f"pipeline {pipeline!r}: cannot read a pass name at character {pos + 1}")
+        name, opts = m.group(1), m.group(2)
+        if name not in passes:
+            raise PipelineError(f"pipeline {pipeline!r}: unknown pass {name!r}; known passes: {', '.join(sorted(passes))}")
+        options = {}
+        for item in filter(None, (opts or "").split(",")):
+            key, eq, value = item.partition("=")
+            if not eq:
+                raise PipelineError(f"pipeline {pipeline!r}: option {item!r} of {name} needs key=value")
+            options[key.strip()] = _literal(value)
+        info = passes[name]
+        _check_options(info, options, pipeline)
+        steps.append(PassStep(info, options))
+        pos = m.end()
+        if pos < len(text):
+            if text[pos] != ",":
+                raise PipelineError(f"pipeline {pipeline!r}: expected ',' at character {pos + 1}")
+            pos += 1
+    return steps
+
+
+def _check_options(info: PassInfo, options: Mapping[str, Any], pipeline: str) -> None:
+    if options and info.options is None:
+        raise PipelineError(f"pipeline {pipeline!r}: pass {info.name} takes no options")
+    if info.options is not None:
+        known = {f.name for f in dataclasses.fields(info.options)}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise PipelineError(f"pipeline {pipeline!r}: pass {info.name} has no option {unknown[0]!r}; "
+                                f"it takes {', '.join(sorted(known))}")
+
+
+def run_steps(graph: Graph, steps: Sequence[PassStep], *, dump_dir: str | Path | None = None,
+              dump_before: Sequence[str] = (), dump_after: Sequence[str] = (), check: bool = True) -> PipelineResult:
+    """Run passes in order; verify after each; write dumps; stamp each pass's name and time on the graph."""
+    timings = []
+    directory = Path(dump_dir) if dump_dir else None
+    if directory:
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "00-input.lamina").write_text(print_graph(graph, history=True))
+    for i, step in enumerate(steps, 1):
+        name = step.info.name
+        if name in dump_before:
+            print(f"// ----- IR before {step} -----\n{print_graph(graph)}")
+        before = sum(1 for _ in graph.walk())
+        start = time.perf_counter()
+        if step.info.options is not None:
+            result = step.info.run(graph, step.info.options(**step.options))
+        else:
+            result = step.info.run(graph)
+        seconds = time.perf_counter() - start
+        if check:
+            try:
+                verify(result)
+            except LaminaError as e:
+                raise LaminaError(f"pass {step} produced invalid IR: {e}") from e
+        result = result.replace(history=graph.history + (f"{step}: {seconds * 1e3:.2f} ms",))
+        after = sum(1 for _ in result.walk())
+        timings.append(PassTiming(str(step), seconds, before, after))
+        if directory:
+            (directory / f"{i:02d}-{name}.lamina").write_text(print_graph(result, history=True))
+        if name in dump_after:
+            print(f"// ----- IR after {step} -----\n{print_graph(result)}")
+        graph = result
+    return PipelineResult(graph, tuple(timings))
+
+
+def run_pipeline(graph: Graph, pipeline: str, **kwargs: Any) -> Graph:
+    """Run the passes named in ``pipeline`` on ``graph`` and return the result."""
+    return run_steps(graph, parse_pipeline(pipeline), **kwargs).graph
+
+
+def default_pipeline(backend: str = "reference") -> str:
+    """The pipeline ``lamina.compile`` runs for ``backend`` when none is given."""
+    known = {"reference": "canonicalize"}
+    if backend not in known:
+        raise PipelineError(f"unknown backend {backend!r}; available: {', '.join(sorted(known))}")
+    return known[backend]

@@ -1,0 +1,1 @@
+"""Runtimes that execute compiled graphs and exchange tensors with torch."""

@@ -1,0 +1,92 @@
+"""CompiledModule: called like the original model, with torch tensors in and out."""
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.utils._pytree as pytree
+
+from ..errors import InputMismatchError
+from ..frontends.fx import ConstRole, Imported, InputRole, ParamRole
+from ..ir.core import Graph
+from ..ir.dtypes import to_torch
+from ..ir.interpreter import bind_symbols
+from ..options import CompileOptions
+from ..passes.manager import PassTiming
+
+Executor = Callable[[Sequence[np.ndarray], Mapping[str, np.ndarray]], list[np.ndarray]]
+
+
+def to_numpy(t: torch.Tensor) -> np.ndarray:
+    """A NumPy view of a CPU tensor (no copy when contiguous); bf16 widens to f32."""
+    t = t.detach()
+    if t.dtype == torch.bfloat16:
+        t = t.float()
+    return t.cpu().numpy()
+
+
+class CompiledModule:
+    """The result of ``lamina.compile``: checks inputs, runs the backend, rebuilds outputs."""
+
+    def __init__(self, imported: Imported, graph: Graph, executor: Executor, options: CompileOptions,
+                 timings: Sequence[PassTiming] = (), model_name: str = "model") -> None:
+        self.graph = graph
+        self.imported = imported
+        self.options = options
+        self.timings = tuple(timings)
+        self.model_name = model_name
+        self._executor = executor
+        self._weights = {k: to_numpy(v) for k, v in imported.weights.items()}
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        flat, spec = pytree.tree_flatten((args, kwargs))
+        if spec != self.imported.in_spec:
+            raise InputMismatchError(
+                f"{self.model_name} was compiled for inputs structured as {self.imported.in_spec}, "
+                f"but was called with {spec}; call it as it was traced or compile again")
+        inputs = [np.empty(0)] * len(self.graph.inputs)
+        weights = dict(self._weights)
+        for position, (role, value) in enumerate(zip(self.imported.roles, flat)):
+            if isinstance(role, ConstRole):
+                if value != role.value:
+                    raise InputMismatchError(
+                        f"argument {position} of {self.model_name} was {role.value!r} when compiled and is {value!r} "
+                        "now; lamina specialises non-tensor arguments, so compile again for the new value")
+            elif not isinstance(value, torch.Tensor):
+                raise InputMismatchError(f"argument {position} of {self.model_name} must be a tensor, got "
+                                         f"{type(value).__name__}")
+            elif isinstance(role, ParamRole):
+                weights[role.key] = to_numpy(value)
+            elif isinstance(role, InputRole):
+                inputs[role.index] = self._check(role.index, value)
+        if self.options.check_inputs:
+            self._check_shapes(inputs)
+        outputs = self._executor(inputs, weights)
+        tensors = [torch.from_numpy(np.ascontiguousarray(o)).to(to_torch(v.type.dtype))
+                   for o, v in zip(outputs, self.graph.outputs)]
+        return pytree.tree_unflatten(tensors, self.imported.out_spec)
+
+    def _check(self, index: int, value: torch.Tensor) -> np.ndarray:
+        expected = self.graph.inputs[index].type
+        if value.dtype != to_torch(expected.dtype):
+            raise InputMismatchError(f"input {self.graph.inputs[index].hint or index} of {self.model_name} expects "
+                                     f"dtype {expected.dtype} ({to_torch(expected.dtype)}), got {value.dtype}")
+        return to_numpy(value)
+
+    def _check_shapes(self, inputs: Sequence[np.ndarray]) -> None:
+        for value, array in zip(self.graph.inputs, inputs):
+            try:
+                bind_symbols([value.type], [array])
+            except ValueError:
+                raise InputMismatchError(
+                    f"input {value.hint or '?'} of {self.model_name} expects shape {value.type} "
+                    f"but got {list(array.shape)}; compile again for new static shapes") from None
+        try:
+            bind_symbols([v.type for v in self.graph.inputs], inputs)
+        except ValueError as e:
+            raise InputMismatchError(f"inputs of {self.model_name} disagree on a symbolic dim: {e}") from None
+
+    def __repr__(self) -> str:
+        return f"CompiledModule({self.model_name}, backend={self.options.backend}, ops={len(self.graph.ops)})"
