@@ -27,8 +27,8 @@ class OpEmitter:
             else:
                 types = list(opdef.infer_types([v.type for v in operands], full))
         except InferenceError as e:
-            where = f" at {loc.module}" if loc.module else ""
-            raise InferenceError(f"{name}{where}: {e}") from None
+            message = str(e) if str(e).startswith(name) else f"{name}: {e}"
+            raise InferenceError(message + (f" (module {loc.module})" if loc.module else "")) from None
         op = Op(name, tuple(operands), tuple(Value(t) for t in types), full, tuple(regions), loc)
         self.ops.append(op)
         return op

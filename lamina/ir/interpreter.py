@@ -19,17 +19,40 @@ class InterpreterError(LaminaError, RuntimeError):
 
 
 def bind_symbols(types: Sequence[Any], arrays: Sequence[np.ndarray]) -> dict[sympy.Symbol, int]:
-    """Bind the symbolic dims of ``types`` from the arrays' shapes; raises ValueError on mismatch."""
-    bindings: dict[sympy.Symbol, int] = {}
+    """Bind the symbolic dims of ``types`` from the arrays' shapes; raises ValueError on mismatch.
+
+    Plain symbols bind directly; a dim like ``2*T`` whose only unknown is one symbol is solved for it.
+    """
+    pairs = []
     for t, a in zip(types, arrays):
         if len(t.shape) != a.ndim:
             raise ValueError(f"expected rank {t.rank} for {t}, got shape {list(a.shape)}")
-        for d, n in zip(t.shape, a.shape):
-            if isinstance(d, sympy.Symbol) and d not in bindings:
-                bindings[d] = int(n)
-        for d, n in zip(t.shape, a.shape):
-            if evaluate(d, bindings) != n:
-                raise ValueError(f"expected shape {t} but got {list(a.shape)}")
+        pairs.extend((d, int(n), t, a.shape) for d, n in zip(t.shape, a.shape) if not isinstance(d, int))
+    bindings: dict[sympy.Symbol, int] = {}
+    pending = list(pairs)
+    while pending:
+        progress = False
+        for d, n, t, shape in list(pending):
+            unknown = d.free_symbols - set(bindings)
+            if not unknown:
+                pending.remove((d, n, t, shape))
+                continue
+            if len(unknown) == 1:
+                (sym,) = unknown
+                solutions = [v for v in sympy.solve(sympy.Eq(d.subs(bindings), n), sym) if v.is_Integer and v > 0]
+                if len(solutions) != 1:
+                    raise ValueError(f"expected shape {t} but got {list(shape)}")
+                bindings[sym] = int(solutions[0])
+                progress = True
+        if not progress and pending:
+            names = sorted(str(s) for d, *_ in pending for s in d.free_symbols - set(bindings))
+            raise ValueError(f"symbols {', '.join(names)} cannot be determined from the input shapes")
+    for d, n, t, shape in pairs:
+        if evaluate(d, bindings) != n:
+            raise ValueError(f"expected shape {t} but got {list(shape)}")
+    for t, a in zip(types, arrays):
+        if any(isinstance(d, int) and d != n for d, n in zip(t.shape, a.shape)):
+            raise ValueError(f"expected shape {t} but got {list(a.shape)}")
     return bindings
 
 
@@ -82,7 +105,12 @@ class Interpreter:
         except (IndexError, ValueError, TypeError) as e:
             where = f" at {op.loc.module}" if op.loc.module else ""
             raise InterpreterError(f"{op.name}{where} failed: {e}") from e
-        return [np.ascontiguousarray(round_to(o, v.type.dtype)) for o, v in zip(outs, op.results)]
+        return [_contiguous(round_to(o, v.type.dtype)) for o, v in zip(outs, op.results)]
+
+
+def _contiguous(a: np.ndarray) -> np.ndarray:
+    """A C-contiguous array that owns or shares nothing surprising (0-d arrays stay 0-d)."""
+    return a if a.flags.c_contiguous else np.ascontiguousarray(a)
 
 
 def interpret(graph: Graph, inputs: Sequence[np.ndarray], params: Mapping[str, np.ndarray] | None = None) -> list[np.ndarray]:
@@ -97,13 +125,17 @@ def interpret(graph: Graph, inputs: Sequence[np.ndarray], params: Mapping[str, n
     for value, array in zip(graph.inputs, arrays):
         if array.dtype != value.type.dtype.numpy:
             raise InterpreterError(f"input {value.hint or ''} expects {value.type}, got dtype {array.dtype}")
+    weights = [np.asarray(params[p.key]) for p in graph.params]
+    for p, w in zip(graph.params, weights):
+        if w.dtype != p.value.type.dtype.numpy:
+            raise InterpreterError(f"parameter {p.key} expects {p.value.type}, got dtype {w.dtype}")
     try:
-        bindings = bind_symbols([v.type for v in graph.inputs], arrays)
+        bindings = bind_symbols([v.type for v in graph.inputs] + [p.value.type for p in graph.params], arrays + weights)
     except ValueError as e:
         raise InterpreterError(f"graph @{graph.name}: {e}") from None
     env: dict[int, np.ndarray] = {id(v): a for v, a in zip(graph.inputs, arrays)}
-    for p in graph.params:
-        env[id(p.value)] = np.asarray(params[p.key])
+    for p, w in zip(graph.params, weights):
+        env[id(p.value)] = w
     Interpreter(bindings).run_ops(graph.ops, env)
     return [env[id(v)] for v in graph.outputs]
 

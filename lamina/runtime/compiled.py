@@ -27,6 +27,14 @@ def to_numpy(t: torch.Tensor) -> np.ndarray:
     return t.cpu().numpy()
 
 
+def _describe(spec: Any) -> str:
+    """'2 positional arguments and keywords (use_cache)' for a (args, kwargs) TreeSpec."""
+    args, kwargs = spec.child(0), spec.child(1)
+    text = f"{args.num_children} positional argument(s)"
+    keys = list(kwargs.context or [])
+    return text + (f" and keyword(s) {', '.join(keys)}" if keys else " and no keywords")
+
+
 class CompiledModule:
     """The result of ``lamina.compile``: checks inputs, runs the backend, rebuilds outputs."""
 
@@ -41,11 +49,15 @@ class CompiledModule:
         self._weights = {k: to_numpy(v) for k, v in imported.weights.items()}
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        expected = self.imported.in_spec
+        names = list(expected.child(1).context or [])
+        if set(kwargs) == set(names):
+            kwargs = {k: kwargs[k] for k in names}
         flat, spec = pytree.tree_flatten((args, kwargs))
-        if spec != self.imported.in_spec:
+        if spec != expected:
             raise InputMismatchError(
-                f"{self.model_name} was compiled for inputs structured as {self.imported.in_spec}, "
-                f"but was called with {spec}; call it as it was traced or compile again")
+                f"{self.model_name} was compiled for {_describe(expected)} but was called with {_describe(spec)}; "
+                "call it as it was traced or compile again")
         inputs = [np.empty(0)] * len(self.graph.inputs)
         weights = dict(self._weights)
         for position, (role, value) in enumerate(zip(self.imported.roles, flat)):
@@ -64,7 +76,7 @@ class CompiledModule:
         if self.options.check_inputs:
             self._check_shapes(inputs)
         outputs = self._executor(inputs, weights)
-        tensors = [torch.from_numpy(np.ascontiguousarray(o)).to(to_torch(v.type.dtype))
+        tensors = [torch.from_numpy(np.array(o, copy=True)).to(to_torch(v.type.dtype))
                    for o, v in zip(outputs, self.graph.outputs)]
         return pytree.tree_unflatten(tensors, self.imported.out_spec)
 

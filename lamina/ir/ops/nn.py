@@ -135,7 +135,9 @@ def attention(a: Sequence[np.ndarray], attrs: Mapping[str, Any]) -> np.ndarray:
     if len(a) == 4:
         mask = a[3]
         scores = np.where(mask, scores, q.dtype.type(-np.inf)) if mask.dtype == bool else scores + mask
-    return np.matmul(softmax(scores, -1), v)
+    dead = np.isneginf(scores.max(axis=-1, keepdims=True))  # rows with every key masked give zeros, as torch
+    weights = np.where(dead, q.dtype.type(0), softmax(np.where(dead, q.dtype.type(0), scores), -1))
+    return np.matmul(weights, v)
 
 
 def _same_infer(types: Sequence[TensorType], attrs: Mapping[str, Any]) -> list[TensorType]:
@@ -156,7 +158,8 @@ DEFS = [
     OpDef("embedding", ("weight", "indices"), _embedding_infer, _embedding_ref, Kind.INDEXING,
           "rows of weight picked by integer indices"),
     OpDef("attention", ("q", "k", "v", "mask?"), _attention_infer, attention, Kind.ATTENTION,
-          "scaled dot-product attention over [..., heads, tokens, dim]; bool mask keeps True, float mask is added",
+          "scaled dot-product attention over [..., heads, tokens, dim]; bool mask keeps True, float mask is added; "
+          "a query with every key masked gives zeros (as torch)",
           {"causal": AttrSpec("bool", False), "scale": AttrSpec("float?", None), "gqa": AttrSpec("bool", False)}),
     OpDef("dropout", ("x",), _same_infer, lambda a, at: a[0], Kind.ELEMENTWISE,
           "inference-mode dropout: the identity", {"p": AttrSpec("float", 0.0)}),
