@@ -29,8 +29,8 @@ class UnsupportedOpsError(LaminaError, NotImplementedError):
         lines = "\n".join(f"  - {op}" for op in ops)
         super().__init__(
             f"{model} uses {len(ops)} op(s) lamina does not support:\n{lines}\n"
-            "Rewrite those parts with supported ops, or use torch.compile(model, backend='lamina') "
-            "so that PyTorch runs the unsupported pieces."
+            "Rewrite those parts with supported ops (`lamina ops` lists them), or pass fallback=True "
+            "to run the model in eager PyTorch."
         )
 
 

@@ -126,13 +126,12 @@ def import_graph_module(gm: torch.fx.GraphModule, example_inputs: Sequence[Any])
 
 
 def _dynamo_param_key(node: torch.fx.Node) -> str:
-    arg = node.meta.get("grapharg")
-    source = getattr(arg, "source", None)
-    text = source.name if isinstance(getattr(source, "name", None), str) else (source.name() if source else node.name)
-    text = re.sub(r"^L\['[^']*'\]", "", text)
-    parts = re.findall(r"\['([^']*)'\]|\.([A-Za-z_][A-Za-z0-9_]*)", text)
-    names = [a or b for a, b in parts if (a or b) not in ("_modules", "_parameters", "_buffers")]
-    return ".".join(names) or node.name
+    """``L_self_modules_h_modules_0_modules_ln_1_parameters_weight_`` -> ``h.0.ln_1.weight``."""
+    target = str(node.target)
+    rest = target[target.find("_modules_") + 1:] if "_modules_" in target else target
+    rest = re.sub(r"^L_[A-Za-z0-9]+_(?=(modules|parameters|buffers)_)", "", rest)
+    parts = re.findall(r"(?:modules|parameters|buffers)_(.*?)(?=_(?:modules|parameters|buffers)_|_$)", rest)
+    return ".".join(parts) or node.name
 
 
 class _Translator:

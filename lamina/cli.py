@@ -1,0 +1,127 @@
+"""The ``lamina`` command: dump IR, list ops, run the demo."""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+from pathlib import Path
+from typing import Any
+
+from .errors import LaminaError
+
+
+def load_factory(spec: str) -> tuple[Any, tuple, dict | None]:
+    """Call ``FILE.py:FACTORY``; it returns ``(model, example_inputs)`` or ``(model, args, kwargs)``."""
+    path_text, sep, factory_name = spec.rpartition(":")
+    if not sep or not path_text or not factory_name:
+        raise LaminaError(f"expected FILE.py:FACTORY, got {spec!r}")
+    path = Path(path_text)
+    if not path.is_file():
+        raise LaminaError(f"no such file: {path}")
+    module_spec = importlib.util.spec_from_file_location(f"lamina_user_{path.stem}", path)
+    if module_spec is None or module_spec.loader is None:
+        raise LaminaError(f"cannot import {path}")
+    module = importlib.util.module_from_spec(module_spec)
+    sys.path.insert(0, str(path.parent.resolve()))
+    try:
+        module_spec.loader.exec_module(module)
+    finally:
+        sys.path.pop(0)
+    factory = getattr(module, factory_name, None)
+    if not callable(factory):
+        names = sorted(n for n in vars(module) if callable(getattr(module, n)) and not n.startswith("_"))
+        raise LaminaError(f"{path} has no function {factory_name!r}; it defines {', '.join(names) or 'none'}")
+    result = factory()
+    if not isinstance(result, tuple) or len(result) not in (2, 3):
+        raise LaminaError(f"{spec} must return (model, example_inputs) or (model, args, kwargs), got {type(result).__name__}")
+    model, args = result[0], result[1]
+    args = args if isinstance(args, tuple) else (args,)
+    return model, args, result[2] if len(result) == 3 else None
+
+
+def cmd_dump(ns: argparse.Namespace) -> int:
+    from .api import trace
+    from .ir.dot import to_dot
+    from .ir.printer import print_graph
+    from .passes.manager import default_pipeline, parse_pipeline, run_steps
+
+    model, args, kwargs = load_factory(ns.target)
+    graph = trace(model, args, kwargs)
+    steps = parse_pipeline(ns.pipeline if ns.pipeline is not None else default_pipeline(ns.backend))
+    if ns.after is not None:
+        names = [s.info.name for s in steps]
+        if ns.after not in names:
+            from .passes.manager import PASSES
+
+            raise LaminaError(f"--after {ns.after}: that pass is not in the pipeline ({', '.join(names) or 'empty'}); "
+                              f"give --pipeline with it (known passes: {', '.join(sorted(PASSES))})")
+        steps = steps[: len(names) - names[::-1].index(ns.after)]
+    else:
+        steps = []
+    graph = run_steps(graph, steps).graph
+    if ns.format == "text":
+        text = print_graph(graph, history=ns.history)
+    elif ns.format == "dot":
+        text = to_dot(graph)
+    else:
+        from .ir.mlir import to_mlir_text
+
+        text = to_mlir_text(graph)
+    if ns.output:
+        Path(ns.output).write_text(text)
+        print(f"wrote {ns.output}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def cmd_ops(ns: argparse.Namespace) -> int:
+    from .ir.ops import REGISTRY
+
+    width = max(map(len, REGISTRY))
+    for name, opdef in sorted(REGISTRY.items()):
+        operands = ", ".join(opdef.operands)
+        attrs = ", ".join(f"{k}: {v.kind}" for k, v in opdef.attrs.items())
+        print(f"{name:<{width}}  ({operands}){' {' + attrs + '}' if attrs else ''}  -- {opdef.doc}")
+    return 0
+
+
+def cmd_demo(ns: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(repeats=ns.repeats)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lamina", description="lamina: a compiler for PyTorch models")
+    sub = parser.add_subparsers(dest="command", required=True)
+    dump = sub.add_parser("dump", help="print a model's IR", description=(
+        "Trace FILE.py:FACTORY (a function returning (model, example_inputs) or (model, args, kwargs)) "
+        "and print its IR, optionally after the passes of a pipeline up to --after."))
+    dump.add_argument("target", metavar="FILE.py:FACTORY")
+    dump.add_argument("--after", metavar="PASS", help="run the pipeline up to and including this pass")
+    dump.add_argument("--pipeline", help="pass pipeline, e.g. 'canonicalize' (default: the backend's)")
+    dump.add_argument("--backend", default="reference", help="backend whose default pipeline is used")
+    dump.add_argument("--format", choices=("text", "mlir", "dot"), default="text")
+    dump.add_argument("--history", action="store_true", help="lead the text with the passes that ran")
+    dump.add_argument("-o", "--output", metavar="OUT", help="write to a file instead of stdout")
+    dump.set_defaults(run=cmd_dump)
+    ops = sub.add_parser("ops", help="list every op in the registry")
+    ops.set_defaults(run=cmd_ops)
+    demo = sub.add_parser("demo", help="compile example models on the CPU, check them against eager PyTorch")
+    demo.add_argument("--repeats", type=int, default=5, help="timed runs per model (median reported)")
+    demo.set_defaults(run=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    ns = build_parser().parse_args(argv)
+    try:
+        return ns.run(ns)
+    except LaminaError as e:
+        print(f"lamina: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

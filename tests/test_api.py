@@ -1,0 +1,98 @@
+"""lamina.compile / trace / run_pipeline as users call them: outputs, structures, and bad input."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import lamina
+from lamina.models import make_mlp
+from tests.conftest import rel_error
+
+
+class TupleAndDict(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor, scale: float = 2.0) -> dict:
+        y = self.fc(x)
+        return {"y": y * scale, "pair": (y.sum(-1), y.argmax(-1))}
+
+
+def test_outputs_keep_the_models_structure() -> None:
+    model = TupleAndDict().eval()
+    x = torch.randn(3, 8)
+    compiled = lamina.compile(model, (x,))
+    got, want = compiled(x), model(x)
+    assert set(got) == {"y", "pair"} and isinstance(got["pair"], tuple)
+    assert rel_error(got["y"], want["y"]) <= 1e-6
+    assert rel_error(got["pair"][0], want["pair"][0]) <= 1e-6
+    assert torch.equal(got["pair"][1], want["pair"][1]) and got["pair"][1].dtype == torch.int64
+
+
+def test_compiled_graph_is_the_final_graph() -> None:
+    model, args = make_mlp()
+    compiled = lamina.compile(model, args, pipeline="canonicalize")
+    assert isinstance(compiled.graph, lamina.Graph)
+    assert compiled.graph.history[0].startswith("canonicalize")
+    assert [t.name for t in compiled.timings] == ["canonicalize"]
+
+
+def test_default_pipeline_and_empty_pipeline() -> None:
+    assert lamina.default_pipeline("reference") == "canonicalize"
+    model, args = make_mlp()
+    compiled = lamina.compile(model, args, pipeline="")
+    assert compiled.graph.history == ()
+    with torch.no_grad():
+        assert rel_error(compiled(*args), model(*args)) <= 1e-5
+
+
+def test_wrong_input_shape_names_the_expected_shape() -> None:
+    model, args = make_mlp(batch=8)
+    compiled = lamina.compile(model, args)
+    with pytest.raises(lamina.InputMismatchError, match=r"expects shape f32\[8,64\] but got \[4, 64\]"):
+        compiled(torch.randn(4, 64))
+
+
+def test_wrong_dtype_and_arity_are_clear() -> None:
+    model, args = make_mlp()
+    compiled = lamina.compile(model, args)
+    with pytest.raises(lamina.InputMismatchError, match="expects dtype f32"):
+        compiled(args[0].double())
+    with pytest.raises(lamina.InputMismatchError, match="compiled for 1 positional argument"):
+        compiled(args[0], args[0])
+
+
+def test_changed_non_tensor_argument_is_refused() -> None:
+    model = TupleAndDict().eval()
+    x = torch.randn(3, 8)
+    compiled = lamina.compile(model, (x, 3.0))
+    compiled(x, 3.0)
+    with pytest.raises(lamina.InputMismatchError, match="was 3.0 when compiled and is 4.0"):
+        compiled(x, 4.0)
+
+
+def test_training_mode_is_restored_and_eval_semantics_used() -> None:
+    model = nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.5)).train()
+    x = torch.randn(2, 4)
+    compiled = lamina.compile(model, (x,))
+    assert model.training
+    model.eval()
+    assert rel_error(compiled(x), model(x)) <= 1e-6
+
+
+def test_unknown_backend_and_bad_pipeline() -> None:
+    model, args = make_mlp()
+    with pytest.raises(ValueError, match="unknown backend 'tpu'"):
+        lamina.compile(model, args, backend="tpu")
+    with pytest.raises(lamina.LaminaError, match="unknown pass 'fusee'"):
+        lamina.compile(model, args, pipeline="canonicalize,fusee")
+
+
+def test_dump_dir_gets_ir_after_each_pass(tmp_path) -> None:
+    model, args = make_mlp()
+    lamina.compile(model, args, dump_dir=str(tmp_path))
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert files == ["00-input.lamina", "01-canonicalize.lamina"]
+    assert lamina.parse((tmp_path / "01-canonicalize.lamina").read_text())

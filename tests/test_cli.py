@@ -1,0 +1,68 @@
+"""The lamina command: dump in every format, demo, ops, and clear errors."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from lamina.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+GPT2 = f"{ROOT / 'examples' / 'gpt2.py'}:make"
+
+
+def test_dump_text_shows_module_paths(capsys) -> None:
+    assert main(["dump", GPT2]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("graph @forward(%idx: i64[2,16]) params(")
+    assert "# h.3.attn.c_proj (aten.linear.default)" in out
+    assert "attention(" in out
+
+
+def test_dump_after_pass_with_history(capsys) -> None:
+    assert main(["dump", GPT2, "--after", "canonicalize", "--history"]) == 0
+    assert capsys.readouterr().out.startswith("// canonicalize: ")
+
+
+def test_dump_mlir_parses_with_the_bindings(tmp_path) -> None:
+    ir = pytest.importorskip("iree.compiler.ir")
+    out = tmp_path / "gpt2.mlir"
+    assert main(["dump", GPT2, "--format", "mlir", "-o", str(out)]) == 0
+    with ir.Context():
+        assert ir.Module.parse(out.read_text()).operation.verify()
+
+
+def test_dump_dot(capsys) -> None:
+    assert main(["dump", GPT2, "--format", "dot"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith('digraph "forward"') and "h.0.mlp.c_fc" in out and out.rstrip().endswith("}")
+
+
+def test_dump_hf_model(capsys) -> None:
+    assert main(["dump", f"{ROOT / 'examples' / 'hf_models.py'}:gpt2"]) == 0
+    assert "transformer.h.1.mlp.c_fc" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["dump", "nope.py:make"], "no such file: nope.py"),
+    (["dump", "examples/gpt2.py"], "expected FILE.py:FACTORY"),
+    (["dump", f"{ROOT / 'examples' / 'gpt2.py'}:mak"], "has no function 'mak'; it defines make"),
+    (["dump", GPT2, "--after", "fuse"], "--after fuse: that pass is not in the pipeline"),
+    (["dump", GPT2, "--pipeline", "canonicalise"], "unknown pass 'canonicalise'"),
+])
+def test_dump_errors(argv: list[str], message: str, capsys) -> None:
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_ops_lists_the_registry(capsys) -> None:
+    assert main(["ops"]) == 0
+    out = capsys.readouterr().out
+    assert "attention" in out and "layer_norm" in out and "normalized_ndim: int" in out
+
+
+def test_demo_prints_a_table_and_passes(capsys) -> None:
+    assert main(["demo", "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "gpt2-stack (4 layers)" in out and "all models match eager PyTorch" in out
+    assert "MISMATCH" not in out
