@@ -23,20 +23,25 @@ def _as_args(example_inputs: Any) -> tuple:
 
 
 def trace(model: torch.nn.Module, example_inputs: Sequence[Any] | torch.Tensor,
-          example_kwargs: Mapping[str, Any] | None = None) -> Graph:
-    """The lamina Graph of ``model(*example_inputs, **example_kwargs)``."""
-    return import_module(model, _as_args(example_inputs), example_kwargs).graph
+          example_kwargs: Mapping[str, Any] | None = None, dynamic_shapes: Any = None) -> Graph:
+    """The lamina Graph of ``model(*example_inputs, **example_kwargs)``.
+
+    ``dynamic_shapes`` is passed to ``torch.export`` (e.g. ``({0: torch.export.Dim("batch")},)``);
+    such dims become symbols in the IR.
+    """
+    return import_module(model, _as_args(example_inputs), example_kwargs, dynamic_shapes).graph
 
 
 def compile(model: torch.nn.Module, example_inputs: Sequence[Any] | torch.Tensor, *, backend: str = "reference",
             pipeline: str | None = None, fallback: bool = True, example_kwargs: Mapping[str, Any] | None = None,
-            dump_dir: str | None = None) -> CompiledModule:
+            dynamic_shapes: Any = None, dump_dir: str | None = None) -> CompiledModule:
     """Compile ``model`` for inputs like ``example_inputs``; the result is called like the model.
 
     ``pipeline`` is a pass-pipeline string (``None``: ``default_pipeline(backend)``).
     Unsupported ops raise UnsupportedOpsError listing all of them; with ``fallback``
     true (the default) the whole model then runs in eager PyTorch instead, with a
     warning that names the ops (per-op partitioning is the torch.compile backend's job).
+    ``dynamic_shapes`` (torch.export's) makes dims symbolic, so other sizes run without recompiling.
     """
     from pathlib import Path
 
@@ -47,7 +52,7 @@ def compile(model: torch.nn.Module, example_inputs: Sequence[Any] | torch.Tensor
     was_training = model.training
     model.eval()
     try:
-        imported = import_module(model, _as_args(example_inputs), example_kwargs)
+        imported = import_module(model, _as_args(example_inputs), example_kwargs, dynamic_shapes)
     except UnsupportedOpsError as e:
         if not fallback:
             raise

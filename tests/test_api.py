@@ -96,3 +96,32 @@ def test_dump_dir_gets_ir_after_each_pass(tmp_path) -> None:
     files = sorted(p.name for p in tmp_path.iterdir())
     assert files == ["00-input.lamina", "01-canonicalize.lamina"]
     assert lamina.parse((tmp_path / "01-canonicalize.lamina").read_text())
+
+
+def test_dynamic_batch_runs_other_sizes_without_recompiling() -> None:
+    from torch.export import Dim
+
+    from lamina.models import make_gpt2_stack
+
+    model, (idx,) = make_gpt2_stack(batch=2, n_layers=2)
+    compiled = lamina.compile(model, (idx,), dynamic_shapes=({0: Dim("batch")},))
+    assert not isinstance(compiled.graph.inputs[0].type.shape[0], int)
+    for batch in (1, 3, 5):
+        x = torch.randint(0, 128, (batch, idx.shape[1]))
+        with torch.no_grad():
+            assert rel_error(compiled(x), model(x)) <= 1e-5
+    with pytest.raises(lamina.InputMismatchError, match="expects shape"):
+        compiled(torch.randint(0, 128, (2, 9)))
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float16, 2e-3), (torch.bfloat16, 1e-2)])
+def test_low_precision_models(dtype: torch.dtype, tol: float) -> None:
+    # f16/bf16 ops compute in f32 and round after each op, as torch's CPU kernels do; the
+    # tolerance is a few units in the last place of the type (2^-10 for f16, 2^-7 for bf16).
+    model, (x,) = make_mlp()
+    model, x = model.to(dtype), x.to(dtype)
+    compiled = lamina.compile(model, (x,))
+    got = compiled(x)
+    assert got.dtype == dtype
+    with torch.no_grad():
+        assert rel_error(got.float(), model(x).float()) <= tol

@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import sympy
 import torch
 import torch.fx
 import torch.utils._pytree as pytree
@@ -22,6 +23,7 @@ from ..errors import UnsupportedOp, UnsupportedOpsError
 from ..ir.builder import GraphBuilder
 from ..ir.core import Graph, Loc, Value
 from ..ir.opdef import InferenceError
+from ..ir.shapes import dim
 from ..ir.types import TensorType
 from .aten import CONVERTERS, NO_OUTPUT
 from .context import Context, Unsupported, tensor_type
@@ -75,6 +77,8 @@ def module_path(node: torch.fx.Node) -> str:
     if not stack:
         return ""
     path = list(stack.values())[-1][0]
+    if path.startswith("_empty_nn_module_stack"):
+        return ""
     path = re.sub(r"^L\['[^']*'\]\.?", "", path)
     path = re.sub(r"^L__[a-z_]+___", "", path)
     path = re.sub(r"\._modules\['([^']*)'\]", r".\1", path)
@@ -203,6 +207,9 @@ class _Translator:
             return
         if target in NO_OUTPUT:
             return
+        if target in SYMBOLIC:
+            self.symbolic(node, target)
+            return
         converter = CONVERTERS.get(target)
         if converter is None:
             self.report(node, "no lamina translation")
@@ -222,11 +229,19 @@ class _Translator:
         except (Unsupported, InferenceError) as e:
             self.report(node, str(e))
 
+    def symbolic(self, node: torch.fx.Node, target: str) -> None:
+        """Integer arithmetic on sizes (``sym_size``, ``*``, ``//``) is done on SymPy dims at trace time."""
+        args = [self.lookup(a) for a in node.args]
+        if _has_placeholder(args):
+            self.env[node] = _MISSING
+        elif target == "aten.sym_size.int":
+            self.env[node] = args[0].type.shape[args[1]]
+        else:
+            self.env[node] = dim(SYMBOLIC[target](*[sympy.sympify(a) for a in args]))
+
     def lookup(self, x: Any) -> Any:
         if isinstance(x, torch.fx.Node):
             return self.env.get(x, _MISSING)
-        if isinstance(x, (torch.device, torch.layout, torch.memory_format, torch.dtype)):
-            return x
         return x
 
     def check(self, node: torch.fx.Node, result: Any, expected: Any) -> None:
@@ -253,6 +268,13 @@ class _Translator:
             else:
                 self.unsupported.append(UnsupportedOp("output", "", str(item), f"non-tensor output {value!r}"))
         return outs
+
+
+SYMBOLIC: Mapping[str, Any] = {
+    "aten.sym_size.int": None,
+    "mul": operator.mul, "add": operator.add, "sub": operator.sub,
+    "floordiv": lambda a, b: sympy.floor(a / b), "sym_max": sympy.Max, "sym_min": sympy.Min,
+}
 
 
 class _Skip(Exception):
