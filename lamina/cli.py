@@ -45,8 +45,13 @@ def cmd_dump(ns: argparse.Namespace) -> int:
     from .ir.printer import print_graph
     from .passes.manager import default_pipeline, parse_pipeline, run_steps
 
-    model, args, kwargs = load_factory(ns.target)
-    graph = trace(model, args, kwargs)
+    if ns.target.endswith(".lamina"):
+        from .frontends.text import read_graph
+
+        graph = read_graph(ns.target)
+    else:
+        model, args, kwargs = load_factory(ns.target)
+        graph = trace(model, args, kwargs)
     steps = parse_pipeline(ns.pipeline if ns.pipeline is not None else default_pipeline(ns.backend))
     if ns.after is not None:
         names = [s.info.name for s in steps]
@@ -96,9 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lamina", description="lamina: a compiler for PyTorch models")
     sub = parser.add_subparsers(dest="command", required=True)
     dump = sub.add_parser("dump", help="print a model's IR", description=(
-        "Trace FILE.py:FACTORY (a function returning (model, example_inputs) or (model, args, kwargs)) "
-        "and print its IR, optionally after the passes of a pipeline up to --after."))
-    dump.add_argument("target", metavar="FILE.py:FACTORY")
+        "Trace FILE.py:FACTORY (a function returning (model, example_inputs) or (model, args, kwargs)), "
+        "or read IR text from FILE.lamina, and print the IR, optionally after the passes of a pipeline up to --after."))
+    dump.add_argument("target", metavar="FILE.py:FACTORY | FILE.lamina")
     dump.add_argument("--after", metavar="PASS", help="run the pipeline up to and including this pass")
     dump.add_argument("--pipeline", help="pass pipeline, e.g. 'canonicalize' (default: the backend's)")
     dump.add_argument("--backend", default="reference", help="backend whose default pipeline is used")

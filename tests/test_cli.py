@@ -66,3 +66,13 @@ def test_demo_prints_a_table_and_passes(capsys) -> None:
     out = capsys.readouterr().out
     assert "gpt2-stack (4 layers)" in out and "all models match eager PyTorch" in out
     assert "MISMATCH" not in out
+
+
+def test_dump_reads_ir_text_files(tmp_path, capsys) -> None:
+    source = tmp_path / "g.lamina"
+    source.write_text("graph @g(%x: f32[4]) {\n  %0 = identity(%x) : f32[4]\n  %1 = exp(%0) : f32[4]\n  return %1\n}\n")
+    assert main(["dump", str(source), "--after", "canonicalize"]) == 0
+    assert "identity" not in capsys.readouterr().out
+    source.write_text("graph @g(%x: f32[4]) {\n  %0 = exp(%y) : f32[4]\n  return %0\n}\n")
+    assert main(["dump", str(source)]) == 2
+    assert f"{source}, line 2, column 12: %y is used but not defined" in capsys.readouterr().err

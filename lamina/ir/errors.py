@@ -9,9 +9,10 @@ class LaminaError(Exception):
 class IRParseError(LaminaError, ValueError):
     """Malformed IR text; carries the line and column and shows the offending line."""
 
-    def __init__(self, message: str, line: int, column: int, source: str | None = None) -> None:
-        self.line, self.column = line, column
-        text = f"line {line}, column {column}: {message}"
+    def __init__(self, message: str, line: int, column: int, source: str | None = None,
+                 filename: str | None = None) -> None:
+        self.line, self.column, self.message = line, column, message
+        text = f"{filename + ', ' if filename else ''}line {line}, column {column}: {message}"
         if source is not None:
             lines = source.splitlines()
             if 1 <= line <= len(lines):

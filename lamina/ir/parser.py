@@ -37,8 +37,17 @@ def _expected(names: set[str]) -> str:
     return ", ".join(shown[:8]) + (" ..." if len(shown) > 8 else "")
 
 
-def parse(text: str) -> Graph:
-    """Parse IR text into a verified Graph; raises IRParseError with line and column."""
+def parse(text: str, filename: str | None = None) -> Graph:
+    """Parse IR text into a verified Graph; raises IRParseError with line and column (and ``filename``)."""
+    try:
+        return _parse(text)
+    except IRParseError as e:
+        if filename is None:
+            raise
+        raise IRParseError(e.message, e.line, e.column, text, filename) from None
+
+
+def _parse(text: str) -> Graph:
     try:
         tree = _lark().parse(text)
     except lark.UnexpectedCharacters as e:
