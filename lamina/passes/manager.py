@@ -16,6 +16,7 @@ from ..ir.errors import LaminaError
 from ..ir.printer import print_graph
 from ..ir.verifier import verify
 from .canonicalize import canonicalize
+from .fusion import fuse
 
 
 class PipelineError(LaminaError, ValueError):
@@ -34,6 +35,7 @@ class PassInfo:
 
 PASSES: Mapping[str, PassInfo] = MappingProxyType({
     "canonicalize": PassInfo("canonicalize", canonicalize, None, canonicalize.__doc__ or ""),
+    "fuse": PassInfo("fuse", fuse, None, fuse.__doc__ or ""),
 })
 
 
