@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from functools import partial
 from typing import Any
 
 import torch
@@ -10,10 +9,9 @@ import torch
 from .errors import UnsupportedOpsError
 from .frontends.fx import Imported, import_module
 from .ir.core import Graph
-from .ir.interpreter import interpret
 from .options import CompileOptions
 from .passes.manager import default_pipeline, parse_pipeline, run_pipeline, run_steps
-from .runtime.compiled import CompiledModule
+from .runtime.compiled import CompiledModule, reference_executor
 
 
 def _as_args(example_inputs: Any) -> tuple:
@@ -32,9 +30,9 @@ def trace(model: torch.nn.Module, example_inputs: Sequence[Any] | torch.Tensor,
     return import_module(model, _as_args(example_inputs), example_kwargs, dynamic_shapes).graph
 
 
-def compile(model: torch.nn.Module, example_inputs: Sequence[Any] | torch.Tensor, *, backend: str = "reference",
+def compile(model: torch.nn.Module, example_inputs: Sequence[Any] | torch.Tensor, *, backend: str = "cpu",
             pipeline: str | None = None, fallback: bool = True, example_kwargs: Mapping[str, Any] | None = None,
-            dynamic_shapes: Any = None, dump_dir: str | None = None) -> CompiledModule:
+            dynamic_shapes: Any = None, dump_dir: str | None = None, poison: bool = False) -> CompiledModule:
     """Compile ``model`` for inputs like ``example_inputs``; the result is called like the model.
 
     ``pipeline`` is a pass-pipeline string (``None``: ``default_pipeline(backend)``).
@@ -42,11 +40,12 @@ def compile(model: torch.nn.Module, example_inputs: Sequence[Any] | torch.Tensor
     true (the default) the whole model then runs in eager PyTorch instead, with a
     warning that names the ops (per-op partitioning is the torch.compile backend's job).
     ``dynamic_shapes`` (torch.export's) makes dims symbolic, so other sizes run without recompiling.
+    ``poison`` fills every buffer with NaN (or -7) before each run, so unwritten elements show (for tests).
     """
     from pathlib import Path
 
     options = CompileOptions(backend=backend, pipeline=pipeline, fallback=fallback,
-                             dump_dir=Path(dump_dir) if dump_dir else None)
+                             dump_dir=Path(dump_dir) if dump_dir else None, poison=poison)
     steps = parse_pipeline(pipeline if pipeline is not None else default_pipeline(backend))
     model_name = type(model).__name__
     was_training = model.training
@@ -60,14 +59,18 @@ def compile(model: torch.nn.Module, example_inputs: Sequence[Any] | torch.Tensor
     finally:
         model.train(was_training)
     result = run_steps(imported.graph, steps, dump_dir=options.dump_dir, check=options.verify)
-    executor = _executor(options.backend, result.graph)
+    executor = _executor(options, result.graph)
     return CompiledModule(imported, result.graph, executor, options, result.timings, model_name)
 
 
-def _executor(backend: str, graph: Graph) -> Any:
-    if backend == "reference":
-        return partial(interpret, graph)
-    raise ValueError(f"backend {backend!r} is not available")
+def _executor(options: CompileOptions, graph: Graph) -> Any:
+    if options.backend == "reference":
+        return reference_executor(graph)
+    if options.backend == "cpu":
+        from .runtime.cpu import CpuExecutor
+
+        return CpuExecutor(graph, poison=options.poison)
+    raise ValueError(f"backend {options.backend!r} is not available")
 
 
 def _eager_fallback(model: torch.nn.Module, error: UnsupportedOpsError) -> Any:

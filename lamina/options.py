@@ -4,19 +4,20 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-BACKENDS = ("reference",)
+BACKENDS = ("cpu", "reference")
 
 
 @dataclass(frozen=True)
 class CompileOptions:
     """How to compile: target backend, pass pipeline, fallback policy, where to dump IR."""
 
-    backend: str = "reference"
+    backend: str = "cpu"
     pipeline: str | None = None
     fallback: bool = True
     dump_dir: Path | None = None
     verify: bool = True
     check_inputs: bool = True
+    poison: bool = False
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:

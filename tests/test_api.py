@@ -33,7 +33,7 @@ def test_outputs_keep_the_models_structure() -> None:
 
 def test_compiled_graph_is_the_final_graph() -> None:
     model, args = make_mlp()
-    compiled = lamina.compile(model, args, pipeline="canonicalize")
+    compiled = lamina.compile(model, args, pipeline="canonicalize", backend="reference")
     assert isinstance(compiled.graph, lamina.Graph)
     assert compiled.graph.history[0].startswith("canonicalize")
     assert [t.name for t in compiled.timings] == ["canonicalize"]
@@ -41,6 +41,7 @@ def test_compiled_graph_is_the_final_graph() -> None:
 
 def test_default_pipeline_and_empty_pipeline() -> None:
     assert lamina.default_pipeline("reference") == "canonicalize"
+    assert lamina.default_pipeline() == lamina.default_pipeline("cpu") == "canonicalize,fuse"
     model, args = make_mlp()
     compiled = lamina.compile(model, args, pipeline="")
     assert compiled.graph.history == ()
@@ -94,7 +95,7 @@ def test_dump_dir_gets_ir_after_each_pass(tmp_path) -> None:
     model, args = make_mlp()
     lamina.compile(model, args, dump_dir=str(tmp_path))
     files = sorted(p.name for p in tmp_path.iterdir())
-    assert files == ["00-input.lamina", "01-canonicalize.lamina"]
+    assert files == ["00-input.lamina", "01-canonicalize.lamina", "02-fuse.lamina"]
     assert lamina.parse((tmp_path / "01-canonicalize.lamina").read_text())
 
 
@@ -120,7 +121,7 @@ def test_low_precision_models(dtype: torch.dtype, tol: float) -> None:
     # tolerance is a few units in the last place of the type (2^-10 for f16, 2^-7 for bf16).
     model, (x,) = make_mlp()
     model, x = model.to(dtype), x.to(dtype)
-    compiled = lamina.compile(model, (x,))
+    compiled = lamina.compile(model, (x,), backend="reference")
     got = compiled(x)
     assert got.dtype == dtype
     with torch.no_grad():

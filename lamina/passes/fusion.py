@@ -109,8 +109,10 @@ def fuse(graph: Graph) -> Graph:
         """The compute op behind ``v``, looking through views."""
         while id(v) in producer:
             i, op = producer[id(v)]
-            if op_class(op.name) != "view" or not op.operands:
+            if op_class(op.name) != "view":
                 return i, op
+            if not op.operands:
+                return None  # a constant: recomputed wherever it is read
             v = op.operands[0]
         return None
 
@@ -136,6 +138,18 @@ def fuse(graph: Graph) -> Graph:
     return _rebuild(graph, groups, group_of)
 
 
+def wrap_loose_ops(graph: Graph) -> Graph:
+    """Put every pointwise or reduction op outside a region into a region of its own (one kernel each),
+    so a backend can run graphs that skipped ``fuse``."""
+    groups, group_of = [], {}
+    for index, op in enumerate(graph.ops):
+        if op_class(op.name) in ("pointwise", "reduction"):
+            group = _Group(first=index, ops=[op])
+            groups.append(group)
+            group_of[id(op)] = group
+    return _rebuild(graph, groups, group_of) if groups else graph
+
+
 def _rebuild(graph: Graph, groups: Sequence[_Group], group_of: dict[int, _Group]) -> Graph:
     users: dict[int, list[Op]] = {}
     for op in graph.ops:
@@ -159,16 +173,18 @@ def _rebuild(graph: Graph, groups: Sequence[_Group], group_of: dict[int, _Group]
             if kind == "view" and all(_is_absorbed_view(op, g, members, users, outputs) for g in _consumer_groups(op, users, group_of)) \
                     and not _feeds_outside(op, users, group_of, outputs):
                 continue  # only fused regions read it; they recompute it
-            out.append(op.replace(operands=tuple(mapping.get(id(v), v) for v in op.operands)))
+            out.append(op)
             continue
         if op is not last_op[id(group)]:
             continue
         results = [v for g_op in group.ops for v in g_op.results if escapes(v, group)]
         region, inputs = _region(group, results, producer)
-        fused = out.emit_op("fused", [mapping.get(id(v), v) for v in inputs], {}, group.ops[-1].loc, [region])
+        fused = out.emit_op("fused", inputs, {}, group.ops[-1].loc, [region])
         for old, new in zip(results, fused.results):
             mapping[id(old)] = new
-    return graph.replace(ops=tuple(_toposort(out.ops)), outputs=tuple(mapping.get(id(v), v) for v in graph.outputs))
+    # operands are remapped only now: a kernel may read a result of a kernel emitted after it
+    ops = [op.replace(operands=tuple(mapping.get(id(v), v) for v in op.operands)) for op in out.ops]
+    return graph.replace(ops=tuple(_toposort(ops)), outputs=tuple(mapping.get(id(v), v) for v in graph.outputs))
 
 
 def _toposort(ops: Sequence[Op]) -> list[Op]:

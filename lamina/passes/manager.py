@@ -161,9 +161,9 @@ def run_pipeline(graph: Graph, pipeline: str, **kwargs: Any) -> Graph:
     return run_steps(graph, parse_pipeline(pipeline), **kwargs).graph
 
 
-def default_pipeline(backend: str = "reference") -> str:
+def default_pipeline(backend: str = "cpu") -> str:
     """The pipeline ``lamina.compile`` runs for ``backend`` when none is given."""
-    known = {"reference": "canonicalize"}
+    known = {"reference": "canonicalize", "cpu": "canonicalize,fuse", "cuda": "canonicalize,fuse"}
     if backend not in known:
         raise PipelineError(f"unknown backend {backend!r}; available: {', '.join(sorted(known))}")
     return known[backend]

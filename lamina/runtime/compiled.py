@@ -16,7 +16,7 @@ from ..ir.interpreter import bind_symbols
 from ..options import CompileOptions
 from ..passes.manager import PassTiming
 
-Executor = Callable[[Sequence[np.ndarray], Mapping[str, np.ndarray]], list[np.ndarray]]
+Executor = Callable[[Sequence[torch.Tensor], Mapping[str, torch.Tensor]], list[torch.Tensor]]
 
 
 def to_numpy(t: torch.Tensor) -> np.ndarray:
@@ -25,6 +25,17 @@ def to_numpy(t: torch.Tensor) -> np.ndarray:
     if t.dtype == torch.bfloat16:
         t = t.float()
     return t.cpu().numpy()
+
+
+def reference_executor(graph: Graph) -> Executor:
+    """Runs ``graph`` with the NumPy interpreter; outputs are fresh tensors."""
+    from ..ir.interpreter import interpret
+
+    def run(inputs: Sequence[torch.Tensor], weights: Mapping[str, torch.Tensor]) -> list[torch.Tensor]:
+        arrays = interpret(graph, [to_numpy(x) for x in inputs], {p.key: to_numpy(weights[p.key]) for p in graph.params})
+        return [torch.from_numpy(np.array(a, copy=True)).to(to_torch(v.type.dtype)) for a, v in zip(arrays, graph.outputs)]
+
+    return run
 
 
 def _describe(spec: Any) -> str:
@@ -46,7 +57,7 @@ class CompiledModule:
         self.timings = tuple(timings)
         self.model_name = model_name
         self._executor = executor
-        self._weights = {k: to_numpy(v) for k, v in imported.weights.items()}
+        self._weights = {k: v.detach() for k, v in imported.weights.items()}
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         expected = self.imported.in_spec
@@ -58,7 +69,7 @@ class CompiledModule:
             raise InputMismatchError(
                 f"{self.model_name} was compiled for {_describe(expected)} but was called with {_describe(spec)}; "
                 "call it as it was traced or compile again")
-        inputs = [np.empty(0)] * len(self.graph.inputs)
+        inputs: list[Any] = [None] * len(self.graph.inputs)
         weights = dict(self._weights)
         for position, (role, value) in enumerate(zip(self.imported.roles, flat)):
             if isinstance(role, ConstRole):
@@ -70,24 +81,26 @@ class CompiledModule:
                 raise InputMismatchError(f"argument {position} of {self.model_name} must be a tensor, got "
                                          f"{type(value).__name__}")
             elif isinstance(role, ParamRole):
-                weights[role.key] = to_numpy(value)
+                weights[role.key] = value.detach()
             elif isinstance(role, InputRole):
                 inputs[role.index] = self._check(role.index, value)
         if self.options.check_inputs:
             self._check_shapes(inputs)
         outputs = self._executor(inputs, weights)
-        tensors = [torch.from_numpy(np.array(o, copy=True)).to(to_torch(v.type.dtype))
-                   for o, v in zip(outputs, self.graph.outputs)]
-        return pytree.tree_unflatten(tensors, self.imported.out_spec)
+        return pytree.tree_unflatten(list(outputs), self.imported.out_spec)
 
-    def _check(self, index: int, value: torch.Tensor) -> np.ndarray:
+    def _check(self, index: int, value: torch.Tensor) -> torch.Tensor:
         expected = self.graph.inputs[index].type
         if value.dtype != to_torch(expected.dtype):
             raise InputMismatchError(f"input {self.graph.inputs[index].hint or index} of {self.model_name} expects "
                                      f"dtype {expected.dtype} ({to_torch(expected.dtype)}), got {value.dtype}")
-        return to_numpy(value)
+        if value.device.type != "cpu" and self.options.backend != "cuda":
+            raise InputMismatchError(f"input {self.graph.inputs[index].hint or index} is on {value.device}; "
+                                     f"backend {self.options.backend!r} takes CPU tensors")
+        return value.detach().contiguous()
 
-    def _check_shapes(self, inputs: Sequence[np.ndarray]) -> None:
+    def _check_shapes(self, inputs: Sequence[torch.Tensor]) -> None:
+        inputs = [np.empty(tuple(x.shape), dtype=bool) for x in inputs]  # shapes only
         for value, array in zip(self.graph.inputs, inputs):
             try:
                 bind_symbols([value.type], [array])

@@ -1,0 +1,142 @@
+"""Print a Kernel as a Numba ``@njit(parallel=True, cache=True)`` function (prange over the outer loop)."""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from ..ir.dtypes import DType
+from .kernel import Call, Const, Expr, Kernel, Let, Load, Loop, Reduce, Store, Var
+
+_NP = {DType.f64: "np.float64", DType.f32: "np.float32", DType.f16: "np.float16", DType.bf16: "np.float32",
+       DType.i64: "np.int64", DType.i32: "np.int32", DType.i8: "np.int8", DType.u8: "np.uint8", DType.i4: "np.int8",
+       DType.bool: "np.bool_"}
+_MATH = {"exp": "math.exp", "log": "math.log", "sqrt": "math.sqrt", "tanh": "math.tanh", "sin": "math.sin",
+         "cos": "math.cos", "erf": "math.erf", "floor": "math.floor"}
+_INFIX = {"add": "+", "sub": "-", "mul": "*", "div": "/", "pow": "**", "floordiv": "//", "mod": "%",
+          "lt": "<", "le": "<=", "gt": ">", "ge": ">=", "eq": "==", "ne": "!=",
+          "logical_and": "&", "logical_or": "|", "logical_xor": "^"}
+
+# Kernels with less work than this run serially: starting threads costs more than it saves.
+PARALLEL_THRESHOLD = 1 << 15
+
+
+def literal(value: Any, dtype: DType) -> str:
+    if dtype is DType.bool:
+        return "True" if value else "False"
+    if dtype.is_float:
+        v = float(value)
+        text = "np.inf" if v == math.inf else "-np.inf" if v == -math.inf else "np.nan" if math.isnan(v) else repr(v)
+        return f"{_NP[dtype]}({text})"
+    return str(int(value)) if dtype is DType.i64 else f"{_NP[dtype]}({int(value)})"
+
+
+class NumbaPrinter:
+    def expr(self, e: Expr) -> str:
+        if isinstance(e, Const):
+            return literal(e.value, e.dtype)
+        if isinstance(e, Var):
+            return e.name
+        if isinstance(e, Load):
+            return f"{e.buffer}[{self.expr(e.index)}]"
+        assert isinstance(e, Call)
+        return self.call(e, [self.expr(a) for a in e.args])
+
+    def call(self, e: Call, a: list[str]) -> str:
+        op, dt = e.op, e.dtype
+        one, half = literal(1, dt), literal(0.5, dt)
+        if op in _INFIX:
+            if op == "div" and not dt.is_float:
+                raise NotImplementedError("integer true division in a kernel")
+            return f"({a[0]} {_INFIX[op]} {a[1]})"
+        if op in _MATH:
+            return f"{_MATH[op]}({a[0]})"
+        if op in ("min", "max"):
+            return f"{op}({a[0]}, {a[1]})"
+        if op in ("maximum", "minimum"):
+            return f"np.{op}({a[0]}, {a[1]})"
+        if op == "rsqrt":
+            return f"({one} / math.sqrt({a[0]}))"
+        if op == "reciprocal":
+            return f"({one} / {a[0]})"
+        if op == "sigmoid":
+            return f"({one} / ({one} + math.exp(-{a[0]})))"
+        if op == "silu":
+            return f"({a[0]} * ({one} / ({one} + math.exp(-{a[0]}))))"
+        if op == "gelu":
+            x = a[0]
+            if e.attr("approximate") == "tanh":
+                inner = f"{literal(math.sqrt(2 / math.pi), dt)} * ({x} + {literal(0.044715, dt)} * {x} * {x} * {x})"
+                return f"({half} * {x} * ({one} + math.tanh({inner})))"
+            return f"({half} * {x} * ({one} + math.erf({x} * {literal(1 / math.sqrt(2.0), dt)})))"
+        if op == "relu":
+            return f"np.maximum({a[0]}, {literal(0, dt)})"
+        if op == "neg":
+            return f"(-{a[0]})"
+        if op == "abs":
+            return f"abs({a[0]})"
+        if op == "logical_not":
+            return f"(not {a[0]})"
+        if op == "where":
+            return f"({a[1]} if {a[0]} else {a[2]})"
+        if op == "clamp":
+            x = a[0]
+            if e.attr("min") is not None:
+                x = f"np.maximum({x}, {literal(e.attr('min'), dt)})"
+            if e.attr("max") is not None:
+                x = f"np.minimum({x}, {literal(e.attr('max'), dt)})"
+            return x
+        if op == "cast":
+            src = e.args[0].dtype
+            if dt is DType.bool:
+                return f"({a[0]} != 0)"
+            if src.is_float and not dt.is_float:
+                return f"{_NP[dt]}(math.trunc({a[0]}))" if dt is not DType.i64 else f"np.int64({a[0]})"
+            return f"{_NP[dt]}({a[0]})"
+        raise NotImplementedError(f"no Numba spelling for scalar op {op!r}")
+
+    def stmts(self, body: tuple, depth: int, out: list[str]) -> None:
+        pad = "    " * depth
+        for s in body:
+            if isinstance(s, Let):
+                out.append(f"{pad}{s.name} = {self.expr(s.value)}")
+            elif isinstance(s, Store):
+                out.append(f"{pad}{s.buffer}[{self.expr(s.index)}] = {self.expr(s.value)}")
+            elif isinstance(s, Loop):
+                out.append(f"{pad}for {s.var} in range({self.expr(s.extent)}):")
+                self.stmts(s.body, depth + 1, out)
+            elif isinstance(s, Reduce):
+                self.reduce(s, depth, out)
+
+    def reduce(self, s: Reduce, depth: int, out: list[str]) -> None:
+        pad = "    " * depth
+        wide = s.kind == "sum" and s.dtype.is_float  # sums accumulate in f64: accurate at any length
+        acc_type = DType.f64 if wide else s.dtype
+        init = {"sum": 0, "max": -math.inf, "min": math.inf}[s.kind]
+        if not s.dtype.is_float and s.kind != "sum":
+            init = -(2 ** 63) if s.kind == "max" else 2 ** 63 - 1
+        out.append(f"{pad}{s.acc} = {literal(init, acc_type)}")
+        out.append(f"{pad}for {s.var} in range({self.expr(s.extent)}):")
+        self.stmts(s.body, depth + 1, out)
+        value = self.expr(s.value)
+        if s.kind == "sum":
+            out.append(f"{pad}    {s.acc} += {value}")
+        else:
+            fn = "np.maximum" if s.kind == "max" else "np.minimum"
+            out.append(f"{pad}    {s.acc} = {fn}({s.acc}, {value})")
+        if wide:
+            out.append(f"{pad}{s.acc} = {_NP[s.dtype]}({s.acc})")
+
+
+def numba_source(kernel: Kernel, parallel: bool) -> str:
+    """Source of a module defining ``kernel.name`` as a Numba function of (buffers..., sizes...)."""
+    params = [b.name for b in kernel.buffers] + list(kernel.sizes)
+    lines = [
+        f"@numba.njit(parallel={parallel}, cache=True, nogil=True, error_model='numpy', boundscheck=False)",
+        f"def {kernel.name}({', '.join(params)}):",
+        f"    for o in numba.prange({NumbaPrinter().expr(kernel.outer)}):",
+    ]
+    NumbaPrinter().stmts(kernel.body, 2, lines)
+    return "\n".join(lines) + "\n"
+
+
+MODULE_HEADER = "import math\n\nimport numba\nimport numpy as np\n\n\n"

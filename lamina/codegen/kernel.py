@@ -1,0 +1,180 @@
+"""Kernel IR: one fused region as loops, scalar expressions, loads, reductions and stores.
+
+A Kernel runs ``body`` once per outer index ``o`` in ``[0, outer)`` (parallel). The body
+is statements: ``Let`` (a named scalar), ``Reduce`` (a serial loop folding a value into an
+accumulator), ``Loop`` (a serial loop over the inner index of a row kernel) and ``Store``.
+Buffers are flat, contiguous arrays; every view (reshape, permute, expand, slice, split,
+broadcast) has been folded into the integer index expressions of loads.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..ir.dtypes import DType
+
+
+# ---- scalar expressions ---------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Expr:
+    dtype: DType
+
+
+@dataclass(frozen=True)
+class Const(Expr):
+    value: Any
+
+
+@dataclass(frozen=True)
+class Var(Expr):
+    name: str
+
+
+@dataclass(frozen=True)
+class Load(Expr):
+    buffer: str
+    index: Expr
+
+
+@dataclass(frozen=True)
+class Call(Expr):
+    """A scalar op: a registry elementwise op name (``add``, ``exp``, ``where``, ``cast`` ...) or an
+    index op (``floordiv``, ``mod``, ``min``, ``max``)."""
+
+    op: str
+    args: tuple[Expr, ...]
+    attrs: tuple[tuple[str, Any], ...] = ()
+
+    def attr(self, key: str) -> Any:
+        return dict(self.attrs)[key]
+
+
+# ---- statements ----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Let:
+    name: str
+    value: Expr
+
+
+@dataclass(frozen=True)
+class Store:
+    buffer: str
+    index: Expr
+    value: Expr
+
+
+@dataclass(frozen=True)
+class Reduce:
+    """``acc = init; for var in range(extent): body; acc = combine(acc, value)``; kind: sum, max, min."""
+
+    acc: str
+    kind: str
+    dtype: DType
+    var: str
+    extent: Expr
+    body: tuple[Any, ...]
+    value: Expr
+
+
+@dataclass(frozen=True)
+class Loop:
+    var: str
+    extent: Expr
+    body: tuple[Any, ...]
+
+
+Stmt = Let | Store | Reduce | Loop
+
+
+@dataclass(frozen=True)
+class Buffer:
+    """A kernel parameter: a flat contiguous array of ``size`` elements."""
+
+    name: str
+    dtype: DType
+    size: Expr
+    output: bool = False
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """A parallel loop ``for o in range(outer): body``; ``kind`` is ``pointwise`` or ``row``.
+
+    ``row_extent`` is the inner size of a row kernel (what its block reduces over on a GPU).
+    ``sizes`` are symbolic dims passed as i64 arguments after the buffers.
+    """
+
+    name: str
+    kind: str
+    buffers: tuple[Buffer, ...]
+    sizes: tuple[str, ...]
+    outer: Expr
+    body: tuple[Stmt, ...]
+    row_extent: Expr | None = None
+    source_ops: tuple[str, ...] = field(default=(), compare=False)
+
+    @property
+    def inputs(self) -> tuple[Buffer, ...]:
+        return tuple(b for b in self.buffers if not b.output)
+
+    @property
+    def outputs(self) -> tuple[Buffer, ...]:
+        return tuple(b for b in self.buffers if b.output)
+
+
+# ---- helpers for building index arithmetic ---------------------------------------------------
+
+I64 = DType.i64
+
+
+def const(v: int) -> Const:
+    return Const(I64, int(v))
+
+
+def add(a: Expr, b: Expr) -> Expr:
+    if isinstance(a, Const) and a.value == 0:
+        return b
+    if isinstance(b, Const) and b.value == 0:
+        return a
+    if isinstance(a, Const) and isinstance(b, Const):
+        return const(a.value + b.value)
+    return Call(I64, "add", (a, b))
+
+
+def mul(a: Expr, b: Expr) -> Expr:
+    for x, y in ((a, b), (b, a)):
+        if isinstance(x, Const) and x.value == 1:
+            return y
+        if isinstance(x, Const) and x.value == 0:
+            return const(0)
+    if isinstance(a, Const) and isinstance(b, Const):
+        return const(a.value * b.value)
+    return Call(I64, "mul", (a, b))
+
+
+def floordiv(a: Expr, b: Expr) -> Expr:
+    if isinstance(b, Const) and b.value == 1:
+        return a
+    if isinstance(a, Const) and isinstance(b, Const):
+        return const(a.value // b.value)
+    return Call(I64, "floordiv", (a, b))
+
+
+def mod(a: Expr, b: Expr) -> Expr:
+    if isinstance(b, Const) and b.value == 1:
+        return const(0)
+    if isinstance(a, Const) and isinstance(b, Const):
+        return const(a.value % b.value)
+    return Call(I64, "mod", (a, b))
+
+
+def walk(expr: Expr):
+    """Every sub-expression, children before parents."""
+    if isinstance(expr, Call):
+        for a in expr.args:
+            yield from walk(a)
+    elif isinstance(expr, Load):
+        yield from walk(expr.index)
+    yield expr

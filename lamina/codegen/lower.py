@@ -1,0 +1,429 @@
+"""Lower one ``fused`` region to a Kernel: every value becomes a scalar expression at an index.
+
+``value_at(v, idx)`` builds the expression for value ``v`` at multi-index ``idx``: block
+arguments become loads (views folded into the index), elementwise ops become ``Call``s,
+reductions become accumulators computed once per row. Scheduling then binds every shared
+sub-expression to a ``Let`` in the outermost loop it can live in.
+"""
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import sympy
+
+from ..ir.core import Op, Value
+from ..ir.dtypes import DType
+from ..ir.errors import LaminaError
+from ..passes.fusion import op_class, reduction_axes
+from .kernel import (I64, Buffer, Call, Const, Expr, Kernel, Let, Load, Loop, Reduce, Store, Var, add, const,
+                     floordiv, mod, mul, walk)
+
+
+class LoweringError(LaminaError, NotImplementedError):
+    """A region the kernel generator cannot express; names the op."""
+
+
+@dataclass(frozen=True)
+class Idx:
+    """A multi-index; ``flat`` is its row-major offset in the value's own shape when known cheaply."""
+
+    dims: tuple[Expr, ...]
+    flat: Expr | None = None
+
+
+class _Sizes:
+    """Static dims become constants; symbolic dims become i64 size arguments."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+
+    def __call__(self, d: Any) -> Expr:
+        if isinstance(d, int):
+            return const(d)
+        return self.expr(sympy.sympify(d))
+
+    def expr(self, e: sympy.Expr) -> Expr:
+        if e.is_Integer:
+            return const(int(e))
+        if e.is_Symbol:
+            if str(e) not in self.names:
+                self.names.append(str(e))
+            return Var(I64, str(e))
+        if e.is_Add:
+            out = self.expr(e.args[0])
+            for a in e.args[1:]:
+                out = add(out, self.expr(a))
+            return out
+        if e.is_Mul:
+            out = self.expr(e.args[0])
+            for a in e.args[1:]:
+                out = mul(out, self.expr(a))
+            return out
+        if isinstance(e, sympy.floor) and e.args[0].is_Mul:
+            num, den = e.args[0].as_numer_denom()
+            return floordiv(self.expr(num), self.expr(den))
+        raise LoweringError(f"cannot compute size {e} in a kernel")
+
+    def numel(self, shape: Sequence[Any]) -> Expr:
+        out: Expr = const(1)
+        for d in shape:
+            out = mul(out, self(d))
+        return out
+
+
+def _unravel(flat: Expr, shape: Sequence[Any], sizes: _Sizes) -> tuple[Expr, ...]:
+    """Row-major multi-index of ``flat`` in ``shape`` (size-1 axes are 0; axis 0 needs no modulo)."""
+    dims = []
+    for axis, d in enumerate(shape):
+        if isinstance(d, int) and d == 1:
+            dims.append(const(0))
+            continue
+        q = floordiv(flat, _stride_of(shape, axis, sizes))
+        dims.append(q if axis == 0 else mod(q, sizes(d)))
+    return tuple(dims)
+
+
+def _stride_of(shape: Sequence[Any], axis: int, sizes: _Sizes) -> Expr:
+    stride: Expr = const(1)
+    for d in shape[axis + 1:]:
+        stride = mul(stride, sizes(d))
+    return stride
+
+
+def _linearize(idx: Sequence[Expr], shape: Sequence[Any], sizes: _Sizes) -> Expr:
+    flat: Expr = const(0)
+    for i, d in zip(idx, shape):
+        flat = add(mul(flat, sizes(d)), i)
+    return flat
+
+
+class _Builder:
+    def __init__(self, region_args: Sequence[Value], names: Sequence[str]) -> None:
+        self.sizes = _Sizes()
+        self.buffer_of = {id(a): n for a, n in zip(region_args, names)}
+        self.producer: dict[int, tuple[Op, int]] = {}
+        self.memo: dict[tuple, Expr] = {}
+        self.reductions: list[tuple[str, str, DType, Expr]] = []  # (acc, kind, dtype, value in r)
+        self.row_index: Any = None  # callable: inner var -> Idx over the row domain
+
+    # -- values at indices --------------------------------------------------------------------
+    def value_at(self, v: Value, idx: Idx) -> Expr:
+        key = (id(v), idx.dims)
+        if key not in self.memo:
+            self.memo[key] = self._value_at(v, idx)
+        return self.memo[key]
+
+    def _value_at(self, v: Value, idx: Idx) -> Expr:
+        shape, dtype = v.type.shape, v.type.dtype
+        if id(v) in self.buffer_of:
+            flat = idx.flat if idx.flat is not None else _linearize(idx.dims, shape, self.sizes)
+            return Load(dtype, self.buffer_of[id(v)], flat)
+        op, k = self.producer[id(v)]
+        name, attrs = op.name, op.attrs
+        if name in ("identity", "dropout"):
+            return self.value_at(op.operands[0], idx)
+        if name == "full":
+            return Const(dtype, attrs["value"])
+        if name == "arange":
+            return Call(dtype, "cast", (add(mul(idx.dims[0], self.sizes(attrs["step"])), self.sizes(attrs["start"])),),
+                        (("dtype", dtype),)) if dtype is not I64 else add(mul(idx.dims[0], const(attrs["step"])),
+                                                                          self.sizes(attrs["start"]))
+        if name == "reshape":
+            src = op.operands[0]
+            flat = idx.flat if idx.flat is not None else _linearize(idx.dims, shape, self.sizes)
+            return self.value_at(src, Idx(_unravel(flat, src.type.shape, self.sizes), flat))
+        if name == "permute":
+            dims = [const(0)] * len(shape)
+            for i, p in enumerate(attrs["dims"]):
+                dims[p] = idx.dims[i]
+            return self.value_at(op.operands[0], Idx(tuple(dims)))
+        if name == "expand":
+            return self.value_at(op.operands[0], self.broadcast(idx, shape, op.operands[0].type.shape))
+        if name == "slice":
+            d = attrs["dim"] % len(shape)
+            dims = list(idx.dims)
+            dims[d] = add(self.sizes(attrs["start"]), mul(dims[d], const(attrs["step"])))
+            return self.value_at(op.operands[0], Idx(tuple(dims)))
+        if name == "split":
+            d = attrs["dim"] % len(shape)
+            offset = sum(attrs["sizes"][:k]) if all(isinstance(s, int) for s in attrs["sizes"][:k]) else None
+            if offset is None:
+                raise LoweringError("split with symbolic sizes inside a kernel")
+            dims = list(idx.dims)
+            dims[d] = add(dims[d], const(offset))
+            return self.value_at(op.operands[0], Idx(tuple(dims)))
+        if op_class(name) == "reduction":
+            return self.reduction(op, idx)
+        return self.pointwise(op, idx)
+
+    def broadcast(self, idx: Idx, out_shape: Sequence[Any], shape: Sequence[Any]) -> Idx:
+        off = len(out_shape) - len(shape)
+        dims = tuple(const(0) if s == 1 and out_shape[i + off] != 1 else idx.dims[i + off] for i, s in enumerate(shape))
+        return Idx(dims, idx.flat if tuple(shape) == tuple(out_shape) else None)
+
+    def operand(self, op: Op, i: int, idx: Idx) -> Expr:
+        return self.value_at(op.operands[i], self.broadcast(idx, op.results[0].type.shape, op.operands[i].type.shape))
+
+    def pointwise(self, op: Op, idx: Idx) -> Expr:
+        name, attrs, dtype = op.name, op.attrs, op.results[0].type.dtype
+        shape = op.results[0].type.shape
+        if name == "embedding":
+            w, ids = op.operands
+            row = self.as_index(self.value_at(ids, Idx(idx.dims[:-1])))
+            return self.value_at(w, Idx((row, idx.dims[-1])))
+        if name == "index_select":
+            x, ids = op.operands
+            d = attrs["dim"] % len(shape)
+            dims = list(idx.dims)
+            dims[d] = self.as_index(self.value_at(ids, Idx((idx.dims[d],))))
+            return self.value_at(x, Idx(tuple(dims)))
+        if name == "gather":
+            x, ids = op.operands
+            d = attrs["dim"] % len(shape)
+            dims = list(idx.dims)
+            dims[d] = self.as_index(self.value_at(ids, idx))
+            return self.value_at(x, Idx(tuple(dims)))
+        if name == "index":
+            return self.advanced_index(op, idx)
+        if name == "concat":
+            return self.concat(op, idx)
+        if name in ("tril", "triu"):
+            row, col = idx.dims[-2], idx.dims[-1]
+            diff = Call(I64, "sub", (col, row))
+            keep = Call(DType.bool, "le" if name == "tril" else "ge", (diff, const(attrs["diagonal"])))
+            return Call(dtype, "where", (keep, self.value_at(op.operands[0], idx), Const(dtype, 0)))
+        if name == "batch_norm":
+            return self.batch_norm(op, idx)
+        if op.regions or op_class(name) != "pointwise":
+            raise LoweringError(f"{op.describe()} cannot be part of a generated kernel")
+        args = tuple(self.operand(op, i, idx) for i in range(len(op.operands)))
+        items = tuple(sorted((k, v) for k, v in attrs.items()))
+        return Call(dtype, name, args, items)
+
+    def as_index(self, e: Expr) -> Expr:
+        return e if e.dtype is I64 else Call(I64, "cast", (e,), (("dtype", I64),))
+
+    def advanced_index(self, op: Op, idx: Idx) -> Expr:
+        x, tensors = op.operands[0], op.operands[1:]
+        positions = [p % x.type.rank for p in op.attrs["positions"]]
+        out_rank = op.results[0].type.rank
+        picked = out_rank - (x.type.rank - len(positions))
+        contiguous = positions == list(range(positions[0], positions[0] + len(positions)))
+        start = positions[0] if contiguous else 0
+        picked_idx = Idx(idx.dims[start:start + picked])
+        picked_shape = op.results[0].type.shape[start:start + picked]
+        rest = iter([d for i, d in enumerate(idx.dims) if not start <= i < start + picked])
+        dims = []
+        for axis in range(x.type.rank):
+            if axis in positions:
+                t = tensors[positions.index(axis)]
+                dims.append(self.as_index(self.value_at(t, self.broadcast(picked_idx, picked_shape, t.type.shape))))
+            else:
+                dims.append(next(rest))
+        return self.value_at(x, Idx(tuple(dims)))
+
+    def concat(self, op: Op, idx: Idx) -> Expr:
+        d = op.attrs["dim"] % op.results[0].type.rank
+        dtype = op.results[0].type.dtype
+        pieces, offset = [], const(0)
+        for x in op.operands:
+            size = self.sizes(x.type.shape[d])
+            dims = list(idx.dims)
+            local = Call(I64, "sub", (dims[d], offset))
+            dims[d] = Call(I64, "min", (Call(I64, "max", (local, const(0))), Call(I64, "sub", (size, const(1)))))
+            pieces.append((add(offset, size), self.value_at(x, Idx(tuple(dims)))))
+            offset = add(offset, size)
+        out = pieces[-1][1]
+        for end, value in reversed(pieces[:-1]):
+            out = Call(dtype, "where", (Call(DType.bool, "lt", (idx.dims[d], end)), value, out))
+        return out
+
+    def batch_norm(self, op: Op, idx: Idx) -> Expr:
+        x, mean, var, *affine = op.operands
+        dt = x.type.dtype
+        channel = Idx((idx.dims[1],))
+        centered = Call(dt, "sub", (self.value_at(x, idx), self.value_at(mean, channel)))
+        denom = Call(dt, "sqrt", (Call(dt, "add", (self.value_at(var, channel), Const(dt, op.attrs["eps"]))),))
+        y = Call(dt, "div", (centered, denom))
+        for t, f in zip(affine, ("mul", "add")):
+            y = Call(dt, f, (y, self.value_at(t, channel)))
+        return y
+
+    # -- reductions -----------------------------------------------------------------------------
+    def accumulate(self, kind: str, value_in_r: Expr) -> Expr:
+        for acc, k, dt, v in self.reductions:
+            if k == kind and v == value_in_r:
+                return Var(dt, acc)
+        acc = f"acc{len(self.reductions)}"
+        self.reductions.append((acc, kind, value_in_r.dtype, value_in_r))
+        return Var(value_in_r.dtype, acc)
+
+    def reduced_sum(self, x: Value, mapper: Any = None) -> Expr:
+        r_val = self.value_at(x, self.row_index(Var(I64, "r")))
+        return self.accumulate("sum", mapper(r_val) if mapper else r_val)
+
+    def reduction(self, op: Op, idx: Idx) -> Expr:
+        if self.row_index is None:
+            raise LoweringError(f"{op.describe()} outside a row kernel")
+        x = op.operands[0]
+        dt = x.type.dtype
+        axes = reduction_axes(op)
+        n = self.sizes.numel([x.type.shape[a] for a in axes])
+        count = Call(dt, "cast", (n,), (("dtype", dt),))
+        at_r = self.value_at(x, self.row_index(Var(I64, "r")))
+        name, attrs = op.name, op.attrs
+        if name == "sum":
+            return self.accumulate("sum", at_r)
+        if name in ("amax", "amin"):
+            return self.accumulate("max" if name == "amax" else "min", at_r)
+        if name == "mean":
+            return Call(dt, "div", (self.accumulate("sum", at_r), count))
+        if name == "var":
+            mean = Call(dt, "div", (self.accumulate("sum", at_r), count))
+            dev = Call(dt, "sub", (at_r, mean))
+            total = self.accumulate("sum", Call(dt, "mul", (dev, dev)))
+            denom = Call(dt, "cast", (Call(I64, "sub", (n, const(attrs["correction"]))),), (("dtype", dt),))
+            return Call(dt, "div", (total, denom))
+        at = self.value_at(x, idx)
+        if name in ("softmax", "log_softmax"):
+            peak = self.accumulate("max", at_r)
+            total = self.accumulate("sum", Call(dt, "exp", (Call(dt, "sub", (at_r, peak)),)))
+            shifted = Call(dt, "sub", (at, peak))
+            if name == "softmax":
+                return Call(dt, "div", (Call(dt, "exp", (shifted,)), total))
+            return Call(dt, "sub", (shifted, Call(dt, "log", (total,))))
+        if name == "layer_norm":
+            mean = Call(dt, "div", (self.accumulate("sum", at_r), count))
+            dev_r = Call(dt, "sub", (at_r, mean))
+            var = Call(dt, "div", (self.accumulate("sum", Call(dt, "mul", (dev_r, dev_r))), count))
+            y = Call(dt, "div", (Call(dt, "sub", (at, mean)),
+                                 Call(dt, "sqrt", (Call(dt, "add", (var, Const(dt, attrs["eps"]))),))))
+        elif name == "rms_norm":
+            ms = Call(dt, "div", (self.accumulate("sum", Call(dt, "mul", (at_r, at_r))), count))
+            y = Call(dt, "div", (at, Call(dt, "sqrt", (Call(dt, "add", (ms, Const(dt, attrs["eps"]))),))))
+        else:
+            raise LoweringError(f"{op.describe()} has no kernel lowering")
+        norm_ndim = attrs["normalized_ndim"]
+        for t, f in zip(op.operands[1:], ("mul", "add")):
+            y = Call(dt, f, (y, self.value_at(t, Idx(idx.dims[len(idx.dims) - norm_ndim:]))))
+        return y
+
+
+class _Scheduler:
+    """Binds sub-expressions to Lets in the outermost scope where their loop variables exist."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.row: list[Any] = []
+        self.row_memo: dict[Expr, Expr] = {}
+
+    @staticmethod
+    def level(expr: Expr) -> str:
+        names = {e.name for e in walk(expr) if isinstance(e, Var)}
+        return "r" if "r" in names else "j" if "j" in names else "row"
+
+    def bind(self, expr: Expr, scope: list[Any], memo: dict[Expr, Expr], scope_level: str) -> Expr:
+        if isinstance(expr, (Const, Var)):
+            return expr
+        level = self.level(expr)
+        if level == "row" and scope_level != "row":
+            scope, memo, scope_level = self.row, self.row_memo, "row"
+        if expr in memo:
+            return memo[expr]
+        if isinstance(expr, Load):
+            new: Expr = Load(expr.dtype, expr.buffer, self.bind(expr.index, scope, memo, scope_level))
+        else:
+            assert isinstance(expr, Call)
+            new = Call(expr.dtype, expr.op, tuple(self.bind(a, scope, memo, scope_level) for a in expr.args), expr.attrs)
+        if expr.dtype is I64 and isinstance(new, Call) and new.op in ("add", "mul", "mod", "floordiv", "sub"):
+            if all(isinstance(a, (Const, Var)) for a in new.args):
+                memo[expr] = new
+                return new  # cheap index arithmetic stays inline
+        name = f"t{self.count}"
+        self.count += 1
+        scope.append(Let(name, new))
+        memo[expr] = Var(expr.dtype, name)
+        return memo[expr]
+
+
+def lower_region(op: Op, input_names: Sequence[str], output_names: Sequence[str]) -> Kernel:
+    """The Kernel computing ``op``'s (a ``fused`` op) results from its operands."""
+    region = op.regions[0]
+    builder = _Builder(region.args, input_names)
+    for inner in region.ops:
+        for k, v in enumerate(inner.results):
+            builder.producer[id(v)] = (inner, k)
+    reductions = [o for o in region.ops if op_class(o.name) == "reduction"]
+    sizes = builder.sizes
+    o = Var(I64, "o")
+    if reductions:
+        first = reductions[0]
+        row_shape = tuple(first.operands[0].type.shape)
+        axes = reduction_axes(first)
+        outer_shape = [d for i, d in enumerate(row_shape) if i not in axes]
+        inner_shape = [d for i, d in enumerate(row_shape) if i in axes]
+        inner_n = sizes.numel(inner_shape)
+        trailing = axes == tuple(range(len(row_shape) - len(axes), len(row_shape)))
+        outer_dims = _unravel(o, outer_shape, sizes)
+
+        def row_index(var: Expr) -> Idx:
+            inner_dims = iter(_unravel(var, inner_shape, sizes))
+            outer = iter(outer_dims)
+            dims = tuple(next(inner_dims) if i in axes else next(outer) for i in range(len(row_shape)))
+            return Idx(dims, add(mul(o, inner_n), var) if trailing else None)
+
+        builder.row_index = row_index
+        element_idx = row_index(Var(I64, "j"))
+        outer_n = sizes.numel(outer_shape)
+    else:
+        row_shape = tuple(region.results[0].type.shape)
+        element_idx = Idx(_unravel(o, row_shape, sizes), o)
+        outer_n = sizes.numel(row_shape)
+        inner_n = None
+    reduced = set()
+    if reductions:
+        reduced = {tuple(1 if i in axes else d for i, d in enumerate(row_shape)),
+                   tuple(d for i, d in enumerate(row_shape) if i not in axes)}
+    stores_row, stores_elem = [], []
+    for v, name in zip(region.results, output_names):
+        shape = tuple(v.type.shape)
+        if reductions and shape != row_shape and shape in reduced:
+            row_idx = Idx(tuple(_unravel(o, shape, sizes)), o)
+            stores_row.append((name, o, builder.value_at(v, row_idx)))
+        elif shape == row_shape:
+            flat = element_idx.flat if element_idx.flat is not None else _linearize(element_idx.dims, shape, sizes)
+            stores_elem.append((name, flat, builder.value_at(v, element_idx)))
+        else:
+            raise LoweringError(f"{op.describe()}: result of shape {list(shape)} does not fit the kernel's "
+                                f"iteration space {list(row_shape)}")
+    sched = _Scheduler()
+    body: list[Any] = sched.row
+    for acc, kind, dtype, value in builder.reductions:
+        inner: list[Any] = []
+        bound = sched.bind(value, inner, {}, "r")
+        body.append(Reduce(acc, kind, dtype, "r", inner_n, tuple(inner), bound))
+    for name, index, value in stores_row:
+        body.append(Store(name, sched.bind(index, body, sched.row_memo, "row"),
+                          sched.bind(value, body, sched.row_memo, "row")))
+    if stores_elem:
+        loop_body: list[Any] = []
+        memo: dict[Expr, Expr] = {}
+        level = "j" if reductions else "row"
+        target = loop_body if reductions else body
+        target_memo = memo if reductions else sched.row_memo
+        stores = [Store(n, sched.bind(i, target, target_memo, level), sched.bind(v, target, target_memo, level))
+                  for n, i, v in stores_elem]
+        target.extend(stores)
+        if reductions:
+            body.append(Loop("j", inner_n, tuple(loop_body)))
+    buffers = tuple(Buffer(n, a.type.dtype, sizes.numel(a.type.shape)) for n, a in zip(input_names, region.args))
+    buffers += tuple(Buffer(n, v.type.dtype, sizes.numel(v.type.shape), output=True)
+                     for n, v in zip(output_names, region.results))
+    kernel = Kernel("kernel", "row" if reductions else "pointwise", buffers, tuple(sizes.names), outer_n,
+                    tuple(body), inner_n, tuple(o.name for o in region.ops if o.name != "yield"))
+    digest = hashlib.sha256(repr(kernel).encode()).hexdigest()[:10]
+    label = "_".join(dict.fromkeys(n for n in kernel.source_ops if op_class(n) in ("pointwise", "reduction")))[:40]
+    return replace(kernel, name=f"k_{label or 'copy'}_{digest}")
