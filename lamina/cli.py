@@ -64,7 +64,9 @@ def cmd_dump(ns: argparse.Namespace) -> int:
     else:
         steps = []
     graph = run_steps(graph, steps).graph
-    if ns.format == "text":
+    if ns.kernels or ns.wrapper:
+        text = _kernels_and_wrapper(graph, ns)
+    elif ns.format == "text":
         text = print_graph(graph, history=ns.history)
     elif ns.format == "dot":
         text = to_dot(graph)
@@ -78,6 +80,56 @@ def cmd_dump(ns: argparse.Namespace) -> int:
     else:
         sys.stdout.write(text)
     return 0
+
+
+def _kernels_and_wrapper(graph: Any, ns: argparse.Namespace) -> str:
+    """Generated kernel sources (``--kernels``) and the cpu wrapper (``--wrapper``) of a graph."""
+    from .codegen.lower import lower_region
+    from .passes.fusion import wrap_loose_ops
+
+    graph = wrap_loose_ops(graph)
+    parts = []
+    if ns.kernels:
+        seen = set()
+        for op in graph.ops:
+            if op.name != "fused":
+                continue
+            kernel = lower_region(op, [f"in{i}" for i in range(len(op.operands))],
+                                  [f"out{i}" for i in range(len(op.results))])
+            if kernel.name in seen:
+                continue
+            seen.add(kernel.name)
+            parts.append(f"# ---- {kernel.name} ({op.loc.module or 'top level'}) ----\n" + _kernel_source(kernel, ns.kernel_target))
+    if ns.wrapper:
+        import torch
+
+        from .ir.dtypes import to_torch
+        from .runtime.cpu import CpuExecutor
+
+        if any(not isinstance(d, int) for v in graph.inputs for d in v.type.shape):
+            raise LaminaError("--wrapper needs static input shapes")
+        executor = CpuExecutor(graph)
+        inputs = [torch.zeros(tuple(v.type.shape), dtype=to_torch(v.type.dtype)) for v in graph.inputs]
+        weights = {p.key: torch.zeros(tuple(p.value.type.shape), dtype=to_torch(p.value.type.dtype))
+                   for p in graph.params}
+        plan = executor.plan_for(inputs, weights)
+        parts.append(f"# ---- wrapper: {plan.launches} launches, arena {plan.memory.peak} bytes "
+                     f"(without reuse {plan.memory.naive}) ----\n{plan.source}")
+    return "\n".join(parts)
+
+
+def _kernel_source(kernel: Any, target: str) -> str:
+    if target == "cpu":
+        from .codegen.cpu_numba import numba_source
+
+        return numba_source(kernel, parallel=True)
+    if target == "cuda":
+        from .codegen.cuda_c import cuda_source
+
+        return cuda_source(kernel)
+    from .codegen.cuda_numba import cuda_numba_source
+
+    return cuda_numba_source(kernel)
 
 
 def cmd_ops(ns: argparse.Namespace) -> int:
@@ -106,9 +158,13 @@ def build_parser() -> argparse.ArgumentParser:
     dump.add_argument("target", metavar="FILE.py:FACTORY | FILE.lamina")
     dump.add_argument("--after", metavar="PASS", help="run the pipeline up to and including this pass")
     dump.add_argument("--pipeline", help="pass pipeline, e.g. 'canonicalize' (default: the backend's)")
-    dump.add_argument("--backend", default="reference", help="backend whose default pipeline is used")
+    dump.add_argument("--backend", default="cpu", help="backend whose default pipeline is used")
     dump.add_argument("--format", choices=("text", "mlir", "dot"), default="text")
     dump.add_argument("--history", action="store_true", help="lead the text with the passes that ran")
+    dump.add_argument("--kernels", action="store_true", help="print the generated kernel sources instead of the IR")
+    dump.add_argument("--wrapper", action="store_true", help="print the cpu backend's generated wrapper")
+    dump.add_argument("--target", dest="kernel_target", choices=("cpu", "cuda", "numba-cuda"), default="cpu",
+                      help="kernel language for --kernels")
     dump.add_argument("-o", "--output", metavar="OUT", help="write to a file instead of stdout")
     dump.set_defaults(run=cmd_dump)
     ops = sub.add_parser("ops", help="list every op in the registry")

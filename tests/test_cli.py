@@ -76,3 +76,10 @@ def test_dump_reads_ir_text_files(tmp_path, capsys) -> None:
     source.write_text("graph @g(%x: f32[4]) {\n  %0 = exp(%y) : f32[4]\n  return %0\n}\n")
     assert main(["dump", str(source)]) == 2
     assert f"{source}, line 2, column 12: %y is used but not defined" in capsys.readouterr().err
+
+
+def test_dump_kernels_and_wrapper(capsys) -> None:
+    assert main(["dump", GPT2, "--after", "fuse", "--kernels", "--wrapper"]) == 0
+    out = capsys.readouterr().out
+    assert "@numba.njit(parallel=" in out and "def k_add_layer_norm_" in out
+    assert "# ---- wrapper:" in out and "def run(inputs):" in out and "arena" in out

@@ -1,0 +1,88 @@
+"""The cpu backend (fused Numba kernels + library calls) against eager PyTorch, with poisoned buffers."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import lamina
+from lamina.models import make_cnn, make_gpt2_stack, make_llama_block, make_mlp
+from lamina.models.hf import make_hf_gpt2, make_hf_llama
+from lamina.runtime.cpu import BackendError, CpuExecutor
+from tests.conftest import rel_error
+from tests.frontends.test_models import _fresh_like
+
+F32_TOL = 1e-5  # float32; kernels sum in float64, torch in float32 with another order
+
+
+@pytest.mark.parametrize("factory", [make_mlp, make_gpt2_stack, make_llama_block, make_cnn],
+                         ids=["mlp", "gpt2_stack", "llama_block", "cnn"])
+def test_cpu_backend_matches_eager(factory) -> None:
+    model, args = factory()
+    compiled = lamina.compile(model, args, backend="cpu", poison=True)
+    for trial in range(3):
+        inputs = args if trial == 0 else _fresh_like(args)
+        with torch.no_grad():
+            expected = model(*inputs)
+        assert rel_error(compiled(*inputs), expected) <= F32_TOL
+
+
+@pytest.mark.parametrize("factory", [make_hf_gpt2, make_hf_llama], ids=["gpt2", "llama"])
+def test_cpu_backend_transformers(factory) -> None:
+    model, args, kwargs = factory()
+    compiled = lamina.compile(model, args, example_kwargs=kwargs, backend="cpu", poison=True)
+    for trial in range(2):
+        ids = args[0] if trial == 0 else torch.randint(0, 128, args[0].shape)
+        with torch.no_grad():
+            expected = model(ids, **kwargs).logits
+        assert rel_error(compiled(ids, **kwargs).logits, expected) <= F32_TOL
+
+
+def test_dynamic_batch_on_cpu_reuses_kernels() -> None:
+    from torch.export import Dim
+
+    model, (idx,) = make_gpt2_stack(batch=2, n_layers=2)
+    compiled = lamina.compile(model, (idx,), dynamic_shapes=({0: Dim("batch")},), poison=True)
+    executor = compiled._executor
+    kernels = {ck.fn for ck in executor.kernels.values()}
+    for batch in (1, 3):
+        x = torch.randint(0, 128, (batch, idx.shape[1]))
+        with torch.no_grad():
+            assert rel_error(compiled(x), model(x)) <= F32_TOL
+    assert {ck.fn for ck in executor.kernels.values()} == kernels
+    assert len(executor.plans) == 2
+
+
+def test_outputs_do_not_alias_between_calls() -> None:
+    model, args = make_mlp()
+    compiled = lamina.compile(model, args)
+    first = compiled(*args)
+    snapshot = first.clone()
+    compiled(*_fresh_like(args))
+    assert torch.equal(first, snapshot)
+
+
+def test_identical_layers_share_kernels_and_memory_is_reused() -> None:
+    model, args = make_gpt2_stack(n_layers=4)
+    compiled = lamina.compile(model, args)
+    executor = compiled._executor
+    names = [ck.kernel.name for ck in executor.kernels.values()]
+    assert len(names) > len(set(names))           # 4 layers, one set of kernels
+    plan = executor.plan_for(list(args), compiled._weights)
+    assert plan.memory.peak < plan.memory.naive / 2
+
+
+def test_f16_is_refused_with_a_clear_error() -> None:
+    model, (x,) = make_mlp()
+    with pytest.raises(BackendError, match="cpu backend does not support f16.*backend='reference'"):
+        lamina.compile(model.half(), (x.half(),), backend="cpu")
+
+
+def test_wrapper_and_kernels_are_inspectable() -> None:
+    model, args = make_gpt2_stack(n_layers=1)
+    compiled = lamina.compile(model, args)
+    executor: CpuExecutor = compiled._executor
+    sources = executor.sources()
+    assert any("layer_norm" in name for name in sources)
+    assert all("numba.prange" in src for src in sources.values())
+    plan = executor.plan_for(list(args), compiled._weights)
+    assert plan.source.startswith("def run(inputs):") and "torch.mm(" in plan.source
