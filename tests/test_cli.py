@@ -47,7 +47,7 @@ def test_dump_hf_model(capsys) -> None:
     (["dump", "nope.py:make"], "no such file: nope.py"),
     (["dump", "examples/gpt2.py"], "expected FILE.py:FACTORY"),
     (["dump", f"{ROOT / 'examples' / 'gpt2.py'}:mak"], "has no function 'mak'; it defines make"),
-    (["dump", GPT2, "--after", "fuse"], "--after fuse: that pass is not in the pipeline"),
+    (["dump", GPT2, "--after", "fuse", "--pipeline", "canonicalize"], "--after fuse: that pass is not in the pipeline"),
     (["dump", GPT2, "--pipeline", "canonicalise"], "unknown pass 'canonicalise'"),
 ])
 def test_dump_errors(argv: list[str], message: str, capsys) -> None:
