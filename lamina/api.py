@@ -32,7 +32,8 @@ def trace(model: torch.nn.Module, example_inputs: Sequence[Any] | torch.Tensor,
 
 def compile(model: torch.nn.Module, example_inputs: Sequence[Any] | torch.Tensor, *, backend: str = "cpu",
             pipeline: str | None = None, fallback: bool = True, example_kwargs: Mapping[str, Any] | None = None,
-            dynamic_shapes: Any = None, dump_dir: str | None = None, poison: bool = False) -> CompiledModule:
+            dynamic_shapes: Any = None, dump_dir: str | None = None, poison: bool = False,
+            kernel_language: str = "cuda_c") -> CompiledModule:
     """Compile ``model`` for inputs like ``example_inputs``; the result is called like the model.
 
     ``pipeline`` is a pass-pipeline string (``None``: ``default_pipeline(backend)``).
@@ -40,13 +41,19 @@ def compile(model: torch.nn.Module, example_inputs: Sequence[Any] | torch.Tensor
     true (the default) the whole model then runs in eager PyTorch instead, with a
     warning that names the ops (per-op partitioning is the torch.compile backend's job).
     ``dynamic_shapes`` (torch.export's) makes dims symbolic, so other sizes run without recompiling.
+    ``backend="cuda"`` runs CUDA C kernels through CuPy, or Numba-CUDA with ``kernel_language="numba"``.
     ``poison`` fills every buffer with NaN (or -7) before each run, so unwritten elements show (for tests).
     """
     from pathlib import Path
 
     options = CompileOptions(backend=backend, pipeline=pipeline, fallback=fallback,
-                             dump_dir=Path(dump_dir) if dump_dir else None, poison=poison)
+                             dump_dir=Path(dump_dir) if dump_dir else None, poison=poison,
+                             kernel_language=kernel_language)
     steps = parse_pipeline(pipeline if pipeline is not None else default_pipeline(backend))
+    if backend == "cuda":
+        from .runtime.cuda import require_gpu
+
+        require_gpu()  # fail before tracing, with the reason
     model_name = type(model).__name__
     was_training = model.training
     model.eval()
@@ -70,6 +77,10 @@ def _executor(options: CompileOptions, graph: Graph) -> Any:
         from .runtime.cpu import CpuExecutor
 
         return CpuExecutor(graph, poison=options.poison)
+    if options.backend == "cuda":
+        from .runtime.cuda import CudaExecutor
+
+        return CudaExecutor(graph, options.kernel_language, poison=options.poison)
     raise ValueError(f"backend {options.backend!r} is not available")
 
 

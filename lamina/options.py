@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-BACKENDS = ("cpu", "reference")
+BACKENDS = ("cpu", "cuda", "reference")
 
 
 @dataclass(frozen=True)
@@ -18,6 +18,7 @@ class CompileOptions:
     verify: bool = True
     check_inputs: bool = True
     poison: bool = False
+    kernel_language: str = "cuda_c"
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -94,7 +94,9 @@ class CompiledModule:
         if value.dtype != to_torch(expected.dtype):
             raise InputMismatchError(f"input {self.graph.inputs[index].hint or index} of {self.model_name} expects "
                                      f"dtype {expected.dtype} ({to_torch(expected.dtype)}), got {value.dtype}")
-        if value.device.type != "cpu" and self.options.backend != "cuda":
+        if self.options.backend == "cuda":
+            return value.detach().to("cuda").contiguous()
+        if value.device.type != "cpu":
             raise InputMismatchError(f"input {self.graph.inputs[index].hint or index} is on {value.device}; "
                                      f"backend {self.options.backend!r} takes CPU tensors")
         return value.detach().contiguous()

@@ -1,0 +1,84 @@
+"""The cuda target: kernels as CUDA C (``cupy.RawKernel``, default) or Numba-CUDA (``kernel_language="numba"``).
+
+Tensors stay torch CUDA tensors; kernels see them as CuPy arrays through DLPack (no copy).
+GEMMs are ``torch.mm`` (cuBLAS) on the same stream; kernels launch on torch's current
+stream, so the program is ordered with the caller's work.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from ..codegen.cache import KernelCache
+from ..codegen.cuda_c import cuda_source, launch_config
+from ..codegen.cuda_numba import BLOCK, MODULE_HEADER, cuda_numba_source
+from ..codegen.kernel import Kernel
+from ..ir.core import Graph
+from ..ir.dtypes import DType
+from .program import BackendError, CompiledKernel, Executor, Target
+
+LANGUAGES = ("cuda_c", "numba")
+
+
+def require_gpu() -> None:
+    if not torch.cuda.is_available():
+        raise BackendError("backend 'cuda' needs an NVIDIA GPU, and torch.cuda.is_available() is False here; "
+                           "use backend='cpu' (the default)")
+
+
+class CudaTarget(Target):
+    name = "cuda"
+    device = "cuda"
+    supported = frozenset({DType.f64, DType.f32, DType.i64, DType.i32, DType.i8, DType.u8, DType.bool})
+
+    def __init__(self, kernel_language: str = "cuda_c", cache: KernelCache | None = None) -> None:
+        if kernel_language not in LANGUAGES:
+            raise BackendError(f"kernel_language must be one of {', '.join(LANGUAGES)}, got {kernel_language!r}")
+        require_gpu()
+        try:
+            import cupy
+        except ImportError as e:
+            raise BackendError("backend 'cuda' needs CuPy: pip install 'lamina[cuda]'") from e
+        self.cp = cupy
+        self.language = kernel_language
+        self.cache = cache or KernelCache()
+
+    def source(self, kernel: Kernel) -> str:
+        return cuda_source(kernel) if self.language == "cuda_c" else cuda_numba_source(kernel)
+
+    def compile(self, kernels: Sequence[CompiledKernel]) -> None:
+        loaded: dict[str, Any] = {}
+        for ck in kernels:
+            name = ck.kernel.name
+            if name not in loaded:
+                if self.language == "cuda_c":
+                    fn = self.cp.RawKernel(ck.source, name, options=("-std=c++17",))
+                    fn.compile()
+                else:
+                    fn = getattr(self.cache.load(f"{name}_cuda", MODULE_HEADER + ck.source), name)
+                loaded[name] = fn
+            ck.fn = loaded[name]
+
+    def view(self, tensor: torch.Tensor) -> Any:
+        return self.cp.from_dlpack(tensor.reshape(-1))
+
+    def view_expr(self, name: str) -> str:
+        return f"cp.from_dlpack({name}.contiguous().reshape(-1))"
+
+    def launch(self, fn: str, args: Sequence[str], kernel: Kernel, outer: int, inner: int | None) -> str:
+        blocks, threads = launch_config(kernel, outer, inner)
+        n_buffers = len(kernel.buffers)
+        if self.language == "cuda_c":
+            values = list(args[:n_buffers]) + [f"np.int64({a})" for a in args[n_buffers:]]
+            return f"{fn}(({blocks},), ({threads},), ({', '.join(values)},))"
+        return f"{fn}[{blocks}, {min(threads, BLOCK)}]({', '.join(args)})"
+
+    def namespace(self) -> dict[str, Any]:
+        return {"cp": self.cp}
+
+
+def CudaExecutor(graph: Graph, kernel_language: str = "cuda_c", poison: bool = False) -> Executor:
+    """An Executor of ``graph`` on the GPU."""
+    return Executor(graph, CudaTarget(kernel_language), poison)

@@ -1,0 +1,308 @@
+"""A Program: generated kernels for fused regions, torch library calls, one static arena.
+
+For each concrete set of input shapes a plan is built once: every intermediate gets a
+place in one arena (``passes.memory``), weights and arena buffers get their kernel-side
+views once (zero-copy: NumPy on the CPU, CuPy through DLPack on the GPU), and a Python
+wrapper is generated that launches the kernels and library calls in order. Calls with
+the same shapes reuse the plan. A ``Target`` (``cpu.py``, ``cuda.py``) supplies kernel
+source, compilation, device and launch syntax.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import sympy
+import torch
+
+from ..codegen.kernel import Const, Kernel
+from ..codegen.lower import lower_region
+from ..ir.core import Graph, Op, Value
+from ..ir.dtypes import DType, to_torch
+from ..ir.errors import LaminaError
+from ..ir.interpreter import bind_symbols
+from ..ir.shapes import evaluate
+from ..passes.fusion import op_class, wrap_loose_ops
+from ..passes.memory import Lifetime, MemoryPlan, plan_memory
+from .library import WRITES_INTO_OUT, call_line, view_expr
+
+class BackendError(LaminaError, RuntimeError):
+    """The backend cannot run this graph (an unsupported dtype, a missing device)."""
+
+
+@dataclass
+class CompiledKernel:
+    kernel: Kernel
+    source: str
+    fn: Any = None
+
+
+class Target:
+    """What a device contributes to a Program (see cpu.CpuTarget, cuda.CudaTarget)."""
+
+    name = "target"
+    device = "cpu"
+    supported: frozenset[DType] = frozenset()
+
+    def source(self, kernel: Kernel) -> str:
+        raise NotImplementedError
+
+    def compile(self, kernels: Sequence[CompiledKernel]) -> None:
+        """Set ``fn`` of each kernel (identical sources compile once)."""
+        raise NotImplementedError
+
+    def view(self, tensor: torch.Tensor) -> Any:
+        """The flat, zero-copy kernel-side view of a contiguous tensor."""
+        raise NotImplementedError
+
+    def view_expr(self, name: str) -> str:
+        """Wrapper code making that view of a per-call tensor ``name``."""
+        raise NotImplementedError
+
+    def launch(self, fn: str, args: Sequence[str], kernel: Kernel, outer: int, inner: int | None) -> str:
+        raise NotImplementedError
+
+    def namespace(self) -> dict[str, Any]:
+        return {}
+
+
+@dataclass
+class Plan:
+    """The program for one set of input shapes: wrapper source, its globals, memory figures."""
+
+    source: str
+    run: Any
+    memory: MemoryPlan
+    launches: int
+    arena: torch.Tensor | None = None
+    poison_views: list = field(default_factory=list)
+
+
+class Executor:
+    """Runs a fused graph on a Target; plans are cached per input-shape signature."""
+
+    def __init__(self, graph: Graph, target: Target, poison: bool = False) -> None:
+        self.graph = graph = wrap_loose_ops(graph)
+        self.target = target
+        self.poison = poison
+        self._check_dtypes()
+        self.kernels: dict[int, CompiledKernel] = {}
+        for op in graph.ops:
+            if op.name == "fused":
+                kernel = lower_region(op, [f"in{i}" for i in range(len(op.operands))],
+                                      [f"out{i}" for i in range(len(op.results))])
+                self.kernels[id(op)] = CompiledKernel(kernel, target.source(kernel))
+        self.plans: dict[tuple, Plan] = {}
+        target.compile(list(self.kernels.values()))
+
+    def _check_dtypes(self) -> None:
+        for op in self.graph.walk():
+            for v in op.results:
+                if v.type.dtype not in self.target.supported:
+                    raise BackendError(f"the {self.target.name} backend does not support {v.type.dtype} "
+                                       f"({op.describe()}); use backend='reference' for f16/bf16/i4 models")
+
+    def sources(self) -> dict[str, str]:
+        return {ck.kernel.name: ck.source for ck in self.kernels.values()}
+
+    def __call__(self, inputs: Sequence[torch.Tensor], weights: Mapping[str, torch.Tensor]) -> list[torch.Tensor]:
+        key = tuple(tuple(x.shape) for x in inputs)
+        plan = self.plans.get(key)
+        if plan is None:
+            plan = self.plans[key] = self.build_plan(inputs, weights)
+        if self.poison:
+            for view in plan.poison_views:
+                view.fill_(math.nan if view.dtype.is_floating_point else -7)
+        return plan.run(inputs)
+
+    def plan_for(self, inputs: Sequence[torch.Tensor], weights: Mapping[str, torch.Tensor]) -> Plan:
+        key = tuple(tuple(x.shape) for x in inputs)
+        if key not in self.plans:
+            self.plans[key] = self.build_plan(inputs, weights)
+        return self.plans[key]
+
+    def build_plan(self, inputs: Sequence[torch.Tensor], weights: Mapping[str, torch.Tensor]) -> Plan:
+        return _PlanBuilder(self, inputs, weights).build()
+
+
+def work(kernel: Kernel) -> float:
+    """Elements a kernel touches, when static; symbolic sizes count as large."""
+    total = 1.0
+    for e in (kernel.outer, kernel.row_extent):
+        if e is None:
+            continue
+        if not isinstance(e, Const):
+            return math.inf
+        total *= e.value
+    return total
+
+
+def _evaluate_expr(e: Any, bound: Mapping[sympy.Symbol, int]) -> int:
+    """The value of a kernel size expression under the bound size symbols."""
+    from ..codegen.kernel import Call, Var
+
+    if isinstance(e, Const):
+        return int(e.value)
+    if isinstance(e, Var):
+        return next(v for k, v in bound.items() if str(k) == e.name)
+    assert isinstance(e, Call)
+    a, b = (_evaluate_expr(x, bound) for x in e.args)
+    return {"add": a + b, "mul": a * b, "floordiv": a // b, "mod": a % b, "sub": a - b}[e.op]
+
+
+def _dims(shape: Sequence[Any], bindings: Mapping[sympy.Symbol, int]) -> tuple[int, ...]:
+    return tuple(evaluate(d, bindings) for d in shape)
+
+
+class _PlanBuilder:
+    def __init__(self, ex: Executor, inputs: Sequence[torch.Tensor], weights: Mapping[str, torch.Tensor]) -> None:
+        g = ex.graph
+        self.ex, self.g = ex, g
+        self.bindings = bind_symbols([v.type for v in g.inputs], [np.empty(tuple(x.shape), dtype=bool) for x in inputs])
+        self.glb: dict[str, Any] = {"torch": torch, "np": np, **ex.target.namespace()}
+        self.device = ex.target.device
+        self.lines: list[str] = []
+        self.name: dict[int, str] = {}
+        self.dynamic: set[int] = set()      # values that change per call
+        self.flat: dict[int, str] = {}      # value -> name of its flat numpy view
+        self.counter = 0
+        self.weights = weights
+
+    def fresh(self, prefix: str) -> str:
+        self.counter += 1
+        return f"{prefix}{self.counter}"
+
+    def size(self, d: Any) -> int:
+        return evaluate(d, self.bindings) if not isinstance(d, int) else d
+
+    def static(self, value: Any, prefix: str) -> str:
+        name = self.fresh(prefix)
+        self.glb[name] = value
+        return name
+
+    def flat_of(self, v: Value) -> str:
+        if id(v) not in self.flat:
+            base = self.name[id(v)]
+            if id(v) in self.dynamic:
+                name = self.fresh("f")
+                self.lines.append(f"{name} = {self.ex.target.view_expr(base)}")
+            else:
+                name = self.static(self.ex.target.view(self.glb[base].contiguous()), "F")
+            self.flat[id(v)] = name
+        return self.flat[id(v)]
+
+    def build(self) -> Plan:
+        g = self.g
+        outputs = {id(v) for v in g.outputs}
+        steps = [op for op in g.ops]
+        # lifetimes of kernel / GEMM results that are not graph outputs -> arena
+        last_use: dict[int, int] = {}
+        for i, op in enumerate(steps):
+            for v in op.operands:
+                last_use[id(v)] = i
+        view_base: dict[int, Value] = {}
+        for op in steps:
+            if op_class(op.name) == "view" and op.operands:
+                for r in op.results:
+                    view_base[id(r)] = view_base.get(id(op.operands[0]), op.operands[0])
+        for i, op in enumerate(steps):  # a view keeps its base alive
+            for v in op.operands:
+                if id(v) in view_base:
+                    base = view_base[id(v)]
+                    last_use[id(base)] = max(last_use.get(id(base), 0), i)
+        arena_values: list[tuple[Value, int]] = []
+        for i, op in enumerate(steps):
+            if op.name == "fused" or op.name in WRITES_INTO_OUT:
+                for v in op.results:
+                    if id(v) not in outputs:
+                        arena_values.append((v, i))
+        lifetimes = [Lifetime(str(id(v)), self.nbytes(v), i, last_use.get(id(v), i)) for v, i in arena_values]
+        memory = plan_memory(lifetimes)
+        arena = torch.empty(max(memory.peak, 1), dtype=torch.uint8, device=self.device)
+        poison = []
+        for v, _ in arena_values:
+            off = memory.offsets[str(id(v))]
+            t = arena[off: off + self.nbytes(v)].view(to_torch(v.type.dtype)).view(_dims(v.type.shape, self.bindings))
+            self.name[id(v)] = self.static(t, "A")
+            poison.append(t)
+        for i, v in enumerate(g.inputs):
+            self.name[id(v)] = f"x{i}"
+            self.dynamic.add(id(v))
+        for p in g.params:
+            self.name[id(p.value)] = self.static(self.weights[p.key].detach().to(self.device).contiguous(), "W")
+        self.lines = [f"x{i} = inputs[{i}]" for i in range(len(g.inputs))]
+        out_names = {}
+        for v in g.outputs:
+            if any(id(v) in {id(r) for r in op.results} and (op.name == "fused" or op.name in WRITES_INTO_OUT)
+                   for op in steps):
+                name = self.fresh("y")
+                shape = _dims(v.type.shape, self.bindings)
+                self.lines.append(f"{name} = torch.empty({shape}, dtype={to_torch(v.type.dtype)}, device={self.device!r})")
+                if self.ex.poison:  # unwritten elements show as NaN / -7
+                    fill = "float('nan')" if v.type.dtype.is_float else "-7"
+                    self.lines.append(f"{name}.fill_({fill})")
+                self.name[id(v)] = name
+                self.dynamic.add(id(v))
+                out_names[id(v)] = name
+        launches = 0
+        for op in steps:
+            launches += self.step(op)
+        returns = []
+        for v in g.outputs:
+            name = self.name[id(v)]
+            returns.append(name if id(v) in out_names else f"{name}.clone()")
+        self.lines.append(f"return [{', '.join(returns)}]")
+        source = "def run(inputs):\n" + "\n".join("    " + line for line in self.lines) + "\n"
+        namespace = dict(self.glb)
+        exec(compile(source, f"<lamina wrapper {self.g.name}>", "exec"), namespace)
+        return Plan(source, namespace["run"], memory, launches, arena, poison)
+
+    def nbytes(self, v: Value) -> int:
+        n = 1
+        for d in _dims(v.type.shape, self.bindings):
+            n *= d
+        return n * torch.empty((), dtype=to_torch(v.type.dtype)).element_size()
+
+    def step(self, op: Op) -> int:
+        kind = op_class(op.name)
+        if op.name == "fused":
+            ck = self.ex.kernels[id(op)]
+            fn = self.static(ck.fn, "K")
+            args = [self.flat_of(v) for v in op.operands] + [self.flat_of(v) for v in op.results]
+            bound = {sympy.Symbol(s, integer=True, positive=True): self.size(sympy.Symbol(s, integer=True, positive=True))
+                     for s in ck.kernel.sizes}
+            args += [str(v) for v in bound.values()]
+            outer = _evaluate_expr(ck.kernel.outer, bound)
+            inner = _evaluate_expr(ck.kernel.row_extent, bound) if ck.kernel.row_extent is not None else None
+            self.lines.append(self.ex.target.launch(fn, args, ck.kernel, outer, inner))
+            return 1
+        args = [self.name[id(v)] for v in op.operands]
+        if kind == "view":
+            exprs = view_expr(op, args[0] if args else "", self.size)
+            dynamic = any(id(v) in self.dynamic for v in op.operands)
+            if not dynamic and op.operands:  # a reshape that must copy is a snapshot: redo it each call
+                base = self.glb[args[0]]
+                made = [eval(e, {"torch": torch, **self.glb}) for e in exprs]
+                dynamic = any(m.untyped_storage().data_ptr() != base.untyped_storage().data_ptr() for m in made)
+            for v, e in zip(op.results, exprs):
+                if dynamic:
+                    name = self.fresh("v")
+                    self.lines.append(f"{name} = {e}")
+                    self.dynamic.add(id(v))
+                else:
+                    name = self.static(eval(e, {"torch": torch, **self.glb}), "V")
+                self.name[id(v)] = name
+            return 0
+        if op.name in WRITES_INTO_OUT and all(id(v) in self.name for v in op.results):
+            outs = [self.name[id(v)] for v in op.results]
+            self.lines.append(call_line(op, args, outs, outs))
+            return 1
+        results = [self.fresh("r") for _ in op.results]
+        self.lines.append(call_line(op, args, [], results))
+        for v, r in zip(op.results, results):
+            self.name[id(v)] = r
+            self.dynamic.add(id(v))
+        return 1

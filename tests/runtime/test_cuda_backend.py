@@ -1,0 +1,58 @@
+"""The cuda backend (CUDA C through CuPy, and Numba-CUDA) against eager PyTorch. Needs a GPU; skipped without."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import lamina
+from lamina.models import make_cnn, make_gpt2_stack, make_llama_block, make_mlp
+from lamina.runtime.program import BackendError
+from tests.conftest import rel_error
+from tests.frontends.test_models import _fresh_like
+
+HAS_GPU = torch.cuda.is_available()
+gpu = pytest.mark.gpu
+F32_TOL = 1e-5  # float32; GPU transcendental functions are within a few ulp of the CPU's
+
+
+def _cupy_or_skip() -> None:
+    pytest.importorskip("cupy", reason="the cuda backend needs CuPy")
+
+
+@gpu
+@pytest.mark.skipif(not HAS_GPU, reason="needs an NVIDIA GPU")
+@pytest.mark.parametrize("language", ["cuda_c", "numba"])
+@pytest.mark.parametrize("factory", [make_mlp, make_gpt2_stack, make_llama_block, make_cnn],
+                         ids=["mlp", "gpt2_stack", "llama_block", "cnn"])
+def test_cuda_backend_matches_eager(factory, language: str) -> None:
+    _cupy_or_skip()
+    model, args = factory()
+    compiled = lamina.compile(model, args, backend="cuda", kernel_language=language, poison=True)
+    for trial in range(2):
+        inputs = args if trial == 0 else _fresh_like(args)
+        with torch.no_grad():
+            expected = model(*inputs)
+        got = compiled(*(x.cuda() for x in inputs))
+        assert got.is_cuda
+        assert rel_error(got.cpu(), expected) <= F32_TOL
+
+
+@gpu
+@pytest.mark.skipif(not HAS_GPU, reason="needs an NVIDIA GPU")
+def test_cuda_dynamic_batch() -> None:
+    _cupy_or_skip()
+    from torch.export import Dim
+
+    model, (idx,) = make_gpt2_stack(batch=2, n_layers=2)
+    compiled = lamina.compile(model, (idx,), backend="cuda", dynamic_shapes=({0: Dim("batch")},))
+    for batch in (1, 5):
+        x = torch.randint(0, 128, (batch, idx.shape[1]))
+        with torch.no_grad():
+            assert rel_error(compiled(x.cuda()).cpu(), model(x)) <= F32_TOL
+
+
+@pytest.mark.skipif(HAS_GPU, reason="checks the error raised without a GPU")
+def test_cuda_without_a_gpu_is_a_clear_error() -> None:
+    model, args = make_mlp()
+    with pytest.raises(BackendError, match="backend 'cuda' needs an NVIDIA GPU"):
+        lamina.compile(model, args, backend="cuda")
