@@ -28,6 +28,15 @@ def require_gpu() -> None:
                            "use backend='cpu' (the default)")
 
 
+def _numba_cuda_numpy_shim() -> None:
+    """numba-cuda releases that still name ``np.row_stack`` (gone in NumPy 2.4) fail while typing any
+    kernel; alias it to its replacement ``np.vstack`` before numba-cuda's typing context loads."""
+    import numpy as np
+
+    if not hasattr(np, "row_stack"):
+        np.row_stack = np.vstack
+
+
 class CudaTarget(Target):
     name = "cuda"
     device = "cuda"
@@ -43,6 +52,8 @@ class CudaTarget(Target):
             raise BackendError("backend 'cuda' needs CuPy: pip install 'lamina[cuda]'") from e
         self.cp = cupy
         self.language = kernel_language
+        if kernel_language == "numba":
+            _numba_cuda_numpy_shim()
         self.cache = cache or KernelCache()
 
     def source(self, kernel: Kernel) -> str:
