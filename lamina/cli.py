@@ -146,7 +146,7 @@ def cmd_ops(ns: argparse.Namespace) -> int:
 def cmd_demo(ns: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    return run_demo(repeats=ns.repeats)
+    return run_demo(repeats=ns.repeats, backend=ns.backend)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -171,6 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     ops.set_defaults(run=cmd_ops)
     demo = sub.add_parser("demo", help="compile example models on the CPU, check them against eager PyTorch")
     demo.add_argument("--repeats", type=int, default=5, help="timed runs per model (median reported)")
+    demo.add_argument("--backend", default="cpu", choices=("cpu", "cuda", "reference"))
     demo.set_defaults(run=cmd_demo)
     return parser
 

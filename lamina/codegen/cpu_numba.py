@@ -5,6 +5,7 @@ import math
 from typing import Any
 
 from ..ir.dtypes import DType
+from .fastmath32 import SOURCE as FAST32_SOURCE
 from .kernel import Call, Const, Expr, Kernel, Let, Load, Loop, Reduce, Store, Var
 
 _NP = {DType.f64: "np.float64", DType.f32: "np.float32", DType.f16: "np.float16", DType.bf16: "np.float32",
@@ -15,6 +16,8 @@ _MATH = {"exp": "math.exp", "log": "math.log", "sqrt": "math.sqrt", "tanh": "mat
 _INFIX = {"add": "+", "sub": "-", "mul": "*", "div": "/", "pow": "**", "floordiv": "//", "mod": "%",
           "lt": "<", "le": "<=", "gt": ">", "ge": ">=", "eq": "==", "ne": "!=",
           "logical_and": "&", "logical_or": "|", "logical_xor": "^"}
+
+_FAST32 = frozenset({"exp", "tanh", "erf"})  # float32 versions in fastmath32 that vectorize
 
 # Kernels with less work than this run serially: starting threads costs more than it saves.
 PARALLEL_THRESHOLD = 1 << 15
@@ -31,6 +34,8 @@ def literal(value: Any, dtype: DType) -> str:
 
 
 class NumbaPrinter:
+    fast32 = True  # float32 exp/tanh/erf through fastmath32 (vectorizable on the CPU)
+
     def expr(self, e: Expr) -> str:
         if isinstance(e, Const):
             return literal(e.value, e.dtype)
@@ -49,6 +54,8 @@ class NumbaPrinter:
                 raise NotImplementedError("integer true division in a kernel")
             return f"({a[0]} {_INFIX[op]} {a[1]})"
         if op in _MATH:
+            if self.fast32 and dt is DType.f32 and op in _FAST32:
+                return f"{op}32({a[0]})"
             return f"{_MATH[op]}({a[0]})"
         if op in ("min", "max"):
             return f"{op}({a[0]}, {a[1]})"
@@ -58,16 +65,18 @@ class NumbaPrinter:
             return f"({one} / math.sqrt({a[0]}))"
         if op == "reciprocal":
             return f"({one} / {a[0]})"
+        fast = self.fast32 and dt is DType.f32
+        exp, tanh, erf = (f"{f}32" if fast else f"math.{f}" for f in ("exp", "tanh", "erf"))
         if op == "sigmoid":
-            return f"({one} / ({one} + math.exp(-{a[0]})))"
+            return f"({one} / ({one} + {exp}(-{a[0]})))"
         if op == "silu":
-            return f"({a[0]} * ({one} / ({one} + math.exp(-{a[0]}))))"
+            return f"({a[0]} * ({one} / ({one} + {exp}(-{a[0]}))))"
         if op == "gelu":
             x = a[0]
             if e.attr("approximate") == "tanh":
                 inner = f"{literal(math.sqrt(2 / math.pi), dt)} * ({x} + {literal(0.044715, dt)} * {x} * {x} * {x})"
-                return f"({half} * {x} * ({one} + math.tanh({inner})))"
-            return f"({half} * {x} * ({one} + math.erf({x} * {literal(1 / math.sqrt(2.0), dt)})))"
+                return f"({half} * {x} * ({one} + {tanh}({inner})))"
+            return f"({half} * {x} * ({one} + {erf}({x} * {literal(1 / math.sqrt(2.0), dt)})))"
         if op == "relu":
             return f"np.maximum({a[0]}, {literal(0, dt)})"
         if op == "neg":
@@ -131,7 +140,8 @@ def numba_source(kernel: Kernel, parallel: bool) -> str:
     """Source of a module defining ``kernel.name`` as a Numba function of (buffers..., sizes...)."""
     params = [b.name for b in kernel.buffers] + list(kernel.sizes)
     lines = [
-        f"@numba.njit(parallel={parallel}, cache=True, nogil=True, error_model='numpy', boundscheck=False)",
+        f"@numba.njit(parallel={parallel}, cache=True, nogil=True, error_model='numpy', boundscheck=False, "
+        "fastmath={'reassoc', 'contract'})",
         f"def {kernel.name}({', '.join(params)}):",
         f"    for o in numba.prange({NumbaPrinter().expr(kernel.outer)}):",
     ]
@@ -139,4 +149,4 @@ def numba_source(kernel: Kernel, parallel: bool) -> str:
     return "\n".join(lines) + "\n"
 
 
-MODULE_HEADER = "import math\n\nimport numba\nimport numpy as np\n\n\n"
+MODULE_HEADER = "import math\n\nimport numba\nimport numpy as np\n" + FAST32_SOURCE + "\n\n"

@@ -11,6 +11,7 @@ BLOCK = 256  # threads per block of a row kernel (a power of two: the tree reduc
 
 
 class CudaNumbaPrinter(NumbaPrinter):
+    fast32 = False  # the GPU's own math functions are already fast
     def call(self, e: Call, a: list[str]) -> str:
         if e.op in ("maximum", "minimum", "relu", "clamp"):
             cmp = ">" if e.op in ("maximum", "relu") else "<"

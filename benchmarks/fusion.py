@@ -1,0 +1,103 @@
+"""Fusion benchmark: eager PyTorch vs torch.compile (inductor) vs lamina (cpu), in one run.
+
+    python benchmarks/fusion.py [--repeats N] [--only NAME ...] [--skip-inductor]
+
+Prints, per workload, median time of each contender (interleaved rounds), lamina's speedup
+over each, compile times (inductor: first call; lamina: compile() plus first call, which
+JIT-compiles the kernels unless the kernel cache has them), and peak extra resident memory
+during one call. The arithmetic chain is also compared with ``x.clone()``: one read and one
+write of the same bytes into a new tensor, its memory-bound floor.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import lamina  # noqa: E402
+from common import interleaved_medians, machine, peak_extra_bytes, print_table, timed  # noqa: E402
+from lamina.models import make_gpt2_stack  # noqa: E402
+
+
+class ArithmeticChain(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = x * 1.5 + 0.5
+        y = y * x - 0.25
+        y = y / 3.0 + x
+        return (y - 1.0) * 0.75 + y
+
+
+class TranscendentalChain(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.gelu(torch.tanh(torch.exp(x * 0.5) - 1.0) * x)
+
+
+def workloads() -> dict[str, tuple[nn.Module, tuple]]:
+    torch.manual_seed(0)
+    stack, (idx,) = make_gpt2_stack(batch=4, seq=128, d_model=256, n_heads=4, n_layers=4, vocab=512)
+    return {
+        "arith chain 8 ops, 16M f32": (ArithmeticChain(), (torch.randn(16 * 2**20),)),
+        "exp/tanh/gelu chain, 4M f32": (TranscendentalChain(), (torch.randn(4 * 2**20),)),
+        "layer_norm 4096x1024": (nn.LayerNorm(1024).eval(), (torch.randn(4096, 1024),)),
+        "softmax 4096x1024": (nn.Softmax(dim=-1), (torch.randn(4096, 1024),)),
+        "gpt2 stack b4 s128 d256 L4": (stack, (idx,)),
+        "gpt2 stack b1 s1 d256 L4": (stack, (torch.randint(0, 512, (1, 1)),)),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--only", nargs="*", help="substrings of workload names to run")
+    parser.add_argument("--skip-inductor", action="store_true")
+    ns = parser.parse_args()
+    print(f"machine: {machine()}")
+    rows = []
+    for name, (model, args) in workloads().items():
+        if ns.only and not any(s in name for s in ns.only):
+            continue
+        model.eval()
+        compiled, lamina_s = timed(lambda: lamina.compile(model, args))
+        _, first_call = timed(lambda: compiled(*args))  # JIT-compiles the kernels (or loads them from the cache)
+        lamina_s += first_call
+        contenders = {"eager": lambda: model(*args), "lamina": lambda: compiled(*args)}
+        inductor_s = None
+        if not ns.skip_inductor:
+            torch._dynamo.reset()
+            inductor = torch.compile(model)
+            _, inductor_s = timed(lambda: inductor(*args))
+            contenders["inductor"] = lambda: inductor(*args)
+        if name.startswith("arith"):
+            # the floor: one read and one write of the same bytes into a new tensor, as every contender does
+            contenders["copy (floor)"] = lambda: args[0].clone()
+        with torch.no_grad():
+            expected = model(*args)
+            err = float((compiled(*args) - expected).abs().max() / expected.abs().max())
+            medians = interleaved_medians(contenders, ns.repeats)
+            memory = {k: peak_extra_bytes(fn) for k, fn in contenders.items()}
+        t = medians
+        row = [name, f"{t['eager'] * 1e3:.3f}", f"{t['inductor'] * 1e3:.3f}" if "inductor" in t else "-",
+               f"{t['lamina'] * 1e3:.3f}", f"{t['eager'] / t['lamina']:.2f}x",
+               f"{t['inductor'] / t['lamina']:.2f}x" if "inductor" in t else "-",
+               f"{t['copy (floor)'] * 1e3:.3f}" if "copy (floor)" in t else "-",
+               f"{inductor_s:.1f}" if inductor_s is not None else "-", f"{lamina_s:.1f}",
+               "/".join(_mb(memory.get(k)) for k in ("eager", "inductor", "lamina")), f"{err:.1e}"]
+        rows.append(row)
+        print(" ".join(row), flush=True)
+    print()
+    print_table(["workload", "eager ms", "inductor ms", "lamina ms", "vs eager", "vs inductor", "copy ms",
+                 "inductor compile s", "lamina compile s", "peak extra MB e/i/l", "lamina err"], rows)
+
+
+def _mb(b: int | None) -> str:
+    return "-" if b is None else f"{b / 2**20:.0f}"
+
+
+if __name__ == "__main__":
+    main()
