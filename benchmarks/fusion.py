@@ -1,6 +1,6 @@
 """Fusion benchmark: eager PyTorch vs torch.compile (inductor) vs lamina (cpu), in one run.
 
-    python benchmarks/fusion.py [--repeats N] [--only NAME ...] [--skip-inductor]
+    python benchmarks/fusion.py [--repeats N] [--only NAME ...] [--skip-inductor] [--device cpu|cuda]
 
 Prints, per workload, median time of each contender (interleaved rounds), lamina's speedup
 over each, compile times (inductor: first call; lamina: compile() plus first call, which
@@ -56,14 +56,20 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--only", nargs="*", help="substrings of workload names to run")
     parser.add_argument("--skip-inductor", action="store_true")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="cuda: eager and inductor on the GPU, lamina with backend='cuda'")
     ns = parser.parse_args()
+    cuda = ns.device == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
     print(f"machine: {machine()}")
     rows = []
     for name, (model, args) in workloads().items():
         if ns.only and not any(s in name for s in ns.only):
             continue
         model.eval()
-        compiled, lamina_s = timed(lambda: lamina.compile(model, args))
+        if cuda:
+            model, args = model.cuda(), tuple(a.cuda() for a in args)
+        compiled, lamina_s = timed(lambda: lamina.compile(model, args, backend=ns.device))
         _, first_call = timed(lambda: compiled(*args))  # JIT-compiles the kernels (or loads them from the cache)
         lamina_s += first_call
         contenders = {"eager": lambda: model(*args), "lamina": lambda: compiled(*args)}
@@ -79,8 +85,8 @@ def main() -> None:
         with torch.no_grad():
             expected = model(*args)
             err = float((compiled(*args) - expected).abs().max() / expected.abs().max())
-            medians = interleaved_medians(contenders, ns.repeats)
-            memory = {k: peak_extra_bytes(fn) for k, fn in contenders.items()}
+            medians = interleaved_medians(contenders, ns.repeats, sync)
+            memory = {k: _gpu_peak(fn) if cuda else peak_extra_bytes(fn) for k, fn in contenders.items()}
         t = medians
         row = [name, f"{t['eager'] * 1e3:.3f}", f"{t['inductor'] * 1e3:.3f}" if "inductor" in t else "-",
                f"{t['lamina'] * 1e3:.3f}", f"{t['eager'] / t['lamina']:.2f}x",
@@ -93,6 +99,15 @@ def main() -> None:
     print()
     print_table(["workload", "eager ms", "inductor ms", "lamina ms", "vs eager", "vs inductor", "copy ms",
                  "inductor compile s", "lamina compile s", "peak extra MB e/i/l", "lamina err"], rows)
+
+
+def _gpu_peak(fn) -> int:
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    fn()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() - base
 
 
 def _mb(b: int | None) -> str:

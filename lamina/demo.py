@@ -20,12 +20,14 @@ DEMO_MODELS: dict[str, Callable[[], tuple[Any, tuple]]] = {
 TOLERANCE = 1e-5  # float32, relative to the output's largest magnitude
 
 
-def _median_seconds(fn: Callable[[], Any], repeats: int) -> float:
+def _median_seconds(fn: Callable[[], Any], repeats: int, sync: Callable[[], Any] = lambda: None) -> float:
     fn()  # warm-up: first calls pay for allocation and library set-up
     times = []
     for _ in range(repeats):
+        sync()
         start = time.perf_counter()
         fn()
+        sync()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
@@ -46,9 +48,12 @@ def run_demo(repeats: int = 5, backend: str = "cpu") -> int:
         got = compiled(*fresh).cpu()
         error = float((got - expected).abs().max() / expected.abs().max())
         ok &= error <= TOLERANCE
+        sync: Callable[[], Any] = lambda: None
+        if backend == "cuda":  # compare like with like: eager on the GPU too
+            model, fresh, sync = model.cuda(), tuple(a.cuda() for a in fresh), torch.cuda.synchronize
         with torch.no_grad():
-            eager_s = _median_seconds(lambda: model(*fresh), repeats)
-        lamina_s = _median_seconds(lambda: compiled(*fresh), repeats)
+            eager_s = _median_seconds(lambda: model(*fresh), repeats, sync)
+        lamina_s = _median_seconds(lambda: compiled(*fresh), repeats, sync)
         rows.append((name, len(compiled.graph.ops), f"{error:.1e}", "ok" if error <= TOLERANCE else "MISMATCH",
                      f"{compile_s:.2f}", f"{eager_s * 1e3:.2f}", f"{lamina_s * 1e3:.2f}"))
     header = ("model", "ops", "max rel err", "check", "compile s", "eager ms", f"lamina[{backend}] ms")
