@@ -42,9 +42,14 @@ class NumbaPrinter:
         if isinstance(e, Var):
             return e.name
         if isinstance(e, Load):
-            return f"{e.buffer}[{self.expr(e.index)}]"
+            return f"{e.buffer}[{self.index(e.index)}]"
         assert isinstance(e, Call)
         return self.call(e, [self.expr(a) for a in e.args])
+
+    def index(self, e: Expr) -> str:
+        """Indices are never negative; as uint64 Numba drops its wrap-around check, which lets loops vectorize."""
+        text = self.expr(e)
+        return text if isinstance(e, Const) else f"np.uint64({text})"
 
     def call(self, e: Call, a: list[str]) -> str:
         op, dt = e.op, e.dtype
@@ -109,7 +114,7 @@ class NumbaPrinter:
             if isinstance(s, Let):
                 out.append(f"{pad}{s.name} = {self.expr(s.value)}")
             elif isinstance(s, Store):
-                out.append(f"{pad}{s.buffer}[{self.expr(s.index)}] = {self.expr(s.value)}")
+                out.append(f"{pad}{s.buffer}[{self.index(s.index)}] = {self.expr(s.value)}")
             elif isinstance(s, Loop):
                 out.append(f"{pad}for {s.var} in range({self.expr(s.extent)}):")
                 self.stmts(s.body, depth + 1, out)
@@ -124,14 +129,22 @@ class NumbaPrinter:
         if not s.dtype.is_float and s.kind != "sum":
             init = -(2 ** 63) if s.kind == "max" else 2 ** 63 - 1
         out.append(f"{pad}{s.acc} = {literal(init, acc_type)}")
+        nan_count = s.kind != "sum" and s.dtype.is_float
+        if nan_count:  # max/min by compare-and-select (vectorizes); NaNs counted on the side and propagated
+            out.append(f"{pad}{s.acc}_nan = 0")
         out.append(f"{pad}for {s.var} in range({self.expr(s.extent)}):")
         self.stmts(s.body, depth + 1, out)
         value = self.expr(s.value)
         if s.kind == "sum":
             out.append(f"{pad}    {s.acc} += {value}")
         else:
-            fn = "np.maximum" if s.kind == "max" else "np.minimum"
-            out.append(f"{pad}    {s.acc} = {fn}({s.acc}, {value})")
+            cmp = ">" if s.kind == "max" else "<"
+            out.append(f"{pad}    {s.acc}_v = {value}")
+            out.append(f"{pad}    {s.acc} = {s.acc}_v if {s.acc}_v {cmp} {s.acc} else {s.acc}")
+            if nan_count:
+                out.append(f"{pad}    {s.acc}_nan += {s.acc}_v != {s.acc}_v")
+        if nan_count:
+            out.append(f"{pad}{s.acc} = {s.acc} if {s.acc}_nan == 0 else {literal(math.nan, s.dtype)}")
         if wide:
             out.append(f"{pad}{s.acc} = {_NP[s.dtype]}({s.acc})")
 
