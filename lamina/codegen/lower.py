@@ -349,8 +349,13 @@ class _Scheduler:
         return memo[expr]
 
 
-def lower_region(op: Op, input_names: Sequence[str], output_names: Sequence[str]) -> Kernel:
-    """The Kernel computing ``op``'s (a ``fused`` op) results from its operands."""
+def lower_region(op: Op, input_names: Sequence[str], output_names: Sequence[str], split_last: bool = False) -> Kernel:
+    """The Kernel computing ``op``'s (a ``fused`` op) results from its operands.
+
+    ``split_last`` (CPU): a pointwise kernel over a shape whose last dim is static and >= 8 loops over
+    the rows in parallel and the last dim serially, so broadcast loads along it (a bias) are contiguous
+    and the row index arithmetic is hoisted out of the inner loop.
+    """
     region = op.regions[0]
     builder = _Builder(region.args, input_names)
     for inner in region.ops:
@@ -380,9 +385,16 @@ def lower_region(op: Op, input_names: Sequence[str], output_names: Sequence[str]
         outer_n = sizes.numel(outer_shape)
     else:
         row_shape = tuple(region.results[0].type.shape)
-        element_idx = Idx(_unravel(o, row_shape, sizes), o)
-        outer_n = sizes.numel(row_shape)
+        last = row_shape[-1] if row_shape else None
         inner_n = None
+        if split_last and len(row_shape) >= 2 and isinstance(last, int) and last >= 8:
+            j = Var(I64, "j")
+            inner_n = const(last)
+            element_idx = Idx(_unravel(o, row_shape[:-1], sizes) + (j,), add(mul(o, inner_n), j))
+            outer_n = sizes.numel(row_shape[:-1])
+        else:
+            element_idx = Idx(_unravel(o, row_shape, sizes), o)
+            outer_n = sizes.numel(row_shape)
     reduced = set()
     if reductions:
         reduced = {tuple(1 if i in axes else d for i, d in enumerate(row_shape)),
@@ -411,13 +423,14 @@ def lower_region(op: Op, input_names: Sequence[str], output_names: Sequence[str]
     if stores_elem:
         loop_body: list[Any] = []
         memo: dict[Expr, Expr] = {}
-        level = "j" if reductions else "row"
-        target = loop_body if reductions else body
-        target_memo = memo if reductions else sched.row_memo
+        looped = inner_n is not None
+        level = "j" if looped else "row"
+        target = loop_body if looped else body
+        target_memo = memo if looped else sched.row_memo
         stores = [Store(n, sched.bind(i, target, target_memo, level), sched.bind(v, target, target_memo, level))
                   for n, i, v in stores_elem]
         target.extend(stores)
-        if reductions:
+        if looped:
             body.append(Loop("j", inner_n, tuple(loop_body)))
     buffers = tuple(Buffer(n, a.type.dtype, sizes.numel(a.type.shape)) for n, a in zip(input_names, region.args))
     buffers += tuple(Buffer(n, v.type.dtype, sizes.numel(v.type.shape), output=True)

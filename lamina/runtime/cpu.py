@@ -19,6 +19,7 @@ __all__ = ["BackendError", "CpuExecutor", "CpuTarget"]
 class CpuTarget(Target):
     name = "cpu"
     device = "cpu"
+    split_last = True
     supported = frozenset({DType.f64, DType.f32, DType.i64, DType.i32, DType.i8, DType.u8, DType.bool})
 
     def __init__(self, cache: KernelCache | None = None) -> None:

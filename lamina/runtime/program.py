@@ -45,6 +45,7 @@ class Target:
 
     name = "target"
     device = "cpu"
+    split_last = False  # lower pointwise kernels as rows x last dim (see lower_region)
     supported: frozenset[DType] = frozenset()
 
     def source(self, kernel: Kernel) -> str:
@@ -93,7 +94,7 @@ class Executor:
         for op in graph.ops:
             if op.name == "fused":
                 kernel = lower_region(op, [f"in{i}" for i in range(len(op.operands))],
-                                      [f"out{i}" for i in range(len(op.results))])
+                                      [f"out{i}" for i in range(len(op.results))], split_last=target.split_last)
                 self.kernels[id(op)] = CompiledKernel(kernel, target.source(kernel))
         self.plans: dict[tuple, Plan] = {}
         target.compile(list(self.kernels.values()))
