@@ -1,8 +1,9 @@
 """The cuda target: kernels as CUDA C (``cupy.RawKernel``, default) or Numba-CUDA (``kernel_language="numba"``).
 
 Tensors stay torch CUDA tensors; kernels see them as CuPy arrays through DLPack (no copy).
-GEMMs are ``torch.mm`` (cuBLAS) on the same stream; kernels launch on torch's current
-stream, so the program is ordered with the caller's work.
+GEMMs are ``torch.mm`` (cuBLAS); every kernel launches on torch's current stream (the
+wrapper makes it CuPy's and Numba's current stream too), so the program is ordered with
+the caller's work on any stream.
 """
 from __future__ import annotations
 
@@ -84,10 +85,22 @@ class CudaTarget(Target):
         if self.language == "cuda_c":
             values = list(args[:n_buffers]) + [f"np.int64({a})" for a in args[n_buffers:]]
             return f"{fn}(({blocks},), ({threads},), ({', '.join(values)},))"
-        return f"{fn}[{blocks}, {min(threads, BLOCK)}]({', '.join(args)})"
+        return f"{fn}[{blocks}, {min(threads, BLOCK)}, _nstream]({', '.join(args)})"
 
     def namespace(self) -> dict[str, Any]:
+        if self.language == "numba":
+            from numba import cuda
+
+            return {"cp": self.cp, "nb_cuda": cuda}
         return {"cp": self.cp}
+
+    def prologue(self) -> list[str]:
+        """Kernels join torch's current stream, so they are ordered with the GEMMs and the caller's work."""
+        lines = ["_stream = torch.cuda.current_stream().cuda_stream",
+                 "cp.cuda.ExternalStream(_stream).use()"]
+        if self.language == "numba":
+            lines.append("_nstream = nb_cuda.external_stream(_stream)")
+        return lines
 
 
 def CudaExecutor(graph: Graph, kernel_language: str = "cuda_c", poison: bool = False) -> Executor:

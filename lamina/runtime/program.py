@@ -69,6 +69,10 @@ class Target:
     def namespace(self) -> dict[str, Any]:
         return {}
 
+    def prologue(self) -> list[str]:
+        """Wrapper lines run before the first launch (e.g. joining the caller's CUDA stream)."""
+        return []
+
 
 @dataclass
 class Plan:
@@ -234,7 +238,7 @@ class _PlanBuilder:
             self.dynamic.add(id(v))
         for p in g.params:
             self.name[id(p.value)] = self.static(self.weights[p.key].detach().to(self.device).contiguous(), "W")
-        self.lines = [f"x{i} = inputs[{i}]" for i in range(len(g.inputs))]
+        self.lines = self.ex.target.prologue() + [f"x{i} = inputs[{i}]" for i in range(len(g.inputs))]
         out_names = {}
         for v in g.outputs:
             if any(id(v) in {id(r) for r in op.results} and (op.name == "fused" or op.name in WRITES_INTO_OUT)

@@ -56,3 +56,20 @@ def test_cuda_without_a_gpu_is_a_clear_error() -> None:
     model, args = make_mlp()
     with pytest.raises(BackendError, match="backend 'cuda' needs an NVIDIA GPU"):
         lamina.compile(model, args, backend="cuda")
+
+
+@gpu
+@pytest.mark.skipif(not HAS_GPU, reason="needs an NVIDIA GPU")
+@pytest.mark.parametrize("language", ["cuda_c", "numba"])
+def test_cuda_backend_on_a_side_stream(language: str) -> None:
+    _cupy_or_skip()
+    model, args = make_gpt2_stack(n_layers=2)
+    compiled = lamina.compile(model, args, backend="cuda", kernel_language=language, poison=True)
+    stream = torch.cuda.Stream()
+    x = args[0].cuda()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        got = compiled(x)
+    torch.cuda.synchronize()
+    with torch.no_grad():
+        assert rel_error(got.cpu(), model(*args)) <= F32_TOL
