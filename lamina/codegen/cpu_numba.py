@@ -53,7 +53,6 @@ class NumbaPrinter:
 
     def call(self, e: Call, a: list[str]) -> str:
         op, dt = e.op, e.dtype
-        one, half = literal(1, dt), literal(0.5, dt)
         if op in _INFIX:
             if op == "div" and not dt.is_float:
                 raise NotImplementedError("integer true division in a kernel")
@@ -66,24 +65,6 @@ class NumbaPrinter:
             return f"{op}({a[0]}, {a[1]})"
         if op in ("maximum", "minimum"):
             return f"np.{op}({a[0]}, {a[1]})"
-        if op == "rsqrt":
-            return f"({one} / math.sqrt({a[0]}))"
-        if op == "reciprocal":
-            return f"({one} / {a[0]})"
-        fast = self.fast32 and dt is DType.f32
-        exp, tanh, erf = (f"{f}32" if fast else f"math.{f}" for f in ("exp", "tanh", "erf"))
-        if op == "sigmoid":
-            return f"({one} / ({one} + {exp}(-{a[0]})))"
-        if op == "silu":
-            return f"({a[0]} * ({one} / ({one} + {exp}(-{a[0]}))))"
-        if op == "gelu":
-            x = a[0]
-            if e.attr("approximate") == "tanh":
-                inner = f"{literal(math.sqrt(2 / math.pi), dt)} * ({x} + {literal(0.044715, dt)} * {x} * {x} * {x})"
-                return f"({half} * {x} * ({one} + {tanh}({inner})))"
-            return f"({half} * {x} * ({one} + {erf}({x} * {literal(1 / math.sqrt(2.0), dt)})))"
-        if op == "relu":
-            return f"np.maximum({a[0]}, {literal(0, dt)})"
         if op == "neg":
             return f"(-{a[0]})"
         if op == "abs":
@@ -92,13 +73,6 @@ class NumbaPrinter:
             return f"(not {a[0]})"
         if op == "where":
             return f"({a[1]} if {a[0]} else {a[2]})"
-        if op == "clamp":
-            x = a[0]
-            if e.attr("min") is not None:
-                x = f"np.maximum({x}, {literal(e.attr('min'), dt)})"
-            if e.attr("max") is not None:
-                x = f"np.minimum({x}, {literal(e.attr('max'), dt)})"
-            return x
         if op == "cast":
             src = e.args[0].dtype
             if dt is DType.bool:

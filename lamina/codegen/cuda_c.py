@@ -17,7 +17,7 @@ from .kernel import Call, Const, Expr, Kernel, Let, Load, Loop, Reduce, Store, V
 CTYPE = {DType.f64: "double", DType.f32: "float", DType.i64: "long long", DType.i32: "int", DType.i8: "signed char",
          DType.u8: "unsigned char", DType.i4: "signed char", DType.bool: "bool"}
 _F32_MATH = {"exp": "expf", "log": "logf", "sqrt": "sqrtf", "tanh": "tanhf", "sin": "sinf", "cos": "cosf",
-             "erf": "erff", "floor": "floorf", "rsqrt": "rsqrtf"}
+             "erf": "erff", "floor": "floorf"}
 _INFIX = {"add": "+", "sub": "-", "mul": "*", "div": "/", "floordiv": "/", "mod": "%", "lt": "<", "le": "<=",
           "gt": ">", "ge": ">=", "eq": "==", "ne": "!=", "logical_and": "&&", "logical_or": "||", "logical_xor": "!="}
 
@@ -81,7 +81,6 @@ class CudaCPrinter:
 
     def call(self, e: Call, a: list[str]) -> str:
         op, dt = e.op, e.dtype
-        one, half = literal(1, dt), literal(0.5, dt)
         if op in _INFIX:
             return f"({a[0]} {_INFIX[op]} {a[1]})"
         if op in _F32_MATH:
@@ -92,20 +91,6 @@ class CudaCPrinter:
             return f"lm_{op[:3]}({a[0]}, {a[1]})"
         if op == "pow":
             return f"{'powf' if dt is DType.f32 else 'pow'}({a[0]}, {a[1]})"
-        if op == "reciprocal":
-            return f"({one} / {a[0]})"
-        if op == "sigmoid":
-            return f"({one} / ({one} + {self.fn('exp', dt)}(-{a[0]})))"
-        if op == "silu":
-            return f"({a[0]} / ({one} + {self.fn('exp', dt)}(-{a[0]})))"
-        if op == "gelu":
-            x = a[0]
-            if e.attr("approximate") == "tanh":
-                inner = f"{literal(math.sqrt(2 / math.pi), dt)} * ({x} + {literal(0.044715, dt)} * {x} * {x} * {x})"
-                return f"({half} * {x} * ({one} + {self.fn('tanh', dt)}({inner})))"
-            return f"({half} * {x} * ({one} + {self.fn('erf', dt)}({x} * {literal(1 / math.sqrt(2.0), dt)})))"
-        if op == "relu":
-            return f"lm_max({a[0]}, {literal(0, dt)})"
         if op == "neg":
             return f"(-{a[0]})"
         if op == "abs":
@@ -114,13 +99,6 @@ class CudaCPrinter:
             return f"(!{a[0]})"
         if op == "where":
             return f"({a[0]} ? {a[1]} : {a[2]})"
-        if op == "clamp":
-            x = a[0]
-            if e.attr("min") is not None:
-                x = f"lm_max({x}, {literal(e.attr('min'), dt)})"
-            if e.attr("max") is not None:
-                x = f"lm_min({x}, {literal(e.attr('max'), dt)})"
-            return x
         if op == "cast":
             return f"({a[0]} != 0)" if dt is DType.bool else f"(({CTYPE[dt]})({a[0]}))"
         raise NotImplementedError(f"no CUDA C spelling for scalar op {op!r}")

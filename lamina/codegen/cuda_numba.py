@@ -13,19 +13,8 @@ BLOCK = 256  # threads per block of a row kernel (a power of two: the tree reduc
 class CudaNumbaPrinter(NumbaPrinter):
     fast32 = False  # the GPU's own math functions are already fast
     def call(self, e: Call, a: list[str]) -> str:
-        if e.op in ("maximum", "minimum", "relu", "clamp"):
-            cmp = ">" if e.op in ("maximum", "relu") else "<"
-            if e.op == "relu":
-                return f"({a[0]} if ({a[0]} > {literal(0, e.dtype)} or {a[0]} != {a[0]}) else {literal(0, e.dtype)})"
-            if e.op == "clamp":
-                x = a[0]
-                if e.attr("min") is not None:
-                    lo = literal(e.attr("min"), e.dtype)
-                    x = f"({x} if ({x} > {lo} or {x} != {x}) else {lo})"
-                if e.attr("max") is not None:
-                    hi = literal(e.attr("max"), e.dtype)
-                    x = f"({x} if ({x} < {hi} or {x} != {x}) else {hi})"
-                return x
+        if e.op in ("maximum", "minimum"):
+            cmp = ">" if e.op == "maximum" else "<"
             return f"({a[0]} if ({a[0]} {cmp} {a[1]} or {a[0]} != {a[0]}) else {a[1]})"
         if e.op == "abs":
             return f"({a[0]} if {a[0]} >= {literal(0, e.dtype)} else -{a[0]})"

@@ -18,6 +18,7 @@ from ..ir.core import Op, Value
 from ..ir.dtypes import DType
 from ..ir.errors import LaminaError
 from ..passes.fusion import op_class, reduction_axes
+from .expand import expand
 from .kernel import (I64, Buffer, Call, Const, Expr, Kernel, Let, Load, Loop, Reduce, Store, Var, add, const,
                      floordiv, mod, mul, walk)
 
@@ -201,7 +202,7 @@ class _Builder:
             raise LoweringError(f"{op.describe()} cannot be part of a generated kernel")
         args = tuple(self.operand(op, i, idx) for i in range(len(op.operands)))
         items = tuple(sorted((k, v) for k, v in attrs.items()))
-        return Call(dtype, name, args, items)
+        return expand(Call(dtype, name, args, items))
 
     def as_index(self, e: Expr) -> Expr:
         return e if e.dtype is I64 else Call(I64, "cast", (e,), (("dtype", I64),))
