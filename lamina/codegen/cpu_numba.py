@@ -124,15 +124,29 @@ class NumbaPrinter:
 
 
 def numba_source(kernel: Kernel, parallel: bool) -> str:
-    """Source of a module defining ``kernel.name`` as a Numba function of (buffers..., sizes...)."""
+    """Source of a module defining ``kernel.name`` as a Numba function of (buffers..., sizes...).
+
+    A kernel with scratch rows runs its outer loop in per-thread chunks, each allocating its
+    scratch once.
+    """
+    printer = NumbaPrinter()
     params = [b.name for b in kernel.buffers] + list(kernel.sizes)
+    outer = printer.expr(kernel.outer)
     lines = [
         f"@numba.njit(parallel={parallel}, cache=True, nogil=True, error_model='numpy', boundscheck=False, "
         "fastmath={'reassoc', 'contract'})",
         f"def {kernel.name}({', '.join(params)}):",
-        f"    for o in numba.prange({NumbaPrinter().expr(kernel.outer)}):",
     ]
-    NumbaPrinter().stmts(kernel.body, 2, lines)
+    if kernel.scratch:
+        lines += [f"    n_outer = {outer}",
+                  "    chunks = min(n_outer, 64)  # enough per-thread chunks to balance; a constant keeps the cache usable",
+                  "    for chunk in numba.prange(chunks):"]
+        lines += [f"        {b.name} = np.empty({printer.expr(b.size)}, {_NP[b.dtype]})" for b in kernel.scratch]
+        lines.append("        for o in range(chunk * n_outer // chunks, (chunk + 1) * n_outer // chunks):")
+        printer.stmts(kernel.body, 3, lines)
+    else:
+        lines.append(f"    for o in numba.prange({outer}):")
+        printer.stmts(kernel.body, 2, lines)
     return "\n".join(lines) + "\n"
 
 

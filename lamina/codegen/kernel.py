@@ -114,6 +114,7 @@ class Kernel:
     body: tuple[Stmt, ...]
     row_extent: Expr | None = None
     source_ops: tuple[str, ...] = field(default=(), compare=False)
+    scratch: tuple[Buffer, ...] = ()  # per-thread row buffers (see codegen/scratch.py)
 
     @property
     def inputs(self) -> tuple[Buffer, ...]:

@@ -9,6 +9,7 @@ import torch
 from ..codegen.cache import KernelCache
 from ..codegen.cpu_numba import MODULE_HEADER, PARALLEL_THRESHOLD, numba_source
 from ..codegen.kernel import Kernel
+from ..codegen.scratch import use_scratch_rows
 from ..ir.core import Graph
 from ..ir.dtypes import DType
 from .program import BackendError, CompiledKernel, Executor, Target, work
@@ -27,7 +28,7 @@ class CpuTarget(Target):
 
     def source(self, kernel: Kernel) -> str:
         # small kernels run serially: starting threads would cost more than the work
-        return numba_source(kernel, parallel=work(kernel) >= PARALLEL_THRESHOLD)
+        return numba_source(use_scratch_rows(kernel), parallel=work(kernel) >= PARALLEL_THRESHOLD)
 
     def compile(self, kernels: Sequence[CompiledKernel]) -> None:
         loaded: dict[str, Any] = {}

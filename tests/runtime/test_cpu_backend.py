@@ -86,3 +86,16 @@ def test_wrapper_and_kernels_are_inspectable() -> None:
     assert all("numba.prange" in src for src in sources.values())
     plan = executor.plan_for(list(args), compiled._weights)
     assert plan.source.startswith("def run(inputs):") and "torch.mm(" in plan.source
+
+
+def test_softmax_computes_each_exp_once_through_a_scratch_row() -> None:
+    model, x = torch.nn.Softmax(dim=-1), torch.randn(64, 300)
+    x[3, 7] = float("nan")
+    x[5] = float("-inf")
+    compiled = lamina.compile(model, (x,), poison=True)
+    source = next(iter(compiled._executor.kernels.values())).source
+    assert "s0 = np.empty(300, np.float32)" in source and source.count("exp32(") == 1
+    got, want = compiled(x), model(x)
+    assert torch.equal(got.isnan(), want.isnan())
+    keep = ~want.isnan()
+    assert rel_error(got[keep], want[keep]) <= F32_TOL
