@@ -58,8 +58,21 @@ class CompiledModule:
         self.model_name = model_name
         self._executor = executor
         self._weights = {k: v.detach() for k, v in imported.weights.items()}
+        self._checked_shapes: set[tuple] = set()  # input shape signatures already validated
+        self._dtypes = [to_torch(v.type.dtype) for v in graph.inputs]
+        n = len(imported.roles)
+        # the common case, model(t1, ..., tn) -> tensor(s): no pytree work per call
+        self._plain_args = (imported.in_spec == pytree.tree_flatten((tuple(range(n)), {}))[1]
+                            and all(isinstance(r, InputRole) and r.index == i for i, r in enumerate(imported.roles)))
+        self._single_output = imported.out_spec.is_leaf()
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self._plain_args and not kwargs and len(args) == len(self.graph.inputs) \
+                and all(isinstance(a, torch.Tensor) for a in args):
+            inputs = [self._check(i, a) for i, a in enumerate(args)]
+            self._check_signature(inputs)
+            outputs = self._executor(inputs, self._weights)
+            return outputs[0] if self._single_output else pytree.tree_unflatten(list(outputs), self.imported.out_spec)
         expected = self.imported.in_spec
         names = list(expected.child(1).context or [])
         if set(kwargs) == set(names):
@@ -84,14 +97,20 @@ class CompiledModule:
                 weights[role.key] = value.detach()
             elif isinstance(role, InputRole):
                 inputs[role.index] = self._check(role.index, value)
-        if self.options.check_inputs:
-            self._check_shapes(inputs)
+        self._check_signature(inputs)
         outputs = self._executor(inputs, weights)
         return pytree.tree_unflatten(list(outputs), self.imported.out_spec)
 
+    def _check_signature(self, inputs: Sequence[torch.Tensor]) -> None:
+        if self.options.check_inputs:
+            signature = tuple(tuple(x.shape) for x in inputs)
+            if signature not in self._checked_shapes:  # symbolic binding is slow; do it once per signature
+                self._check_shapes(inputs)
+                self._checked_shapes.add(signature)
+
     def _check(self, index: int, value: torch.Tensor) -> torch.Tensor:
         expected = self.graph.inputs[index].type
-        if value.dtype != to_torch(expected.dtype):
+        if value.dtype != self._dtypes[index]:
             raise InputMismatchError(f"input {self.graph.inputs[index].hint or index} of {self.model_name} expects "
                                      f"dtype {expected.dtype} ({to_torch(expected.dtype)}), got {value.dtype}")
         if self.options.backend == "cuda":
