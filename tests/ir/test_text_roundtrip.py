@@ -120,3 +120,18 @@ def test_hand_written_text_with_symbols_and_regions() -> None:
     (out,) = interpret(graph, [x, np.array(0)], {"enc.w": w})
     np.testing.assert_allclose(out, np.tanh(x @ w).reshape(-1), rtol=1e-6)
     assert str(parse(str(graph))) == str(graph)
+
+
+def test_a_large_graph_round_trips_and_canonicalizes() -> None:
+    b = GraphBuilder()
+    x = b.input(TensorType((4,), DType.f32), "x")
+    v = x
+    for i in range(3000):
+        v = b.emit("tanh" if i % 2 else "neg", v)
+    graph = b.build([v])
+    text = print_graph(graph)
+    assert print_graph(parse(text)) == text
+    from lamina.passes.fusion import MAX_OPS
+
+    kernels = lamina.run_pipeline(parse(text), "canonicalize,fuse").ops
+    assert len(kernels) == -(-3000 // MAX_OPS)  # the cost model caps a kernel's size
