@@ -83,19 +83,36 @@ class _Group:
 
 
 def split_linear_bias(graph: Graph) -> Graph:
-    """linear(x, w, b) -> add(linear(x, w), b), so the bias joins the GEMM's epilogue kernel."""
+    """linear(x, w, b) -> add(linear(x, w), b), so the bias joins the GEMM's epilogue kernel.
+
+    Only where an epilogue kernel will exist: a linear read only through views or by library
+    ops keeps its bias, which the GEMM library call adds for free (addmm)."""
+    users: dict[int, list[Op]] = {}
+    for op in graph.ops:
+        for v in op.operands:
+            users.setdefault(id(v), []).append(op)
+    outputs = {id(v) for v in graph.outputs}
+
+    def feeds_kernel(v: Value) -> bool:
+        if id(v) in outputs:
+            return True
+        for u in users.get(id(v), []):
+            kind = op_class(u.name)
+            if kind in ("pointwise", "reduction") or (kind == "view" and any(feeds_kernel(r) for r in u.results)):
+                return True
+        return False
+
     out = OpEmitter()
     mapping: dict[int, Value] = {}
     for op in graph.ops:
         op = op.replace(operands=tuple(mapping.get(id(v), v) for v in op.operands))
-        if op.name == "linear" and len(op.operands) == 3:
+        if op.name == "linear" and len(op.operands) == 3 and feeds_kernel(op.result):
             x, w, b = op.operands
             product = out.emit("linear", x, w, loc=op.loc)
             mapping[id(op.result)] = out.emit("add", product, b, loc=op.loc)
         else:
             out.append(op)
-    outputs = tuple(mapping.get(id(v), v) for v in graph.outputs)
-    return graph.replace(ops=tuple(out.ops), outputs=outputs)
+    return graph.replace(ops=tuple(out.ops), outputs=tuple(mapping.get(id(v), v) for v in graph.outputs))
 
 
 def fuse(graph: Graph) -> Graph:
