@@ -32,10 +32,11 @@ def exp32(x):
     y = p * z + r + np.float32(1.0)
     # 2^n as 2^(n-1) * 2, so n = 128 (x just below the overflow bound) stays representable
     y = y * _bits_to_f32((np.int32(n) + np.int32(126)) << np.int32(23)) * np.float32(2.0)
-    # branch-free edges (branches stop LLVM from vectorizing reductions): below the range -> 0,
-    # above it -> y / 0 = inf; NaN flows through the clamps and the polynomial
+    # edges by select (no division): below the range -> 0, above it -> inf; NaN flows through the
+    # clamps and the polynomial. Row kernels keep exp out of reduction loops (codegen/scratch.py),
+    # where a select would stop vectorization.
     y = y * np.float32(x >= np.float32(-87.33654))
-    return y / np.float32((x <= np.float32(88.72283)) | (x != x))
+    return np.float32(np.inf) if x > np.float32(88.72283) else y
 
 
 @numba.njit(inline="always", fastmath={"contract"}, error_model="numpy")
