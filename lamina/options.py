@@ -1,7 +1,7 @@
 """CompileOptions: everything a compile call needs, passed along explicitly (no global state)."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 BACKENDS = ("cpu", "cuda", "reference")
@@ -19,7 +19,6 @@ class CompileOptions:
     check_inputs: bool = True
     poison: bool = False
     kernel_language: str = "cuda_c"
-    extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:

@@ -262,10 +262,6 @@ class _Builder:
         self.reductions.append((acc, kind, value_in_r.dtype, value_in_r))
         return Var(value_in_r.dtype, acc)
 
-    def reduced_sum(self, x: Value, mapper: Any = None) -> Expr:
-        r_val = self.value_at(x, self.row_index(Var(I64, "r")))
-        return self.accumulate("sum", mapper(r_val) if mapper else r_val)
-
     def reduction(self, op: Op, idx: Idx) -> Expr:
         if self.row_index is None:
             raise LoweringError(f"{op.describe()} outside a row kernel")

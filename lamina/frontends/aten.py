@@ -10,7 +10,7 @@ from types import MappingProxyType
 from typing import Any
 
 from ..ir.core import Value
-from ..ir.dtypes import DType, from_torch
+from ..ir.dtypes import DType
 from ..ir.shapes import dim
 from .context import Context, Unsupported, promoted
 
@@ -26,10 +26,6 @@ def converts(*targets: str) -> Callable[[Converter], Converter]:
         return fn
 
     return register
-
-
-def _opt_dtype(dtype: Any) -> DType | None:
-    return None if dtype is None else from_torch(dtype)
 
 
 # ---- elementwise ----------------------------------------------------------------------

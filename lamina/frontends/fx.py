@@ -11,7 +11,7 @@ import operator
 import re
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import sympy
@@ -68,7 +68,6 @@ class Imported:
     roles: tuple[Role, ...]
     in_spec: Any
     out_spec: Any
-    exported: Any = field(default=None, repr=False)
 
 
 def module_path(node: torch.fx.Node) -> str:
@@ -156,7 +155,7 @@ class _Translator:
         if self.unsupported:
             raise UnsupportedOpsError(self.unsupported, self.model_name)
         graph = self.builder.build(outputs)
-        return Imported(graph, weights, tuple(roles), self.ep.call_spec.in_spec, self.ep.call_spec.out_spec, self.ep)
+        return Imported(graph, weights, tuple(roles), self.ep.call_spec.in_spec, self.ep.call_spec.out_spec)
 
     # --- placeholders ---------------------------------------------------------------------
     def placeholders(self, param_keys: Mapping[int, str]) -> tuple[dict[str, torch.Tensor], list[Role]]:

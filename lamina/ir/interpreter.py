@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import sympy
 
-from .core import Graph, Op, Region, Value
+from .core import Graph, Op, Region
 from .dtypes import DType, round_to
 from .errors import LaminaError
 from .ops import REGISTRY

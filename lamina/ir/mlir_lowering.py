@@ -122,7 +122,6 @@ class Lowering:
 
     def fill(self, value: Any, shape: Sequence[int], dtype: DType) -> T:
         ir = self.ir
-        elt = element_type(ir, dtype)
         attr = self.scalar_attr(value, dtype)
         dense = ir.DenseElementsAttr.get_splat(self.ttype(shape, dtype), attr)
         return T(self.arith.ConstantOp(self.ttype(shape, dtype), dense).result, tuple(shape), dtype)
@@ -408,7 +407,7 @@ class Lowering:
         return self._affine(self._normalize(x, op.attrs["normalized_ndim"], op.attrs["eps"], False), *affine)
 
     def op_batch_norm(self, op: Op, x: T, mean: T, var: T, *affine: T) -> T:
-        r, dt = len(x.shape), x.dtype
+        dt = x.dtype
         chan = [self.d(1)]
         eps = self.const(op.attrs["eps"], dt)
         y = self.ew(lambda v, m, s: self.div(self.sub(v, m, dt), self.math.SqrtOp(self.add(s, eps, dt)).result),
@@ -443,7 +442,7 @@ class Lowering:
     def op_attention(self, op: Op, q: T, k: T, v: T, *mask: T) -> T:
         a, dt = op.attrs, q.dtype
         lead = len(q.shape) - 2
-        tq, tk, dq = q.shape[-2], k.shape[-2], q.shape[-1]
+        tk, dq = k.shape[-2], q.shape[-1]
         scores_shape = q.shape[:-1] + (tk,)
         rep = q.shape[-3] // k.shape[-3] if lead >= 1 else 1
 

@@ -33,10 +33,6 @@ def symbol(name: str) -> sympy.Symbol:
     return sympy.Symbol(name, integer=True, positive=True)
 
 
-def is_static(shape: Sequence[Dim]) -> bool:
-    return all(isinstance(d, int) for d in shape)
-
-
 def numel(shape: Sequence[Dim]) -> Dim:
     return dim(reduce(lambda a, b: a * b, shape, 1))
 
@@ -71,10 +67,3 @@ def evaluate(d: Dim, bindings: Mapping[sympy.Symbol, int]) -> int:
     if not value.is_Integer:
         raise ValueError(f"dimension {d} is not determined by the bound symbols")
     return int(value)
-
-
-def normalize_axis(axis: int, rank: int) -> int:
-    """A possibly negative axis as a non-negative one; raises IndexError if out of range."""
-    if not -rank <= axis < max(rank, 1):
-        raise IndexError(f"axis {axis} is out of range for rank {rank}")
-    return axis % max(rank, 1)
