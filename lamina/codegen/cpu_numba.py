@@ -6,16 +6,14 @@ from typing import Any
 
 from ..ir.dtypes import DType
 from .fastmath32 import SOURCE as FAST32_SOURCE
-from .kernel import Call, Const, Expr, Kernel, Let, Load, Loop, Reduce, Store, Var
+from .kernel import Call, Const, Expr, Kernel, Let, Loop, Reduce, Store
+from .scalar_printer import ScalarPrinter, infix_forms
 
 _NP = {DType.f64: "np.float64", DType.f32: "np.float32", DType.f16: "np.float16", DType.bf16: "np.float32",
        DType.i64: "np.int64", DType.i32: "np.int32", DType.i8: "np.int8", DType.u8: "np.uint8", DType.i4: "np.int8",
        DType.bool: "np.bool_"}
 _MATH = {"exp": "math.exp", "log": "math.log", "sqrt": "math.sqrt", "tanh": "math.tanh", "sin": "math.sin",
          "cos": "math.cos", "erf": "math.erf", "floor": "math.floor"}
-_INFIX = {"add": "+", "sub": "-", "mul": "*", "div": "/", "pow": "**", "floordiv": "//", "mod": "%",
-          "lt": "<", "le": "<=", "gt": ">", "ge": ">=", "eq": "==", "ne": "!=",
-          "logical_and": "&", "logical_or": "|", "logical_xor": "^"}
 
 _FAST32 = frozenset({"exp", "tanh", "erf"})  # float32 versions in fastmath32 that vectorize
 
@@ -33,46 +31,30 @@ def literal(value: Any, dtype: DType) -> str:
     return str(int(value)) if dtype is DType.i64 else f"{_NP[dtype]}({int(value)})"
 
 
-class NumbaPrinter:
+class NumbaPrinter(ScalarPrinter):
+    target = "Numba"
     fast32 = True  # float32 exp/tanh/erf through fastmath32 (vectorizable on the CPU)
+    FORMS = {**infix_forms(pow="**", floordiv="//", mod="%", logical_and="&", logical_or="|", logical_xor="^"),
+             "min": "min({0}, {1})", "max": "max({0}, {1})", "maximum": "np.maximum({0}, {1})",
+             "minimum": "np.minimum({0}, {1})", "neg": "(-{0})", "abs": "abs({0})", "logical_not": "(not {0})",
+             "where": "({1} if {0} else {2})"}
 
-    def expr(self, e: Expr) -> str:
-        if isinstance(e, Const):
-            return literal(e.value, e.dtype)
-        if isinstance(e, Var):
-            return e.name
-        if isinstance(e, Load):
-            return f"{e.buffer}[{self.index(e.index)}]"
-        assert isinstance(e, Call)
-        return self.call(e, [self.expr(a) for a in e.args])
+    def literal(self, value: Any, dtype: DType) -> str:
+        return literal(value, dtype)
 
     def index(self, e: Expr) -> str:
         """Indices are never negative; as uint64 Numba drops its wrap-around check, which lets loops vectorize."""
         text = self.expr(e)
         return text if isinstance(e, Const) else f"np.uint64({text})"
 
-    def call(self, e: Call, a: list[str]) -> str:
+    def special(self, e: Call, a: list[str]) -> str | None:
         op, dt = e.op, e.dtype
-        if op in _INFIX:
-            if op == "div" and not dt.is_float:
-                raise NotImplementedError("integer true division in a kernel")
-            return f"({a[0]} {_INFIX[op]} {a[1]})"
+        if op == "div" and not dt.is_float:
+            raise NotImplementedError("integer true division in a kernel")
         if op in _MATH:
             if self.fast32 and dt is DType.f32 and op in _FAST32:
                 return f"{op}32({a[0]})"
             return f"{_MATH[op]}({a[0]})"
-        if op in ("min", "max"):
-            return f"{op}({a[0]}, {a[1]})"
-        if op in ("maximum", "minimum"):
-            return f"np.{op}({a[0]}, {a[1]})"
-        if op == "neg":
-            return f"(-{a[0]})"
-        if op == "abs":
-            return f"abs({a[0]})"
-        if op == "logical_not":
-            return f"(not {a[0]})"
-        if op == "where":
-            return f"({a[1]} if {a[0]} else {a[2]})"
         if op == "cast":
             src = e.args[0].dtype
             if dt is DType.bool:
@@ -80,7 +62,7 @@ class NumbaPrinter:
             if src.is_float and not dt.is_float:
                 return f"{_NP[dt]}(math.trunc({a[0]}))" if dt is not DType.i64 else f"np.int64({a[0]})"
             return f"{_NP[dt]}({a[0]})"
-        raise NotImplementedError(f"no Numba spelling for scalar op {op!r}")
+        return None
 
     def stmts(self, body: tuple, depth: int, out: list[str]) -> None:
         pad = "    " * depth

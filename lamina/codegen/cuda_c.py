@@ -13,13 +13,12 @@ from typing import Any
 
 from ..ir.dtypes import DType
 from .kernel import Call, Const, Expr, Kernel, Let, Load, Loop, Reduce, Store, Var, walk
+from .scalar_printer import ScalarPrinter, infix_forms
 
 CTYPE = {DType.f64: "double", DType.f32: "float", DType.i64: "long long", DType.i32: "int", DType.i8: "signed char",
          DType.u8: "unsigned char", DType.i4: "signed char", DType.bool: "bool"}
 _F32_MATH = {"exp": "expf", "log": "logf", "sqrt": "sqrtf", "tanh": "tanhf", "sin": "sinf", "cos": "cosf",
              "erf": "erff", "floor": "floorf"}
-_INFIX = {"add": "+", "sub": "-", "mul": "*", "div": "/", "floordiv": "/", "mod": "%", "lt": "<", "le": "<=",
-          "gt": ">", "ge": ">=", "eq": "==", "ne": "!=", "logical_and": "&&", "logical_or": "||", "logical_xor": "!="}
 
 PRELUDE = r"""
 template <typename T> __device__ __forceinline__ T lm_max(T a, T b) { return (a > b || a != a) ? a : b; }
@@ -63,45 +62,31 @@ def literal(value: Any, dtype: DType) -> str:
     return f"(({CTYPE[dtype]}){int(value)})"
 
 
-class CudaCPrinter:
-    def expr(self, e: Expr) -> str:
-        if isinstance(e, Const):
-            return literal(e.value, e.dtype)
-        if isinstance(e, Var):
-            return e.name
-        if isinstance(e, Load):
-            return f"{e.buffer}[{self.expr(e.index)}]"
-        assert isinstance(e, Call)
-        return self.call(e, [self.expr(a) for a in e.args])
+class CudaCPrinter(ScalarPrinter):
+    target = "CUDA C"
+    FORMS = {**infix_forms(floordiv="/", mod="%", logical_and="&&", logical_or="||", logical_xor="!="),
+             "min": "({0} < {1} ? {0} : {1})", "max": "({0} > {1} ? {0} : {1})", "maximum": "lm_max({0}, {1})",
+             "minimum": "lm_min({0}, {1})", "neg": "(-{0})", "logical_not": "(!{0})", "where": "({0} ? {1} : {2})"}
+
+    def literal(self, value: Any, dtype: DType) -> str:
+        return literal(value, dtype)
 
     def fn(self, name: str, dt: DType) -> str:
         if dt is DType.f64:
             return name
         return _F32_MATH[name]
 
-    def call(self, e: Call, a: list[str]) -> str:
+    def special(self, e: Call, a: list[str]) -> str | None:
         op, dt = e.op, e.dtype
-        if op in _INFIX:
-            return f"({a[0]} {_INFIX[op]} {a[1]})"
         if op in _F32_MATH:
             return f"{self.fn(op, dt)}({a[0]})"
-        if op in ("min", "max"):
-            return f"({a[0]} {'<' if op == 'min' else '>'} {a[1]} ? {a[0]} : {a[1]})"
-        if op in ("maximum", "minimum"):
-            return f"lm_{op[:3]}({a[0]}, {a[1]})"
         if op == "pow":
             return f"{'powf' if dt is DType.f32 else 'pow'}({a[0]}, {a[1]})"
-        if op == "neg":
-            return f"(-{a[0]})"
         if op == "abs":
             return f"({a[0]} < {literal(0, dt)} ? -{a[0]} : {a[0]})"
-        if op == "logical_not":
-            return f"(!{a[0]})"
-        if op == "where":
-            return f"({a[0]} ? {a[1]} : {a[2]})"
         if op == "cast":
             return f"({a[0]} != 0)" if dt is DType.bool else f"(({CTYPE[dt]})({a[0]}))"
-        raise NotImplementedError(f"no CUDA C spelling for scalar op {op!r}")
+        return None
 
     def stmts(self, body: tuple, depth: int, out: list[str], row_kernel: bool) -> None:
         pad = "  " * depth
@@ -135,6 +120,16 @@ class CudaCPrinter:
         out.append(f"{pad}}}")
         out.append(f"{pad}const {CTYPE[s.dtype]} {s.acc} = ({CTYPE[s.dtype]})lm_block_reduce({s.acc}_part, {shared}, "
                    f"{ident}, {op});")
+
+
+class _LanePrinter(CudaCPrinter):
+    """Prints loads (all at the flat index, see ``_vectorizable``) as one lane of a float4 register."""
+
+    def __init__(self, lane: str) -> None:
+        self.lane = lane
+
+    def expr(self, e: Expr) -> str:
+        return f"{e.buffer}_v.{self.lane}" if isinstance(e, Load) else super().expr(e)
 
 
 def _vectorizable(kernel: Kernel) -> bool:
@@ -174,19 +169,15 @@ def cuda_source(kernel: Kernel, prelude: bool = True) -> str:
             lines.append(f"    const float4 {b.name}_v = reinterpret_cast<const float4*>({b.name})[q];")
         for b in kernel.outputs:
             lines.append(f"    float4 {b.name}_v;")
-        for lane in "xyzw":
+        for i, lane in enumerate("xyzw"):
+            lane_printer = _LanePrinter(lane)
             lines.append("    {")
-            lines.append(f"      const long long o = 4 * q + {'xyzw'.index(lane)};")
+            lines.append(f"      const long long o = 4 * q + {i};")
             for s in kernel.body:
+                text = lane_printer.expr(s.value)
                 if isinstance(s, Let):
-                    text = printer.expr(s.value)
-                    for b in kernel.inputs:
-                        text = text.replace(f"{b.name}[o]", f"{b.name}_v.{lane}")
                     lines.append(f"      const {CTYPE[s.value.dtype]} {s.name} = {text};")
                 else:
-                    text = printer.expr(s.value)
-                    for b in kernel.inputs:
-                        text = text.replace(f"{b.name}[o]", f"{b.name}_v.{lane}")
                     lines.append(f"      {s.buffer}_v.{lane} = {text};")
             lines.append("    }")
         for b in kernel.outputs:

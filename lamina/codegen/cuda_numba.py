@@ -12,13 +12,14 @@ BLOCK = 256  # threads per block of a row kernel (a power of two: the tree reduc
 
 class CudaNumbaPrinter(NumbaPrinter):
     fast32 = False  # the GPU's own math functions are already fast
-    def call(self, e: Call, a: list[str]) -> str:
-        if e.op in ("maximum", "minimum"):
-            cmp = ">" if e.op == "maximum" else "<"
-            return f"({a[0]} if ({a[0]} {cmp} {a[1]} or {a[0]} != {a[0]}) else {a[1]})"
+    FORMS = {**NumbaPrinter.FORMS,
+             "maximum": "({0} if ({0} > {1} or {0} != {0}) else {1})",  # NaN-propagating, no NumPy on the GPU
+             "minimum": "({0} if ({0} < {1} or {0} != {0}) else {1})"}
+
+    def special(self, e: Call, a: list[str]) -> str | None:
         if e.op == "abs":
             return f"({a[0]} if {a[0]} >= {literal(0, e.dtype)} else -{a[0]})"
-        return super().call(e, a)
+        return super().special(e, a)
 
     def stmts(self, body: tuple, depth: int, out: list[str]) -> None:
         pad = "    " * depth
