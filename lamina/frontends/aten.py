@@ -547,5 +547,4 @@ NO_OUTPUT = frozenset({
     "aten._assert_async.msg", "aten.sym_constrain_range.default",
 })
 
-CONVERTERS = MappingProxyType(dict(_table))
-del _table
+CONVERTERS = MappingProxyType(_table)  # read-only view; _table is filled once, at import

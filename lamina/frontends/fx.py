@@ -22,6 +22,7 @@ import torch.utils._pytree as pytree
 from ..errors import UnsupportedOp, UnsupportedOpsError
 from ..ir.builder import GraphBuilder
 from ..ir.core import Graph, Loc, Value
+from ..ir.dtypes import DType
 from ..ir.opdef import InferenceError
 from ..ir.shapes import dim
 from ..ir.types import TensorType
@@ -195,7 +196,7 @@ class _Translator:
             return tensor_type(meta)
         except Unsupported as e:
             self.report(node, str(e))
-            return TensorType((), _fallback_dtype())
+            return TensorType((), DType.f32)  # a stand-in; the op is already reported
 
     # --- ops ------------------------------------------------------------------------------
     def call(self, node: torch.fx.Node) -> None:
@@ -224,7 +225,7 @@ class _Translator:
             self.check(node, result, out)
             self.env[node] = result
         except _Skip:
-            self.env[node] = _placeholder_like(node)
+            self.env[node] = _MISSING
         except (Unsupported, InferenceError) as e:
             self.report(node, str(e))
 
@@ -254,7 +255,7 @@ class _Translator:
 
     def report(self, node: torch.fx.Node, reason: str) -> None:
         self.unsupported.append(UnsupportedOp(_target_name(node.target), module_path(node), node.name, reason))
-        self.env[node] = _placeholder_like(node)
+        self.env[node] = _MISSING
 
     def outputs(self, node: torch.fx.Node) -> list[Value]:
         outs = []
@@ -290,10 +291,6 @@ class _Placeholder:
 _MISSING = _Placeholder()
 
 
-def _placeholder_like(node: torch.fx.Node) -> _Placeholder:
-    return _MISSING
-
-
 def _has_placeholder(tree: Any) -> bool:
     return any(isinstance(leaf, _Placeholder) for leaf in pytree.tree_leaves(tree))
 
@@ -310,9 +307,3 @@ def _target_name(target: Any) -> str:
     if isinstance(target, torch._ops.OpOverload):
         return str(target)
     return getattr(target, "__name__", str(target))
-
-
-def _fallback_dtype() -> Any:
-    from ..ir.dtypes import DType
-
-    return DType.f32
