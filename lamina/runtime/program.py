@@ -288,17 +288,17 @@ class _PlanBuilder:
         if kind == "view":
             exprs = view_expr(op, args[0] if args else "", self.size)
             dynamic = any(id(v) in self.dynamic for v in op.operands)
-            if not dynamic and op.operands:  # a reshape that must copy is a snapshot: redo it each call
-                base = self.glb[args[0]]
-                made = [eval(e, {"torch": torch, **self.glb}) for e in exprs]
-                dynamic = any(m.untyped_storage().data_ptr() != base.untyped_storage().data_ptr() for m in made)
-            for v, e in zip(op.results, exprs):
+            made = [] if dynamic else [eval(e, self.glb) for e in exprs]  # noqa: S307 - our own generated code
+            if made and op.operands:  # a reshape that must copy is a snapshot: redo it each call
+                base = self.glb[args[0]].untyped_storage().data_ptr()
+                dynamic = any(m.untyped_storage().data_ptr() != base for m in made)
+            for i, (v, e) in enumerate(zip(op.results, exprs)):
                 if dynamic:
                     name = self.fresh("v")
                     self.lines.append(f"{name} = {e}")
                     self.dynamic.add(id(v))
                 else:
-                    name = self.static(eval(e, {"torch": torch, **self.glb}), "V")
+                    name = self.static(made[i], "V")
                 self.name[id(v)] = name
             return 0
         if op.name in WRITES_INTO_OUT and all(id(v) in self.name for v in op.results):
