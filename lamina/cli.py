@@ -61,8 +61,8 @@ def cmd_dump(ns: argparse.Namespace) -> int:
             raise LaminaError(f"--after {ns.after}: that pass is not in the pipeline ({', '.join(names) or 'empty'}); "
                               f"give --pipeline with it (known passes: {', '.join(sorted(PASSES))})")
         steps = steps[: len(names) - names[::-1].index(ns.after)]
-    else:
-        steps = []
+    elif not (ns.kernels or ns.wrapper):
+        steps = []  # plain dumps show the traced graph; kernels and wrappers come from the whole pipeline
     graph = run_steps(graph, steps).graph
     if ns.kernels or ns.wrapper:
         text = _kernels_and_wrapper(graph, ns)

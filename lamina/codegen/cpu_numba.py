@@ -8,12 +8,13 @@ from ..ir.dtypes import DType
 from .fastmath32 import SOURCE as FAST32_SOURCE
 from .kernel import Call, Const, Expr, Kernel, Let, Loop, Reduce, Store
 from .scalar_printer import ScalarPrinter, infix_forms
+from .wide_vectors import SOURCE as WIDE_VECTORS_SOURCE
 
 _NP = {DType.f64: "np.float64", DType.f32: "np.float32", DType.f16: "np.float16", DType.bf16: "np.float32",
        DType.i64: "np.int64", DType.i32: "np.int32", DType.i8: "np.int8", DType.u8: "np.uint8", DType.i4: "np.int8",
        DType.bool: "np.bool_"}
 _MATH = {"exp": "math.exp", "log": "math.log", "sqrt": "math.sqrt", "tanh": "math.tanh", "sin": "math.sin",
-         "cos": "math.cos", "erf": "math.erf", "floor": "math.floor"}
+         "cos": "math.cos", "erf": "math.erf", "floor": "np.floor"}  # np.floor keeps the float type
 
 _FAST32 = frozenset({"exp", "tanh", "erf"})  # float32 versions in fastmath32 that vectorize
 
@@ -124,12 +125,14 @@ def numba_source(kernel: Kernel, parallel: bool) -> str:
                   "    chunks = min(n_outer, 64)  # enough per-thread chunks to balance; a constant keeps the cache usable",
                   "    for chunk in numba.prange(chunks):"]
         lines += [f"        {b.name} = np.empty({printer.expr(b.size)}, {_NP[b.dtype]})" for b in kernel.scratch]
+        lines.append("        prefer_wide_vectors()")
         lines.append("        for o in range(chunk * n_outer // chunks, (chunk + 1) * n_outer // chunks):")
         printer.stmts(kernel.body, 3, lines)
     else:
         lines.append(f"    for o in numba.prange({outer}):")
+        lines.append("        prefer_wide_vectors()")
         printer.stmts(kernel.body, 2, lines)
     return "\n".join(lines) + "\n"
 
 
-MODULE_HEADER = "import math\n\nimport numba\nimport numpy as np\n" + FAST32_SOURCE + "\n\n"
+MODULE_HEADER = "import math\n\nimport numba\nimport numpy as np\n" + FAST32_SOURCE + WIDE_VECTORS_SOURCE + "\n\n"

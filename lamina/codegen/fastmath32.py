@@ -24,7 +24,7 @@ def _bits_to_f32(typingctx, bits):
 @numba.njit(inline="always", fastmath={"contract"}, error_model="numpy")
 def exp32(x):
     c = np.minimum(np.maximum(x, np.float32(-87.33654)), np.float32(88.72283))
-    n = math.floor(c * np.float32(1.44269504088896341) + np.float32(0.5))
+    n = np.floor(c * np.float32(1.44269504088896341) + np.float32(0.5))  # np.floor keeps float32 (math.floor gives int64)
     r = c - n * np.float32(0.693359375) - n * np.float32(-2.12194440e-4)
     z = r * r
     p = ((((np.float32(1.9875691500e-4) * r + np.float32(1.3981999507e-3)) * r + np.float32(8.3334519073e-3)) * r
