@@ -95,7 +95,7 @@ def _kernels_and_wrapper(graph: Any, ns: argparse.Namespace) -> str:
             if op.name != "fused":
                 continue
             kernel = lower_region(op, [f"in{i}" for i in range(len(op.operands))],
-                                  [f"out{i}" for i in range(len(op.results))])
+                                  [f"out{i}" for i in range(len(op.results))], split_last=ns.kernel_target == "cpu")
             if kernel.name in seen:
                 continue
             seen.add(kernel.name)
@@ -120,9 +120,9 @@ def _kernels_and_wrapper(graph: Any, ns: argparse.Namespace) -> str:
 
 def _kernel_source(kernel: Any, target: str) -> str:
     if target == "cpu":
-        from .codegen.cpu_numba import numba_source
+        from .runtime.cpu import cpu_kernel_source
 
-        return numba_source(kernel, parallel=True)
+        return cpu_kernel_source(kernel)
     if target == "cuda":
         from .codegen.cuda_c import cuda_source
 

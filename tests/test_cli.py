@@ -83,3 +83,10 @@ def test_dump_kernels_and_wrapper(capsys) -> None:
     out = capsys.readouterr().out
     assert "@numba.njit(parallel=" in out and "def k_add_layer_norm_" in out
     assert "# ---- wrapper:" in out and "def run(inputs):" in out and "arena" in out
+
+
+def test_dump_kernels_without_after_shows_what_the_backend_runs(capsys) -> None:
+    """No --after: the kernels of the whole default pipeline (fused), as the cpu backend compiles them."""
+    assert main(["dump", GPT2, "--kernels"]) == 0
+    out = capsys.readouterr().out
+    assert "def k_add_layer_norm_" in out and "prefer_wide_vectors()" in out

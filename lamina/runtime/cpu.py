@@ -1,20 +1,45 @@
 """The cpu target: kernels as Numba ``@njit(parallel=True)`` functions over flat NumPy views."""
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 
+from ..codegen.attention_cpu import AttentionVariant, attention_source
 from ..codegen.cache import KernelCache
 from ..codegen.cpu_numba import MODULE_HEADER, PARALLEL_THRESHOLD, numba_source
 from ..codegen.kernel import Kernel
 from ..codegen.scratch import use_scratch_rows
-from ..ir.core import Graph
+from ..ir.core import Graph, Op
 from ..ir.dtypes import DType
-from .program import BackendError, CompiledKernel, Executor, Target, work
+from .library import attention_expr
+from .program import BackendError, CompiledKernel, Executor, PlanContext, Target, work
 
 __all__ = ["BackendError", "CpuExecutor", "CpuTarget"]
+
+
+# Attention with more multiply-adds than this runs as torch's kernel (blocked, multi-threaded), which
+# is about 2.7x faster than the row kernel at GPT-2 batch 4; below it (decoding, short prompts) the
+# row kernel wins by skipping torch's per-call overhead (about 20 us a call) and output copies.
+NATIVE_ATTENTION_WORK = 1 << 18
+
+
+def flat_strided(t: torch.Tensor) -> tuple[Any, tuple[int, ...]]:
+    """A flat NumPy view from ``t``'s first element over all it touches, and ``t``'s element strides.
+
+    The last dim is made contiguous first if it is not (kernels index it with unit stride)."""
+    if t.dim() and t.stride(-1) != 1 and t.shape[-1] > 1:
+        t = t.contiguous()
+    span = 1 + sum((n - 1) * st for n, st in zip(t.shape, t.stride())) if t.numel() else 0
+    return t.as_strided((span,), (1,)).numpy(), tuple(t.stride())
+
+
+def cpu_kernel_source(kernel: Kernel) -> str:
+    """The Numba source the cpu backend runs for ``kernel`` (also what ``lamina dump --kernels`` shows)."""
+    # small kernels run serially: starting threads would cost more than the work
+    return numba_source(use_scratch_rows(kernel), parallel=work(kernel) >= PARALLEL_THRESHOLD)
 
 
 class CpuTarget(Target):
@@ -27,8 +52,7 @@ class CpuTarget(Target):
         self.cache = cache or KernelCache()
 
     def source(self, kernel: Kernel) -> str:
-        # small kernels run serially: starting threads would cost more than the work
-        return numba_source(use_scratch_rows(kernel), parallel=work(kernel) >= PARALLEL_THRESHOLD)
+        return cpu_kernel_source(kernel)
 
     def compile(self, kernels: Sequence[CompiledKernel]) -> None:
         loaded: dict[str, Any] = {}
@@ -37,6 +61,47 @@ class CpuTarget(Target):
             if key not in loaded:
                 loaded[key] = getattr(self.cache.load(key, MODULE_HEADER + ck.source), ck.kernel.name)
             ck.fn = loaded[key]
+
+    def native(self, op: Op) -> Any | None:
+        """Fused attention (``codegen/attention_cpu.py``) for 4-d float32/float64 attention."""
+        if op.name != "attention" or op.results[0].type.rank != 4:
+            return None
+        dtype = op.results[0].type.dtype
+        if dtype not in (DType.f32, DType.f64):
+            return None
+        mask = None if len(op.operands) == 3 else "bool" if op.operands[3].type.dtype is DType.bool else "add"
+        variant = AttentionVariant(op.attrs["causal"], mask, dtype is DType.f32)
+        return getattr(self.cache.load(variant.name, MODULE_HEADER + attention_source(variant)), variant.name)
+
+    def native_lines(self, fn: str, op: Op, args: Sequence[str], out: str, plan: PlanContext) -> list[str]:
+        """q, k, v, mask and out as flat arrays with strides, made once where they are fixed for the plan."""
+        lines: list[str] = []
+        b, h, t, d = (plan.size(x) for x in op.operands[0].type.shape)
+        hk, s, dv = plan.size(op.operands[1].type.shape[1]), plan.size(op.operands[1].type.shape[2]), \
+            plan.size(op.operands[2].type.shape[3])
+        scale = op.attrs["scale"] if op.attrs["scale"] is not None else 1.0 / math.sqrt(d)
+        rows = b * h * t
+        if rows * s * (d + dv) > NATIVE_ATTENTION_WORK:  # torch's blocked flash kernel wins: copy its result
+            return [f"{out}.copy_({attention_expr(op, args)})"]
+
+        def strided(name: str, suffix: str = "") -> tuple[str, list[str]]:
+            tensor = plan.value_of(name)
+            if tensor is not None:
+                flat, strides = flat_strided(eval(f"t{suffix}", {"t": tensor}))  # noqa: S307 - our own code
+                return plan.static(flat, "N"), [str(x) for x in strides]
+            flat, st = plan.fresh("n"), plan.fresh("s")
+            lines.append(f"{flat}, {st} = flat_strided({name}{suffix})")
+            return flat, [f"{st}[{i}]" for i in range(4)]
+
+        (fq, sq), (fk, sk), (fv, sv), (fo, so) = (strided(a) for a in (args[0], args[1], args[2], out))
+        fm, sm = strided(args[3], f".expand({(b, h, t, s)})") if len(args) == 4 else (fq, ["0"] * 4)
+        strides = ", ".join(", ".join(x[:3]) for x in (sq, sk, sv, so))
+        lines.append(f"{fn}({fq}, {fk}, {fv}, {fm}, {fo}, {scale!r}, 0, {rows}, {h}, {t}, {d}, "
+                     f"{hk}, {s}, {dv}, {strides}, {', '.join(sm)})")
+        return lines
+
+    def namespace(self) -> dict[str, Any]:
+        return {"flat_strided": flat_strided}
 
     def view(self, tensor: torch.Tensor) -> Any:
         return tensor.numpy().reshape(-1)

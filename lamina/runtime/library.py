@@ -7,33 +7,44 @@ allocates its result (then the line assigns it).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..ir.core import Op
 from ..ir.dtypes import to_torch
 
 
-def call_line(op: Op, args: Sequence[str], outs: Sequence[str | None], results: Sequence[str]) -> str:
-    """One wrapper line computing ``op``; writes ``outs`` when given, else binds ``results``."""
+Derived = Callable[[str, str], str]
+
+
+def _inline(base: str, suffix: str) -> str:
+    return f"{base}{suffix}"
+
+
+def call_line(op: Op, args: Sequence[str], outs: Sequence[str | None], results: Sequence[str],
+              derive: Derived = _inline) -> str:
+    """One wrapper line computing ``op``; writes ``outs`` when given, else binds ``results``.
+
+    ``derive(name, suffix)`` names the view ``name + suffix`` (a reshape, transpose or view
+    of an operand); the plan builder passes one that computes views of static tensors
+    (weights, arena buffers) once instead of on every call.
+    """
     a, at = list(args), op.attrs
     out = outs[0] if outs else None
     n = op.name
     if n == "linear":
         k = op.operands[0].type.shape[-1]
         m = op.results[0].type.shape[-1]
+        x, wt = derive(a[0], f".reshape(-1, {k})"), derive(a[1], ".t()")
         if out is not None and len(a) == 3:
-            return f"torch.addmm({a[2]}, {a[0]}.reshape(-1, {k}), {a[1]}.t(), out={out}.view(-1, {m}))"
+            return f"torch.addmm({a[2]}, {x}, {wt}, out={derive(out, f'.view(-1, {m})')})"
         if out is not None:
-            return f"torch.mm({a[0]}.reshape(-1, {k}), {a[1]}.t(), out={out}.view(-1, {m}))"
+            return f"torch.mm({x}, {wt}, out={derive(out, f'.view(-1, {m})')})"
         return f"{results[0]} = torch.nn.functional.linear({', '.join(a)})"
     if n == "matmul":
         return f"torch.matmul({a[0]}, {a[1]}, out={out})" if out else f"{results[0]} = torch.matmul({a[0]}, {a[1]})"
     if n == "attention":
-        mask = f", attn_mask={a[3]}" if len(a) == 4 else ""
-        scale = f", scale={at['scale']!r}" if at["scale"] is not None else ""
-        return (f"{results[0]} = torch.nn.functional.scaled_dot_product_attention({a[0]}, {a[1]}, {a[2]}{mask}, "
-                f"is_causal={at['causal']}{scale}, enable_gqa={at['gqa']})")
+        return f"{results[0]} = {attention_expr(op, a)}"
     if n == "conv2d":
         bias = a[2] if len(a) == 3 else "None"
         return (f"{results[0]} = torch.nn.functional.conv2d({a[0]}, {a[1]}, {bias}, stride={tuple(at['stride'])}, "
@@ -50,6 +61,15 @@ def call_line(op: Op, args: Sequence[str], outs: Sequence[str | None], results: 
     if n == "argmax":
         return f"{results[0]} = torch.argmax({a[0]}, {at['dim']}, {at['keepdim']})"
     raise NotImplementedError(f"no library call for {op.describe()}")
+
+
+def attention_expr(op: Op, a: Sequence[str]) -> str:
+    """torch's scaled_dot_product_attention of ``op`` on tensors named ``a`` (q, k, v, mask)."""
+    at = op.attrs
+    mask = f", attn_mask={a[3]}" if len(a) == 4 else ""
+    scale = f", scale={at['scale']!r}" if at["scale"] is not None else ""
+    return (f"torch.nn.functional.scaled_dot_product_attention({a[0]}, {a[1]}, {a[2]}{mask}, "
+            f"is_causal={at['causal']}{scale}, enable_gqa={at['gqa']})")
 
 
 def view_expr(op: Op, a: str, sizes: Any) -> list[str]:

@@ -40,6 +40,26 @@ class CompiledKernel:
     fn: Any = None
 
 
+class PlanContext:
+    """What a Target may ask of the plan being built: static tensors by wrapper name, new globals."""
+
+    def value_of(self, name: str) -> Any | None:
+        """The tensor a wrapper name stands for when it is fixed for the plan (weights, arena views), else None."""
+        raise NotImplementedError
+
+    def static(self, value: Any, prefix: str) -> str:
+        """A new wrapper global holding ``value``."""
+        raise NotImplementedError
+
+    def fresh(self, prefix: str) -> str:
+        """A new local name for the wrapper."""
+        raise NotImplementedError
+
+    def size(self, d: Any) -> int:
+        """A dim (int or size symbol) under this plan's input shapes."""
+        raise NotImplementedError
+
+
 class Target:
     """What a device contributes to a Program (see cpu.CpuTarget, cuda.CudaTarget)."""
 
@@ -68,6 +88,15 @@ class Target:
 
     def namespace(self) -> dict[str, Any]:
         return {}
+
+    def native(self, op: Op) -> Any | None:
+        """A kernel of this target's own for a library op (e.g. fused attention on the CPU), or None."""
+        return None
+
+    def native_lines(self, fn: str, op: Op, args: Sequence[str], out: str, plan: PlanContext) -> list[str]:
+        """Wrapper lines launching native kernel ``fn`` of ``op`` on torch tensors ``args`` into ``out``."""
+        raise NotImplementedError
+
 
     def prologue(self) -> list[str]:
         """Wrapper lines run before the first launch (e.g. joining the caller's CUDA stream)."""
@@ -100,6 +129,7 @@ class Executor:
                 kernel = lower_region(op, [f"in{i}" for i in range(len(op.operands))],
                                       [f"out{i}" for i in range(len(op.results))], split_last=target.split_last)
                 self.kernels[id(op)] = CompiledKernel(kernel, target.source(kernel))
+        self.natives = {id(op): fn for op in graph.ops if (fn := target.native(op)) is not None}
         self.plans: dict[tuple, Plan] = {}
         target.compile(list(self.kernels.values()))
 
@@ -162,7 +192,17 @@ def _dims(shape: Sequence[Any], bindings: Mapping[sympy.Symbol, int]) -> tuple[i
     return tuple(evaluate(d, bindings) for d in shape)
 
 
-class _PlanBuilder:
+def _in_consumer_order(raw: torch.Tensor, shape: tuple[int, ...], users: Sequence[Op]) -> torch.Tensor:
+    """``raw`` viewed as ``shape``; when a value's only reader permutes it, its memory is laid out in
+    the permuted order, so the permute (and a reshape after it) stay views instead of copies."""
+    if len(users) == 1 and users[0].name == "permute":
+        dims = tuple(users[0].attrs["dims"])
+        inverse = tuple(int(i) for i in np.argsort(dims))
+        return raw.view(tuple(shape[d] for d in dims)).permute(inverse)
+    return raw.view(shape)
+
+
+class _PlanBuilder(PlanContext):
     def __init__(self, ex: Executor, inputs: Sequence[torch.Tensor], weights: Mapping[str, torch.Tensor]) -> None:
         g = ex.graph
         self.ex, self.g = ex, g
@@ -187,6 +227,18 @@ class _PlanBuilder:
         name = self.fresh(prefix)
         self.glb[name] = value
         return name
+
+    def value_of(self, name: str) -> Any | None:
+        return self.glb.get(name)
+
+    def derive(self, base: str, suffix: str) -> str:
+        """``base + suffix`` as a static view when ``base`` is static and the view shares its memory."""
+        if base not in self.glb:
+            return f"{base}{suffix}"
+        view = eval(f"{base}{suffix}", self.glb)  # noqa: S307 - our own generated code
+        if view.untyped_storage().data_ptr() != self.glb[base].untyped_storage().data_ptr():
+            return f"{base}{suffix}"  # a copy would be a stale snapshot
+        return self.static(view, "D")
 
     def flat_of(self, v: Value) -> str:
         if id(v) not in self.flat:
@@ -220,7 +272,7 @@ class _PlanBuilder:
                     last_use[id(base)] = max(last_use.get(id(base), 0), i)
         arena_values: list[tuple[Value, int]] = []
         for i, op in enumerate(steps):
-            if op.name == "fused" or op.name in WRITES_INTO_OUT:
+            if self.writes_into_out(op):
                 for v in op.results:
                     if id(v) not in outputs:
                         arena_values.append((v, i))
@@ -228,9 +280,14 @@ class _PlanBuilder:
         memory = plan_memory(lifetimes)
         arena = torch.empty(max(memory.peak, 1), dtype=torch.uint8, device=self.device)
         poison = []
+        users: dict[int, list[Op]] = {}
+        for op in steps:
+            for v in op.operands:
+                users.setdefault(id(v), []).append(op)
         for v, _ in arena_values:
             off = memory.offsets[str(id(v))]
-            t = arena[off: off + self.nbytes(v)].view(to_torch(v.type.dtype)).view(_dims(v.type.shape, self.bindings))
+            raw = arena[off: off + self.nbytes(v)].view(to_torch(v.type.dtype))
+            t = _in_consumer_order(raw, _dims(v.type.shape, self.bindings), users.get(id(v), []))
             self.name[id(v)] = self.static(t, "A")
             poison.append(t)
         for i, v in enumerate(g.inputs):
@@ -241,8 +298,7 @@ class _PlanBuilder:
         self.lines = self.ex.target.prologue() + [f"x{i} = inputs[{i}]" for i in range(len(g.inputs))]
         out_names = {}
         for v in g.outputs:
-            if any(id(v) in {id(r) for r in op.results} and (op.name == "fused" or op.name in WRITES_INTO_OUT)
-                   for op in steps):
+            if any(id(v) in {id(r) for r in op.results} and self.writes_into_out(op) for op in steps):
                 name = self.fresh("y")
                 shape = _dims(v.type.shape, self.bindings)
                 self.lines.append(f"{name} = torch.empty({shape}, dtype={to_torch(v.type.dtype)}, device={self.device!r})")
@@ -265,6 +321,9 @@ class _PlanBuilder:
         exec(compile(source, f"<lamina wrapper {self.g.name}>", "exec"), namespace)
         return Plan(source, namespace["run"], memory, launches, arena, poison)
 
+    def writes_into_out(self, op: Op) -> bool:
+        return op.name == "fused" or op.name in WRITES_INTO_OUT or id(op) in self.ex.natives
+
     def nbytes(self, v: Value) -> int:
         n = 1
         for d in _dims(v.type.shape, self.bindings):
@@ -285,6 +344,10 @@ class _PlanBuilder:
             self.lines.append(self.ex.target.launch(fn, args, ck.kernel, outer, inner))
             return 1
         args = [self.name[id(v)] for v in op.operands]
+        if id(op) in self.ex.natives:
+            fn = self.static(self.ex.natives[id(op)], "N")
+            self.lines += self.ex.target.native_lines(fn, op, args, self.name[id(op.results[0])], self)
+            return 1
         if kind == "view":
             exprs = view_expr(op, args[0] if args else "", self.size)
             dynamic = any(id(v) in self.dynamic for v in op.operands)
@@ -303,10 +366,10 @@ class _PlanBuilder:
             return 0
         if op.name in WRITES_INTO_OUT and all(id(v) in self.name for v in op.results):
             outs = [self.name[id(v)] for v in op.results]
-            self.lines.append(call_line(op, args, outs, outs))
+            self.lines.append(call_line(op, args, outs, outs, self.derive))
             return 1
         results = [self.fresh("r") for _ in op.results]
-        self.lines.append(call_line(op, args, [], results))
+        self.lines.append(call_line(op, args, [], results, self.derive))
         for v, r in zip(op.results, results):
             self.name[id(v)] = r
             self.dynamic.add(id(v))
