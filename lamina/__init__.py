@@ -13,6 +13,21 @@ from .runtime.compiled import CompiledModule
 
 __version__ = "0.1.0"
 
+
+def _register_dynamo_backend() -> None:
+    """backend="lamina" for torch.compile. The package's ``torch_dynamo_backends`` entry point
+    registers it without an import; here only when dynamo is already loaded (importing it
+    costs over a second)."""
+    import sys
+
+    if "torch._dynamo" in sys.modules:
+        from .dynamo import register
+
+        register()
+
+
+_register_dynamo_backend()
+
 __all__ = [
     "CompileOptions", "CompiledModule", "Graph", "InputMismatchError", "LaminaError", "UnsupportedOpsError",
     "compile", "default_pipeline", "parse", "run_pipeline", "trace", "__version__",

@@ -49,7 +49,7 @@ def compile(model: torch.nn.Module, example_inputs: Sequence[Any] | torch.Tensor
     options = CompileOptions(backend=backend, pipeline=pipeline, fallback=fallback,
                              dump_dir=Path(dump_dir) if dump_dir else None, poison=poison,
                              kernel_language=kernel_language)
-    steps = parse_pipeline(pipeline if pipeline is not None else default_pipeline(backend))
+    parse_pipeline(pipeline if pipeline is not None else default_pipeline(backend))  # bad pipelines fail first
     if backend == "cuda":
         from .runtime.cuda import require_gpu
 
@@ -65,6 +65,12 @@ def compile(model: torch.nn.Module, example_inputs: Sequence[Any] | torch.Tensor
         return _eager_fallback(model, e)
     finally:
         model.train(was_training)
+    return compile_imported(imported, options, model_name)
+
+
+def compile_imported(imported: Imported, options: CompileOptions, model_name: str = "model") -> CompiledModule:
+    """Run the pipeline on a translated model and build its executor."""
+    steps = parse_pipeline(options.pipeline if options.pipeline is not None else default_pipeline(options.backend))
     result = run_steps(imported.graph, steps, dump_dir=options.dump_dir, check=options.verify)
     executor = _executor(options, result.graph)
     return CompiledModule(imported, result.graph, executor, options, result.timings, model_name)
@@ -91,4 +97,4 @@ def _eager_fallback(model: torch.nn.Module, error: UnsupportedOpsError) -> Any:
     return model
 
 
-__all__ = ["compile", "default_pipeline", "run_pipeline", "trace", "Imported"]
+__all__ = ["compile", "compile_imported", "default_pipeline", "run_pipeline", "trace", "Imported"]

@@ -118,15 +118,27 @@ def import_module(model: torch.nn.Module, args: Sequence[Any], kwargs: Mapping[s
     return _Translator(ep, name).run(param_keys={})
 
 
-def import_graph_module(gm: torch.fx.GraphModule, example_inputs: Sequence[Any]) -> Imported:
-    """Translate the GraphModule a dynamo backend receives; parameters passed as inputs keep their names."""
+def import_graph_module(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], *,
+                        module: torch.nn.Module | None = None, positions: Sequence[int] | None = None,
+                        dynamic_shapes: Any = None) -> Imported:
+    """Translate the GraphModule a dynamo backend receives; parameters passed as inputs keep their names.
+
+    ``module`` (default ``gm``) is what is exported, called with the arguments at ``positions``
+    of ``example_inputs`` (default all); ``dynamic_shapes`` as for torch.export."""
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    positions = list(range(len(example_inputs))) if positions is None else list(positions)
     param_keys = {}
-    for i, (node, example) in enumerate(zip(placeholders, example_inputs)):
-        if isinstance(example, torch.nn.Parameter):
-            param_keys[i] = _dynamo_param_key(node)
-    ep = export(gm, tuple(example_inputs))
+    for i, position in enumerate(positions):
+        if isinstance(example_inputs[position], torch.nn.Parameter):
+            param_keys[i] = _dynamo_param_key(placeholders[position])
+    # detached aliases: export may annotate its inputs, which must not leak into dynamo's guards
+    args = tuple(_alias(example_inputs[p]) for p in positions)
+    ep = export(module if module is not None else gm, args, dynamic_shapes=dynamic_shapes)
     return _Translator(ep, "GraphModule").run(param_keys=param_keys)
+
+
+def _alias(x: Any) -> Any:
+    return x.detach() if isinstance(x, torch.Tensor) else x
 
 
 def _dynamo_param_key(node: torch.fx.Node) -> str:

@@ -13,6 +13,7 @@ from ..codegen.cpu_numba import MODULE_HEADER, PARALLEL_THRESHOLD, numba_source
 from ..codegen.kernel import Kernel
 from ..codegen.scratch import use_scratch_rows
 from ..ir.core import Graph, Op
+from ..errors import InputMismatchError
 from ..ir.dtypes import DType
 from .library import attention_expr
 from .program import BackendError, CompiledKernel, Executor, PlanContext, Target, work
@@ -79,6 +80,10 @@ class CpuTarget(Target):
         b, h, t, d = (plan.size(x) for x in op.operands[0].type.shape)
         hk, s, dv = plan.size(op.operands[1].type.shape[1]), plan.size(op.operands[1].type.shape[2]), \
             plan.size(op.operands[2].type.shape[3])
+        if plan.size(op.operands[2].type.shape[2]) != s or plan.size(op.operands[1].type.shape[3]) != d:
+            raise InputMismatchError(f"{op.describe()}: keys {[plan.size(x) for x in op.operands[1].type.shape]} and "
+                                     f"values {[plan.size(x) for x in op.operands[2].type.shape]} disagree in length "
+                                     "or head size for these inputs")
         scale = op.attrs["scale"] if op.attrs["scale"] is not None else 1.0 / math.sqrt(d)
         rows = b * h * t
         if rows * s * (d + dv) > NATIVE_ATTENTION_WORK:  # torch's blocked flash kernel wins: copy its result

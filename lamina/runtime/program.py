@@ -247,7 +247,10 @@ class _PlanBuilder(PlanContext):
                 name = self.fresh("f")
                 self.lines.append(f"{name} = {self.ex.target.view_expr(base)}")
             else:
-                name = self.static(self.ex.target.view(self.glb[base].contiguous()), "F")
+                tensor = self.glb[base]
+                if not tensor.is_contiguous():
+                    raise BackendError(f"internal: a kernel operand {base} is not contiguous (a copy would be stale)")
+                name = self.static(self.ex.target.view(tensor), "F")
             self.flat[id(v)] = name
         return self.flat[id(v)]
 
@@ -270,6 +273,9 @@ class _PlanBuilder(PlanContext):
                 if id(v) in view_base:
                     base = view_base[id(v)]
                     last_use[id(base)] = max(last_use.get(id(base), 0), i)
+        for v in g.outputs:  # an output that is a view of an intermediate is copied out at the very end
+            if id(v) in view_base:
+                last_use[id(view_base[id(v)])] = len(steps)
         arena_values: list[tuple[Value, int]] = []
         for i, op in enumerate(steps):
             if self.writes_into_out(op):
@@ -281,13 +287,19 @@ class _PlanBuilder(PlanContext):
         arena = torch.empty(max(memory.peak, 1), dtype=torch.uint8, device=self.device)
         poison = []
         users: dict[int, list[Op]] = {}
+        producer: dict[int, Op] = {}
         for op in steps:
             for v in op.operands:
                 users.setdefault(id(v), []).append(op)
+            for v in op.results:
+                producer[id(v)] = op
         for v, _ in arena_values:
             off = memory.offsets[str(id(v))]
             raw = arena[off: off + self.nbytes(v)].view(to_torch(v.type.dtype))
-            t = _in_consumer_order(raw, _dims(v.type.shape, self.bindings), users.get(id(v), []))
+            shape = _dims(v.type.shape, self.bindings)
+            # native kernels take strided outputs; generated kernels and GEMMs write contiguous ones
+            t = _in_consumer_order(raw, shape, users.get(id(v), [])) if id(producer[id(v)]) in self.ex.natives \
+                else raw.view(shape)
             self.name[id(v)] = self.static(t, "A")
             poison.append(t)
         for i, v in enumerate(g.inputs):

@@ -99,3 +99,27 @@ def test_softmax_computes_each_exp_once_through_a_scratch_row() -> None:
     assert torch.equal(got.isnan(), want.isnan())
     keep = ~want.isnan()
     assert rel_error(got[keep], want[keep]) <= F32_TOL
+
+
+class _ReturnsAViewOfAnIntermediate(torch.nn.Module):
+    """Like a KV cache output: a transposed intermediate returned while later kernels keep running."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.randn(3, 3))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        key = (x * 2.0 + 1.0).transpose(1, 2)
+        y = torch.tanh(x) @ self.w  # GEMM results and kernels after `key` reuse the arena
+        for _ in range(3):
+            y = torch.sigmoid(y) @ self.w
+        return key, y
+
+
+def test_an_output_viewing_an_intermediate_is_not_overwritten_by_later_kernels() -> None:
+    model, x = _ReturnsAViewOfAnIntermediate(), torch.randn(2, 5, 3)
+    compiled = lamina.compile(model, (x,), poison=True)
+    with torch.no_grad():
+        want = model(x)
+    for got, want in zip(compiled(x), want):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)

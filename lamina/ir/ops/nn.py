@@ -94,13 +94,19 @@ def _embedding_ref(a: Sequence[np.ndarray], attrs: Mapping[str, Any]) -> np.ndar
     return w[idx]
 
 
+def _differ(a: Any, b: Any) -> bool:
+    """Two dims that cannot be equal: both known and unequal. Different size symbols may be equal at
+    run time (a key cache and a value cache of one length); the runtime checks them once sizes are known."""
+    return isinstance(a, int) and isinstance(b, int) and a != b
+
+
 def _attention_infer(types: Sequence[TensorType], attrs: Mapping[str, Any]) -> list[TensorType]:
     q, k, v = types[:3]
     dtype = same_dtype("attention", (q, k, v))
     need_float("attention", q)
     if min(q.rank, k.rank, v.rank) < 2 or q.rank != k.rank or k.rank != v.rank:
         raise InferenceError(f"attention: q, k, v must have one rank >= 2, got {q}, {k}, {v}")
-    if q.shape[-1] != k.shape[-1] or k.shape[-2] != v.shape[-2]:
+    if _differ(q.shape[-1], k.shape[-1]) or _differ(k.shape[-2], v.shape[-2]):
         raise InferenceError(f"attention: q {q}, k {k}, v {v} disagree on head or key dims")
     if q.rank >= 3 and q.shape[-3] != k.shape[-3]:
         if not attrs["gqa"]:

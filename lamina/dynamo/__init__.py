@@ -1,0 +1,165 @@
+"""``torch.compile(model, backend="lamina")``: lamina as a dynamo backend.
+
+Registered by the ``torch_dynamo_backends`` entry point (no import needed) and by
+``import lamina``. Options come through ``torch.compile(..., options={...})``: ``target``
+("cpu", "cuda", "reference"), ``pipeline``, ``dump_dir`` (default ``$LAMINA_DUMP_DIR``),
+``fallback`` (default True), ``kernel_language``, ``poison``.
+
+Per graph dynamo hands over: a graph that needs autograd runs in PyTorch (logged); else
+the whole graph is compiled, and if some ops are unsupported, the supported pieces are
+compiled and the rest runs in PyTorch, one log line per unsupported op (``LAMINA_LOG=fallback``).
+"""
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.fx
+
+from ..errors import UnsupportedOpsError
+from ..ir.errors import LaminaError
+from ..log import logger
+from ..options import CompileOptions
+from .graph_args import NotTensorDerived, TensorArgs, arg_map, dynamic_dims
+
+OPTION_KEYS = ("target", "pipeline", "dump_dir", "fallback", "kernel_language", "poison")
+
+
+@dataclass
+class BackendStats:
+    """What one backend object has done: graphs compiled, kernels compiled, fallbacks."""
+
+    graphs: int = 0
+    kernels: int = 0
+    pieces: int = 0
+    eager_graphs: int = 0
+    fallback_ops: list[str] = field(default_factory=list)
+
+
+def compile_options(options: Mapping[str, Any] | None) -> CompileOptions:
+    """CompileOptions from ``torch.compile(options=...)``; unknown keys are an error naming the known ones."""
+    options = dict(options or {})
+    unknown = sorted(set(options) - set(OPTION_KEYS))
+    if unknown:
+        raise LaminaError(f"unknown lamina option(s) {', '.join(unknown)}; known: {', '.join(OPTION_KEYS)}")
+    dump = options.get("dump_dir", os.environ.get("LAMINA_DUMP_DIR"))
+    return CompileOptions(backend=options.get("target", "cpu"), pipeline=options.get("pipeline"),
+                          fallback=options.get("fallback", True), dump_dir=Path(dump) if dump else None,
+                          poison=options.get("poison", False), kernel_language=options.get("kernel_language", "cuda_c"))
+
+
+class LaminaBackend:
+    """A dynamo backend object; ``stats`` counts its work (useful to assert on recompilation)."""
+
+    def __init__(self, options: Mapping[str, Any] | None = None) -> None:
+        self.options = compile_options(options)
+        self.stats = BackendStats()
+
+    def __call__(self, gm: torch.fx.GraphModule, example_inputs: Sequence[Any]) -> Callable[..., Any]:
+        from .dump import GraphDump
+
+        start = time.perf_counter()
+        dump = GraphDump.create(self.options.dump_dir, gm)
+        options = self.options if dump is None else _with_dump(self.options, dump.ir_dir)
+        fallback_log = logger("fallback")
+        needs_grad = torch.is_grad_enabled() and any(
+            isinstance(x, torch.Tensor) and x.requires_grad for x in example_inputs)
+        if needs_grad:
+            reason = ("the graph needs autograd (grad mode is on and inputs require grad); lamina compiles "
+                      "inference graphs: wrap the call in torch.no_grad() or torch.inference_mode()")
+            return self._eager(gm, reason, dump, start)
+        try:
+            amap = arg_map(gm, example_inputs)
+        except NotTensorDerived as e:
+            return self._eager(gm, str(e), dump, start)
+        module = TensorArgs(gm, amap)
+        tensors = amap.tensors(example_inputs)
+        dynamic = dynamic_dims(gm, amap)
+        from ..api import compile_imported
+        from ..frontends.fx import import_graph_module
+
+        try:
+            with _inference(example_inputs):
+                imported = import_graph_module(gm, example_inputs, module=module, positions=amap.tensor_positions,
+                                               dynamic_shapes=dynamic)
+            compiled = compile_imported(imported, options, "GraphModule")
+        except UnsupportedOpsError as e:
+            if not options.fallback:
+                raise
+            for op in e.ops:
+                line = f"{op.target} at {op.module or 'top level'} ({op.node}): {op.reason}; runs in PyTorch"
+                fallback_log.info(line)
+                self.stats.fallback_ops.append(line)
+            from .partition import partitioned
+
+            with _inference(example_inputs):
+                run, pieces = partitioned(module, tensors, dynamic, {op.node for op in e.ops}, options)
+            self.stats.pieces += pieces
+            if dump is not None:
+                dump.finish(None, self.stats.fallback_ops[-len(e.ops):], time.perf_counter() - start)
+            return lambda *args: run(*amap.tensors(args))
+        self.stats.graphs += 1
+        self.stats.kernels += len(getattr(compiled._executor, "kernels", {}))
+        logger("compile").info("compiled a graph of %d ops into %d kernels in %.2f s", len(imported.graph.ops),
+                               len(getattr(compiled._executor, "kernels", {})), time.perf_counter() - start)
+        if dump is not None:
+            dump.finish(compiled, [], time.perf_counter() - start, tensors)
+
+        def run(*args: Any) -> Any:
+            out = compiled(*amap.tensors(args))
+            return out if isinstance(out, (tuple, list)) else (out,)
+
+        return run
+
+    def _eager(self, gm: torch.fx.GraphModule, reason: str, dump: Any, start: float) -> Callable[..., Any]:
+        logger("fallback").info("graph runs in PyTorch: %s", reason)
+        self.stats.eager_graphs += 1
+        self.stats.fallback_ops.append(f"whole graph: {reason}")
+        if dump is not None:
+            dump.finish(None, [f"whole graph: {reason}"], time.perf_counter() - start)
+        return gm.forward
+
+
+def _with_dump(options: CompileOptions, directory: Path) -> CompileOptions:
+    from dataclasses import replace
+
+    return replace(options, dump_dir=directory)
+
+
+class _inference:
+    """Trace under no_grad, out of inference mode (torch.export cannot trace inside it) and out of
+    dynamo's tracing context (export's shape guards would otherwise land in dynamo's guards)."""
+
+    def __init__(self, example_inputs: Sequence[Any]) -> None:
+        self.stack: list[Any] = []
+
+    def __enter__(self) -> None:
+        from torch._guards import tracing
+
+        for ctx in (tracing(None), torch.inference_mode(False), torch.no_grad()):
+            ctx.__enter__()
+            self.stack.append(ctx)
+
+    def __exit__(self, *exc: Any) -> None:
+        for ctx in reversed(self.stack):
+            ctx.__exit__(*exc)
+
+
+def lamina_backend(gm: torch.fx.GraphModule, example_inputs: Sequence[Any],
+                   options: Mapping[str, Any] | None = None) -> Callable[..., Any]:
+    """The function registered as dynamo backend "lamina"."""
+    return LaminaBackend(options)(gm, example_inputs)
+
+
+def register() -> None:
+    """Make ``backend="lamina"`` known to torch.compile (the entry point does this without an import)."""
+    from torch._dynamo.backends.registry import _BACKENDS, _COMPILER_FNS, register_backend
+
+    if "lamina" in _COMPILER_FNS or _BACKENDS.get("lamina") is not None:
+        return  # registered, or found as an entry point that torch registers once loaded
+    register_backend(name="lamina")(lamina_backend)
