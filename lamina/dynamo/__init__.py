@@ -21,7 +21,7 @@ from typing import Any
 import torch
 import torch.fx
 
-from ..errors import UnsupportedOpsError
+from ..errors import InputMismatchError, UnsupportedOpsError
 from ..ir.errors import LaminaError
 from ..log import logger
 from ..options import CompileOptions
@@ -66,7 +66,6 @@ class LaminaBackend:
         start = time.perf_counter()
         dump = GraphDump.create(self.options.dump_dir, gm)
         options = self.options if dump is None else _with_dump(self.options, dump.ir_dir)
-        fallback_log = logger("fallback")
         needs_grad = torch.is_grad_enabled() and any(
             isinstance(x, torch.Tensor) and x.requires_grad for x in example_inputs)
         if needs_grad:
@@ -77,44 +76,12 @@ class LaminaBackend:
             amap = arg_map(gm, example_inputs)
         except NotTensorDerived as e:
             return self._eager(gm, str(e), dump, start)
-        module = TensorArgs(gm, amap)
-        tensors = amap.tensors(example_inputs)
-        dynamic = dynamic_dims(gm, amap)
-        from ..api import compile_imported
-        from ..frontends.fx import import_graph_module
-
-        try:
-            with _inference(example_inputs):
-                imported = import_graph_module(gm, example_inputs, module=module, positions=amap.tensor_positions,
-                                               dynamic_shapes=dynamic)
-            compiled = compile_imported(imported, options, "GraphModule")
-        except UnsupportedOpsError as e:
-            if not options.fallback:
-                raise
-            for op in e.ops:
-                line = f"{op.target} at {op.module or 'top level'} ({op.node}): {op.reason}; runs in PyTorch"
-                fallback_log.info(line)
-                self.stats.fallback_ops.append(line)
-            from .partition import partitioned
-
-            with _inference(example_inputs):
-                run, pieces = partitioned(module, tensors, dynamic, {op.node for op in e.ops}, options)
-            self.stats.pieces += pieces
-            if dump is not None:
-                dump.finish(None, self.stats.fallback_ops[-len(e.ops):], time.perf_counter() - start)
-            return lambda *args: run(*amap.tensors(args))
-        self.stats.graphs += 1
-        self.stats.kernels += len(getattr(compiled._executor, "kernels", {}))
-        logger("compile").info("compiled a graph of %d ops into %d kernels in %.2f s", len(imported.graph.ops),
-                               len(getattr(compiled._executor, "kernels", {})), time.perf_counter() - start)
+        runner = _GraphRunner(self, gm, amap, options)
+        runner.compile(example_inputs)
         if dump is not None:
-            dump.finish(compiled, [], time.perf_counter() - start, tensors)
-
-        def run(*args: Any) -> Any:
-            out = compiled(*amap.tensors(args))
-            return out if isinstance(out, (tuple, list)) else (out,)
-
-        return run
+            dump.finish(runner.last_compiled, runner.last_fallbacks, time.perf_counter() - start,
+                        amap.tensors(example_inputs))
+        return runner
 
     def _eager(self, gm: torch.fx.GraphModule, reason: str, dump: Any, start: float) -> Callable[..., Any]:
         logger("fallback").info("graph runs in PyTorch: %s", reason)
@@ -123,6 +90,89 @@ class LaminaBackend:
         if dump is not None:
             dump.finish(None, [f"whole graph: {reason}"], time.perf_counter() - start)
         return gm.forward
+
+
+class _GraphRunner:
+    """What dynamo calls for one graph: the compiled program per set of shapes.
+
+    Usually one program serves all shapes (sizes are symbols). When the graph fixes a size
+    that dynamo left dynamic (torch.export specialised it), a call with another value fails
+    lamina's input check, and the runner compiles again for those shapes (counted in stats)."""
+
+    def __init__(self, backend: LaminaBackend, gm: torch.fx.GraphModule, amap: Any, options: CompileOptions) -> None:
+        self.backend, self.gm, self.amap, self.options = backend, gm, amap, options
+        self.module = TensorArgs(gm, amap)
+        self.variants: dict[tuple, Callable[..., Any]] = {}
+        self.last: Callable[..., Any] | None = None  # the latest compiled variant, and its baked numbers
+        self.baked: tuple = ()
+        self.last_compiled: Any = None
+        self.last_fallbacks: list[str] = []
+
+    @staticmethod
+    def key(tensors: Sequence[torch.Tensor]) -> tuple:
+        return tuple(tuple(t.shape) for t in tensors)
+
+    def __call__(self, *args: Any) -> Any:
+        tensors = self.amap.tensors(args)
+        baked = self.amap.baked(args)
+        fn = self.last if baked == self.baked else None
+        try:
+            if fn is None:
+                raise InputMismatchError(f"baked numbers {baked} differ from {self.baked}")
+            out = fn(*tensors)
+        except InputMismatchError as e:
+            key = (self.key(tensors), baked)
+            if key not in self.variants:
+                logger("compile").info("compiling again for shapes %s: %s", key, e)
+                self.variants[key] = self.compile(args)
+            out = self.variants[key](*tensors)
+        return out if isinstance(out, (tuple, list)) else (out,)
+
+    def compile(self, example_inputs: Sequence[Any]) -> Callable[..., Any]:
+        """A callable of the tensor arguments (the whole graph compiled, or pieces of it), kept as a variant."""
+        start = time.perf_counter()
+        stats, amap = self.backend.stats, self.amap
+        if amap.baked_positions:  # the graph bakes these numbers in: rebuild the tensor-only module
+            self.amap = amap = arg_map(self.gm, example_inputs)
+            self.module = TensorArgs(self.gm, amap)
+        self.baked = amap.baked(example_inputs)
+        tensors = amap.tensors(example_inputs)
+        self.last = self._compile(example_inputs, tensors, amap, stats, start)
+        self.variants[(self.key(tensors), self.baked)] = self.last
+        return self.last
+
+    def _compile(self, example_inputs: Sequence[Any], tensors: Sequence[torch.Tensor], amap: Any, stats: Any,
+                 start: float) -> Callable[..., Any]:
+        from ..api import compile_imported
+        from ..frontends.fx import import_graph_module
+
+        dynamic = dynamic_dims(self.gm, amap)
+        try:
+            with _inference(example_inputs):
+                imported = import_graph_module(self.gm, example_inputs, module=self.module,
+                                               positions=amap.tensor_positions, dynamic_shapes=dynamic)
+            compiled = compile_imported(imported, self.options, "GraphModule")
+        except UnsupportedOpsError as e:
+            if not self.options.fallback:
+                raise
+            self.last_fallbacks = [f"{op.target} at {op.module or 'top level'} ({op.node}): {op.reason}; "
+                                   "runs in PyTorch" for op in e.ops]
+            for line in self.last_fallbacks:
+                logger("fallback").info(line)
+            stats.fallback_ops += self.last_fallbacks
+            from .partition import partitioned
+
+            with _inference(example_inputs):
+                run, pieces = partitioned(self.module, tensors, dynamic, {op.node for op in e.ops}, self.options)
+            stats.pieces += pieces
+            return run
+        kernels = len(getattr(compiled._executor, "kernels", {}))
+        stats.graphs += 1
+        stats.kernels += kernels
+        logger("compile").info("compiled a graph of %d ops into %d kernels in %.2f s", len(imported.graph.ops),
+                               kernels, time.perf_counter() - start)
+        self.last_compiled = compiled
+        return compiled
 
 
 def _with_dump(options: CompileOptions, directory: Path) -> CompileOptions:

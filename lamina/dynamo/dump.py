@@ -56,10 +56,13 @@ class GraphDump:
             for name, source in sources.items():
                 (kernels / f"{name}.py").write_text(source)
             if hasattr(executor, "plan_for") and example:
-                from ..frontends.fx import InputRole
+                from ..frontends.fx import InputRole, ParamRole
 
-                inputs = [t for t, role in zip(example, compiled.imported.roles) if isinstance(role, InputRole)]
-                plan = executor.plan_for(inputs, compiled._weights)
+                roles = compiled.imported.roles
+                inputs = [t for t, role in zip(example, roles) if isinstance(role, InputRole)]
+                weights = {**compiled._weights,
+                           **{role.key: t.detach() for t, role in zip(example, roles) if isinstance(role, ParamRole)}}
+                plan = executor.plan_for(inputs, weights)
                 (self.directory / "wrapper.py").write_text(plan.source)
                 summary["launches"] = plan.launches
         (self.directory / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -5,6 +5,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import sympy
 import torch
 
 from ..ir.builder import GraphBuilder
@@ -82,6 +83,9 @@ class Context:
             dtype = dtype or scalar_dtype(x)
             value = bool(x) if dtype is DType.bool else (float(x) if dtype.is_float else int(x))
             return self.emit("full", shape=[], value=value, dtype=dtype)
+        if isinstance(x, sympy.Basic) and x.is_integer:  # a size used as a number (``arange(n) + past_len``)
+            one = self.emit("arange", start=dim(x), end=dim(x + 1), step=1, dtype=DType.i64)
+            return self.value(self.emit("reshape", one, shape=[]), dtype)
         raise Unsupported(f"argument {x!r} of type {type(x).__name__} is not a tensor or a number")
 
     def reshape(self, x: Value, shape: Sequence[Any]) -> Value:
