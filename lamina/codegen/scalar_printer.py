@@ -23,6 +23,14 @@ def infix_forms(**extra: str) -> dict[str, str]:
     return forms
 
 
+def _small_power(e: Call) -> int:
+    """The exponent of ``pow(x, n)`` for a constant n in 2..4 on floats, else 0."""
+    if e.op != "pow" or not e.dtype.is_float or not isinstance(e.args[1], Const):
+        return 0
+    n = float(e.args[1].value)
+    return int(n) if n.is_integer() and 2 <= n <= 4 else 0
+
+
 class ScalarPrinter:
     FORMS: Mapping[str, str] = {}
     target = "this target"
@@ -48,6 +56,9 @@ class ScalarPrinter:
         return self.call(e, [self.expr(a) for a in e.args])
 
     def call(self, e: Call, a: list[str]) -> str:
+        power = _small_power(e)
+        if power:  # x ** 3 as x * x * x: libm's pow is scalar and slow, and stops vectorization
+            return "(" + " * ".join([a[0]] * power) + ")"
         text = self.special(e, a)
         if text is not None:
             return text

@@ -13,7 +13,9 @@ operand's producer when (1) the kernel's iteration space fits — pointwise over
 shape, a reduction over that shape, pointwise after a reduction over the row shape or the
 reduced shape — so the intermediate never goes to memory (bytes saved: its size, twice);
 (2) every other operand was produced before that kernel began, so no cycle can form;
-(3) the kernel stays under MAX_OPS ops (bounds compile time). Views and constants are
+(3) the kernel stays under MAX_OPS ops (bounds compile time). An op that reads only inputs,
+weights and constants joins the latest kernel reading one of the same operands (siblings:
+the operand is read once). Views and constants are
 recomputed in each consumer (they cost no memory traffic); nothing else is recomputed.
 """
 from __future__ import annotations
@@ -147,12 +149,25 @@ def fuse(graph: Graph) -> Graph:
             if all(i < group.first for i, _ in others):
                 chosen = group
                 break
+        if chosen is None and all(s is None for s in sources):
+            chosen = _sibling_group(op, groups)
         if chosen is None:
             chosen = _Group(first=index, domain=op.operands[0].type.shape if kind == "reduction" else op.results[0].type.shape)
             groups.append(chosen)
         chosen.add(op)
         group_of[id(op)] = chosen
     return _rebuild(graph, groups, group_of)
+
+
+def _sibling_group(op: Op, groups: Sequence[_Group]) -> _Group | None:
+    """The latest group that reads one of ``op``'s operands and accepts it: ``op`` reads only inputs,
+    weights and constants, so joining adds no edge into the group (no cycle), and the shared operand
+    is read once (``x ** 3 + x ** 2``: two branches from one input, one kernel)."""
+    wanted = {id(v) for v in op.operands if v.type.rank > 0}
+    for group in reversed(groups):
+        if group.accepts(op) and any(id(v) in wanted for g_op in group.ops for v in g_op.operands):
+            return group
+    return None
 
 
 def wrap_loose_ops(graph: Graph) -> Graph:

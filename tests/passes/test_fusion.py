@@ -86,3 +86,23 @@ def test_no_cycle_through_a_library_call() -> None:
     assert [op.name for op in fused.ops] == ["fused", "matmul", "fused"]
     x, w = np.random.rand(4, 4).astype(np.float32), np.random.rand(4, 4).astype(np.float32)
     np.testing.assert_allclose(interpret(fused, [x, w])[0], np.exp(x) * (np.exp(x) @ w), rtol=1e-6)
+
+
+def test_siblings_reading_one_input_share_a_kernel_without_a_cycle() -> None:
+    text = """graph @g(%x: f32[4,4], %w: f32[4,4]) {
+  %0 = exp(%x) : f32[4,4]
+  %1 = matmul(%0, %w) : f32[4,4]
+  %2 = tanh(%x) : f32[4,4]
+  %3 = add(%2, %1) : f32[4,4]
+  %4 = neg(%x) : f32[4,4]
+  return %3, %4
+}
+"""
+    fused = verify(fuse(parse(text)))
+    # tanh and neg read only %x: they join exp's kernel; add needs the matmul, so it cannot
+    assert [op.name for op in fused.ops] == ["fused", "matmul", "fused"]
+    assert Counter(op.name for op in fused.ops[0].regions[0].ops) == Counter({"exp": 1, "tanh": 1, "neg": 1, "yield": 1})
+    x, w = np.random.rand(4, 4).astype(np.float32), np.random.rand(4, 4).astype(np.float32)
+    got = interpret(fused, [x, w])
+    np.testing.assert_allclose(got[0], np.tanh(x) + np.exp(x) @ w, rtol=1e-6)
+    np.testing.assert_allclose(got[1], -x, rtol=1e-6)

@@ -123,3 +123,16 @@ def test_an_output_viewing_an_intermediate_is_not_overwritten_by_later_kernels()
         want = model(x)
     for got, want in zip(compiled(x), want):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+class _Powers(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x ** 3 + 0.5 * x ** 2 - x.abs() ** 2.5 + x ** 4
+
+
+def test_small_integer_powers_are_products_and_match_eager() -> None:
+    model, x = _Powers(), torch.randn(4, 300)
+    compiled = lamina.compile(model, (x,), poison=True)
+    source = "".join(compiled._executor.sources().values())
+    assert source.count("**") == 1 and "(t1 * t1 * t1)" in source  # only the 2.5 power calls pow
+    torch.testing.assert_close(compiled(x), model(x), rtol=1e-5, atol=1e-5)
