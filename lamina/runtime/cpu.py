@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -63,7 +63,7 @@ class CpuTarget(Target):
                 loaded[key] = getattr(self.cache.load(key, MODULE_HEADER + ck.source), ck.kernel.name)
             ck.fn = loaded[key]
 
-    def native(self, op: Op) -> Any | None:
+    def native(self, op: Op) -> Callable[[], Any] | None:
         """Fused attention (``codegen/attention_cpu.py``) for 4-d float32/float64 attention."""
         if op.name != "attention" or op.results[0].type.rank != 4:
             return None
@@ -72,9 +72,10 @@ class CpuTarget(Target):
             return None
         mask = None if len(op.operands) == 3 else "bool" if op.operands[3].type.dtype is DType.bool else "add"
         variant = AttentionVariant(op.attrs["causal"], mask, dtype is DType.f32)
-        return getattr(self.cache.load(variant.name, MODULE_HEADER + attention_source(variant)), variant.name)
+        return lambda: getattr(self.cache.load(variant.name, MODULE_HEADER + attention_source(variant)), variant.name)
 
-    def native_lines(self, fn: str, op: Op, args: Sequence[str], out: str, plan: PlanContext) -> list[str]:
+    def native_lines(self, kernel: Callable[[], Any], op: Op, args: Sequence[str], out: str,
+                     plan: PlanContext) -> list[str]:
         """q, k, v, mask and out as flat arrays with strides, made once where they are fixed for the plan."""
         lines: list[str] = []
         b, h, t, d = (plan.size(x) for x in op.operands[0].type.shape)
@@ -101,6 +102,7 @@ class CpuTarget(Target):
         (fq, sq), (fk, sk), (fv, sv), (fo, so) = (strided(a) for a in (args[0], args[1], args[2], out))
         fm, sm = strided(args[3], f".expand({(b, h, t, s)})") if len(args) == 4 else (fq, ["0"] * 4)
         strides = ", ".join(", ".join(x[:3]) for x in (sq, sk, sv, so))
+        fn = plan.static(kernel(), "N")
         lines.append(f"{fn}({fq}, {fk}, {fv}, {fm}, {fo}, {scale!r}, 0, {rows}, {h}, {t}, {d}, "
                      f"{hk}, {s}, {dv}, {strides}, {', '.join(sm)})")
         return lines

@@ -10,7 +10,7 @@ source, compilation, device and launch syntax.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -89,12 +89,14 @@ class Target:
     def namespace(self) -> dict[str, Any]:
         return {}
 
-    def native(self, op: Op) -> Any | None:
-        """A kernel of this target's own for a library op (e.g. fused attention on the CPU), or None."""
+    def native(self, op: Op) -> Callable[[], Any] | None:
+        """A loader of a kernel of this target's own for a library op (fused attention on the CPU), or None.
+        The loader compiles on first use: a plan may choose the library call instead."""
         return None
 
-    def native_lines(self, fn: str, op: Op, args: Sequence[str], out: str, plan: PlanContext) -> list[str]:
-        """Wrapper lines launching native kernel ``fn`` of ``op`` on torch tensors ``args`` into ``out``."""
+    def native_lines(self, kernel: Callable[[], Any], op: Op, args: Sequence[str], out: str,
+                     plan: PlanContext) -> list[str]:
+        """Wrapper lines computing ``op`` on torch tensors ``args`` into ``out`` (with ``kernel()``, or not)."""
         raise NotImplementedError
 
 
@@ -357,8 +359,8 @@ class _PlanBuilder(PlanContext):
             return 1
         args = [self.name[id(v)] for v in op.operands]
         if id(op) in self.ex.natives:
-            fn = self.static(self.ex.natives[id(op)], "N")
-            self.lines += self.ex.target.native_lines(fn, op, args, self.name[id(op.results[0])], self)
+            self.lines += self.ex.target.native_lines(self.ex.natives[id(op)], op, args, self.name[id(op.results[0])],
+                                                      self)
             return 1
         if kind == "view":
             exprs = view_expr(op, args[0] if args else "", self.size)
