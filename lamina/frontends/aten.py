@@ -195,6 +195,14 @@ def _transpose(cx: Context, x: Value, d0: int = 0, d1: int = 1) -> Value:
     return cx.emit("permute", x, dims=dims)
 
 
+@converts("aten.numpy_T.default")
+def _numpy_t(cx: Context, x: Value) -> Value:
+    """``x.T``: all dims reversed."""
+    if x.type.rank < 2:
+        return cx.emit("identity", x)
+    return cx.emit("permute", x, dims=list(range(x.type.rank))[::-1])
+
+
 @converts("aten.expand.default", "aten.expand_as.default", "aten.broadcast_to.default")
 def _expand(cx: Context, x: Value, *args: Any, **kwargs: Any) -> Value:
     shape = list(cx.out_type.shape)

@@ -58,7 +58,7 @@ class CpuTarget(Target):
     def compile(self, kernels: Sequence[CompiledKernel]) -> None:
         loaded: dict[str, Any] = {}
         for ck in kernels:
-            key = f"{ck.kernel.name}_{'p' if 'parallel=True' in ck.source else 's'}"
+            key = f"{ck.kernel.name}_{'s' if 'parallel=False' in ck.source else 'p'}"
             if key not in loaded:
                 loaded[key] = getattr(self.cache.load(key, MODULE_HEADER + ck.source), ck.kernel.name)
             ck.fn = loaded[key]

@@ -136,3 +136,14 @@ def test_small_integer_powers_are_products_and_match_eager() -> None:
     source = "".join(compiled._executor.sources().values())
     assert source.count("**") == 1 and "(t1 * t1 * t1)" in source  # only the 2.5 power calls pow
     torch.testing.assert_close(compiled(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+class _NumpyT(torch.nn.Module):
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(x.T @ x) + y.mT.sum(0)[:, :3] * 0.5  # x.T on a matrix: aten.numpy_T
+
+
+def test_numpy_style_transpose() -> None:
+    model, args = _NumpyT(), (torch.randn(5, 3), torch.randn(2, 4, 3))
+    compiled = lamina.compile(model, args, poison=True)
+    torch.testing.assert_close(compiled(*args), model(*args), rtol=1e-5, atol=1e-5)
