@@ -69,6 +69,9 @@ class Lowering:
                 lower = getattr(self, "op_" + op.name, None)
                 if lower is None and op.name in SCALAR_OPS:
                     lower = self.op_elementwise
+                if op.name == "newton":
+                    raise MLIRExportError(f"{op.describe()}: lower it first with the newton-expand pass "
+                                          "(e.g. --pipeline 'canonicalize,newton{iters=2},newton-expand')")
                 if lower is None:
                     raise MLIRExportError(f"MLIR export of {op.describe()} is not supported yet")
                 for v in op.results:

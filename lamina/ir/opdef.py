@@ -103,7 +103,7 @@ class OpDef:
     kind: Kind
     doc: str
     attrs: Mapping[str, AttrSpec] = field(default_factory=dict)
-    regions: int = 0
+    regions: int = 0  # how many regions; -1: one or more
 
     @property
     def min_operands(self) -> int:

@@ -7,6 +7,7 @@ from .core import Graph, Op, Region, Value
 from .errors import VerifyError
 from .opdef import InferenceError
 from .ops import REGISTRY
+from .ops.structural import region_operands
 from .printer import Namer
 
 
@@ -64,15 +65,18 @@ class _Checker:
         if op.name not in REGISTRY:
             raise self.fail(op, f"unknown op {op.name!r}")
         opdef = REGISTRY[op.name]
-        if len(op.regions) != opdef.regions:
-            raise self.fail(op, f"{op.name} takes {opdef.regions} region(s), has {len(op.regions)}")
+        if (len(op.regions) != opdef.regions) if opdef.regions >= 0 else not op.regions:
+            want = opdef.regions if opdef.regions >= 0 else "one or more"
+            raise self.fail(op, f"{op.name} takes {want} region(s), has {len(op.regions)}")
         try:
             opdef.check_arity(len(op.operands))
             attrs = opdef.complete_attrs(op.attrs)
             if attrs != dict(op.attrs):
                 missing = sorted(set(attrs) - set(op.attrs))
                 raise InferenceError(f"attributes {missing} are not stated (passes must store complete attributes)")
-            if op.regions:
+            if op.name == "newton":
+                expected = self.newton(op)
+            elif op.regions:
                 expected = tuple(self.region(op, r) for r in op.regions)[0]
             else:
                 expected = opdef.infer_types([v.type for v in op.operands], attrs)
@@ -83,9 +87,28 @@ class _Checker:
             raise self.fail(op, f"result types {', '.join(map(str, got)) or '()'} differ from the inferred "
                                 f"{', '.join(map(str, expected)) or '()'}")
 
-    def region(self, op: Op, region: Region) -> tuple:
+    def newton(self, op: Op) -> tuple:
+        """Layer bodies each yield f(h), of h's type; the pattern names a body per layer; weights add up."""
+        at = op.attrs
+        if at["iters"] < 1 or at["chunk"] < 1 or at["init"] != "input":
+            raise InferenceError(f"newton needs iters >= 1, chunk >= 1 and init 'input', got {at['iters']}, "
+                                 f"{at['chunk']}, {at['init']!r}")
+        if not at["pattern"] or any(not 0 <= b < len(op.regions) for b in at["pattern"]):
+            raise InferenceError(f"newton pattern {at['pattern']} must name regions 0..{len(op.regions) - 1}")
+        needed = 1 + at["contexts"] + sum(len(op.regions[b].args) - 1 - at["contexts"] for b in at["pattern"])
+        if needed != len(op.operands):
+            raise InferenceError(f"newton: its regions and pattern take {needed} operands, it has {len(op.operands)}")
+        for i, region in enumerate(op.regions):
+            if self.region(op, region, i) != (op.operands[0].type,):
+                raise InferenceError(f"newton region {i} must yield one value of the stream's type {op.operands[0].type}")
+        return (op.operands[0].type,)
+
+    def region(self, op: Op, region: Region, index: int = 0) -> tuple:
         arg_types = tuple(a.type for a in region.args)
-        operand_types = tuple(v.type for v in op.operands)
+        try:
+            operand_types = tuple(v.type for v in region_operands(op, index))
+        except ValueError as e:
+            raise InferenceError(str(e)) from None
         if arg_types != operand_types:
             raise self.fail(op, f"region arguments ({', '.join(map(str, arg_types))}) do not match operands "
                                 f"({', '.join(map(str, operand_types))})")

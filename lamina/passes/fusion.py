@@ -39,7 +39,7 @@ def op_class(name: str) -> str:
         return "view"
     if name in REDUCTIONS:
         return "reduction"
-    if name in ("fused", "yield"):
+    if name in ("fused", "newton", "yield"):
         return "structural"
     return "pointwise"
 
@@ -210,6 +210,8 @@ def _rebuild(graph: Graph, groups: Sequence[_Group], group_of: dict[int, _Group]
         if op is not last_op[id(group)]:
             continue
         results = [v for g_op in group.ops for v in g_op.results if escapes(v, group)]
+        if not results:
+            continue  # nothing reads the group: dead code, no kernel
         region, inputs = _region(group, results, producer)
         fused = out.emit_op("fused", inputs, {}, group.ops[-1].loc, [region])
         for old, new in zip(results, fused.results):

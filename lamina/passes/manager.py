@@ -17,6 +17,7 @@ from ..ir.printer import print_graph
 from ..ir.verifier import verify
 from .canonicalize import canonicalize
 from .fusion import fuse
+from .newton import NewtonOptions, newton, newton_expand
 
 
 class PipelineError(LaminaError, ValueError):
@@ -36,6 +37,8 @@ class PassInfo:
 PASSES: Mapping[str, PassInfo] = MappingProxyType({
     "canonicalize": PassInfo("canonicalize", canonicalize, None, canonicalize.__doc__ or ""),
     "fuse": PassInfo("fuse", fuse, None, fuse.__doc__ or ""),
+    "newton": PassInfo("newton", newton, NewtonOptions, newton.__doc__ or ""),
+    "newton-expand": PassInfo("newton-expand", newton_expand, None, newton_expand.__doc__ or ""),
 })
 
 

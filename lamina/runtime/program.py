@@ -121,6 +121,9 @@ class Executor:
     """Runs a fused graph on a Target; plans are cached per input-shape signature."""
 
     def __init__(self, graph: Graph, target: Target, poison: bool = False) -> None:
+        if any(op.name == "newton" for op in graph.ops):
+            raise BackendError(f"the {target.name} backend runs newton ops once lowered: put newton-expand after "
+                               "newton in the pipeline (e.g. 'canonicalize,newton{iters=2},newton-expand,fuse')")
         self.graph = graph = wrap_loose_ops(graph)
         self.target = target
         self.poison = poison

@@ -1,0 +1,187 @@
+"""layers (analysis): residual chains ``h[l+1] = h[l] + f_l(h[l])`` and the layers that share a structure.
+
+A *sublayer* is an ``add(h, delta)`` whose ``delta`` is computed from ``h`` by a self-contained
+body: the ops on paths from ``h`` to ``delta``, whose results nobody outside reads. Other
+values the body reads are weights (params) or *context* (computed before, independent of
+``h``: masks, rotary tables). Sublayers chain when one's output is the next one's input and
+the stream is read by nothing else. A *block* merges consecutive sublayers of one module
+(``h.0``: attention then MLP) into one layer whose body computes ``block(h) - h``.
+
+Two layers share a structure when their bodies are the same ops with the same attributes,
+wired alike, reading params of the same types and the same context values; such layers can
+be evaluated by one body over stacked weights.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from ..ir.core import Graph, Op, Value
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One residual layer: ``out = stream + f(stream)``, ``f`` being ``ops`` (program order)."""
+
+    stream: Value
+    out: Value
+    ops: tuple[Op, ...]           # the body, ending with the residual add(s)
+    params: tuple[Value, ...]     # weights read by the body, in order of first use
+    context: tuple[Value, ...]    # other outside values read by the body, in order of first use
+    module: str                   # the module path the body's ops share (``h.0``)
+    structure: str                # a canonical text of the body: equal text, equal structure
+
+
+@dataclass(frozen=True)
+class Chain:
+    """Consecutive layers: ``layers[i].out is layers[i + 1].stream``."""
+
+    layers: tuple[Layer, ...]
+
+    def structures(self) -> list[int]:
+        """Per layer, the index of its structure among the chain's distinct structures."""
+        seen: dict[str, int] = {}
+        return [seen.setdefault(layer.structure, len(seen)) for layer in self.layers]
+
+
+def find_chains(graph: Graph, granularity: str = "block", min_layers: int = 2) -> list[Chain]:
+    """The residual chains of ``graph``'s top-level ops, as sublayers or merged into blocks."""
+    if granularity not in ("block", "sublayer"):
+        raise ValueError(f"granularity must be 'block' or 'sublayer', got {granularity!r}")
+    ops = list(graph.ops)
+    index = {id(op): i for i, op in enumerate(ops)}
+    producer = {id(v): op for op in ops for v in op.results}
+    users: dict[int, list[Op]] = {}
+    for op in ops:
+        for v in op.operands:
+            users.setdefault(id(v), []).append(op)
+    params = {id(p.value) for p in graph.params}
+    outputs = {id(v) for v in graph.outputs}
+    sublayers = []
+    for op in ops:
+        if op.name == "add" and op.operands[0].type == op.operands[1].type == op.results[0].type:
+            layer = _sublayer(op, producer, users, params, outputs, index)
+            if layer is not None:
+                sublayers.append(layer)
+    chains = _link(sublayers, users)
+    if granularity == "block":
+        chains = [_blocks(c, params, index) for c in chains]
+    return [c for c in chains if len(c.layers) >= min_layers]
+
+
+def _depends_on(target: Value, source: Value, producer: dict, memo: dict) -> bool:
+    """Whether ``target`` is computed (transitively) from ``source``."""
+    if target is source:
+        return True
+    key = id(target)
+    if key not in memo:
+        memo[key] = False
+        op = producer.get(key)
+        memo[key] = op is not None and any(_depends_on(v, source, producer, memo) for v in op.operands)
+    return memo[key]
+
+
+def _sublayer(add: Op, producer: dict, users: dict, params: set, outputs: set, index: dict) -> Layer | None:
+    for stream, delta in ((add.operands[0], add.operands[1]), (add.operands[1], add.operands[0])):
+        memo: dict[int, bool] = {}
+        if stream is delta or not _depends_on(delta, stream, producer, memo):
+            continue
+        body: dict[int, Op] = {}
+        stack = [delta]
+        while stack:  # ops between the stream and delta
+            v = stack.pop()
+            op = producer.get(id(v))
+            if op is None or id(op) in body or v is stream or not _depends_on(v, stream, producer, memo):
+                continue
+            body[id(op)] = op
+            stack.extend(op.operands)
+        ordered = sorted(body.values(), key=lambda o: index[id(o)]) + [add]
+        inside = {id(o) for o in ordered}
+        escapes = any(id(r) in outputs or any(id(u) not in inside for u in users.get(id(r), []))
+                      for o in ordered[:-1] for r in o.results)
+        if escapes:
+            return None
+        return _layer(stream, add.results[0], tuple(ordered), params, index)
+    return None
+
+
+def _layer(stream: Value, out: Value, ops: tuple[Op, ...], params: set, index: dict) -> Layer:
+    inside = {id(r) for o in ops for r in o.results}
+    reads_params: list[Value] = []
+    context: list[Value] = []
+    for op in ops:
+        for v in op.operands:
+            if v is stream or id(v) in inside:
+                continue
+            bucket = reads_params if id(v) in params else context
+            if all(v is not x for x in bucket):
+                bucket.append(v)
+    modules = [op.loc.module for op in ops if op.loc.module]
+    return Layer(stream, out, ops, tuple(reads_params), tuple(context), _common_module(modules),
+                 _structure(stream, ops, reads_params, context))
+
+
+def _common_module(paths: Sequence[str]) -> str:
+    if not paths:
+        return ""
+    parts = [p.split(".") for p in paths]
+    common = []
+    for group in zip(*parts):
+        if len(set(group)) != 1:
+            break
+        common.append(group[0])
+    return ".".join(common)
+
+
+def _structure(stream: Value, ops: Sequence[Op], reads_params: Sequence[Value], context: Sequence[Value]) -> str:
+    """The body as text with canonical names: stream ``h``, params ``p<i>:type``, context ``c<i>``."""
+    names: dict[int, str] = {id(stream): "h"}
+    for i, p in enumerate(reads_params):
+        names[id(p)] = f"p{i}:{p.type}"
+    for i, c in enumerate(context):
+        names[id(c)] = f"c{i}@{id(c)}"  # the same context value, not just the same type
+    lines = []
+    for op in ops:
+        for r in op.results:
+            names[id(r)] = f"v{len(names)}"
+        attrs = ",".join(f"{k}={op.attrs[k]!r}" for k in sorted(op.attrs))
+        lines.append(f"{'/'.join(names[id(r)] for r in op.results)}={op.name}({','.join(names[id(v)] for v in op.operands)})"
+                     f"{{{attrs}}}:{','.join(str(r.type) for r in op.results)}")
+    return "\n".join(lines)
+
+
+def _link(sublayers: Sequence[Layer], users: dict) -> list[Chain]:
+    by_stream = {id(s.stream): s for s in sublayers}
+    starts = [s for s in sublayers if not any(t.out is s.stream for t in sublayers)]
+    chains = []
+    for first in starts:
+        layers = [first]
+        while True:
+            nxt = by_stream.get(id(layers[-1].out))
+            # the stream between two layers may be read only by the next layer's body and add
+            if nxt is None or any(u not in nxt.ops for u in users.get(id(layers[-1].out), [])):
+                break
+            layers.append(nxt)
+        chains.append(Chain(tuple(layers)))
+    return chains
+
+
+def _blocks(chain: Chain, params: set, index: dict) -> Chain:
+    """Consecutive sublayers of one module merged into one layer each."""
+    merged: list[Layer] = []
+    group: list[Layer] = []
+    for layer in chain.layers:
+        if group and layer.module != group[0].module:
+            merged.append(_merge(group, params, index))
+            group = []
+        group.append(layer)
+    if group:
+        merged.append(_merge(group, params, index))
+    return Chain(tuple(merged))
+
+
+def _merge(group: Sequence[Layer], params: set, index: dict) -> Layer:
+    if len(group) == 1:
+        return group[0]
+    ops = tuple(op for layer in group for op in layer.ops)
+    return _layer(group[0].stream, group[-1].out, ops, params, index)
