@@ -148,7 +148,7 @@ class _GraphRunner:
 
         dynamic = dynamic_dims(self.gm, amap)
         try:
-            with _inference(example_inputs):
+            with _inference():
                 imported = import_graph_module(self.gm, example_inputs, module=self.module,
                                                positions=amap.tensor_positions, dynamic_shapes=dynamic)
             compiled = compile_imported(imported, self.options, "GraphModule")
@@ -162,7 +162,7 @@ class _GraphRunner:
             stats.fallback_ops += self.last_fallbacks
             from .partition import partitioned
 
-            with _inference(example_inputs):
+            with _inference():
                 run, pieces = partitioned(self.module, tensors, dynamic, {op.node for op in e.ops}, self.options)
             stats.pieces += pieces
             return run
@@ -185,7 +185,7 @@ class _inference:
     """Trace under no_grad, out of inference mode (torch.export cannot trace inside it) and out of
     dynamo's tracing context (export's shape guards would otherwise land in dynamo's guards)."""
 
-    def __init__(self, example_inputs: Sequence[Any]) -> None:
+    def __init__(self) -> None:
         self.stack: list[Any] = []
 
     def __enter__(self) -> None:

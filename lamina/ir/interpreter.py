@@ -11,7 +11,7 @@ from .core import Graph, Op, Region
 from .dtypes import DType, round_to
 from .errors import LaminaError
 from .ops import REGISTRY
-from .ops.structural import newton_layer_params
+from .ops.structural import newton_schedule
 from .shapes import evaluate
 
 
@@ -90,26 +90,9 @@ class Interpreter:
 
     def run_newton(self, op: Op, args: list[np.ndarray]) -> np.ndarray:
         """The reference semantics of ``newton`` (see its doc in ``ops/structural.py``)."""
-        at = op.attrs
-        contexts = args[1: 1 + at["contexts"]]
-        weights, position = [], 1 + at["contexts"]
-        for layer_params in newton_layer_params(op):
-            weights.append(args[position: position + len(layer_params)])
-            position += len(layer_params)
-        pattern, chunk = at["pattern"], at["chunk"]
-        h = args[0]
-        for start in range(0, len(pattern), chunk):
-            layers = range(start, min(start + chunk, len(pattern)))
-            inputs = [h] * len(layers)  # init "input": every layer starts from the chunk's input
-            for _ in range(at["iters"]):
-                deltas = [self.run_region(op.regions[pattern[l]], [x, *contexts, *weights[l]])[0]
-                          for x, l in zip(inputs, layers)]
-                inputs, total = [], h
-                for delta in deltas:  # prefix sum over the layer axis
-                    inputs.append(total)
-                    total = round_to(total + delta, op.results[0].type.dtype)
-            h = total
-        return h
+        dtype = op.results[0].type.dtype
+        return newton_schedule(op, args, lambda region, xs: self.run_region(region, xs)[0],
+                               lambda a, b: round_to(a + b, dtype))
 
     def run_op(self, op: Op, args: list[np.ndarray]) -> list[np.ndarray]:
         opdef = REGISTRY[op.name]

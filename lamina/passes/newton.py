@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from ..ir.builder import OpEmitter, RegionBuilder
 from ..ir.core import Graph, Op, Region, Value
 from ..ir.errors import LaminaError
-from ..ir.ops.structural import newton_layer_params
+from ..ir.ops.structural import newton_schedule
 from .layers import Chain, Layer, find_chains
 
 
@@ -110,25 +110,8 @@ def newton_expand(graph: Graph) -> Graph:
 
 
 def _expand(op: Op, out: OpEmitter) -> Value:
-    at = op.attrs
-    contexts = op.operands[1: 1 + at["contexts"]]
-    weights = newton_layer_params(op)
-    pattern, h = at["pattern"], op.operands[0]
-    for start in range(0, len(pattern), at["chunk"]):
-        layers = range(start, min(start + at["chunk"], len(pattern)))
-        inputs = [h] * len(layers)
-        for k in range(at["iters"]):
-            final = k == at["iters"] - 1
-            # before the last iteration only the layer inputs are needed: the last layer's f and the
-            # chunk's total would be dead code
-            used = layers if final else layers[:-1]
-            deltas = [_inline(op.regions[pattern[l]], [x, *contexts, *weights[l]], out) for x, l in zip(inputs, used)]
-            inputs, total = [h], h
-            for delta in deltas:
-                total = out.emit("add", total, delta, loc=op.loc)
-                inputs.append(total)
-        h = total
-    return h
+    return newton_schedule(op, op.operands, lambda region, args: _inline(region, args, out),
+                           lambda a, b: out.emit("add", a, b, loc=op.loc))
 
 
 def _inline(region: Region, args: Sequence[Value], out: OpEmitter) -> Value:

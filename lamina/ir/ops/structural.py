@@ -2,10 +2,10 @@
 parallel Newton iterations) and yield."""
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
-from ..core import Op, Value
+from ..core import Op, Region, Value
 from ..opdef import AttrSpec, Kind, OpDef
 from ..types import TensorType
 
@@ -25,15 +25,47 @@ inputs at once, then sets input j+1 to chunk input + f_0 + ... + f_j (a prefix s
 layer axis). iters = chunk reproduces the sequential stack."""
 
 
-def newton_layer_params(op: Op) -> list[tuple[Value, ...]]:
-    """Per layer of a ``newton`` op, the operands that are its weights."""
-    contexts, pattern = op.attrs["contexts"], op.attrs["pattern"]
+def _layer_slices(op: Op) -> list[slice]:
+    """Per layer of a ``newton`` op, the slice of its operands that are the layer's weights."""
+    contexts = op.attrs["contexts"]
     counts = [len(r.args) - 1 - contexts for r in op.regions]
     out, at = [], 1 + contexts
-    for body in pattern:
-        out.append(tuple(op.operands[at: at + counts[body]]))
+    for body in op.attrs["pattern"]:
+        out.append(slice(at, at + counts[body]))
         at += counts[body]
     return out
+
+
+def newton_layer_params(op: Op) -> list[tuple[Value, ...]]:
+    """Per layer of a ``newton`` op, the operands that are its weights."""
+    return [tuple(op.operands[s]) for s in _layer_slices(op)]
+
+
+T = TypeVar("T")
+
+
+def newton_schedule(op: Op, operands: Sequence[T], body: Callable[[Region, list[T]], T],
+                    add: Callable[[T, T], T]) -> T:
+    """The iteration of a ``newton`` op over values of any kind: arrays in the interpreter, IR
+    values in ``newton-expand``. ``body(region, args)`` evaluates a layer, ``add`` the prefix sum.
+    Before a chunk's last iteration only the layer inputs are needed, so the last layer's f and
+    the chunk total are computed in the last iteration only (the results are the same)."""
+    at = op.attrs
+    contexts = list(operands[1: 1 + at["contexts"]])
+    weights = [list(operands[s]) for s in _layer_slices(op)]
+    pattern, h = at["pattern"], operands[0]
+    for start in range(0, len(pattern), at["chunk"]):
+        layers = range(start, min(start + at["chunk"], len(pattern)))
+        inputs = [h] * len(layers)  # init "input": every layer starts from the chunk's input
+        for k in range(at["iters"]):
+            used = layers if k == at["iters"] - 1 else layers[:-1]
+            deltas = [body(op.regions[pattern[l]], [x, *contexts, *weights[l]]) for x, l in zip(inputs, used)]
+            inputs, total = [h], h
+            for delta in deltas:  # prefix sum over the layer axis
+                total = add(total, delta)
+                inputs.append(total)
+        h = total
+    return h
 
 
 def region_operands(op: Op, index: int) -> tuple[Value, ...]:
