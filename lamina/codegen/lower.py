@@ -358,6 +358,9 @@ def lower_region(op: Op, input_names: Sequence[str], output_names: Sequence[str]
     for inner in region.ops:
         for k, v in enumerate(inner.results):
             builder.producer[id(v)] = (inner, k)
+    scans = [o for o in region.ops if o.name == "layer_scan"]
+    if scans:
+        return _name(_scan_kernel(op, scans, builder, input_names, output_names, split_last))
     reductions = [o for o in region.ops if op_class(o.name) == "reduction"]
     sizes = builder.sizes
     o = Var(I64, "o")
@@ -429,11 +432,53 @@ def lower_region(op: Op, input_names: Sequence[str], output_names: Sequence[str]
         target.extend(stores)
         if looped:
             body.append(Loop("j", inner_n, tuple(loop_body)))
-    buffers = tuple(Buffer(n, a.type.dtype, sizes.numel(a.type.shape)) for n, a in zip(input_names, region.args))
-    buffers += tuple(Buffer(n, v.type.dtype, sizes.numel(v.type.shape), output=True)
-                     for n, v in zip(output_names, region.results))
+    buffers = _buffers(region.args, input_names, region.results, output_names, sizes)
     kernel = Kernel("kernel", "row" if reductions else "pointwise", buffers, tuple(sizes.names), outer_n,
                     tuple(body), inner_n, tuple(o.name for o in region.ops if o.name != "yield"))
+    return _name(kernel)
+
+
+def _buffers(region_args: Sequence[Value], input_names: Sequence[str], results: Sequence[Value],
+             output_names: Sequence[str], sizes: _Sizes) -> tuple[Buffer, ...]:
+    return tuple(Buffer(n, a.type.dtype, sizes.numel(a.type.shape)) for n, a in zip(input_names, region_args)) + \
+        tuple(Buffer(n, v.type.dtype, sizes.numel(v.type.shape), output=True) for n, v in zip(output_names, results))
+
+
+def _scan_kernel(op: Op, scans: Sequence[Op], builder: _Builder, input_names: Sequence[str],
+                 output_names: Sequence[str], split_last: bool) -> Kernel:
+    """A ``layer_scan`` alone in its region: one thread per element of the base runs the prefix sum over
+    the layer axis, unrolled (the layer count is static), so each row of the result is one store."""
+    region = op.regions[0]
+    if len(scans) != 1 or len(region.results) != 1 or region.results[0] is not scans[0].results[0]:
+        raise LoweringError(f"{op.describe()}: a layer_scan must be alone in its kernel")
+    scan = scans[0]
+    base, deltas = scan.operands[0], scan.operands[1:]
+    shape, dtype, sizes = tuple(base.type.shape), base.type.dtype, builder.sizes
+    n = sizes.numel(shape)
+    o, j = Var(I64, "o"), Var(I64, "j")
+    last = shape[-1] if shape else None
+    looped = split_last and len(shape) >= 2 and isinstance(last, int) and last >= 8
+    if looped:
+        element = Idx(_unravel(o, shape[:-1], sizes) + (j,), add(mul(o, const(last)), j))
+        outer = sizes.numel(shape[:-1])
+    else:
+        element = Idx(_unravel(o, shape, sizes), o)
+        outer = n
+    assert element.flat is not None
+    stmts: list[Any] = [Let("s0", builder.value_at(base, element)), Store(output_names[0], element.flat, Var(dtype, "s0"))]
+    used = [0] * len(deltas)
+    for row, g in enumerate(scan.attrs["pattern"]):
+        delta = builder.value_at(deltas[g], Idx((const(used[g]),) + element.dims, add(mul(const(used[g]), n), element.flat)))
+        used[g] += 1
+        stmts.append(Let(f"s{row + 1}", Call(dtype, "add", (Var(dtype, f"s{row}"), delta))))
+        stmts.append(Store(output_names[0], add(mul(const(row + 1), n), element.flat), Var(dtype, f"s{row + 1}")))
+    body = (Loop("j", const(last), tuple(stmts)),) if looped else tuple(stmts)
+    buffers = _buffers(region.args, input_names, region.results, output_names, sizes)
+    return Kernel("kernel", "pointwise", buffers, tuple(sizes.names), outer, body, const(last) if looped else None,
+                  ("layer_scan",))
+
+
+def _name(kernel: Kernel) -> Kernel:
     digest = hashlib.sha256(repr(kernel).encode()).hexdigest()[:10]
-    label = "_".join(dict.fromkeys(n for n in kernel.source_ops if op_class(n) in ("pointwise", "reduction")))[:40]
+    label = "_".join(dict.fromkeys(n for n in kernel.source_ops if op_class(n) in ("pointwise", "reduction", "scan")))[:40]
     return replace(kernel, name=f"k_{label or 'copy'}_{digest}")

@@ -553,6 +553,24 @@ class Lowering:
         return T(self.tensor.ConcatOp(self.ttype(t.shape, t.dtype), op.attrs["dim"], [x.value for x in xs]).result,
                  tuple(t.shape), t.dtype)
 
+    def _join(self, rows: Sequence[T], op: Op) -> T:
+        t = op.result.type
+        return T(self.tensor.ConcatOp(self.ttype(t.shape, t.dtype), 0, [r.value for r in rows]).result, tuple(t.shape), t.dtype)
+
+    def op_stack(self, op: Op, *xs: T) -> T:
+        d = op.attrs["dim"] % op.result.type.rank
+        if d != 0:
+            raise MLIRExportError(f"MLIR export of {op.describe()} along dim {d} is not supported yet (only dim 0)")
+        return self._join([self.reshape(x, (1, *x.shape)) for x in xs], op)
+
+    def op_layer_scan(self, op: Op, base: T, *deltas: T) -> T:
+        rows, used = [base], [0] * len(deltas)
+        for g in op.attrs["pattern"]:
+            row = self.reshape(self._slice(deltas[g], 0, used[g], 1), base.shape)
+            used[g] += 1
+            rows.append(self.ew(lambda a, b: self.add(a, b, base.dtype), [rows[-1], row], base.shape, base.dtype))
+        return self._join([self.reshape(r, (1, *r.shape)) for r in rows], op)
+
     def _triangle(self, op: Op, x: T, keep_below: bool) -> T:
         r, k = len(x.shape), op.attrs["diagonal"]
         i64 = DType.i64

@@ -6,7 +6,8 @@ Op classes (see ``op_class``):
 - view: reshape/permute/expand/slice/split, and constants (full/arange) — free index
   transforms, copied into every region that reads them, never kernels of their own;
 - pointwise: elementwise ops and gathers (embedding, index) computed per output element;
-- reduction: sum/mean/amax/amin/var and the row ops softmax, log_softmax, layer_norm, rms_norm.
+- reduction: sum/mean/amax/amin/var and the row ops softmax, log_softmax, layer_norm, rms_norm;
+- scan: ``layer_scan`` (the prefix sum of a Newton step), a kernel of its own that nothing joins.
 
 Cost model (greedy, in program order): a pointwise or reduction op joins the kernel of an
 operand's producer when (1) the kernel's iteration space fits — pointwise over the same
@@ -27,7 +28,8 @@ from ..ir.builder import OpEmitter, RegionBuilder
 from ..ir.core import Graph, Op, Value
 
 MAX_OPS = 48
-LIBRARY = frozenset({"matmul", "linear", "conv2d", "attention", "max_pool2d", "avg_pool2d", "cumsum", "argmax"})
+LIBRARY = frozenset({"matmul", "linear", "conv2d", "attention", "max_pool2d", "avg_pool2d", "cumsum", "argmax",
+                     "stack"})
 VIEWS = frozenset({"reshape", "permute", "expand", "slice", "split", "full", "arange", "identity", "dropout"})
 REDUCTIONS = frozenset({"sum", "mean", "amax", "amin", "var", "softmax", "log_softmax", "layer_norm", "rms_norm"})
 
@@ -41,6 +43,8 @@ def op_class(name: str) -> str:
         return "reduction"
     if name in ("fused", "newton", "yield"):
         return "structural"
+    if name == "layer_scan":
+        return "scan"
     return "pointwise"
 
 
@@ -70,7 +74,7 @@ class _Group:
         return {keep, drop}
 
     def accepts(self, op: Op) -> bool:
-        if len(self.ops) >= MAX_OPS:
+        if len(self.ops) >= MAX_OPS or any(op_class(o.name) == "scan" for o in self.ops[:1]):
             return False
         shape = op.results[0].type.shape
         if op_class(op.name) == "reduction":
@@ -137,6 +141,9 @@ def fuse(graph: Graph) -> Graph:
 
     for index, op in enumerate(graph.ops):
         kind = op_class(op.name)
+        if kind == "scan":
+            groups.append(_Group(first=index, ops=[op]))
+            group_of[id(op)] = groups[-1]
         if kind not in ("pointwise", "reduction"):
             continue
         sources = [source(v) for v in op.operands]
@@ -175,7 +182,7 @@ def wrap_loose_ops(graph: Graph) -> Graph:
     so a backend can run graphs that skipped ``fuse``."""
     groups, group_of = [], {}
     for index, op in enumerate(graph.ops):
-        if op_class(op.name) in ("pointwise", "reduction"):
+        if op_class(op.name) in ("pointwise", "reduction", "scan"):
             group = _Group(first=index, ops=[op])
             groups.append(group)
             group_of[id(op)] = group

@@ -7,8 +7,10 @@ layer as operands, and the iteration (K), chunking (C, 0 = the whole chain) and 
 -> body pattern as attributes; ``lamina dump --after newton`` shows it. Semantics in the
 op's doc (``ir/ops/structural.py``): K = C reproduces the sequential stack.
 
-``newton-expand`` lowers each ``newton`` op to plain ops: per chunk and iteration, every
-layer body instantiated on its current input, then the prefix sums, so any backend runs it.
+``newton-expand`` lowers each ``newton`` op to plain ops any backend runs: per chunk, the
+weights of the layers sharing a structure stacked (once per plan); per iteration, each
+structure's layers evaluated by one batched body (a linear becomes a batched matmul), then
+one ``layer_scan`` kernel for the prefix sum; the next iteration reads its rows as views.
 """
 from __future__ import annotations
 
@@ -18,7 +20,8 @@ from dataclasses import dataclass
 from ..ir.builder import OpEmitter, RegionBuilder
 from ..ir.core import Graph, Op, Region, Value
 from ..ir.errors import LaminaError
-from ..ir.ops.structural import newton_schedule
+from ..ir.ops.structural import newton_layer_params
+from .batch_layers import BatchingError, inline_batched
 from .layers import Chain, Layer, find_chains
 
 
@@ -95,7 +98,8 @@ def _body(layer: Layer, contexts: Sequence[Value]) -> Region:
 
 
 def newton_expand(graph: Graph) -> Graph:
-    """Lower every ``newton`` op to plain ops: K iterations of C layer bodies and prefix sums per chunk."""
+    """Lower every ``newton`` op to plain ops: per chunk and iteration, each structure's layers evaluated
+    at once over stacked weights (``batch_layers.py``), then one ``layer_scan`` (the prefix sum)."""
     if not any(op.name == "newton" for op in graph.ops):
         return graph
     out = OpEmitter()
@@ -103,15 +107,87 @@ def newton_expand(graph: Graph) -> Graph:
     for op in graph.ops:
         op = op.replace(operands=tuple(mapping.get(id(v), v) for v in op.operands))
         if op.name == "newton":
-            mapping[id(op.results[0])] = _expand(op, out)
+            mapping[id(op.results[0])] = _Expansion(op, out).run()
         else:
             out.append(op)
     return graph.replace(ops=tuple(out.ops), outputs=tuple(mapping.get(id(v), v) for v in graph.outputs))
 
 
-def _expand(op: Op, out: OpEmitter) -> Value:
-    return newton_schedule(op, op.operands, lambda region, args: _inline(region, args, out),
-                           lambda a, b: out.emit("add", a, b, loc=op.loc))
+class _Expansion:
+    """One ``newton`` op as plain ops (see ``newton_expand``)."""
+
+    def __init__(self, op: Op, out: OpEmitter) -> None:
+        self.op, self.out, self.loc = op, out, op.loc
+        self.contexts = list(op.operands[1: 1 + op.attrs["contexts"]])
+        self.weights = newton_layer_params(op)
+        self.pattern = op.attrs["pattern"]
+
+    def emit(self, name: str, *operands: Value, **attrs) -> Value:
+        return self.out.emit(name, *operands, loc=self.loc, **attrs)
+
+    def run(self) -> Value:
+        h, chunk, iters = self.op.operands[0], self.op.attrs["chunk"], self.op.attrs["iters"]
+        for start in range(0, len(self.pattern), chunk):
+            layers = list(range(start, min(start + chunk, len(self.pattern))))
+            stacks = self.stacked_weights(layers)
+            scan: Value | None = None
+            steps = min(iters, len(layers))  # after len(layers) iterations the inputs no longer change
+            for k in range(steps):
+                used = layers if k == steps - 1 else layers[:-1]  # the last layer's f only feeds the total
+                groups = _groups(used, self.pattern)
+                deltas = [self.deltas(group, layers, stacks, h, scan) for group in groups]
+                scan_pattern = [next(g for g, group in enumerate(groups) if l in group) for l in used]
+                scan = self.emit("layer_scan", h, *deltas, pattern=scan_pattern)
+            assert scan is not None
+            h = self.emit("reshape", self.emit("slice", scan, dim=0, start=len(layers), end=len(layers) + 1),
+                          shape=list(h.type.shape))
+        return h
+
+    def stacked_weights(self, layers: Sequence[int]) -> dict[int, list[Value]]:
+        """Per structure in the chunk, its layers' weights stacked along a new leading axis (computed once
+        per plan by the runtime: they are weights)."""
+        out = {}
+        for group in _groups(layers, self.pattern):
+            slots = zip(*(self.weights[l] for l in group))
+            out[self.pattern[group[0]]] = [self.emit("stack", *ws, dim=0) for ws in slots]
+        return out
+
+    def deltas(self, group: Sequence[int], layers: Sequence[int], stacks: dict[int, list[Value]], h: Value,
+               scan: Value | None) -> Value:
+        """f of ``group``'s layers at their current inputs, stacked: [len(group), *h.shape]."""
+        structure = self.pattern[group[0]]
+        region = self.op.regions[structure]
+        full = [l for l in layers if self.pattern[l] == structure]
+        weights = stacks[structure]
+        if len(group) < len(full):  # a prefix of the structure's layers in this chunk
+            weights = [self.emit("slice", w, dim=0, start=0, end=len(group)) for w in weights]
+        x, x_batched = (h, False) if scan is None else (self.rows(scan, [l - layers[0] for l in group]), True)
+        args = [x, *self.contexts, *weights]
+        flags = [x_batched] + [False] * len(self.contexts) + [True] * len(weights)
+        try:
+            return inline_batched(region, args, flags, len(group), self.out)[0]
+        except BatchingError:  # one layer at a time, then stacked
+            per_layer = []
+            for i, l in enumerate(group):
+                xi = h if scan is None else self.emit("reshape", self.rows(scan, [l - layers[0]]), shape=list(h.type.shape))
+                per_layer.append(_inline(region, [xi, *self.contexts, *self.weights[l]], self.out))
+            return self.emit("stack", *per_layer, dim=0)
+
+    def rows(self, scan: Value, rows: Sequence[int]) -> Value:
+        """Rows of a ``layer_scan`` result: a strided slice (a view) when they are evenly spaced."""
+        step = rows[1] - rows[0] if len(rows) > 1 else 1
+        if all(b - a == step for a, b in zip(rows, rows[1:])) and step > 0:
+            return self.emit("slice", scan, dim=0, start=rows[0], end=rows[-1] + 1, step=step)
+        pieces = [self.emit("slice", scan, dim=0, start=r, end=r + 1) for r in rows]
+        return self.emit("concat", *pieces, dim=0)
+
+
+def _groups(layers: Sequence[int], pattern: Sequence[int]) -> list[list[int]]:
+    """``layers`` grouped by structure, groups in order of first appearance."""
+    groups: dict[int, list[int]] = {}
+    for l in layers:
+        groups.setdefault(pattern[l], []).append(l)
+    return list(groups.values())
 
 
 def _inline(region: Region, args: Sequence[Value], out: OpEmitter) -> Value:

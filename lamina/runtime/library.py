@@ -58,6 +58,9 @@ def call_line(op: Op, args: Sequence[str], outs: Sequence[str | None], results: 
                 f"{at['divisor_override']})")
     if n == "cumsum":
         return f"torch.cumsum({a[0]}, {at['dim']}, out={out})" if out else f"{results[0]} = torch.cumsum({a[0]}, {at['dim']})"
+    if n == "stack":
+        items = f"[{', '.join(a)}]"
+        return f"torch.stack({items}, {at['dim']}, out={out})" if out else f"{results[0]} = torch.stack({items}, {at['dim']})"
     if n == "argmax":
         return f"{results[0]} = torch.argmax({a[0]}, {at['dim']}, {at['keepdim']})"
     raise NotImplementedError(f"no library call for {op.describe()}")
@@ -100,4 +103,7 @@ def view_expr(op: Op, a: str, sizes: Any) -> list[str]:
     raise NotImplementedError(f"no view for {op.describe()}")
 
 
-WRITES_INTO_OUT = frozenset({"linear", "matmul", "cumsum"})
+WRITES_INTO_OUT = frozenset({"linear", "matmul", "cumsum", "stack"})
+# library ops computed once per plan when every operand is fixed for the plan (weights): a newton
+# chunk's stacked layer weights are a snapshot taken when the plan is built
+HOISTED_WHEN_STATIC = frozenset({"stack"})

@@ -27,7 +27,7 @@ from ..ir.interpreter import bind_symbols
 from ..ir.shapes import evaluate
 from ..passes.fusion import op_class, wrap_loose_ops
 from ..passes.memory import Lifetime, MemoryPlan, plan_memory
-from .library import WRITES_INTO_OUT, call_line, view_expr
+from .library import HOISTED_WHEN_STATIC, WRITES_INTO_OUT, call_line, view_expr
 
 class BackendError(LaminaError, RuntimeError):
     """The backend cannot run this graph (an unsupported dtype, a missing device)."""
@@ -207,6 +207,21 @@ def _in_consumer_order(raw: torch.Tensor, shape: tuple[int, ...], users: Sequenc
     return raw.view(shape)
 
 
+def _hoisted(g: Graph) -> set[int]:
+    """Ops in ``HOISTED_WHEN_STATIC`` whose operands are weights, constants or views of them."""
+    static = {id(p.value) for p in g.params}
+    hoisted: set[int] = set()
+    for op in g.ops:
+        if not all(id(v) in static for v in op.operands):
+            continue
+        if op.name in HOISTED_WHEN_STATIC:
+            hoisted.add(id(op))
+        elif op_class(op.name) != "view":
+            continue
+        static.update(id(r) for r in op.results)
+    return hoisted
+
+
 class _PlanBuilder(PlanContext):
     def __init__(self, ex: Executor, inputs: Sequence[torch.Tensor], weights: Mapping[str, torch.Tensor]) -> None:
         g = ex.graph
@@ -220,6 +235,7 @@ class _PlanBuilder(PlanContext):
         self.flat: dict[int, str] = {}      # value -> name of its flat numpy view
         self.counter = 0
         self.weights = weights
+        self.hoisted = _hoisted(g)
 
     def fresh(self, prefix: str) -> str:
         self.counter += 1
@@ -339,6 +355,8 @@ class _PlanBuilder(PlanContext):
         return Plan(source, namespace["run"], memory, launches, arena, poison)
 
     def writes_into_out(self, op: Op) -> bool:
+        if id(op) in self.hoisted:
+            return False
         return op.name == "fused" or op.name in WRITES_INTO_OUT or id(op) in self.ex.natives
 
     def nbytes(self, v: Value) -> int:
@@ -361,6 +379,12 @@ class _PlanBuilder(PlanContext):
             self.lines.append(self.ex.target.launch(fn, args, ck.kernel, outer, inner))
             return 1
         args = [self.name[id(v)] for v in op.operands]
+        if id(op) in self.hoisted:  # computed now, once: its operands are fixed for the plan
+            results = [self.fresh("H") for _ in op.results]
+            exec(call_line(op, args, [], results), self.glb)  # noqa: S102 - our own generated code
+            for v, r in zip(op.results, results):
+                self.name[id(v)] = r
+            return 0
         if id(op) in self.ex.natives:
             self.lines += self.ex.target.native_lines(self.ex.natives[id(op)], op, args, self.name[id(op.results[0])],
                                                       self)

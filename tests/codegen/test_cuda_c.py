@@ -15,9 +15,12 @@ from lamina.models.hf import make_hf_gpt2, make_hf_llama
 NVCC = shutil.which("nvcc")
 
 
-def kernels_of(factory) -> dict:
+NEWTON = "canonicalize,newton{iters=2,chunk=4,granularity=sublayer},newton-expand,fuse"
+
+
+def kernels_of(factory, pipeline: str = "canonicalize,fuse") -> dict:
     model, args, *kwargs = factory()
-    graph = lamina.run_pipeline(lamina.trace(model, args, kwargs[0] if kwargs else None), "canonicalize,fuse")
+    graph = lamina.run_pipeline(lamina.trace(model, args, kwargs[0] if kwargs else None), pipeline)
     found = {}
     for op in graph.ops:
         if op.name == "fused":
@@ -27,10 +30,15 @@ def kernels_of(factory) -> dict:
 
 
 @pytest.mark.skipif(NVCC is None, reason="nvcc is not installed")
-@pytest.mark.parametrize("factory", [make_mlp, make_gpt2_stack, make_llama_block, make_cnn, make_hf_gpt2, make_hf_llama],
-                         ids=["mlp", "gpt2_stack", "llama_block", "cnn", "hf_gpt2", "hf_llama"])
-def test_generated_cuda_c_compiles_with_nvcc(factory, tmp_path) -> None:
-    kernels = kernels_of(factory)
+@pytest.mark.parametrize(("factory", "pipeline"),
+                         [(make_mlp, None), (make_gpt2_stack, None), (make_llama_block, None), (make_cnn, None),
+                          (make_hf_gpt2, None), (make_hf_llama, None), (make_gpt2_stack, NEWTON), (make_hf_llama, NEWTON)],
+                         ids=["mlp", "gpt2_stack", "llama_block", "cnn", "hf_gpt2", "hf_llama", "gpt2_newton",
+                              "hf_llama_newton"])
+def test_generated_cuda_c_compiles_with_nvcc(factory, pipeline, tmp_path) -> None:
+    kernels = kernels_of(factory, *([pipeline] if pipeline else []))
+    if pipeline:  # the Newton prefix sum and the batched layer bodies' kernels
+        assert any("layer_scan" in name for name in kernels)
     source = PRELUDE + "\n".join(cuda_source(k, prelude=False) for k in kernels.values())
     path = tmp_path / "kernels.cu"
     path.write_text(source)

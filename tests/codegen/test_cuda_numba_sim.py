@@ -1,4 +1,4 @@
-"""Numba-CUDA kernels for an MLP and a GPT-2 block run under the CUDA simulator and match the interpreter."""
+"""Numba-CUDA kernels for an MLP, a GPT-2 block and a Newton-expanded GPT-2 stack run under the CUDA simulator and match the interpreter."""
 from __future__ import annotations
 
 import os
@@ -13,10 +13,13 @@ SCRIPT = textwrap.dedent("""
     from lamina.models import make_gpt2_stack, make_mlp
     from lamina.runtime.simulate import run_simulated
     cases = {"mlp": make_mlp(batch=2, sizes=(16, 32, 8)),
-             "gpt2_block": make_gpt2_stack(batch=1, seq=4, d_model=32, n_heads=2, n_layers=1, vocab=16)}
+             "gpt2_block": make_gpt2_stack(batch=1, seq=4, d_model=32, n_heads=2, n_layers=1, vocab=16),
+             "gpt2_newton": make_gpt2_stack(batch=1, seq=4, d_model=32, n_heads=2, n_layers=3, vocab=16)}
+    newton = "canonicalize,newton{iters=2,chunk=3,granularity=sublayer},newton-expand,"
     for name, (model, args) in cases.items():
         imported = import_module(model, args)
-        graph = lamina.run_pipeline(imported.graph, "canonicalize,fuse")
+        graph = lamina.run_pipeline(imported.graph, (newton if "newton" in name else "canonicalize,") + "fuse")
+        assert ("newton" in name) == any("layer_scan" in str(op.regions[0].ops) for op in graph.ops if op.name == "fused")
         weights = {k: v.numpy() for k, v in imported.weights.items()}
         inputs = [a.numpy() for a in args]
         (want,) = interpret(graph, inputs, weights)
@@ -33,5 +36,5 @@ def test_numba_cuda_kernels_under_the_simulator(tmp_path) -> None:
     done = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout + done.stderr[-4000:]
     lines = dict(line.split(" ", 1) for line in done.stdout.strip().splitlines())
-    assert set(lines) == {"mlp", "gpt2_block"}
+    assert set(lines) == {"mlp", "gpt2_block", "gpt2_newton"}
     assert all(int(v.split()[0]) >= 2 for v in lines.values())  # several kernels each

@@ -83,3 +83,15 @@ def test_symbolic_shapes_are_refused_clearly() -> None:
     graph = b.build([b.emit("exp", x)])
     with pytest.raises(MLIRExportError, match="static shapes"):
         to_mlir(graph)
+
+
+def test_a_newton_expanded_stack_exports_and_runs_under_iree() -> None:
+    """stack (the stacked layer weights) and layer_scan (the Newton prefix sum) have MLIR lowerings."""
+    model, args = make_gpt2_stack(n_layers=3)
+    imported = import_module(model, args)
+    graph = lamina.run_pipeline(imported.graph, "canonicalize,newton{iters=2,chunk=3,granularity=sublayer},newton-expand")
+    assert {"stack", "layer_scan"} <= {op.name for op in graph.ops}
+    inputs = [a.numpy() for a in args]
+    weights = {k: v.numpy() for k, v in imported.weights.items()}
+    (expected,) = interpret(graph, inputs, weights)
+    assert rel_error(_run_iree(graph, inputs, weights), expected) <= F32_TOL

@@ -108,6 +108,11 @@ CASES = [
     Case("avg_pool2d", [r(2, 3, 8, 8)], lambda x: F.avg_pool2d(x, 3, 2, 1, count_include_pad=False),
          {"kernel": [3], "stride": [2], "padding": [1], "count_include_pad": False}),
     Case("avg_pool2d", [r(2, 3, 8, 8)], lambda x: F.avg_pool2d(x, 2), {"kernel": [2]}),
+    Case("stack", [r(3, 4), r(3, 4), r(3, 4)], lambda *xs: torch.stack(xs, 1), {"dim": 1}),
+    # the Newton prefix sum: layers 0, 2 from deltas operand 0, layer 1 from operand 1
+    Case("layer_scan", [r(3, 4), r(2, 3, 4), r(1, 3, 4)],
+         lambda h, d0, d1: torch.stack([h, h + d0[0], h + d0[0] + d1[0], h + d0[0] + d1[0] + d0[1]]),
+         {"pattern": [0, 1, 0]}),
     Case("batch_norm", [r(2, 3, 4, 4), r(3), pos(3), r(3), r(3)],
          lambda x, m, v, w, b: F.batch_norm(x, m, v, w, b, training=False, eps=1e-3), {"eps": 1e-3}, tol=1e-5),
 ]

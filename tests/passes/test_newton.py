@@ -43,8 +43,10 @@ def test_iters_equal_to_chunk_reproduce_the_sequential_stack(name: str, granular
         # sublayers yield their delta as computed: exact; blocks yield block(h) - h: float32 rounding
         assert _rel(got, want) <= (0 if granularity == "sublayer" else 1e-5)
         expanded = lamina.run_pipeline(newton, "newton-expand")
-        assert not any(op.name == "newton" for op in expanded.ops)
-        np.testing.assert_array_equal(interpret(expanded, inputs, weights)[0], got)
+        names = [op.name for op in expanded.ops]
+        assert "newton" not in names and "layer_scan" in names and "stack" in names
+        # batched matmuls over stacked weights round differently from per-layer linears
+        assert _rel(interpret(expanded, inputs, weights)[0], want) <= 1e-5
 
 
 def test_fewer_iterations_are_an_approximation_that_the_expansion_matches() -> None:
@@ -56,7 +58,7 @@ def test_fewer_iterations_are_an_approximation_that_the_expansion_matches() -> N
         got = interpret(newton, inputs, weights)[0]
         assert _rel(got, want) > 1e-3  # a random model is far from converged before K = L
         expanded = interpret(lamina.run_pipeline(newton, "newton-expand"), inputs, weights)[0]
-        np.testing.assert_array_equal(expanded, got)
+        assert _rel(expanded, got) <= 1e-5
 
 
 @pytest.mark.parametrize("name", FACTORIES)

@@ -1,4 +1,4 @@
-"""Layout and indexing ops: reshape, permute, expand, slice, concat, split, gather, index, tril/triu."""
+"""Layout and indexing ops: reshape, permute, expand, slice, concat, stack, split, gather, index, tril/triu."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -83,6 +83,15 @@ def _concat_infer(types: Sequence[TensorType], attrs: Mapping[str, Any]) -> list
     return [TensorType(first.shape[:d] + (total,) + first.shape[d + 1:], dtype)]
 
 
+def _stack_infer(types: Sequence[TensorType], attrs: Mapping[str, Any]) -> list[TensorType]:
+    first = types[0]
+    dtype = same_dtype("stack", types)
+    if any(t.shape != first.shape for t in types[1:]):
+        raise InferenceError(f"stack: operands differ in shape ({', '.join(str(t) for t in types)})")
+    (d,) = axes("stack", [attrs["dim"]], first.rank + 1)
+    return [TensorType(first.shape[:d] + (len(types),) + first.shape[d:], dtype)]
+
+
 def _split_infer(types: Sequence[TensorType], attrs: Mapping[str, Any]) -> list[TensorType]:
     x, sizes = types[0], attrs["sizes"]
     (d,) = axes("split", [attrs["dim"]], x.rank)
@@ -164,6 +173,8 @@ DEFS = [
           {"dim": AttrSpec("int"), "start": AttrSpec("dim", 0), "end": AttrSpec("dim"), "step": AttrSpec("int", 1)}),
     OpDef("concat", ("*xs",), _concat_infer, lambda a, at: np.concatenate(a, axis=at["dim"]), Kind.LAYOUT,
           "join along dim", {"dim": AttrSpec("int")}),
+    OpDef("stack", ("*xs",), _stack_infer, lambda a, at: np.stack(a, axis=at["dim"]), Kind.LAYOUT,
+          "join equal-shaped tensors along a new dim (stacked layer weights)", {"dim": AttrSpec("int", 0)}),
     OpDef("split", ("x",), _split_infer, _split_ref, Kind.LAYOUT, "cut along dim into pieces of the given sizes",
           {"sizes": AttrSpec("dims"), "dim": AttrSpec("int")}),
     OpDef("gather", ("x", "index"), _gather_infer, lambda a, at: np.take_along_axis(a[0], a[1], axis=at["dim"]),

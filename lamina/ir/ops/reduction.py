@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from ..dtypes import DType
-from ..opdef import AttrSpec, Kind, OpDef, axes, need_float
+from ..opdef import AttrSpec, InferenceError, Kind, OpDef, axes, need_float
 from ..types import TensorType
 
 _REDUCE_ATTRS = {"dims": AttrSpec("ints"), "keepdim": AttrSpec("bool", False)}
@@ -78,6 +78,33 @@ def log_softmax(x: np.ndarray, dim: int) -> np.ndarray:
     return shifted - np.log(np.sum(np.exp(shifted), axis=dim, keepdims=True))
 
 
+def _layer_scan_counts(pattern: Sequence[int], groups: int, name: str = "layer_scan") -> list[int]:
+    if any(not 0 <= g < groups for g in pattern):
+        raise InferenceError(f"{name}: pattern {list(pattern)} names a delta operand outside 0..{groups - 1}")
+    return [sum(1 for g in pattern if g == b) for b in range(groups)]
+
+
+def _layer_scan_infer(types: Sequence[TensorType], attrs: Mapping[str, Any]) -> list[TensorType]:
+    base, deltas = types[0], types[1:]
+    if not deltas:
+        raise InferenceError("layer_scan needs at least one deltas operand")
+    counts = _layer_scan_counts(attrs["pattern"], len(deltas))
+    for b, (t, n) in enumerate(zip(deltas, counts)):
+        if t.dtype != base.dtype or t.shape[1:] != base.shape or t.rank != base.rank + 1 or t.shape[0] != n:
+            raise InferenceError(f"layer_scan: deltas operand {b} is {t}; the pattern gives it {n} layers of {base}")
+    return [TensorType((len(attrs["pattern"]) + 1,) + base.shape, base.dtype)]
+
+
+def layer_scan(a: Sequence[np.ndarray], attrs: Mapping[str, Any]) -> np.ndarray:
+    """out[0] = base; out[j + 1] = out[j] + the next row of deltas operand pattern[j] (in the base's dtype)."""
+    base, deltas = a[0], a[1:]
+    rows, used = [base], [0] * len(deltas)
+    for g in attrs["pattern"]:
+        rows.append((rows[-1] + deltas[g][used[g]]).astype(base.dtype))
+        used[g] += 1
+    return np.stack(rows)
+
+
 DEFS = [
     _reduction("sum", np.sum, "sum over dims (all dims when empty)"),
     _reduction("mean", np.mean, "mean over dims", floats_only=True),
@@ -89,6 +116,9 @@ DEFS = [
           {"dim": AttrSpec("int"), "keepdim": AttrSpec("bool", False)}),
     OpDef("cumsum", ("x",), _along_dim_infer("cumsum", False), lambda a, at: np.cumsum(a[0], axis=at["dim"]),
           Kind.REDUCTION, "inclusive prefix sum along dim", {"dim": AttrSpec("int")}),
+    OpDef("layer_scan", ("base", "*deltas"), _layer_scan_infer, layer_scan, Kind.REDUCTION,
+          "the prefix sum of a Newton step over the layer axis: out[0] = base, out[j+1] = out[j] + layer j's delta, "
+          "layer j's delta being the next row of deltas operand pattern[j]", {"pattern": AttrSpec("ints")}),
     OpDef("softmax", ("x",), _along_dim_infer("softmax", True), lambda a, at: softmax(a[0], at["dim"]),
           Kind.REDUCTION, "exp(x) / sum(exp(x)) along dim", {"dim": AttrSpec("int")}),
     OpDef("log_softmax", ("x",), _along_dim_infer("log_softmax", True), lambda a, at: log_softmax(a[0], at["dim"]),

@@ -57,8 +57,9 @@ def newton_schedule(op: Op, operands: Sequence[T], body: Callable[[Region, list[
     for start in range(0, len(pattern), at["chunk"]):
         layers = range(start, min(start + at["chunk"], len(pattern)))
         inputs = [h] * len(layers)  # init "input": every layer starts from the chunk's input
-        for k in range(at["iters"]):
-            used = layers if k == at["iters"] - 1 else layers[:-1]
+        steps = min(at["iters"], len(layers))  # after len(layers) iterations the inputs no longer change
+        for k in range(steps):
+            used = layers if k == steps - 1 else layers[:-1]
             deltas = [body(op.regions[pattern[l]], [x, *contexts, *weights[l]]) for x, l in zip(inputs, used)]
             inputs, total = [h], h
             for delta in deltas:  # prefix sum over the layer axis
