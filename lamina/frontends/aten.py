@@ -240,6 +240,12 @@ def _select(cx: Context, x: Value, d: int, index: int) -> Value:
     return cx.reshape(piece, cx.out_type.shape)
 
 
+@converts("aten.stack.default")
+def _stack(cx: Context, tensors: Sequence[Value], d: int = 0) -> Value:
+    dtype = cx.out_type.dtype
+    return cx.emit("stack", *(cx.value(t, dtype) for t in tensors), dim=d % cx.out_type.rank)
+
+
 @converts("aten.cat.default", "aten.concat.default")
 def _cat(cx: Context, tensors: Sequence[Value], d: int = 0) -> Value:
     dtype = cx.out_type.dtype

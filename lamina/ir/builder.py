@@ -6,6 +6,7 @@ from typing import Any
 
 from .core import UNKNOWN, Graph, Loc, Op, Param, Region, Value
 from .opdef import InferenceError
+from .ops.structural import region_result_types
 from .ops import lookup
 from .types import TensorType
 
@@ -23,7 +24,7 @@ class OpEmitter:
         try:
             full = opdef.complete_attrs(attrs or {})
             if regions:
-                types = [v.type for v in regions[0].results]
+                types = region_result_types(name, regions, full)
             else:
                 types = list(opdef.infer_types([v.type for v in operands], full))
         except InferenceError as e:

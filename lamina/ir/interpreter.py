@@ -88,11 +88,10 @@ class Interpreter:
         self.run_ops(region.ops, env)
         return [env[id(v)] for v in region.results]
 
-    def run_newton(self, op: Op, args: list[np.ndarray]) -> np.ndarray:
+    def run_newton(self, op: Op, args: list[np.ndarray]) -> list[np.ndarray]:
         """The reference semantics of ``newton`` (see its doc in ``ops/structural.py``)."""
         dtype = op.results[0].type.dtype
-        return newton_schedule(op, args, lambda region, xs: self.run_region(region, xs)[0],
-                               lambda a, b: round_to(a + b, dtype))
+        return newton_schedule(op, args, self.run_region, lambda a, b: round_to(a + b, dtype))
 
     def run_op(self, op: Op, args: list[np.ndarray]) -> list[np.ndarray]:
         opdef = REGISTRY[op.name]
@@ -100,7 +99,7 @@ class Interpreter:
             if op.name == "fused":
                 outs = self.run_region(op.regions[0], args)
             elif op.name == "newton":
-                outs = [self.run_newton(op, args)]
+                outs = self.run_newton(op, args)
             elif opdef.reference is None:
                 raise InterpreterError(f"op {op.name} has no reference semantics")
             else:

@@ -7,7 +7,7 @@ from .core import Graph, Op, Region, Value
 from .errors import VerifyError
 from .opdef import InferenceError
 from .ops import REGISTRY
-from .ops.structural import region_operands
+from .ops.structural import newton_result_types, region_operands
 from .printer import Namer
 
 
@@ -99,9 +99,11 @@ class _Checker:
         if needed != len(op.operands):
             raise InferenceError(f"newton: its regions and pattern take {needed} operands, it has {len(op.operands)}")
         for i, region in enumerate(op.regions):
-            if self.region(op, region, i) != (op.operands[0].type,):
-                raise InferenceError(f"newton region {i} must yield one value of the stream's type {op.operands[0].type}")
-        return (op.operands[0].type,)
+            yields = self.region(op, region, i)
+            if not yields or yields[0] != op.operands[0].type:
+                raise InferenceError(f"newton region {i} must yield f(h) of the stream's type {op.operands[0].type} "
+                                     "first (then the layer's exports)")
+        return tuple(newton_result_types(op.regions, at))
 
     def region(self, op: Op, region: Region, index: int = 0) -> tuple:
         arg_types = tuple(a.type for a in region.args)

@@ -1,9 +1,11 @@
 """layers (analysis): residual chains ``h[l+1] = h[l] + f_l(h[l])`` and the layers that share a structure.
 
-A *sublayer* is an ``add(h, delta)`` whose ``delta`` is computed from ``h`` by a self-contained
-body: the ops on paths from ``h`` to ``delta``, whose results nobody outside reads. Other
-values the body reads are weights (params) or *context* (computed before, independent of
-``h``: masks, rotary tables). Sublayers chain when one's output is the next one's input and
+A *sublayer* is an ``add(h, delta)`` whose ``delta`` is computed from ``h`` by a body: the ops
+on paths from ``h`` to ``delta``. Body values read outside it are the layer's *exports* (its
+new keys and values for a KV cache), read only after the chain. Other values the body reads
+are per-layer operands (params: weights, and inputs only this layer reads, such as its past
+keys) or *context* (computed before, independent of ``h``, read by several layers: masks,
+rotary tables). Sublayers chain when one's output is the next one's input and
 the stream is read by nothing else. A *block* merges consecutive sublayers of one module
 (``h.0``: attention then MLP) into one layer whose body computes ``block(h) - h``.
 
@@ -26,10 +28,11 @@ class Layer:
     stream: Value
     out: Value
     ops: tuple[Op, ...]           # the body, ending with the residual add(s)
-    params: tuple[Value, ...]     # weights read by the body, in order of first use
+    params: tuple[Value, ...]     # per-layer operands (weights, its own inputs), in order of first use
     context: tuple[Value, ...]    # other outside values read by the body, in order of first use
     module: str                   # the module path the body's ops share (``h.0``)
     structure: str                # a canonical text of the body: equal text, equal structure
+    exports: tuple[Value, ...] = ()  # body values read after the chain (a KV cache's new entries)
 
 
 @dataclass(frozen=True)
@@ -48,25 +51,40 @@ def find_chains(graph: Graph, granularity: str = "block", min_layers: int = 2) -
     """The residual chains of ``graph``'s top-level ops, as sublayers or merged into blocks."""
     if granularity not in ("block", "sublayer"):
         raise ValueError(f"granularity must be 'block' or 'sublayer', got {granularity!r}")
-    ops = list(graph.ops)
-    index = {id(op): i for i, op in enumerate(ops)}
-    producer = {id(v): op for op in ops for v in op.results}
-    users: dict[int, list[Op]] = {}
-    for op in ops:
-        for v in op.operands:
-            users.setdefault(id(v), []).append(op)
-    params = {id(p.value) for p in graph.params}
-    outputs = {id(v) for v in graph.outputs}
+    uses = _Uses.of(graph)
     sublayers = []
-    for op in ops:
+    for op in graph.ops:
         if op.name == "add" and op.operands[0].type == op.operands[1].type == op.results[0].type:
-            layer = _sublayer(op, producer, users, params, outputs, index)
+            layer = _sublayer(op, uses)
             if layer is not None:
                 sublayers.append(layer)
-    chains = _link(sublayers, users)
+    chains = _link(sublayers, uses)
     if granularity == "block":
-        chains = [_blocks(c, params, index) for c in chains]
+        chains = [_blocks(c, uses) for c in chains]
     return [c for c in chains if len(c.layers) >= min_layers]
+
+
+@dataclass(frozen=True)
+class _Uses:
+    """Who produces and reads each value of a graph's top level."""
+
+    index: dict[int, int]
+    producer: dict[int, Op]
+    users: dict[int, list[Op]]
+    params: set[int]
+    outputs: set[int]
+
+    @staticmethod
+    def of(graph: Graph) -> _Uses:
+        users: dict[int, list[Op]] = {}
+        for op in graph.ops:
+            for v in op.operands:
+                users.setdefault(id(v), []).append(op)
+        return _Uses({id(op): i for i, op in enumerate(graph.ops)}, {id(v): op for op in graph.ops for v in op.results},
+                     users, {id(p.value) for p in graph.params}, {id(v) for v in graph.outputs})
+
+    def read_outside(self, v: Value, inside: set[int]) -> bool:
+        return id(v) in self.outputs or any(id(u) not in inside for u in self.users.get(id(v), []))
 
 
 def _depends_on(target: Value, source: Value, producer: dict, memo: dict) -> bool:
@@ -81,7 +99,8 @@ def _depends_on(target: Value, source: Value, producer: dict, memo: dict) -> boo
     return memo[key]
 
 
-def _sublayer(add: Op, producer: dict, users: dict, params: set, outputs: set, index: dict) -> Layer | None:
+def _sublayer(add: Op, uses: _Uses) -> Layer | None:
+    producer = uses.producer
     for stream, delta in ((add.operands[0], add.operands[1]), (add.operands[1], add.operands[0])):
         memo: dict[int, bool] = {}
         if stream is delta or not _depends_on(delta, stream, producer, memo):
@@ -95,17 +114,13 @@ def _sublayer(add: Op, producer: dict, users: dict, params: set, outputs: set, i
                 continue
             body[id(op)] = op
             stack.extend(op.operands)
-        ordered = sorted(body.values(), key=lambda o: index[id(o)]) + [add]
-        inside = {id(o) for o in ordered}
-        escapes = any(id(r) in outputs or any(id(u) not in inside for u in users.get(id(r), []))
-                      for o in ordered[:-1] for r in o.results)
-        if escapes:
-            return None
-        return _layer(stream, add.results[0], tuple(ordered), params, index)
+        ordered = sorted(body.values(), key=lambda o: uses.index[id(o)]) + [add]
+        return _layer(stream, add.results[0], tuple(ordered), uses)
     return None
 
 
-def _layer(stream: Value, out: Value, ops: tuple[Op, ...], params: set, index: dict) -> Layer:
+def _layer(stream: Value, out: Value, ops: tuple[Op, ...], uses: _Uses) -> Layer:
+    inside_ops = {id(o) for o in ops}
     inside = {id(r) for o in ops for r in o.results}
     reads_params: list[Value] = []
     context: list[Value] = []
@@ -113,12 +128,14 @@ def _layer(stream: Value, out: Value, ops: tuple[Op, ...], params: set, index: d
         for v in op.operands:
             if v is stream or id(v) in inside:
                 continue
-            bucket = reads_params if id(v) in params else context
+            own = id(v) in uses.params or not uses.read_outside(v, inside_ops)  # a weight, or read by this layer only
+            bucket = reads_params if own else context
             if all(v is not x for x in bucket):
                 bucket.append(v)
+    exports = tuple(r for o in ops[:-1] for r in o.results if uses.read_outside(r, inside_ops))
     modules = [op.loc.module for op in ops if op.loc.module]
     return Layer(stream, out, ops, tuple(reads_params), tuple(context), _common_module(modules),
-                 _structure(stream, ops, reads_params, context))
+                 _structure(stream, ops, reads_params, context, exports), exports)
 
 
 def _common_module(paths: Sequence[str]) -> str:
@@ -133,8 +150,10 @@ def _common_module(paths: Sequence[str]) -> str:
     return ".".join(common)
 
 
-def _structure(stream: Value, ops: Sequence[Op], reads_params: Sequence[Value], context: Sequence[Value]) -> str:
-    """The body as text with canonical names: stream ``h``, params ``p<i>:type``, context ``c<i>``."""
+def _structure(stream: Value, ops: Sequence[Op], reads_params: Sequence[Value], context: Sequence[Value],
+               exports: Sequence[Value]) -> str:
+    """The body as text with canonical names: stream ``h``, params ``p<i>:type``, context ``c<i>``,
+    then which values it exports."""
     names: dict[int, str] = {id(stream): "h"}
     for i, p in enumerate(reads_params):
         names[id(p)] = f"p{i}:{p.type}"
@@ -147,10 +166,11 @@ def _structure(stream: Value, ops: Sequence[Op], reads_params: Sequence[Value], 
         attrs = ",".join(f"{k}={op.attrs[k]!r}" for k in sorted(op.attrs))
         lines.append(f"{'/'.join(names[id(r)] for r in op.results)}={op.name}({','.join(names[id(v)] for v in op.operands)})"
                      f"{{{attrs}}}:{','.join(str(r.type) for r in op.results)}")
+    lines.append("exports " + ",".join(names[id(v)] for v in exports))
     return "\n".join(lines)
 
 
-def _link(sublayers: Sequence[Layer], users: dict) -> list[Chain]:
+def _link(sublayers: Sequence[Layer], uses: _Uses) -> list[Chain]:
     by_stream = {id(s.stream): s for s in sublayers}
     starts = [s for s in sublayers if not any(t.out is s.stream for t in sublayers)]
     chains = []
@@ -159,29 +179,41 @@ def _link(sublayers: Sequence[Layer], users: dict) -> list[Chain]:
         while True:
             nxt = by_stream.get(id(layers[-1].out))
             # the stream between two layers may be read only by the next layer's body and add
-            if nxt is None or any(u not in nxt.ops for u in users.get(id(layers[-1].out), [])):
+            if nxt is None or any(u not in nxt.ops for u in uses.users.get(id(layers[-1].out), [])):
                 break
             layers.append(nxt)
-        chains.append(Chain(tuple(layers)))
+        chains.append(Chain(_exported_after(layers, uses)))
     return chains
 
 
-def _blocks(chain: Chain, params: set, index: dict) -> Chain:
+def _exported_after(layers: list[Layer], uses: _Uses) -> tuple[Layer, ...]:
+    """The longest prefix of ``layers`` whose exports are read only after its last op (the newton op
+    replacing the chain computes them there)."""
+    while layers:
+        end = uses.index[id(layers[-1].ops[-1])]
+        if all(uses.index[id(u)] > end for layer in layers for v in layer.exports for u in uses.users.get(id(v), [])
+               if u not in layer.ops):
+            break
+        layers = layers[:-1]
+    return tuple(layers)
+
+
+def _blocks(chain: Chain, uses: _Uses) -> Chain:
     """Consecutive sublayers of one module merged into one layer each."""
     merged: list[Layer] = []
     group: list[Layer] = []
     for layer in chain.layers:
         if group and layer.module != group[0].module:
-            merged.append(_merge(group, params, index))
+            merged.append(_merge(group, uses))
             group = []
         group.append(layer)
     if group:
-        merged.append(_merge(group, params, index))
+        merged.append(_merge(group, uses))
     return Chain(tuple(merged))
 
 
-def _merge(group: Sequence[Layer], params: set, index: dict) -> Layer:
+def _merge(group: Sequence[Layer], uses: _Uses) -> Layer:
     if len(group) == 1:
         return group[0]
     ops = tuple(op for layer in group for op in layer.ops)
-    return _layer(group[0].stream, group[-1].out, ops, params, index)
+    return _layer(group[0].stream, group[-1].out, ops, uses)

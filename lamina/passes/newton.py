@@ -53,13 +53,16 @@ def newton(graph: Graph, options: NewtonOptions = NewtonOptions()) -> Graph:
     for op in graph.ops:
         if id(op) in at_end:
             chain = at_end[id(op)]
-            mapping[id(chain.layers[-1].out)] = _newton_op(chain, options, out)
-        elif id(op) not in removed:
+            results = _newton_op(chain, options, out)
+            exported = [v for layer in chain.layers for v in layer.exports]
+            for old, new in zip([chain.layers[-1].out, *exported], results):
+                mapping[id(old)] = new
+        elif id(op) not in removed:  # ops after a chain may read its exports
             out.append(op.replace(operands=tuple(mapping.get(id(v), v) for v in op.operands)))
     return graph.replace(ops=tuple(out.ops), outputs=tuple(mapping.get(id(v), v) for v in graph.outputs))
 
 
-def _newton_op(chain: Chain, options: NewtonOptions, out: OpEmitter) -> Value:
+def _newton_op(chain: Chain, options: NewtonOptions, out: OpEmitter) -> tuple[Value, ...]:
     pattern = chain.structures()
     contexts: list[Value] = []
     for layer in chain.layers:
@@ -71,11 +74,11 @@ def _newton_op(chain: Chain, options: NewtonOptions, out: OpEmitter) -> Value:
     operands = [chain.layers[0].stream, *contexts] + [p for layer in chain.layers for p in layer.params]
     chunk = options.chunk or len(chain.layers)
     attrs = {"iters": options.iters, "chunk": chunk, "pattern": pattern, "contexts": len(contexts), "init": "input"}
-    return out.emit_op("newton", operands, attrs, chain.layers[-1].ops[-1].loc, regions).result
+    return out.emit_op("newton", operands, attrs, chain.layers[-1].ops[-1].loc, regions).results
 
 
 def _body(layer: Layer, contexts: Sequence[Value]) -> Region:
-    """One layer as a region (h, contexts..., weights...) -> f(h)."""
+    """One layer as a region (h, contexts..., weights...) -> (f(h), exports...)."""
     builder = RegionBuilder([layer.stream.type] + [c.type for c in contexts] + [p.type for p in layer.params])
     h = builder.args[0]
     env = {id(layer.stream): h}
@@ -94,7 +97,7 @@ def _body(layer: Layer, contexts: Sequence[Value]) -> Region:
         result = env[id(delta)]
     else:  # a block: f(h) = block(h) - h
         result = builder.emit("sub", env[id(layer.out)], h, loc=last.loc)
-    return builder.finish([result])
+    return builder.finish([result, *(env[id(v)] for v in layer.exports)])
 
 
 def newton_expand(graph: Graph) -> Graph:
@@ -104,10 +107,12 @@ def newton_expand(graph: Graph) -> Graph:
         return graph
     out = OpEmitter()
     mapping: dict[int, Value] = {}
+    producer = {id(v): op for op in graph.ops for v in op.results}
     for op in graph.ops:
         op = op.replace(operands=tuple(mapping.get(id(v), v) for v in op.operands))
         if op.name == "newton":
-            mapping[id(op.results[0])] = _Expansion(op, out).run()
+            for old, new in zip(op.results, _Expansion(op, out, producer).run()):
+                mapping[id(old)] = new
         else:
             out.append(op)
     return graph.replace(ops=tuple(out.ops), outputs=tuple(mapping.get(id(v), v) for v in graph.outputs))
@@ -116,8 +121,8 @@ def newton_expand(graph: Graph) -> Graph:
 class _Expansion:
     """One ``newton`` op as plain ops (see ``newton_expand``)."""
 
-    def __init__(self, op: Op, out: OpEmitter) -> None:
-        self.op, self.out, self.loc = op, out, op.loc
+    def __init__(self, op: Op, out: OpEmitter, producer: dict[int, Op]) -> None:
+        self.op, self.out, self.loc, self.producer = op, out, op.loc, producer
         self.contexts = list(op.operands[1: 1 + op.attrs["contexts"]])
         self.weights = newton_layer_params(op)
         self.pattern = op.attrs["pattern"]
@@ -125,8 +130,9 @@ class _Expansion:
     def emit(self, name: str, *operands: Value, **attrs) -> Value:
         return self.out.emit(name, *operands, loc=self.loc, **attrs)
 
-    def run(self) -> Value:
+    def run(self) -> list[Value]:
         h, chunk, iters = self.op.operands[0], self.op.attrs["chunk"], self.op.attrs["iters"]
+        exports: dict[int, list[Value]] = {}
         for start in range(0, len(self.pattern), chunk):
             layers = list(range(start, min(start + chunk, len(self.pattern))))
             stacks = self.stacked_weights(layers)
@@ -135,26 +141,55 @@ class _Expansion:
             for k in range(steps):
                 used = layers if k == steps - 1 else layers[:-1]  # the last layer's f only feeds the total
                 groups = _groups(used, self.pattern)
-                deltas = [self.deltas(group, layers, stacks, h, scan) for group in groups]
+                outs = [self.evaluate(group, layers, stacks, h, scan) for group in groups]
                 scan_pattern = [next(g for g, group in enumerate(groups) if l in group) for l in used]
-                scan = self.emit("layer_scan", h, *deltas, pattern=scan_pattern)
+                scan = self.emit("layer_scan", h, *(o[0] for o in outs), pattern=scan_pattern)
+            for group, values in zip(groups, outs):  # exports come from the last iteration
+                for i, l in enumerate(group):
+                    exports[l] = [self.emit("reshape", self.emit("slice", v, dim=0, start=i, end=i + 1),
+                                            shape=list(v.type.shape[1:])) for v in values[1:]]
             assert scan is not None
             h = self.emit("reshape", self.emit("slice", scan, dim=0, start=len(layers), end=len(layers) + 1),
                           shape=list(h.type.shape))
-        return h
+        return [h, *(v for l in range(len(self.pattern)) for v in exports[l])]
 
     def stacked_weights(self, layers: Sequence[int]) -> dict[int, list[Value]]:
-        """Per structure in the chunk, its layers' weights stacked along a new leading axis (computed once
-        per plan by the runtime: they are weights)."""
+        """Per structure in the chunk, its layers' operands stacked along a new leading axis: weights are
+        stacked once per plan by the runtime, rows of one tensor (a layer's past keys) become a view."""
         out = {}
         for group in _groups(layers, self.pattern):
             slots = zip(*(self.weights[l] for l in group))
-            out[self.pattern[group[0]]] = [self.emit("stack", *ws, dim=0) for ws in slots]
+            out[self.pattern[group[0]]] = [self.stack(ws) for ws in slots]
         return out
 
-    def deltas(self, group: Sequence[int], layers: Sequence[int], stacks: dict[int, list[Value]], h: Value,
-               scan: Value | None) -> Value:
-        """f of ``group``'s layers at their current inputs, stacked: [len(group), *h.shape]."""
+    def stack(self, values: Sequence[Value]) -> Value:
+        rows = [self.row_of(v) for v in values]
+        bases = {id(r[0]) for r in rows if r is not None}
+        if len(values) > 1 and None not in rows and len(bases) == 1:
+            index = [r[1] for r in rows]  # type: ignore[index]
+            step = index[1] - index[0]
+            if step > 0 and all(b - a == step for a, b in zip(index, index[1:])):
+                return self.emit("slice", rows[0][0], dim=0, start=index[0], end=index[-1] + 1, step=step)  # type: ignore[index]
+        return self.emit("stack", *values, dim=0)
+
+    def row_of(self, v: Value) -> tuple[Value, int] | None:
+        """(x, i) when ``v`` is ``x[i]`` (a slice of one row along dim 0, then a reshape dropping that dim)."""
+        op = self.producer.get(id(v))
+        if op is None or op.name != "reshape":
+            return None
+        inner = self.producer.get(id(op.operands[0]))
+        if inner is None or inner.name != "slice" or inner.attrs["dim"] != 0 or inner.attrs["step"] != 1:
+            return None
+        start, end = inner.attrs["start"], inner.attrs["end"]
+        x = inner.operands[0]
+        if not isinstance(start, int) or end != start + 1 or tuple(x.type.shape[1:]) != tuple(v.type.shape):
+            return None
+        return x, start
+
+    def evaluate(self, group: Sequence[int], layers: Sequence[int], stacks: dict[int, list[Value]], h: Value,
+                 scan: Value | None) -> list[Value]:
+        """The region's results (f, then exports) for ``group``'s layers at their current inputs, each
+        stacked: [len(group), ...]."""
         structure = self.pattern[group[0]]
         region = self.op.regions[structure]
         full = [l for l in layers if self.pattern[l] == structure]
@@ -165,13 +200,13 @@ class _Expansion:
         args = [x, *self.contexts, *weights]
         flags = [x_batched] + [False] * len(self.contexts) + [True] * len(weights)
         try:
-            return inline_batched(region, args, flags, len(group), self.out)[0]
+            return inline_batched(region, args, flags, len(group), self.out)
         except BatchingError:  # one layer at a time, then stacked
             per_layer = []
-            for i, l in enumerate(group):
+            for l in group:
                 xi = h if scan is None else self.emit("reshape", self.rows(scan, [l - layers[0]]), shape=list(h.type.shape))
                 per_layer.append(_inline(region, [xi, *self.contexts, *self.weights[l]], self.out))
-            return self.emit("stack", *per_layer, dim=0)
+            return [self.emit("stack", *values, dim=0) for values in zip(*per_layer)]
 
     def rows(self, scan: Value, rows: Sequence[int]) -> Value:
         """Rows of a ``layer_scan`` result: a strided slice (a view) when they are evenly spaced."""
@@ -190,10 +225,10 @@ def _groups(layers: Sequence[int], pattern: Sequence[int]) -> list[list[int]]:
     return list(groups.values())
 
 
-def _inline(region: Region, args: Sequence[Value], out: OpEmitter) -> Value:
+def _inline(region: Region, args: Sequence[Value], out: OpEmitter) -> list[Value]:
     env = {id(a): v for a, v in zip(region.args, args)}
     for op in region.ops[:-1]:
         new = out.append(op.replace(operands=tuple(env[id(v)] for v in op.operands),
                                     results=tuple(Value(r.type) for r in op.results)))
         env.update({id(o): n for o, n in zip(op.results, new.results)})
-    return env[id(region.results[0])]
+    return [env[id(v)] for v in region.results]

@@ -136,6 +136,7 @@ class Executor:
                 self.kernels[id(op)] = CompiledKernel(kernel, target.source(kernel))
         self.natives = {id(op): fn for op in graph.ops if (fn := target.native(op)) is not None}
         self.plans: dict[tuple, Plan] = {}
+        self.hoisted: dict[tuple, list[Any]] = {}  # stacked weights, shared by the plans of all shapes
         target.compile(list(self.kernels.values()))
 
     def _check_dtypes(self) -> None:
@@ -380,10 +381,13 @@ class _PlanBuilder(PlanContext):
             return 1
         args = [self.name[id(v)] for v in op.operands]
         if id(op) in self.hoisted:  # computed now, once: its operands are fixed for the plan
-            results = [self.fresh("H") for _ in op.results]
-            exec(call_line(op, args, [], results), self.glb)  # noqa: S102 - our own generated code
-            for v, r in zip(op.results, results):
-                self.name[id(v)] = r
+            key = (id(op), *(self.glb[a].data_ptr() for a in args))
+            if key not in self.ex.hoisted:
+                scope = dict(self.glb)
+                exec(call_line(op, args, [], ["_r"]), scope)  # noqa: S102 - our own generated code
+                self.ex.hoisted[key] = [scope["_r"]]
+            for v, value in zip(op.results, self.ex.hoisted[key]):
+                self.name[id(v)] = self.static(value, "H")
             return 0
         if id(op) in self.ex.natives:
             self.lines += self.ex.target.native_lines(self.ex.natives[id(op)], op, args, self.name[id(op.results[0])],

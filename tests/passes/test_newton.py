@@ -101,3 +101,54 @@ def test_bad_options_are_named() -> None:
     _, _, _, graph, _ = _imported("gpt2")
     with pytest.raises(Exception, match="granularity"):
         lamina.run_pipeline(graph, "newton{granularity=layer}")
+
+
+def _char_gpt_modules(layers: int = 6):
+    from lamina.models.char_gpt import Decode, Prefill, make_char_gpt
+
+    model, (idx,) = make_char_gpt(n_layers=layers, seq=12)
+    return Prefill(model).eval(), Decode(model).eval(), idx
+
+
+@pytest.mark.parametrize("granularity", ["block", "sublayer"])
+def test_kv_caches_come_from_the_final_iterate(granularity: str) -> None:
+    """Prefill and decode graphs export each layer's keys and values from the newton op; with K = C
+    they equal the sequential caches, with K < C they are those of the last iterate (not sequential)."""
+    prefill, decode, idx = _char_gpt_modules()
+    with torch.no_grad():
+        logits, keys, values = prefill(idx)
+        token = logits[:, -1:].argmax(-1)
+    for module, args in ((prefill, (idx,)), (decode, (token, keys, values))):
+        graph = lamina.run_pipeline(lamina.trace(module, args), "canonicalize")
+        (chain,) = lamina.passes.layers.find_chains(graph, granularity)
+        assert sum(len(layer.exports) for layer in chain.layers) == 12  # a key and a value per block
+        with torch.no_grad():
+            want = module(*args)
+        chunk = 3 if granularity == "block" else 4
+        exact = f"canonicalize,newton{{iters={chunk},chunk={chunk},granularity={granularity}}},newton-expand,fuse"
+        got = lamina.compile(module, args, pipeline=exact, poison=True)(*args)
+        for g, w in zip(got, want):
+            assert _rel(g.numpy(), w.numpy()) <= 1e-5
+        rough = lamina.compile(module, args, pipeline=exact.replace(f"iters={chunk}", "iters=1"), poison=True)(*args)
+        assert _rel(rough[1].numpy(), want[1].numpy()) > 1e-4  # keys of later layers from an unconverged iterate
+
+
+def test_greedy_generation_with_iters_equal_to_chunk_is_token_identical() -> None:
+    from lamina.models.char_gpt import greedy
+
+    prefill, decode, idx = _char_gpt_modules()
+    with torch.no_grad():
+        want = greedy(prefill, decode, idx, steps=8)
+    pipeline = "canonicalize,newton{iters=2,chunk=2},newton-expand,fuse"
+    fast_prefill = lamina.compile(prefill, (idx,), pipeline=pipeline)
+    with torch.no_grad():
+        _, keys, values = prefill(idx)
+    token = want[:, :1]
+    from torch.export import Dim
+    past = Dim("past", min=1, max=64)
+    fast_decode = lamina.compile(decode, (token, keys, values), pipeline=pipeline,
+                                 dynamic_shapes=({}, {3: past}, {3: past}))
+    got = greedy(fast_prefill, fast_decode, idx, steps=8)  # the cache grows: one plan per length
+    assert torch.equal(got, want)
+    assert not any(op.name == "layer_scan" for op in fast_decode.graph.ops)  # each one fused into its kernel
+    assert any("layer_scan" in str(op.regions[0].ops) for op in fast_decode.graph.ops if op.name == "fused")

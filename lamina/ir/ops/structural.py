@@ -22,7 +22,11 @@ tables), then each layer's weights in layer order. Region b is a layer body: arg
 Layers run in chunks of ``chunk``; inside a chunk the layer inputs start at the chunk's
 input (``init="input"``) and each of ``iters`` iterations evaluates every f_j at the current
 inputs at once, then sets input j+1 to chunk input + f_0 + ... + f_j (a prefix sum over the
-layer axis). iters = chunk reproduces the sequential stack."""
+layer axis). iters = chunk reproduces the sequential stack.
+
+A body may yield more than f(h): values a layer exports (its new keys and values for a KV
+cache), computed in the chunk's last iteration, so from the final iterate. The op's results
+are h[L], then every layer's exports in layer order."""
 
 
 def _layer_slices(op: Op) -> list[slice]:
@@ -44,29 +48,44 @@ def newton_layer_params(op: Op) -> list[tuple[Value, ...]]:
 T = TypeVar("T")
 
 
-def newton_schedule(op: Op, operands: Sequence[T], body: Callable[[Region, list[T]], T],
-                    add: Callable[[T, T], T]) -> T:
-    """The iteration of a ``newton`` op over values of any kind: arrays in the interpreter, IR
-    values in ``newton-expand``. ``body(region, args)`` evaluates a layer, ``add`` the prefix sum.
+def newton_schedule(op: Op, operands: Sequence[T], body: Callable[[Region, list[T]], Sequence[T]],
+                    add: Callable[[T, T], T]) -> list[T]:
+    """The iteration of a ``newton`` op over values of any kind: arrays in the interpreter, IR values
+    elsewhere; ``body(region, args)`` evaluates a layer (f(h), then its exports), ``add`` the prefix
+    sum. Returns the op's results: h[L], then each layer's exports from its chunk's last iteration.
     Before a chunk's last iteration only the layer inputs are needed, so the last layer's f and
-    the chunk total are computed in the last iteration only (the results are the same)."""
+    the chunk total are computed in the last iteration only (the results are the same), and a
+    chunk runs at most as many iterations as it has layers (after that the inputs stay fixed)."""
     at = op.attrs
     contexts = list(operands[1: 1 + at["contexts"]])
     weights = [list(operands[s]) for s in _layer_slices(op)]
     pattern, h = at["pattern"], operands[0]
+    exports: list[Sequence[T]] = [()] * len(pattern)
     for start in range(0, len(pattern), at["chunk"]):
         layers = range(start, min(start + at["chunk"], len(pattern)))
         inputs = [h] * len(layers)  # init "input": every layer starts from the chunk's input
-        steps = min(at["iters"], len(layers))  # after len(layers) iterations the inputs no longer change
+        steps = min(at["iters"], len(layers))
         for k in range(steps):
             used = layers if k == steps - 1 else layers[:-1]
-            deltas = [body(op.regions[pattern[l]], [x, *contexts, *weights[l]]) for x, l in zip(inputs, used)]
+            outs = [body(op.regions[pattern[l]], [x, *contexts, *weights[l]]) for x, l in zip(inputs, used)]
             inputs, total = [h], h
-            for delta in deltas:  # prefix sum over the layer axis
-                total = add(total, delta)
+            for out in outs:  # prefix sum over the layer axis
+                total = add(total, out[0])
                 inputs.append(total)
+        for l, out in zip(layers, outs):
+            exports[l] = out[1:]
         h = total
-    return h
+    return [h, *(x for e in exports for x in e)]
+
+
+def newton_result_types(regions: Sequence[Region], attrs: Mapping[str, Any]) -> list[TensorType]:
+    """The stream's type, then the exports' types of each layer in order."""
+    return [regions[0].results[0].type] + [v.type for b in attrs["pattern"] for v in regions[b].results[1:]]
+
+
+def region_result_types(name: str, regions: Sequence[Region], attrs: Mapping[str, Any]) -> list[TensorType]:
+    """The result types of a region op built from ``regions``."""
+    return newton_result_types(regions, attrs) if name == "newton" else [v.type for v in regions[0].results]
 
 
 def region_operands(op: Op, index: int) -> tuple[Value, ...]:

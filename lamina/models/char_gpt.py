@@ -1,0 +1,121 @@
+"""A deep, narrow character-level GPT with a KV cache: the model of the SNLP experiments and benchmark.
+
+``CharGPT`` is a pre-norm decoder (learned positions, causal attention, GELU MLP, tied head).
+It runs three ways, each a module lamina can compile:
+- ``model(idx)``: logits for every position (training, perplexity);
+- ``Prefill(model)(idx)``: logits and every layer's keys and values, ``[layers, batch, heads, T, head]``;
+- ``Decode(model)(idx, past_k, past_v)``: one new token per row attending to the cache; logits and
+  the new token's keys and values (the caller appends them: shapes stay static per cache length).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+class Block(nn.Module):
+    def __init__(self, d_model: int, n_heads: int) -> None:
+        super().__init__()
+        self.n_heads = n_heads
+        self.ln_1 = nn.LayerNorm(d_model)
+        self.c_attn = nn.Linear(d_model, 3 * d_model)
+        self.c_proj = nn.Linear(d_model, d_model)
+        self.ln_2 = nn.LayerNorm(d_model)
+        self.c_fc = nn.Linear(d_model, 4 * d_model)
+        self.c_out = nn.Linear(4 * d_model, d_model)
+
+    def forward(self, x: torch.Tensor, past_k: torch.Tensor | None = None,
+                past_v: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The block's output and this call's keys and values ``[batch, heads, T, head]``."""
+        b, t, d = x.shape
+        q, k, v = self.c_attn(self.ln_1(x)).split(d, dim=-1)
+        q, k, v = (z.view(b, t, self.n_heads, d // self.n_heads).transpose(1, 2) for z in (q, k, v))
+        if past_k is None:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:  # one new token per row: it sees the whole cache and itself
+            y = F.scaled_dot_product_attention(q, torch.cat([past_k, k], 2), torch.cat([past_v, v], 2))
+        x = x + self.c_proj(y.transpose(1, 2).reshape(b, t, d))
+        return x + self.c_out(F.gelu(self.c_fc(self.ln_2(x)), approximate="tanh")), k, v
+
+
+class CharGPT(nn.Module):
+    def __init__(self, vocab: int = 96, d_model: int = 256, n_heads: int = 4, n_layers: int = 24,
+                 max_len: int = 512) -> None:
+        super().__init__()
+        self.wte = nn.Embedding(vocab, d_model)
+        self.wpe = nn.Embedding(max_len, d_model)
+        self.h = nn.ModuleList(Block(d_model, n_heads) for _ in range(n_layers))
+        self.ln_f = nn.LayerNorm(d_model)
+        for name, p in self.named_parameters():
+            if p.dim() == 2:
+                nn.init.normal_(p, std=0.02)
+            if name.endswith(("c_proj.weight", "c_out.weight")):  # GPT-2's scaled init of residual projections
+                nn.init.normal_(p, std=0.02 / math.sqrt(2 * n_layers))
+
+    def embed(self, idx: torch.Tensor, start: int = 0) -> torch.Tensor:
+        pos = torch.arange(start, start + idx.shape[1], device=idx.device)
+        return self.wte(idx) + self.wpe(pos)
+
+    def head(self, x: torch.Tensor) -> torch.Tensor:
+        return self.ln_f(x) @ self.wte.weight.T
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        x = self.embed(idx)
+        for block in self.h:
+            x = block(x)[0]
+        return self.head(x)
+
+
+class Prefill(nn.Module):
+    """``(logits, keys, values)`` of a prompt; keys and values stacked over the layers."""
+
+    def __init__(self, model: CharGPT) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        x, ks, vs = self.model.embed(idx), [], []
+        for block in self.model.h:
+            x, k, v = block(x)
+            ks.append(k)
+            vs.append(v)
+        return self.model.head(x), torch.stack(ks), torch.stack(vs)
+
+
+class Decode(nn.Module):
+    """One token per row after a cache of ``past_k.shape[3]`` positions: ``(logits, new keys, new values)``."""
+
+    def __init__(self, model: CharGPT) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, idx: torch.Tensor, past_k: torch.Tensor,
+                past_v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        x, ks, vs = self.model.embed(idx, past_k.shape[3]), [], []
+        for layer, block in enumerate(self.model.h):
+            x, k, v = block(x, past_k[layer], past_v[layer])
+            ks.append(k)
+            vs.append(v)
+        return self.model.head(x), torch.stack(ks), torch.stack(vs)
+
+
+def greedy(prefill, decode, prompt: torch.Tensor, steps: int) -> torch.Tensor:
+    """Greedy continuation of ``prompt`` by ``steps`` tokens with any prefill/decode callables
+    (eager modules or lamina-compiled ones); the cache grows by concatenation."""
+    logits, keys, values = prefill(prompt)
+    out = [logits[:, -1].argmax(-1, keepdim=True)]
+    for _ in range(steps - 1):
+        logits, k, v = decode(out[-1], keys, values)
+        keys, values = torch.cat([keys, k], 3), torch.cat([values, v], 3)
+        out.append(logits[:, -1].argmax(-1, keepdim=True))
+    return torch.cat(out, 1)
+
+
+def make_char_gpt(batch: int = 1, seq: int = 32, d_model: int = 64, n_heads: int = 4, n_layers: int = 6,
+                  vocab: int = 96, seed: int = 0) -> tuple[nn.Module, tuple]:
+    torch.manual_seed(seed)
+    model = CharGPT(vocab, d_model, n_heads, n_layers, max(seq, 64)).eval()
+    return model, (torch.randint(0, vocab, (batch, seq)),)
