@@ -70,36 +70,39 @@ class CharGPT(nn.Module):
 
 
 class Prefill(nn.Module):
-    """``(logits, keys, values)`` of a prompt; keys and values stacked over the layers."""
+    """``(logits, keys, values)`` of a prompt; keys and values stacked over the layers; with
+    ``with_hidden`` also the last block's output (the stack's final hidden state)."""
 
-    def __init__(self, model: CharGPT) -> None:
+    def __init__(self, model: CharGPT, with_hidden: bool = False) -> None:
         super().__init__()
-        self.model = model
+        self.model, self.with_hidden = model, with_hidden
 
-    def forward(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, idx: torch.Tensor) -> tuple[torch.Tensor, ...]:
         x, ks, vs = self.model.embed(idx), [], []
         for block in self.model.h:
             x, k, v = block(x)
             ks.append(k)
             vs.append(v)
-        return self.model.head(x), torch.stack(ks), torch.stack(vs)
+        out = (self.model.head(x), torch.stack(ks), torch.stack(vs))
+        return out + (x,) if self.with_hidden else out
 
 
 class Decode(nn.Module):
-    """One token per row after a cache of ``past_k.shape[3]`` positions: ``(logits, new keys, new values)``."""
+    """One token per row after a cache of ``past_k.shape[3]`` positions: ``(logits, new keys, new values)``
+    (and the final hidden state with ``with_hidden``)."""
 
-    def __init__(self, model: CharGPT) -> None:
+    def __init__(self, model: CharGPT, with_hidden: bool = False) -> None:
         super().__init__()
-        self.model = model
+        self.model, self.with_hidden = model, with_hidden
 
-    def forward(self, idx: torch.Tensor, past_k: torch.Tensor,
-                past_v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, idx: torch.Tensor, past_k: torch.Tensor, past_v: torch.Tensor) -> tuple[torch.Tensor, ...]:
         x, ks, vs = self.model.embed(idx, past_k.shape[3]), [], []
         for layer, block in enumerate(self.model.h):
             x, k, v = block(x, past_k[layer], past_v[layer])
             ks.append(k)
             vs.append(v)
-        return self.model.head(x), torch.stack(ks), torch.stack(vs)
+        out = (self.model.head(x), torch.stack(ks), torch.stack(vs))
+        return out + (x,) if self.with_hidden else out
 
 
 def greedy(prefill, decode, prompt: torch.Tensor, steps: int) -> torch.Tensor:
