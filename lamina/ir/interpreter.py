@@ -15,6 +15,13 @@ from .ops.structural import newton_schedule
 from .shapes import evaluate
 
 
+def _update_norm(old: Sequence[np.ndarray], new: Sequence[np.ndarray]) -> float:
+    """||new - old|| / ||new|| over all rows, in float64."""
+    diff = sum(float(np.sum((n.astype(np.float64) - o) ** 2)) for o, n in zip(old, new))
+    size = sum(float(np.sum(n.astype(np.float64) ** 2)) for n in new)
+    return float(np.sqrt(diff / size)) if size > 0 else 0.0
+
+
 class InterpreterError(LaminaError, RuntimeError):
     """An op failed at run time (bad index, shape that does not bind); names the op and module."""
 
@@ -73,6 +80,7 @@ class Interpreter:
 
     def __init__(self, bindings: Mapping[sympy.Symbol, int]) -> None:
         self.bindings = dict(bindings)
+        self.iterations: list[int] = []  # per early-stopping newton chunk / iterate op run, in order
 
     def run_ops(self, ops: Sequence[Op], env: dict[int, np.ndarray]) -> None:
         for op in ops:
@@ -89,9 +97,22 @@ class Interpreter:
         return [env[id(v)] for v in region.results]
 
     def run_newton(self, op: Op, args: list[np.ndarray]) -> list[np.ndarray]:
-        """The reference semantics of ``newton`` (see its doc in ``ops/structural.py``)."""
+        """The reference semantics of ``newton`` (see its doc in ``ops/structural.py``); iteration counts
+        of chunks that stop early go to ``self.iterations``."""
         dtype = op.results[0].type.dtype
-        return newton_schedule(op, args, self.run_region, lambda a, b: round_to(a + b, dtype))
+        return newton_schedule(op, args, self.run_region, lambda a, b: round_to(a + b, dtype), _update_norm,
+                               self.iterations if op.attrs["tol"] > 0 else None)
+
+    def run_iterate(self, op: Op, args: list[np.ndarray]) -> list[np.ndarray]:
+        """``iterate``: run the region until its last result is under ``tol`` or ``max_iters`` times."""
+        n, carried, invariant = op.attrs["carried"], args[: op.attrs["carried"]], args[op.attrs["carried"]:]
+        for count in range(1, op.attrs["max_iters"] + 1):
+            *carried, r = self.run_region(op.regions[0], [*carried, *invariant])
+            if float(r) < op.attrs["tol"]:
+                break
+        self.iterations.append(count)
+        assert len(carried) == n
+        return [*carried, np.array(count, dtype=np.int64)]
 
     def run_op(self, op: Op, args: list[np.ndarray]) -> list[np.ndarray]:
         opdef = REGISTRY[op.name]
@@ -100,6 +121,8 @@ class Interpreter:
                 outs = self.run_region(op.regions[0], args)
             elif op.name == "newton":
                 outs = self.run_newton(op, args)
+            elif op.name == "iterate":
+                outs = self.run_iterate(op, args)
             elif opdef.reference is None:
                 raise InterpreterError(f"op {op.name} has no reference semantics")
             else:

@@ -7,7 +7,7 @@ from .core import Graph, Op, Region, Value
 from .errors import VerifyError
 from .opdef import InferenceError
 from .ops import REGISTRY
-from .ops.structural import newton_result_types, region_operands
+from .ops.structural import newton_result_types, region_operands, region_result_types
 from .printer import Namer
 
 
@@ -76,6 +76,8 @@ class _Checker:
                 raise InferenceError(f"attributes {missing} are not stated (passes must store complete attributes)")
             if op.name == "newton":
                 expected = self.newton(op)
+            elif op.name == "iterate":
+                expected = self.iterate(op, attrs)
             elif op.regions:
                 expected = tuple(self.region(op, r) for r in op.regions)[0]
             else:
@@ -104,6 +106,19 @@ class _Checker:
                 raise InferenceError(f"newton region {i} must yield f(h) of the stream's type {op.operands[0].type} "
                                      "first (then the layer's exports)")
         return tuple(newton_result_types(op.regions, at))
+
+    def iterate(self, op: Op, attrs: dict) -> tuple:
+        """The region yields the carried values' types, then a scalar float (the residual)."""
+        n = attrs["carried"]
+        if not 0 < n <= len(op.operands) or attrs["max_iters"] < 1:
+            raise InferenceError(f"iterate needs 0 < carried <= {len(op.operands)} operands and max_iters >= 1, "
+                                 f"got carried={n}, max_iters={attrs['max_iters']}")
+        yields = self.region(op, op.regions[0])
+        carried = tuple(v.type for v in op.operands[:n])
+        if yields[:-1] != carried or len(yields) != n + 1 or yields[-1].rank != 0 or not yields[-1].dtype.is_float:
+            raise InferenceError(f"iterate region must yield the carried types ({', '.join(map(str, carried))}) "
+                                 f"then a float scalar, got ({', '.join(map(str, yields))})")
+        return tuple(region_result_types("iterate", op.regions, attrs))
 
     def region(self, op: Op, region: Region, index: int = 0) -> tuple:
         arg_types = tuple(a.type for a in region.args)

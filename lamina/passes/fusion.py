@@ -41,7 +41,7 @@ def op_class(name: str) -> str:
         return "view"
     if name in REDUCTIONS:
         return "reduction"
-    if name in ("fused", "newton", "yield"):
+    if name in ("fused", "newton", "iterate", "yield"):
         return "structural"
     if name == "layer_scan":
         return "scan"

@@ -27,16 +27,18 @@ from .layers import Chain, Layer, find_chains
 
 @dataclass(frozen=True)
 class NewtonOptions:
-    """iters: Newton iterations per chunk; chunk: layers per chunk (0: all); granularity: block or sublayer."""
+    """iters: Newton iterations per chunk (the most, with tol); chunk: layers per chunk (0: all);
+    granularity: block or sublayer; tol: stop a chunk once the update's relative norm is under it (0: off)."""
 
     iters: int = 1
     chunk: int = 0
     granularity: str = "block"
     min_layers: int = 2
+    tol: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.iters < 1 or self.chunk < 0 or self.min_layers < 1:
-            raise LaminaError(f"newton needs iters >= 1, chunk >= 0, min_layers >= 1; got {self}")
+        if self.iters < 1 or self.chunk < 0 or self.min_layers < 1 or self.tol < 0:
+            raise LaminaError(f"newton needs iters >= 1, chunk >= 0, min_layers >= 1, tol >= 0; got {self}")
         if self.granularity not in ("block", "sublayer"):
             raise LaminaError(f"newton granularity must be 'block' or 'sublayer', got {self.granularity!r}")
 
@@ -73,7 +75,8 @@ def _newton_op(chain: Chain, options: NewtonOptions, out: OpEmitter) -> tuple[Va
     regions = [_body(templates[b], contexts) for b in range(len(templates))]
     operands = [chain.layers[0].stream, *contexts] + [p for layer in chain.layers for p in layer.params]
     chunk = options.chunk or len(chain.layers)
-    attrs = {"iters": options.iters, "chunk": chunk, "pattern": pattern, "contexts": len(contexts), "init": "input"}
+    attrs = {"iters": options.iters, "chunk": chunk, "pattern": pattern, "contexts": len(contexts), "init": "input",
+             "tol": float(options.tol)}
     return out.emit_op("newton", operands, attrs, chain.layers[-1].ops[-1].loc, regions).results
 
 
@@ -136,22 +139,68 @@ class _Expansion:
         for start in range(0, len(self.pattern), chunk):
             layers = list(range(start, min(start + chunk, len(self.pattern))))
             stacks = self.stacked_weights(layers)
-            scan: Value | None = None
-            steps = min(iters, len(layers))  # after len(layers) iterations the inputs no longer change
-            for k in range(steps):
-                used = layers if k == steps - 1 else layers[:-1]  # the last layer's f only feeds the total
-                groups = _groups(used, self.pattern)
-                outs = [self.evaluate(group, layers, stacks, h, scan) for group in groups]
-                scan_pattern = [next(g for g, group in enumerate(groups) if l in group) for l in used]
-                scan = self.emit("layer_scan", h, *(o[0] for o in outs), pattern=scan_pattern)
+            if self.op.attrs["tol"] > 0:
+                scan, outs, groups = self.until_converged(layers, stacks, h)
+            else:
+                scan, outs, groups = self.fixed_iterations(layers, stacks, h, iters)
             for group, values in zip(groups, outs):  # exports come from the last iteration
                 for i, l in enumerate(group):
                     exports[l] = [self.emit("reshape", self.emit("slice", v, dim=0, start=i, end=i + 1),
                                             shape=list(v.type.shape[1:])) for v in values[1:]]
-            assert scan is not None
             h = self.emit("reshape", self.emit("slice", scan, dim=0, start=len(layers), end=len(layers) + 1),
                           shape=list(h.type.shape))
         return [h, *(v for l in range(len(self.pattern)) for v in exports[l])]
+
+    def fixed_iterations(self, layers: list[int], stacks: dict[int, list[Value]], h: Value,
+                         iters: int) -> tuple[Value, list[list[Value]], list[list[int]]]:
+        """``iters`` iterations unrolled: (the last layer_scan, the last region results per group, groups)."""
+        scan: Value | None = None
+        steps = min(iters, len(layers))  # after len(layers) iterations the inputs no longer change
+        for k in range(steps):
+            used = layers if k == steps - 1 else layers[:-1]  # the last layer's f only feeds the total
+            groups = _groups(used, self.pattern)
+            outs = [self.evaluate(group, layers, stacks, h, scan) for group in groups]
+            scan_pattern = [next(g for g, group in enumerate(groups) if l in group) for l in used]
+            scan = self.emit("layer_scan", h, *(o[0] for o in outs), pattern=scan_pattern)
+        assert scan is not None
+        return scan, outs, groups
+
+    def until_converged(self, layers: list[int], stacks: dict[int, list[Value]],
+                        h: Value) -> tuple[Value, list[list[Value]], list[list[int]]]:
+        """An ``iterate`` loop: each turn one Newton iteration over all layers and the update's relative norm."""
+        groups = _groups(layers, self.pattern)
+        rows = self.emit("expand", self.emit("reshape", h, shape=[1, *h.type.shape]),
+                         shape=[len(layers) + 1, *h.type.shape])
+        invariants = [h, *self.contexts, *(w for g in groups for w in stacks[self.pattern[g[0]]])]
+        # the exports are carried too (the last iteration's are the results), seeded with zeros
+        seeds = [self.emit("full", shape=[len(g), *v.type.shape], value=0, dtype=v.type.dtype)
+                 for g in groups for v in self.op.regions[self.pattern[g[0]]].results[1:]]
+        body = RegionBuilder([rows.type, *(s.type for s in seeds), *(v.type for v in invariants)])
+        outer, self.out = self.out, body
+        try:
+            old, b_h = body.args[0], body.args[1 + len(seeds)]
+            b_ctx = body.args[2 + len(seeds): 2 + len(seeds) + len(self.contexts)]
+            b_w = iter(body.args[2 + len(seeds) + len(self.contexts):])
+            local = {self.pattern[g[0]]: [next(b_w) for _ in stacks[self.pattern[g[0]]]] for g in groups}
+            saved, self.contexts = self.contexts, list(b_ctx)
+            outs = [self.evaluate(group, layers, local, b_h, old) for group in groups]
+            self.contexts = saved
+            new = self.emit("layer_scan", b_h, *(o[0] for o in outs),
+                            pattern=[next(i for i, g in enumerate(groups) if l in g) for l in layers])
+            diff = self.emit("sub", new, old)
+            change = self.emit("sum", self.emit("mul", diff, diff), dims=[])
+            size = self.emit("sum", self.emit("mul", new, new), dims=[])
+            ratio = self.emit("sqrt", self.emit("div", change, size))
+            region = body.finish([new, *(v for o in outs for v in o[1:]), ratio])
+        finally:
+            self.out = outer
+        loop = self.out.emit_op("iterate", [rows, *seeds, *invariants],
+                                {"carried": 1 + len(seeds), "max_iters": min(self.op.attrs["iters"], len(layers)),
+                                 "tol": self.op.attrs["tol"]}, self.loc, [region])
+        results = iter(loop.results[1:-1])
+        outs = [[loop.results[0]] + [next(results) for _ in self.op.regions[self.pattern[g[0]]].results[1:]]
+                for g in groups]
+        return loop.results[0], outs, groups
 
     def stacked_weights(self, layers: Sequence[int]) -> dict[int, list[Value]]:
         """Per structure in the chunk, its layers' operands stacked along a new leading axis: weights are

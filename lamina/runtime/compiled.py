@@ -134,5 +134,10 @@ class CompiledModule:
         except ValueError as e:
             raise InputMismatchError(f"inputs of {self.model_name} disagree on a symbolic dim: {e}") from None
 
+    @property
+    def newton_iterations(self) -> list[int]:
+        """Iterations each early-stopping Newton chunk ran in the last call (``newton{tol=...}``), in order."""
+        return list(getattr(self._executor, "iterations", []))
+
     def __repr__(self) -> str:
         return f"CompiledModule({self.model_name}, backend={self.options.backend}, ops={len(self.graph.ops)})"

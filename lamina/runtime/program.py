@@ -25,7 +25,7 @@ from ..ir.dtypes import DType, to_torch
 from ..ir.errors import LaminaError
 from ..ir.interpreter import bind_symbols
 from ..ir.shapes import evaluate
-from ..passes.fusion import op_class, wrap_loose_ops
+from ..passes.fusion import fuse, op_class, wrap_loose_ops
 from ..passes.memory import Lifetime, MemoryPlan, plan_memory
 from .library import HOISTED_WHEN_STATIC, WRITES_INTO_OUT, call_line, view_expr
 
@@ -135,6 +135,10 @@ class Executor:
                                       [f"out{i}" for i in range(len(op.results))], split_last=target.split_last)
                 self.kernels[id(op)] = CompiledKernel(kernel, target.source(kernel))
         self.natives = {id(op): fn for op in graph.ops if (fn := target.native(op)) is not None}
+        # an iterate op's region runs as a program of its own, called once per iteration
+        self.loops = {id(op): Executor(fuse(_region_graph(op.regions[0])), target, poison)
+                      for op in graph.ops if op.name == "iterate"}
+        self.iterations: list[int] = []  # iteration counts of the last call's iterate ops, in order
         self.plans: dict[tuple, Plan] = {}
         self.hoisted: dict[tuple, list[Any]] = {}  # stacked weights, shared by the plans of all shapes
         target.compile(list(self.kernels.values()))
@@ -206,6 +210,11 @@ def _in_consumer_order(raw: torch.Tensor, shape: tuple[int, ...], users: Sequenc
         inverse = tuple(int(i) for i in np.argsort(dims))
         return raw.view(tuple(shape[d] for d in dims)).permute(inverse)
     return raw.view(shape)
+
+
+def _region_graph(region: Any) -> Graph:
+    """A region as a graph: its arguments are the inputs, its yield the outputs."""
+    return Graph("iterate_body", tuple(region.args), (), tuple(region.ops[:-1]), tuple(region.results))
 
 
 def _hoisted(g: Graph) -> set[int]:
@@ -330,6 +339,9 @@ class _PlanBuilder(PlanContext):
         for p in g.params:
             self.name[id(p.value)] = self.static(self.weights[p.key].detach().to(self.device).contiguous(), "W")
         self.lines = self.ex.target.prologue() + [f"x{i} = inputs[{i}]" for i in range(len(g.inputs))]
+        if self.ex.loops:
+            self.glb["_iterations"] = self.ex.iterations
+            self.lines.append("_iterations.clear()")
         out_names = {}
         for v in g.outputs:
             if any(id(v) in {id(r) for r in op.results} and self.writes_into_out(op) for op in steps):
@@ -354,6 +366,26 @@ class _PlanBuilder(PlanContext):
         namespace = dict(self.glb)
         exec(compile(source, f"<lamina wrapper {self.g.name}>", "exec"), namespace)
         return Plan(source, namespace["run"], memory, launches, arena, poison)
+
+    def loop(self, op: Op, args: list[str]) -> int:
+        """``iterate``: call the body's program until its residual is under tol (see the op's doc)."""
+        n, body = op.attrs["carried"], self.static(self.ex.loops[id(op)], "L")
+        carried, out, k = self.fresh("c"), self.fresh("o"), self.fresh("k")
+        self.lines += [f"{carried} = [{', '.join(args[:n])}]",
+                       f"for {k} in range({op.attrs['max_iters']}):",
+                       f"    {out} = {body}({carried} + [{', '.join(args[n:])}], {{}})",
+                       f"    {carried} = {out}[:{n}]",
+                       f"    if float({out}[{n}]) < {op.attrs['tol']!r}:",
+                       "        break",
+                       f"_iterations.append({k} + 1)"]
+        for i, v in enumerate(op.results[:-1]):
+            self.name[id(v)] = f"{carried}[{i}]"
+            self.dynamic.add(id(v))
+        count = self.fresh("n")
+        self.lines.append(f"{count} = torch.tensor({k} + 1)")
+        self.name[id(op.results[-1])] = count
+        self.dynamic.add(id(op.results[-1]))
+        return 1
 
     def writes_into_out(self, op: Op) -> bool:
         if id(op) in self.hoisted:
@@ -380,6 +412,8 @@ class _PlanBuilder(PlanContext):
             self.lines.append(self.ex.target.launch(fn, args, ck.kernel, outer, inner))
             return 1
         args = [self.name[id(v)] for v in op.operands]
+        if op.name == "iterate":
+            return self.loop(op, args)
         if id(op) in self.hoisted:  # computed now, once: its operands are fixed for the plan
             key = (id(op), *(self.glb[a].data_ptr() for a in args))
             if key not in self.ex.hoisted:

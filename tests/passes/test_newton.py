@@ -152,3 +152,45 @@ def test_greedy_generation_with_iters_equal_to_chunk_is_token_identical() -> Non
     assert torch.equal(got, want)
     assert not any(op.name == "layer_scan" for op in fast_decode.graph.ops)  # each one fused into its kernel
     assert any("layer_scan" in str(op.regions[0].ops) for op in fast_decode.graph.ops if op.name == "fused")
+
+
+def test_early_stop_by_tolerance_is_a_loop_in_the_ir_with_reported_iterations() -> None:
+    """newton{tol=...}: each chunk an ``iterate`` op (a while loop) after newton-expand; the interpreter
+    and the cpu backend stop after the same number of iterations; a loose tolerance stops earlier."""
+    from lamina.ir.interpreter import Interpreter
+
+    _, args, _, graph, weights = _imported("gpt2")
+    model, _ = make_gpt2_stack(n_layers=4)
+    inputs = [a.numpy() for a in args]
+    want = interpret(graph, inputs, weights)[0]
+    counts = {}
+    for tol in (0.7, 1e-6):  # this random stack's updates shrink slowly: 0.96, 0.90, 0.64, 0.24
+        newton = lamina.run_pipeline(graph, f"newton{{iters=4,chunk=4,tol={tol}}}")
+        reference = Interpreter({})
+        env = {id(v): a for v, a in zip(newton.inputs, inputs)} | {id(p.value): weights[p.key] for p in newton.params}
+        reference.run_ops(newton.ops, env)
+        expanded = lamina.run_pipeline(newton, "newton-expand")
+        text = print_graph(expanded)
+        assert text.count("iterate(") == 1 and "max_iters=4" in text
+        assert print_graph(verify(parse(text))) == text
+        compiled = lamina.compile(model, args, pipeline=f"canonicalize,newton{{iters=4,chunk=4,tol={tol}}},newton-expand,fuse",
+                                  poison=True)
+        got = compiled(*args).numpy()
+        assert compiled.newton_iterations == reference.iterations
+        counts[tol] = reference.iterations
+        if tol < 1e-3:
+            assert _rel(got, want) <= 1e-5
+    assert counts == {0.7: [3], 1e-6: [4]}
+
+
+def test_a_malformed_iterate_is_rejected() -> None:
+    text = """graph @g(%x: f32[4]) {
+  %0, %1 = iterate(%x) {carried=1, max_iters=3, tol=0.1} {
+  ^(%2: f32[4]):
+    %3 = exp(%2) : f32[4]
+    yield %3
+  } : f32[4], i64[]
+  return %0
+}"""
+    with pytest.raises(LaminaError, match="float scalar"):
+        verify(parse(text))

@@ -1,5 +1,5 @@
 """Ops with regions and terminators: fused (one kernel), newton (a layer stack solved by
-parallel Newton iterations) and yield."""
+parallel Newton iterations), iterate (a while loop) and yield."""
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
@@ -7,6 +7,7 @@ from typing import Any, TypeVar
 
 from ..core import Op, Region, Value
 from ..opdef import AttrSpec, Kind, OpDef
+from ..dtypes import DType
 from ..types import TensorType
 
 
@@ -26,7 +27,11 @@ layer axis). iters = chunk reproduces the sequential stack.
 
 A body may yield more than f(h): values a layer exports (its new keys and values for a KV
 cache), computed in the chunk's last iteration, so from the final iterate. The op's results
-are h[L], then every layer's exports in layer order."""
+are h[L], then every layer's exports in layer order.
+
+With ``tol`` > 0 every iteration evaluates all of a chunk's layers, and the chunk stops once
+the update's relative norm ||S' - S|| / ||S'|| (S: the chunk's layer inputs and output) falls
+under ``tol``, after at most ``iters`` iterations (and at most its layer count: then it is exact)."""
 
 
 def _layer_slices(op: Op) -> list[slice]:
@@ -49,29 +54,38 @@ T = TypeVar("T")
 
 
 def newton_schedule(op: Op, operands: Sequence[T], body: Callable[[Region, list[T]], Sequence[T]],
-                    add: Callable[[T, T], T]) -> list[T]:
-    """The iteration of a ``newton`` op over values of any kind: arrays in the interpreter, IR values
-    elsewhere; ``body(region, args)`` evaluates a layer (f(h), then its exports), ``add`` the prefix
-    sum. Returns the op's results: h[L], then each layer's exports from its chunk's last iteration.
-    Before a chunk's last iteration only the layer inputs are needed, so the last layer's f and
-    the chunk total are computed in the last iteration only (the results are the same), and a
-    chunk runs at most as many iterations as it has layers (after that the inputs stay fixed)."""
+                    add: Callable[[T, T], T], update_norm: Callable[[list[T], list[T]], float] | None = None,
+                    counts: list[int] | None = None) -> list[T]:
+    """The iteration of a ``newton`` op over values of any kind (the interpreter's arrays);
+    ``body(region, args)`` evaluates a layer (f(h), then its exports), ``add`` the prefix sum,
+    ``update_norm(old_rows, new_rows)`` the relative norm of an update (for ``tol``); ``counts``
+    receives each chunk's iteration count. Returns the op's results: h[L], then each layer's
+    exports from its chunk's last iteration. Without ``tol``, the last layer's f and the chunk
+    total are computed in the last iteration only (earlier ones need only the layer inputs),
+    and a chunk runs at most as many iterations as it has layers (then its inputs are exact)."""
     at = op.attrs
     contexts = list(operands[1: 1 + at["contexts"]])
     weights = [list(operands[s]) for s in _layer_slices(op)]
     pattern, h = at["pattern"], operands[0]
+    early = at["tol"] > 0 and update_norm is not None
     exports: list[Sequence[T]] = [()] * len(pattern)
     for start in range(0, len(pattern), at["chunk"]):
         layers = range(start, min(start + at["chunk"], len(pattern)))
-        inputs = [h] * len(layers)  # init "input": every layer starts from the chunk's input
-        steps = min(at["iters"], len(layers))
+        rows = [h] * (len(layers) + 1)  # init "input": every layer starts from the chunk's input
+        steps = min(at["iters"], len(layers))  # then the inputs are exact
         for k in range(steps):
-            used = layers if k == steps - 1 else layers[:-1]
-            outs = [body(op.regions[pattern[l]], [x, *contexts, *weights[l]]) for x, l in zip(inputs, used)]
-            inputs, total = [h], h
+            used = layers if early or k == steps - 1 else layers[:-1]
+            outs = [body(op.regions[pattern[l]], [x, *contexts, *weights[l]]) for x, l in zip(rows, used)]
+            new, total = [h], h
             for out in outs:  # prefix sum over the layer axis
                 total = add(total, out[0])
-                inputs.append(total)
+                new.append(total)
+            done = early and update_norm(rows, new) < at["tol"]  # type: ignore[misc]
+            rows = new
+            if done:
+                break
+        if counts is not None:
+            counts.append(k + 1)
         for l, out in zip(layers, outs):
             exports[l] = out[1:]
         h = total
@@ -85,7 +99,19 @@ def newton_result_types(regions: Sequence[Region], attrs: Mapping[str, Any]) -> 
 
 def region_result_types(name: str, regions: Sequence[Region], attrs: Mapping[str, Any]) -> list[TensorType]:
     """The result types of a region op built from ``regions``."""
-    return newton_result_types(regions, attrs) if name == "newton" else [v.type for v in regions[0].results]
+    if name == "newton":
+        return newton_result_types(regions, attrs)
+    if name == "iterate":  # the carried values, then the iteration count
+        return [v.type for v in regions[0].results[:-1]] + [TensorType((), DType.i64)]
+    return [v.type for v in regions[0].results]
+
+
+ITERATE_DOC = """A while loop: the region maps (carried..., invariants...) to (carried'..., r), r a scalar.
+
+The first ``carried`` operands seed the carried values, the rest are passed unchanged each
+time. The region runs until r < ``tol`` or ``max_iters`` times; the results are the last
+carried values and the number of iterations run (i64). ``newton-expand`` emits one per
+chunk when the newton op has a tolerance, r being the Newton update's relative norm."""
 
 
 def region_operands(op: Op, index: int) -> tuple[Value, ...]:
@@ -104,6 +130,9 @@ DEFS = [
           "one kernel: its region's block arguments are the operands, its yield the results", regions=1),
     OpDef("newton", ("stream", "*inputs"), _region_infer, None, Kind.STRUCTURAL, NEWTON_DOC,
           {"iters": AttrSpec("int"), "chunk": AttrSpec("int"), "pattern": AttrSpec("ints"),
-           "contexts": AttrSpec("int", 0), "init": AttrSpec("str", "input")}, regions=-1),
+           "contexts": AttrSpec("int", 0), "init": AttrSpec("str", "input"), "tol": AttrSpec("float", 0.0)},
+          regions=-1),
+    OpDef("iterate", ("*inputs",), _region_infer, None, Kind.STRUCTURAL, ITERATE_DOC,
+          {"carried": AttrSpec("int"), "max_iters": AttrSpec("int"), "tol": AttrSpec("float")}, regions=1),
     OpDef("yield", ("*values",), lambda t, a: [], None, Kind.STRUCTURAL, "ends a region, returning its operands"),
 ]
