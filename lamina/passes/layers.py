@@ -15,6 +15,7 @@ be evaluated by one body over stacked weights.
 """
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -187,19 +188,33 @@ def _link(sublayers: Sequence[Layer], uses: _Uses) -> list[Chain]:
 
 
 def _exported_after(layers: list[Layer], uses: _Uses) -> tuple[Layer, ...]:
-    """The longest prefix of ``layers`` whose exports are read only after its last op (the newton op
-    replacing the chain computes them there)."""
-    while layers:
-        end = uses.index[id(layers[-1].ops[-1])]
-        if all(uses.index[id(u)] > end for layer in layers for v in layer.exports for u in uses.users.get(id(v), [])
-               if u not in layer.ops):
-            break
-        layers = layers[:-1]
-    return tuple(layers)
+    """The longest prefix of ``layers`` that no value fed by an earlier layer's exports flows into
+    (a cache update between layers is fine: the newton pass moves it after the chain)."""
+    at = {id(op): i for i, layer in enumerate(layers) for op in layer.ops}
+    end = len(layers)
+    for i, layer in enumerate(layers[:end]):
+        stack = [u for v in layer.exports for u in uses.users.get(id(v), []) if at.get(id(u)) != i]
+        seen: set[int] = set()
+        while stack:
+            op = stack.pop()
+            if id(op) in seen:
+                continue
+            seen.add(id(op))
+            if id(op) in at:
+                end = min(end, max(at[id(op)], i + 1))
+                continue
+            stack.extend(u for r in op.results for u in uses.users.get(id(r), []))
+    return tuple(layers[:end])
 
 
 def _blocks(chain: Chain, uses: _Uses) -> Chain:
-    """Consecutive sublayers of one module merged into one layer each."""
+    """Consecutive sublayers of one module merged into one layer each. Graphs without module paths
+    (dynamo's) merge each period of the structure pattern ([attention, MLP] repeated: pairs)."""
+    if any(not layer.module for layer in chain.layers):
+        # symbolic sizes named per layer (dynamo names each cache's length apart) do not break the period
+        seen: dict[str, int] = {}
+        period = _period([seen.setdefault(re.sub(r"\bs\d+\b", "s", layer.structure), len(seen)) for layer in chain.layers])
+        return Chain(tuple(_merge(chain.layers[i: i + period], uses) for i in range(0, len(chain.layers), period)))
     merged: list[Layer] = []
     group: list[Layer] = []
     for layer in chain.layers:
@@ -210,6 +225,12 @@ def _blocks(chain: Chain, uses: _Uses) -> Chain:
     if group:
         merged.append(_merge(group, uses))
     return Chain(tuple(merged))
+
+
+def _period(pattern: Sequence[int]) -> int:
+    """The shortest p dividing len(pattern) with pattern[i] == pattern[i % p] (len(pattern) if none)."""
+    n = len(pattern)
+    return next(p for p in range(1, n + 1) if n % p == 0 and all(pattern[i] == pattern[i % p] for i in range(n)))
 
 
 def _merge(group: Sequence[Layer], uses: _Uses) -> Layer:

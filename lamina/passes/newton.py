@@ -52,6 +52,8 @@ def newton(graph: Graph, options: NewtonOptions = NewtonOptions()) -> Graph:
     at_end = {id(chain.layers[-1].ops[-1]): chain for chain in chains}
     out = OpEmitter()
     mapping: dict[int, Value] = {}
+    waiting: set[int] = set()  # values of chains whose newton op comes later, and of ops deferred after it
+    deferred: list[Op] = []
     for op in graph.ops:
         if id(op) in at_end:
             chain = at_end[id(op)]
@@ -59,7 +61,15 @@ def newton(graph: Graph, options: NewtonOptions = NewtonOptions()) -> Graph:
             exported = [v for layer in chain.layers for v in layer.exports]
             for old, new in zip([chain.layers[-1].out, *exported], results):
                 mapping[id(old)] = new
-        elif id(op) not in removed:  # ops after a chain may read its exports
+            for d in deferred:  # cache updates between the chain's layers, now that their inputs exist
+                out.append(d.replace(operands=tuple(mapping.get(id(v), v) for v in d.operands)))
+            deferred, waiting = [], set()
+        elif id(op) in removed:
+            waiting.update(id(r) for r in op.results)
+        elif any(id(v) in waiting for v in op.operands):
+            deferred.append(op)
+            waiting.update(id(r) for r in op.results)
+        else:  # ops after a chain may read its exports
             out.append(op.replace(operands=tuple(mapping.get(id(v), v) for v in op.operands)))
     return graph.replace(ops=tuple(out.ops), outputs=tuple(mapping.get(id(v), v) for v in graph.outputs))
 

@@ -59,3 +59,26 @@ def test_greedy_generation_is_token_identical(arch: str) -> None:
         got = model.generate(prompt, max_new_tokens=8, do_sample=False, pad_token_id=0)
     assert got.shape == (1, 14) and torch.equal(got, want)
     assert backend.stats.graphs >= 2 and backend.stats.eager_graphs == 0  # prefill and decode compiled
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_newton_under_torch_compile_generates_the_same_tokens(arch: str, tmp_path) -> None:
+    """The newton pass on dynamo's prefill and decode graphs (no module paths: blocks are found from the
+    period of the layer structures; each layer's cache length is its own symbol): with K = chunk the
+    greedy tokens equal eager's, and every graph was solved by Newton iterations (a layer_scan kernel)."""
+    reference = tiny_hf_model(arch, layers=4)
+    model = tiny_hf_model(arch, layers=4)
+    pipeline = "canonicalize,newton{iters=2,chunk=2},newton-expand,fuse"
+    backend = LaminaBackend({"pipeline": pipeline, "dump_dir": str(tmp_path)})
+    model.forward = torch.compile(model.forward, backend=backend)
+    prompt = torch.randint(1, 128, (1, 6))
+    with torch.no_grad():
+        want = reference.generate(prompt, max_new_tokens=6, do_sample=False, pad_token_id=0)
+        got = model.generate(prompt, max_new_tokens=6, do_sample=False, pad_token_id=0)
+    assert torch.equal(got, want)
+    graphs = sorted(tmp_path.glob("graph_*"))
+    assert len(graphs) >= 2 and backend.stats.eager_graphs == 0
+    for graph in graphs:
+        (expanded,) = graph.glob("ir/*newton-expand*")
+        assert expanded.read_text().count("layer_scan(") == 4, graph  # two chunks, two iterations each

@@ -50,3 +50,29 @@ def test_a_single_block_is_no_chain_and_granularity_is_checked() -> None:
     assert len(find_chains(graph, "sublayer")[0].layers) == 2
     with pytest.raises(ValueError, match="granularity"):
         find_chains(graph, "layer")
+
+
+def test_without_module_paths_blocks_follow_the_period_of_the_structures() -> None:
+    """dynamo's graphs carry no module paths: [attention, MLP] repeating makes blocks of two sublayers."""
+    from lamina.ir.core import UNKNOWN
+
+    graph = _graph(make_gpt2_stack, n_layers=4)
+    graph = graph.replace(ops=tuple(op.replace(loc=UNKNOWN) for op in graph.ops))
+    (chain,) = find_chains(graph, "block")
+    assert len(chain.layers) == 4 and chain.structures() == [0, 0, 0, 0]
+    assert all(sum(op.name == "attention" for op in layer.ops) == 1 for layer in chain.layers)
+
+
+def test_kv_cache_exports_and_per_layer_inputs() -> None:
+    """A decode step: each block exports its new keys and values, reads its own past keys and values."""
+    import torch
+
+    from lamina.models.char_gpt import Decode, make_char_gpt
+
+    model, (idx,) = make_char_gpt(n_layers=3, seq=8)
+    past = torch.randn(3, 1, 4, 8, 16)
+    graph = lamina.run_pipeline(lamina.trace(Decode(model), (idx[:, :1], past, past.clone())), "canonicalize")
+    (chain,) = find_chains(graph, "block")
+    assert [len(layer.exports) for layer in chain.layers] == [2, 2, 2]
+    assert all(len(layer.params) == 14 for layer in chain.layers)  # 12 weights, its past keys and values
+    assert chain.structures() == [0, 0, 0]
