@@ -136,7 +136,7 @@ class Executor:
                 self.kernels[id(op)] = CompiledKernel(kernel, target.source(kernel))
         self.natives = {id(op): fn for op in graph.ops if (fn := target.native(op)) is not None}
         # an iterate op's region runs as a program of its own, called once per iteration
-        self.loops = {id(op): Executor(fuse(_region_graph(op.regions[0])), target, poison)
+        self.loops = {id(op): Executor(fuse(region_graph(op.regions[0])), target, poison)
                       for op in graph.ops if op.name == "iterate"}
         self.iterations: list[int] = []  # iteration counts of the last call's iterate ops, in order
         self.plans: dict[tuple, Plan] = {}
@@ -212,7 +212,7 @@ def _in_consumer_order(raw: torch.Tensor, shape: tuple[int, ...], users: Sequenc
     return raw.view(shape)
 
 
-def _region_graph(region: Any) -> Graph:
+def region_graph(region: Any) -> Graph:
     """A region as a graph: its arguments are the inputs, its yield the outputs."""
     return Graph("iterate_body", tuple(region.args), (), tuple(region.ops[:-1]), tuple(region.results))
 

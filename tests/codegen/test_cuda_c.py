@@ -11,18 +11,25 @@ from lamina.codegen.cuda_c import PRELUDE, cuda_source
 from lamina.codegen.lower import lower_region
 from lamina.models import make_cnn, make_gpt2_stack, make_llama_block, make_mlp
 from lamina.models.hf import make_hf_gpt2, make_hf_llama
+from lamina.passes.fusion import fuse
+from lamina.runtime.program import region_graph
 
 NVCC = shutil.which("nvcc")
 
 
 NEWTON = "canonicalize,newton{iters=2,chunk=4,granularity=sublayer},newton-expand,fuse"
+NEWTON_TOL = "canonicalize,newton{iters=3,chunk=4,tol=0.001},newton-expand,fuse"
 
 
 def kernels_of(factory, pipeline: str = "canonicalize,fuse") -> dict:
     model, args, *kwargs = factory()
     graph = lamina.run_pipeline(lamina.trace(model, args, kwargs[0] if kwargs else None), pipeline)
     found = {}
-    for op in graph.ops:
+    ops = list(graph.ops)
+    for op in graph.ops:  # an iterate op's body is fused and compiled as a program of its own
+        if op.name == "iterate":
+            ops += fuse(region_graph(op.regions[0])).ops
+    for op in ops:
         if op.name == "fused":
             k = lower_region(op, [f"in{i}" for i in range(len(op.operands))], [f"out{i}" for i in range(len(op.results))])
             found[k.name] = k
@@ -32,9 +39,10 @@ def kernels_of(factory, pipeline: str = "canonicalize,fuse") -> dict:
 @pytest.mark.skipif(NVCC is None, reason="nvcc is not installed")
 @pytest.mark.parametrize(("factory", "pipeline"),
                          [(make_mlp, None), (make_gpt2_stack, None), (make_llama_block, None), (make_cnn, None),
-                          (make_hf_gpt2, None), (make_hf_llama, None), (make_gpt2_stack, NEWTON), (make_hf_llama, NEWTON)],
+                          (make_hf_gpt2, None), (make_hf_llama, None), (make_gpt2_stack, NEWTON), (make_hf_llama, NEWTON),
+                          (make_gpt2_stack, NEWTON_TOL)],
                          ids=["mlp", "gpt2_stack", "llama_block", "cnn", "hf_gpt2", "hf_llama", "gpt2_newton",
-                              "hf_llama_newton"])
+                              "hf_llama_newton", "gpt2_newton_tol"])
 def test_generated_cuda_c_compiles_with_nvcc(factory, pipeline, tmp_path) -> None:
     kernels = kernels_of(factory, *([pipeline] if pipeline else []))
     if pipeline:  # the Newton prefix sum and the batched layer bodies' kernels
