@@ -73,3 +73,26 @@ def test_cuda_backend_on_a_side_stream(language: str) -> None:
     torch.cuda.synchronize()
     with torch.no_grad():
         assert rel_error(got.cpu(), model(*args)) <= F32_TOL
+
+
+@gpu
+@pytest.mark.skipif(not HAS_GPU, reason="needs an NVIDIA GPU")
+@pytest.mark.parametrize("language", ["cuda_c", "numba"])
+@pytest.mark.parametrize("pipeline", ["canonicalize,newton{iters=3,chunk=3},newton-expand,fuse",
+                                      "canonicalize,newton{iters=3,chunk=3,tol=1e-9},newton-expand,fuse"],
+                         ids=["fixed", "tol"])
+def test_cuda_newton_decode_matches_eager(language: str, pipeline: str) -> None:
+    """A decode step with KV caches solved by Newton iterations (K = chunk: exact) on the GPU."""
+    _cupy_or_skip()
+    from lamina.models.char_gpt import Decode, Prefill, make_char_gpt
+
+    model, (idx,) = make_char_gpt(n_layers=6, seq=16)
+    with torch.no_grad():
+        _, keys, values = Prefill(model)(idx)
+        args = (idx[:, -1:], keys, values)
+        want = Decode(model)(*args)
+    compiled = lamina.compile(Decode(model), args, pipeline=pipeline, backend="cuda", kernel_language=language,
+                              poison=True)
+    got = compiled(*(a.cuda() for a in args))
+    for g, w in zip(got, want):
+        assert rel_error(g.cpu(), w) <= F32_TOL
