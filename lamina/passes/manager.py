@@ -17,7 +17,8 @@ from ..ir.printer import print_graph
 from ..ir.verifier import verify
 from .canonicalize import canonicalize
 from .fusion import fuse
-from .newton import NewtonOptions, newton, newton_expand
+from .newton import NewtonOptions, newton
+from .newton_expand import newton_expand
 
 
 class PipelineError(LaminaError, ValueError):

@@ -1,0 +1,197 @@
+"""newton-expand: each ``newton`` op as plain ops any backend runs.
+
+Per chunk, the operands of the layers sharing a structure are stacked along a new layer axis
+(weights once per plan; rows of one tensor, such as each layer's past keys, as a view). Per
+iteration, each structure's layers are evaluated by one batched body (``batch_layers.py``: a
+linear becomes a batched matmul), then one ``layer_scan`` kernel computes the prefix sum;
+the next iteration reads its rows as views. With ``tol``, each chunk is an ``iterate`` loop
+whose body is one iteration and the update's relative norm.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from ..ir.builder import OpEmitter, RegionBuilder
+from ..ir.core import Graph, Op, Region, Value
+from ..ir.ops.structural import newton_layer_params
+from .batch_layers import BatchingError, inline_batched
+
+
+def newton_expand(graph: Graph) -> Graph:
+    """Lower every ``newton`` op to plain ops: per chunk and iteration, each structure's layers evaluated
+    at once over stacked weights (``batch_layers.py``), then one ``layer_scan`` (the prefix sum)."""
+    if not any(op.name == "newton" for op in graph.ops):
+        return graph
+    out = OpEmitter()
+    mapping: dict[int, Value] = {}
+    producer = {id(v): op for op in graph.ops for v in op.results}
+    for op in graph.ops:
+        op = op.replace(operands=tuple(mapping.get(id(v), v) for v in op.operands))
+        if op.name == "newton":
+            for old, new in zip(op.results, _Expansion(op, out, producer).run()):
+                mapping[id(old)] = new
+        else:
+            out.append(op)
+    return graph.replace(ops=tuple(out.ops), outputs=tuple(mapping.get(id(v), v) for v in graph.outputs))
+
+
+class _Expansion:
+    """One ``newton`` op as plain ops (see ``newton_expand``)."""
+
+    def __init__(self, op: Op, out: OpEmitter, producer: dict[int, Op]) -> None:
+        self.op, self.out, self.loc, self.producer = op, out, op.loc, producer
+        self.contexts = list(op.operands[1: 1 + op.attrs["contexts"]])
+        self.weights = newton_layer_params(op)
+        self.pattern = op.attrs["pattern"]
+
+    def emit(self, name: str, *operands: Value, **attrs) -> Value:
+        return self.out.emit(name, *operands, loc=self.loc, **attrs)
+
+    def run(self) -> list[Value]:
+        h, chunk, iters = self.op.operands[0], self.op.attrs["chunk"], self.op.attrs["iters"]
+        exports: dict[int, list[Value]] = {}
+        for start in range(0, len(self.pattern), chunk):
+            layers = list(range(start, min(start + chunk, len(self.pattern))))
+            stacks = self.stacked_weights(layers)
+            if self.op.attrs["tol"] > 0:
+                scan, outs, groups = self.until_converged(layers, stacks, h)
+            else:
+                scan, outs, groups = self.fixed_iterations(layers, stacks, h, iters)
+            for group, values in zip(groups, outs):  # exports come from the last iteration
+                for i, l in enumerate(group):
+                    exports[l] = [self.emit("reshape", self.emit("slice", v, dim=0, start=i, end=i + 1),
+                                            shape=list(v.type.shape[1:])) for v in values[1:]]
+            h = self.emit("reshape", self.emit("slice", scan, dim=0, start=len(layers), end=len(layers) + 1),
+                          shape=list(h.type.shape))
+        return [h, *(v for l in range(len(self.pattern)) for v in exports[l])]
+
+    def fixed_iterations(self, layers: list[int], stacks: dict[int, list[Value]], h: Value,
+                         iters: int) -> tuple[Value, list[list[Value]], list[list[int]]]:
+        """``iters`` iterations unrolled: (the last layer_scan, the last region results per group, groups)."""
+        scan: Value | None = None
+        steps = min(iters, len(layers))  # after len(layers) iterations the inputs no longer change
+        for k in range(steps):
+            used = layers if k == steps - 1 else layers[:-1]  # the last layer's f only feeds the total
+            groups = _groups(used, self.pattern)
+            outs = [self.evaluate(group, layers, stacks, h, scan) for group in groups]
+            scan_pattern = [next(g for g, group in enumerate(groups) if l in group) for l in used]
+            scan = self.emit("layer_scan", h, *(o[0] for o in outs), pattern=scan_pattern)
+        assert scan is not None
+        return scan, outs, groups
+
+    def until_converged(self, layers: list[int], stacks: dict[int, list[Value]],
+                        h: Value) -> tuple[Value, list[list[Value]], list[list[int]]]:
+        """An ``iterate`` loop: each turn one Newton iteration over all layers and the update's relative norm."""
+        groups = _groups(layers, self.pattern)
+        rows = self.emit("expand", self.emit("reshape", h, shape=[1, *h.type.shape]),
+                         shape=[len(layers) + 1, *h.type.shape])
+        invariants = [h, *self.contexts, *(w for g in groups for w in stacks[self.pattern[g[0]]])]
+        # the exports are carried too (the last iteration's are the results), seeded with zeros
+        seeds = [self.emit("full", shape=[len(g), *v.type.shape], value=0, dtype=v.type.dtype)
+                 for g in groups for v in self.op.regions[self.pattern[g[0]]].results[1:]]
+        body = RegionBuilder([rows.type, *(s.type for s in seeds), *(v.type for v in invariants)])
+        outer, self.out = self.out, body
+        try:
+            old, b_h = body.args[0], body.args[1 + len(seeds)]
+            b_ctx = body.args[2 + len(seeds): 2 + len(seeds) + len(self.contexts)]
+            b_w = iter(body.args[2 + len(seeds) + len(self.contexts):])
+            local = {self.pattern[g[0]]: [next(b_w) for _ in stacks[self.pattern[g[0]]]] for g in groups}
+            saved, self.contexts = self.contexts, list(b_ctx)
+            outs = [self.evaluate(group, layers, local, b_h, old) for group in groups]
+            self.contexts = saved
+            new = self.emit("layer_scan", b_h, *(o[0] for o in outs),
+                            pattern=[next(i for i, g in enumerate(groups) if l in g) for l in layers])
+            diff = self.emit("sub", new, old)
+            change = self.emit("sum", self.emit("mul", diff, diff), dims=[])
+            size = self.emit("sum", self.emit("mul", new, new), dims=[])
+            ratio = self.emit("sqrt", self.emit("div", change, size))
+            region = body.finish([new, *(v for o in outs for v in o[1:]), ratio])
+        finally:
+            self.out = outer
+        loop = self.out.emit_op("iterate", [rows, *seeds, *invariants],
+                                {"carried": 1 + len(seeds), "max_iters": min(self.op.attrs["iters"], len(layers)),
+                                 "tol": self.op.attrs["tol"]}, self.loc, [region])
+        results = iter(loop.results[1:-1])
+        outs = [[loop.results[0]] + [next(results) for _ in self.op.regions[self.pattern[g[0]]].results[1:]]
+                for g in groups]
+        return loop.results[0], outs, groups
+
+    def stacked_weights(self, layers: Sequence[int]) -> dict[int, list[Value]]:
+        """Per structure in the chunk, its layers' operands stacked along a new leading axis: weights are
+        stacked once per plan by the runtime, rows of one tensor (a layer's past keys) become a view."""
+        out = {}
+        for group in _groups(layers, self.pattern):
+            slots = zip(*(self.weights[l] for l in group))
+            out[self.pattern[group[0]]] = [self.stack(ws) for ws in slots]
+        return out
+
+    def stack(self, values: Sequence[Value]) -> Value:
+        rows = [self.row_of(v) for v in values]
+        bases = {id(r[0]) for r in rows if r is not None}
+        if len(values) > 1 and None not in rows and len(bases) == 1:
+            index = [r[1] for r in rows]  # type: ignore[index]
+            step = index[1] - index[0]
+            if step > 0 and all(b - a == step for a, b in zip(index, index[1:])):
+                return self.emit("slice", rows[0][0], dim=0, start=index[0], end=index[-1] + 1, step=step)  # type: ignore[index]
+        return self.emit("stack", *values, dim=0)
+
+    def row_of(self, v: Value) -> tuple[Value, int] | None:
+        """(x, i) when ``v`` is ``x[i]`` (a slice of one row along dim 0, then a reshape dropping that dim)."""
+        op = self.producer.get(id(v))
+        if op is None or op.name != "reshape":
+            return None
+        inner = self.producer.get(id(op.operands[0]))
+        if inner is None or inner.name != "slice" or inner.attrs["dim"] != 0 or inner.attrs["step"] != 1:
+            return None
+        start, end = inner.attrs["start"], inner.attrs["end"]
+        x = inner.operands[0]
+        if not isinstance(start, int) or end != start + 1 or tuple(x.type.shape[1:]) != tuple(v.type.shape):
+            return None
+        return x, start
+
+    def evaluate(self, group: Sequence[int], layers: Sequence[int], stacks: dict[int, list[Value]], h: Value,
+                 scan: Value | None) -> list[Value]:
+        """The region's results (f, then exports) for ``group``'s layers at their current inputs, each
+        stacked: [len(group), ...]."""
+        structure = self.pattern[group[0]]
+        region = self.op.regions[structure]
+        full = [l for l in layers if self.pattern[l] == structure]
+        weights = stacks[structure]
+        if len(group) < len(full):  # a prefix of the structure's layers in this chunk
+            weights = [self.emit("slice", w, dim=0, start=0, end=len(group)) for w in weights]
+        x, x_batched = (h, False) if scan is None else (self.rows(scan, [l - layers[0] for l in group]), True)
+        args = [x, *self.contexts, *weights]
+        flags = [x_batched] + [False] * len(self.contexts) + [True] * len(weights)
+        try:
+            return inline_batched(region, args, flags, len(group), self.out)
+        except BatchingError:  # one layer at a time, then stacked
+            per_layer = []
+            for l in group:
+                xi = h if scan is None else self.emit("reshape", self.rows(scan, [l - layers[0]]), shape=list(h.type.shape))
+                per_layer.append(_inline(region, [xi, *self.contexts, *self.weights[l]], self.out))
+            return [self.emit("stack", *values, dim=0) for values in zip(*per_layer)]
+
+    def rows(self, scan: Value, rows: Sequence[int]) -> Value:
+        """Rows of a ``layer_scan`` result: a strided slice (a view) when they are evenly spaced."""
+        step = rows[1] - rows[0] if len(rows) > 1 else 1
+        if all(b - a == step for a, b in zip(rows, rows[1:])) and step > 0:
+            return self.emit("slice", scan, dim=0, start=rows[0], end=rows[-1] + 1, step=step)
+        pieces = [self.emit("slice", scan, dim=0, start=r, end=r + 1) for r in rows]
+        return self.emit("concat", *pieces, dim=0)
+
+
+def _groups(layers: Sequence[int], pattern: Sequence[int]) -> list[list[int]]:
+    """``layers`` grouped by structure, groups in order of first appearance."""
+    groups: dict[int, list[int]] = {}
+    for l in layers:
+        groups.setdefault(pattern[l], []).append(l)
+    return list(groups.values())
+
+
+def _inline(region: Region, args: Sequence[Value], out: OpEmitter) -> list[Value]:
+    env = {id(a): v for a, v in zip(region.args, args)}
+    for op in region.ops[:-1]:
+        new = out.append(op.replace(operands=tuple(env[id(v)] for v in op.operands),
+                                    results=tuple(Value(r.type) for r in op.results)))
+        env.update({id(o): n for o, n in zip(op.results, new.results)})
+    return [env[id(v)] for v in region.results]
