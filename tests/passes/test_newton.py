@@ -62,9 +62,10 @@ def test_fewer_iterations_are_an_approximation_that_the_expansion_matches() -> N
 
 
 @pytest.mark.parametrize("name", FACTORIES)
-def test_cpu_backend_runs_the_expanded_newton_stack(name: str) -> None:
+@pytest.mark.parametrize("granularity", ["block", "sublayer"])
+def test_cpu_backend_runs_the_expanded_newton_stack(name: str, granularity: str) -> None:
     model, args, kwargs, _, _ = _imported(name)
-    pipeline = "canonicalize,newton{iters=2,chunk=2,granularity=sublayer},newton-expand,fuse"
+    pipeline = f"canonicalize,newton{{iters=2,chunk=2,granularity={granularity}}},newton-expand,fuse"
     compiled = lamina.compile(model, args, example_kwargs=kwargs or None, pipeline=pipeline, poison=True)
     with torch.no_grad():
         want = model(*args, **kwargs)
