@@ -1,16 +1,17 @@
 """Newton layer parallelism (SNLP) on a deep, narrow decoder: sequential vs Newton, prefill and decode.
 
     python benchmarks/newton.py [--layers 24] [--d-model 256] [--prompt 128] [--repeats 20]
-                                [--checkpoint benchmarks/.snlp/snlp.pt] [--iters 1 2 3] [--chunks 4 8 24]
+                                [--checkpoint A.pt [B.pt ...]] [--iters 1 2 3] [--chunks 4 8 24]
 
 A CharGPT (batch 1) compiled by lamina sequentially and with ``newton{iters=K,chunk=C}`` at
 block granularity, for a prefill of ``--prompt`` tokens and a single-token decode step after a
 cache of that many tokens; eager PyTorch and torch.compile (inductor) run the sequential model
-in the same, interleaved timing rounds. Per variant: median time, speedup over lamina's
-sequential program, the relative error (Frobenius norm) of the final hidden state against
-eager, and top-1 agreement of the logits with eager (prefill: every prompt position; decode:
-``--decode-probes`` steps, each from the eager cache of a different held-out prefix).
-Weights: random (the default init) or a ``--checkpoint`` saved by ``snlp_experiment.py --save``.
+in the same interleaved timing rounds. Per variant: median time and speedups (timed on the
+first model: weights do not change the work), then per model the relative error (Frobenius
+norm) of the final hidden state against eager and the top-1 agreement of the logits with
+eager (prefill: every prompt position; decode: ``--decode-probes`` steps, each from the eager
+cache of a different held-out prefix). Models: random weights (the default init) or
+``--checkpoint`` files saved by ``snlp_experiment.py --save``.
 """
 from __future__ import annotations
 
@@ -29,15 +30,18 @@ from lamina.models.char_gpt import CharGPT, Decode, Prefill  # noqa: E402
 from lamina.models.char_training import VOCAB, encode, stdlib_corpus  # noqa: E402
 
 
-def load_model(ns: argparse.Namespace) -> tuple[CharGPT, str]:
-    if ns.checkpoint:
-        saved = torch.load(ns.checkpoint, weights_only=False)
+def load_models(ns: argparse.Namespace) -> list[tuple[str, CharGPT]]:
+    if not ns.checkpoint:
+        torch.manual_seed(0)
+        return [("random", CharGPT(VOCAB, ns.d_model, ns.heads, ns.layers, max_len=2 * ns.prompt + 8).eval())]
+    models = []
+    for path in ns.checkpoint:
+        saved = torch.load(path, weights_only=False)
         cfg = saved["config"]
         model = CharGPT(VOCAB, cfg["d_model"], cfg["heads"], cfg["layers"], max_len=max(cfg["seq"], 64))
         model.load_state_dict(saved["state"])
-        return model.eval(), f"trained weights from {ns.checkpoint}"
-    torch.manual_seed(0)
-    return CharGPT(VOCAB, ns.d_model, ns.heads, ns.layers, max_len=2 * ns.prompt + 8).eval(), "random weights"
+        models.append((path.stem, model.eval()))
+    return models
 
 
 def _warm(fn, args):
@@ -50,6 +54,31 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm())
 
 
+def accuracy(module: torch.nn.Module, run, checks) -> tuple[float, float]:
+    """(largest hidden-state relative error, top-1 agreement in %) of ``run`` against ``module``."""
+    errs, agree, total = [], 0, 0
+    for probe in checks:
+        want, got = module(*probe), run(*probe)
+        errs.append(rel(got[3], want[3]))
+        agree += int((got[0].argmax(-1) == want[0].argmax(-1)).sum())
+        total += want[0].shape[0] * want[0].shape[1]
+    return max(errs), 100 * agree / total
+
+
+def workloads(model: CharGPT, text: torch.Tensor, ns: argparse.Namespace) -> list[tuple]:
+    """(mode, module, timing args, accuracy probes) for prefill and decode."""
+    prompt = text[: ns.prompt].view(1, -1)
+    prefill, decode = Prefill(model, with_hidden=True).eval(), Decode(model, with_hidden=True).eval()
+    _, keys, values, _ = prefill(prompt)
+    probes = []  # other prefixes' caches and next tokens, all with a cache of ns.prompt tokens
+    for i in range(ns.decode_probes):
+        ids = text[(i + 1) * ns.prompt: (i + 2) * ns.prompt + 1].view(1, -1)
+        _, k, v, _ = prefill(ids[:, :-1])
+        probes.append((ids[:, -1:], k, v))
+    token = text[ns.prompt: ns.prompt + 1].view(1, 1)
+    return [("prefill", prefill, (prompt,), [(prompt,)]), ("decode", decode, (token, keys, values), probes)]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layers", type=int, default=24)
@@ -60,52 +89,45 @@ def main() -> None:
     parser.add_argument("--iters", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--chunks", type=int, nargs="+", default=[4, 8, 24])
     parser.add_argument("--decode-probes", type=int, default=16)
-    parser.add_argument("--checkpoint", type=Path)
+    parser.add_argument("--checkpoint", type=Path, nargs="+")
     parser.add_argument("--skip-inductor", action="store_true")
     ns = parser.parse_args()
     torch.set_grad_enabled(False)
-    model, weights = load_model(ns)
-    layers = len(model.h)
+    models = load_models(ns)
     text = encode(stdlib_corpus(ns.prompt * (ns.decode_probes + 2), skip=2_000_000))
-    prompt = text[: ns.prompt].view(1, -1)
-    prefill, decode = Prefill(model, with_hidden=True).eval(), Decode(model, with_hidden=True).eval()
-    _, keys, values, _ = prefill(prompt)
-    token = text[ns.prompt: ns.prompt + 1].view(1, 1)
-    # decode probes: other prefixes' caches and next tokens, all with a cache of ns.prompt tokens
-    probes = []
-    for i in range(ns.decode_probes):
-        ids = text[(i + 1) * ns.prompt: (i + 2) * ns.prompt + 1].view(1, -1)
-        _, k, v, _ = prefill(ids[:, :-1])
-        probes.append((ids[:, -1:], k, v))
+    first = models[0][1]
     print(f"machine: {machine()}")
-    print(f"CharGPT {layers} layers, d_model {model.wte.weight.shape[1]}, batch 1, {weights}; prefill {ns.prompt} "
-          f"tokens, decode 1 token after {ns.prompt}")
+    print(f"CharGPT {len(first.h)} layers, d_model {first.wte.weight.shape[1]}, batch 1, models "
+          f"{', '.join(name for name, _ in models)}; prefill {ns.prompt} tokens, decode 1 token after {ns.prompt}")
     variants = {"sequential": "canonicalize,fuse"}
     for iters in ns.iters:
         for chunk in ns.chunks:
             variants[f"K={iters} C={chunk}"] = f"canonicalize,newton{{iters={iters},chunk={chunk}}},newton-expand,fuse"
-    for mode, module, args, checks in (("prefill", prefill, (prompt,), [(prompt,)]),
-                                       ("decode", decode, (token, keys, values), probes)):
-        runners = {"eager": module}
+    per_model = [workloads(model, text, ns) for _, model in models]
+    for w, (mode, module, args, _) in enumerate(per_model[0]):
+        runners: dict[str, list] = {"eager": [m[w][1] for m in per_model]}
         compile_s = {}
         if not ns.skip_inductor:
-            runners["inductor"], compile_s["inductor"] = timed(lambda m=module, a=args: _warm(torch.compile(m), a))
+            fn, compile_s["inductor"] = timed(lambda: _warm(torch.compile(module), args))
+            runners["inductor"] = [fn] + [torch.compile(m[w][1]) for m in per_model[1:]]
         for name, pipeline in variants.items():
-            runners[name], compile_s[name] = timed(lambda p=pipeline, m=module, a=args: lamina.compile(m, a, pipeline=p))
-        medians = interleaved_medians({name: lambda r=run, a=args: r(*a) for name, run in runners.items()}, ns.repeats)
+            first_program, compile_s[name] = timed(lambda p=pipeline: lamina.compile(module, args, pipeline=p))
+            runners[name] = [first_program] + [lamina.compile(m[w][1], m[w][2], pipeline=pipeline) for m in per_model[1:]]
+        medians = interleaved_medians({name: lambda r=run[0]: r(*args) for name, run in runners.items()}, ns.repeats)
         rows = []
-        for name, run in runners.items():
-            errs, agree, total = [], 0, 0
-            for probe in checks:
-                want, got = module(*probe), run(*probe)
-                errs.append(rel(got[3], want[3]))
-                agree += int((got[0].argmax(-1) == want[0].argmax(-1)).sum())
-                total += want[0].shape[0] * want[0].shape[1]
+        for name, runs in runners.items():
             t = medians[name]
-            rows.append([name, f"{t * 1e3:.2f}", f"{medians['sequential'] / t:.2f}x", f"{medians['eager'] / t:.2f}x",
-                         f"{max(errs):.1e}", f"{100 * agree / total:.1f}%", f"{compile_s.get(name, 0):.1f}"])
+            row = [name, f"{t * 1e3:.2f}", f"{medians['sequential'] / t:.2f}x", f"{medians['eager'] / t:.2f}x",
+                   f"{compile_s.get(name, 0):.1f}"]
+            for m, run in zip(per_model, runs):
+                err, agree = accuracy(m[w][1], run, m[w][3])
+                row += [f"{err:.1e}", f"{agree:.1f}%"]
+            rows.append(row)
         print(f"\n{mode} ({ns.repeats} interleaved rounds, medians)")
-        print_table(["variant", "ms", "vs lamina seq", "vs eager", "hidden rel err", "top-1 agree", "compile s"], rows)
+        headers = ["variant", "ms", "vs lamina seq", "vs eager", "compile s"]
+        for name, _ in models:
+            headers += [f"err {name}", f"top-1 {name}"]
+        print_table(headers, rows)
 
 
 if __name__ == "__main__":
