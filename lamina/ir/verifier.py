@@ -7,7 +7,7 @@ from .core import Graph, Op, Region, Value
 from .errors import VerifyError
 from .opdef import InferenceError
 from .ops import REGISTRY
-from .ops.structural import newton_result_types, region_operands, region_result_types
+from .ops.structural import newton_result_types, newton_stacks, region_arg_types, region_result_types
 from .printer import Namer
 
 
@@ -97,9 +97,17 @@ class _Checker:
                                  f"{at['chunk']}, {at['init']!r}")
         if not at["pattern"] or any(not 0 <= b < len(op.regions) for b in at["pattern"]):
             raise InferenceError(f"newton pattern {at['pattern']} must name regions 0..{len(op.regions) - 1}")
-        needed = 1 + at["contexts"] + sum(len(op.regions[b].args) - 1 - at["contexts"] for b in at["pattern"])
+        needed = 1 + at["contexts"] + sum(len(r.args) - 1 - at["contexts"] for r in op.regions)
         if needed != len(op.operands):
-            raise InferenceError(f"newton: its regions and pattern take {needed} operands, it has {len(op.operands)}")
+            raise InferenceError(f"newton: its regions take {needed} operands, it has {len(op.operands)}")
+        for b, stacks in enumerate(newton_stacks(op)):
+            layers = at["pattern"].count(b)
+            if layers == 0:
+                raise InferenceError(f"newton region {b} is used by no layer (pattern {at['pattern']})")
+            for v in stacks:
+                if v.type.rank < 1 or v.type.shape[0] != layers:
+                    raise InferenceError(f"newton: region {b} has {layers} layers in pattern {at['pattern']}, "
+                                         f"but a stacked operand is {v.type}")
         for i, region in enumerate(op.regions):
             yields = self.region(op, region, i)
             if not yields or yields[0] != op.operands[0].type:
@@ -122,10 +130,7 @@ class _Checker:
 
     def region(self, op: Op, region: Region, index: int = 0) -> tuple:
         arg_types = tuple(a.type for a in region.args)
-        try:
-            operand_types = tuple(v.type for v in region_operands(op, index))
-        except ValueError as e:
-            raise InferenceError(str(e)) from None
+        operand_types = region_arg_types(op, index)
         if arg_types != operand_types:
             raise self.fail(op, f"region arguments ({', '.join(map(str, arg_types))}) do not match operands "
                                 f"({', '.join(map(str, operand_types))})")

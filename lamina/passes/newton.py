@@ -2,9 +2,9 @@
 
 ``newton{iters=K,chunk=C,granularity=block|sublayer}`` finds the residual chains
 (``passes/layers.py``) and replaces each by a ``newton`` op: one region per distinct layer
-structure (a layer body over one layer's weights, yielding f(h)), the weights of every
-layer as operands, and the iteration (K), chunking (C, 0 = the whole chain) and the layer
--> body pattern as attributes; ``lamina dump --after newton`` shows it. Semantics in the
+structure (a layer body over one layer's weights, yielding f(h)), each structure's weights
+stacked along a layer axis as operands, and the iteration (K), chunking (C, 0 = the whole
+chain) and the layer -> body pattern as attributes; ``lamina dump --after newton`` shows it. Semantics in the
 op's doc (``ir/ops/structural.py``): K = C reproduces the sequential stack.
 
 ``newton-expand`` (``newton_expand.py``) lowers the op for the backends.
@@ -15,9 +15,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ..ir.builder import OpEmitter, RegionBuilder
-from ..ir.core import Graph, Op, Region, Value
+from ..ir.core import Graph, Loc, Op, Region, Value
 from ..ir.errors import LaminaError
 from .layers import Chain, Layer, find_chains
+from .rewrite import remove_dead
 
 
 @dataclass(frozen=True)
@@ -46,13 +47,14 @@ def newton(graph: Graph, options: NewtonOptions = NewtonOptions()) -> Graph:
     removed = {id(op) for chain in chains for layer in chain.layers for op in layer.ops}
     at_end = {id(chain.layers[-1].ops[-1]): chain for chain in chains}
     out = OpEmitter()
+    producer = {id(v): op for op in graph.ops for v in op.results}
     mapping: dict[int, Value] = {}
     waiting: set[int] = set()  # values of chains whose newton op comes later, and of ops deferred after it
     deferred: list[Op] = []
     for op in graph.ops:
         if id(op) in at_end:
             chain = at_end[id(op)]
-            results = _newton_op(chain, options, out)
+            results = _newton_op(chain, options, out, producer)
             exported = [v for layer in chain.layers for v in layer.exports]
             for old, new in zip([chain.layers[-1].out, *exported], results):
                 mapping[id(old)] = new
@@ -66,23 +68,56 @@ def newton(graph: Graph, options: NewtonOptions = NewtonOptions()) -> Graph:
             waiting.update(id(r) for r in op.results)
         else:  # ops after a chain may read its exports
             out.append(op.replace(operands=tuple(mapping.get(id(v), v) for v in op.operands)))
-    return graph.replace(ops=tuple(out.ops), outputs=tuple(mapping.get(id(v), v) for v in graph.outputs))
+    outputs = tuple(mapping.get(id(v), v) for v in graph.outputs)
+    # per-layer views the stacks replaced (x[l] of a stacked cache) are left unread
+    return graph.replace(ops=tuple(remove_dead(out.ops, outputs)), outputs=outputs)
 
 
-def _newton_op(chain: Chain, options: NewtonOptions, out: OpEmitter) -> tuple[Value, ...]:
+def _newton_op(chain: Chain, options: NewtonOptions, out: OpEmitter, producer: dict[int, Op]) -> tuple[Value, ...]:
     pattern = chain.structures()
+    loc = chain.layers[-1].ops[-1].loc
     contexts: list[Value] = []
     for layer in chain.layers:
         for c in layer.context:
             if all(c is not x for x in contexts):
                 contexts.append(c)
-    templates = {b: next(l for l, p in zip(chain.layers, pattern) if p == b) for b in set(pattern)}
-    regions = [_body(templates[b], contexts) for b in range(len(templates))]
-    operands = [chain.layers[0].stream, *contexts] + [p for layer in chain.layers for p in layer.params]
+    stacks: list[Value] = []
+    regions = []
+    for b in range(max(pattern) + 1):
+        layers = [layer for layer, p in zip(chain.layers, pattern) if p == b]
+        regions.append(_body(layers[0], contexts))
+        stacks += [_stacked([layer.params[i] for layer in layers], out, producer, loc)
+                   for i in range(len(layers[0].params))]
     chunk = options.chunk or len(chain.layers)
     attrs = {"iters": options.iters, "chunk": chunk, "pattern": pattern, "contexts": len(contexts), "init": "input",
              "tol": float(options.tol)}
-    return out.emit_op("newton", operands, attrs, chain.layers[-1].ops[-1].loc, regions).results
+    return out.emit_op("newton", [chain.layers[0].stream, *contexts, *stacks], attrs, loc, regions).results
+
+
+def _stacked(values: Sequence[Value], out: OpEmitter, producer: dict[int, Op], loc: Loc) -> Value:
+    """``values`` stacked along a new leading axis: rows of one tensor x[i] (a layer's past keys) as a
+    slice of x (a view), others by a ``stack`` op (of weights: computed once per plan)."""
+    rows = [_row_of(v, producer) for v in values]
+    if all(r is not None and r[0] is rows[0][0] for r in rows):  # type: ignore[index]
+        index = [r[1] for r in rows]  # type: ignore[index]
+        step = index[1] - index[0] if len(index) > 1 else 1
+        if step > 0 and all(b - a == step for a, b in zip(index, index[1:])):
+            return out.emit("slice", rows[0][0], dim=0, start=index[0], end=index[-1] + 1, step=step, loc=loc)  # type: ignore[index]
+    return out.emit("stack", *values, dim=0, loc=loc)
+
+
+def _row_of(v: Value, producer: dict[int, Op]) -> tuple[Value, int] | None:
+    """(x, i) when ``v`` is ``x[i]``: a one-row slice along dim 0, then a reshape dropping that dim."""
+    op = producer.get(id(v))
+    if op is None or op.name != "reshape":
+        return None
+    inner = producer.get(id(op.operands[0]))
+    if inner is None or inner.name != "slice" or inner.attrs["dim"] != 0 or inner.attrs["step"] != 1:
+        return None
+    start, end, x = inner.attrs["start"], inner.attrs["end"], inner.operands[0]
+    if not isinstance(start, int) or end != start + 1 or tuple(x.type.shape[1:]) != tuple(v.type.shape):
+        return None
+    return x, start
 
 
 def _body(layer: Layer, contexts: Sequence[Value]) -> Region:

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from ..ir.builder import OpEmitter, RegionBuilder
 from ..ir.core import Graph, Op, Region, Value
-from ..ir.ops.structural import newton_layer_params
+from ..ir.ops.structural import layer_rows, newton_stacks
 from .batch_layers import BatchingError, inline_batched
 
 
@@ -41,7 +41,8 @@ class _Expansion:
     def __init__(self, op: Op, out: OpEmitter, producer: dict[int, Op]) -> None:
         self.op, self.out, self.loc, self.producer = op, out, op.loc, producer
         self.contexts = list(op.operands[1: 1 + op.attrs["contexts"]])
-        self.weights = newton_layer_params(op)
+        self.stacks = newton_stacks(op)
+        self.rows_of = layer_rows(op.attrs["pattern"])
         self.pattern = op.attrs["pattern"]
 
     def emit(self, name: str, *operands: Value, **attrs) -> Value:
@@ -117,37 +118,20 @@ class _Expansion:
         return loop.results[0], outs, groups
 
     def stacked_weights(self, layers: Sequence[int]) -> dict[int, list[Value]]:
-        """Per structure in the chunk, its layers' operands stacked along a new leading axis: weights are
-        stacked once per plan by the runtime, rows of one tensor (a layer's past keys) become a view."""
+        """Per structure in the chunk, its layers' rows of the op's stacked operands (views)."""
         out = {}
         for group in _groups(layers, self.pattern):
-            slots = zip(*(self.weights[l] for l in group))
-            out[self.pattern[group[0]]] = [self.stack(ws) for ws in slots]
+            b = self.pattern[group[0]]
+            first, n = self.rows_of[group[0]], len(group)
+            whole = n == self.pattern.count(b)
+            out[b] = [s if whole else self.emit("slice", s, dim=0, start=first, end=first + n) for s in self.stacks[b]]
         return out
 
-    def stack(self, values: Sequence[Value]) -> Value:
-        rows = [self.row_of(v) for v in values]
-        bases = {id(r[0]) for r in rows if r is not None}
-        if len(values) > 1 and None not in rows and len(bases) == 1:
-            index = [r[1] for r in rows]  # type: ignore[index]
-            step = index[1] - index[0]
-            if step > 0 and all(b - a == step for a, b in zip(index, index[1:])):
-                return self.emit("slice", rows[0][0], dim=0, start=index[0], end=index[-1] + 1, step=step)  # type: ignore[index]
-        return self.emit("stack", *values, dim=0)
-
-    def row_of(self, v: Value) -> tuple[Value, int] | None:
-        """(x, i) when ``v`` is ``x[i]`` (a slice of one row along dim 0, then a reshape dropping that dim)."""
-        op = self.producer.get(id(v))
-        if op is None or op.name != "reshape":
-            return None
-        inner = self.producer.get(id(op.operands[0]))
-        if inner is None or inner.name != "slice" or inner.attrs["dim"] != 0 or inner.attrs["step"] != 1:
-            return None
-        start, end = inner.attrs["start"], inner.attrs["end"]
-        x = inner.operands[0]
-        if not isinstance(start, int) or end != start + 1 or tuple(x.type.shape[1:]) != tuple(v.type.shape):
-            return None
-        return x, start
+    def layer_weights(self, l: int) -> list[Value]:
+        """Layer ``l``'s own operands: its row of each stack."""
+        row = self.rows_of[l]
+        return [self.emit("reshape", self.emit("slice", s, dim=0, start=row, end=row + 1), shape=list(s.type.shape[1:]))
+                for s in self.stacks[self.pattern[l]]]
 
     def evaluate(self, group: Sequence[int], layers: Sequence[int], stacks: dict[int, list[Value]], h: Value,
                  scan: Value | None) -> list[Value]:
@@ -168,7 +152,7 @@ class _Expansion:
             per_layer = []
             for l in group:
                 xi = h if scan is None else self.emit("reshape", self.rows(scan, [l - layers[0]]), shape=list(h.type.shape))
-                per_layer.append(_inline(region, [xi, *self.contexts, *self.weights[l]], self.out))
+                per_layer.append(_inline(region, [xi, *self.contexts, *self.layer_weights(l)], self.out))
             return [self.emit("stack", *values, dim=0) for values in zip(*per_layer)]
 
     def rows(self, scan: Value, rows: Sequence[int]) -> Value:

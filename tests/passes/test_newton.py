@@ -80,6 +80,8 @@ def test_newton_op_prints_parses_and_verifies() -> None:
     newton = lamina.run_pipeline(graph, "newton{iters=2,chunk=2}")
     text = print_graph(newton)
     assert "newton(" in text and "pattern=[0, 0, 0, 0]" in text and "iters=2, chunk=2" in text
+    # one operand per weight of the block, stacked over the 4 layers
+    assert "stack(%h.0.ln_1.weight, %h.1.ln_1.weight, %h.2.ln_1.weight, %h.3.ln_1.weight) {dim=0} : f32[4,64]" in text
     assert print_graph(verify(parse(text))) == text
 
 
@@ -88,8 +90,10 @@ def test_malformed_newton_is_rejected_with_a_reason() -> None:
     text = print_graph(lamina.run_pipeline(graph, "newton{iters=2}"))
     with pytest.raises(LaminaError, match="pattern"):
         verify(parse(text.replace("pattern=[0, 0, 0, 0]", "pattern=[0, 1, 0, 0]")))
-    with pytest.raises(LaminaError, match="take 37 operands, it has 49"):
+    with pytest.raises(LaminaError, match=r"region 0 has 3 layers in pattern \[0, 0, 0\], but a stacked operand is f32\[4,64\]"):
         verify(parse(text.replace("pattern=[0, 0, 0, 0]", "pattern=[0, 0, 0]")))
+    with pytest.raises(LaminaError, match="take 13 operands, it has 12"):
+        verify(parse(text.replace("%16 = newton(%3, %4,", "%16 = newton(%3,")))
 
 
 def test_backends_ask_for_the_lowering() -> None:

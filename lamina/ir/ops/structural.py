@@ -18,8 +18,10 @@ def _region_infer(types: Sequence[TensorType], attrs: Mapping[str, Any]) -> list
 NEWTON_DOC = """h[L] of the residual stack h[l+1] = h[l] + f_l(h[l]), by Identity-Newton iterations.
 
 Operands: the stack's input h[0], then ``contexts`` values every layer reads (masks, rotary
-tables), then each layer's weights in layer order. Region b is a layer body: arguments
-(h, contexts..., one layer's weights), yielding f(h); layer l uses region ``pattern[l]``.
+tables), then per region its layers' operands stacked along a new leading axis (weights, a
+layer's own inputs such as its past keys). Region b is a layer body: arguments (h,
+contexts..., one layer's operands), yielding f(h); layer l uses region ``pattern[l]`` with row
+k of region b's stacks, k counting the earlier layers that use region b.
 Layers run in chunks of ``chunk``; inside a chunk the layer inputs start at the chunk's
 input (``init="input"``) and each of ``iters`` iterations evaluates every f_j at the current
 inputs at once, then sets input j+1 to chunk input + f_0 + ... + f_j (a prefix sum over the
@@ -34,20 +36,25 @@ the update's relative norm ||S' - S|| / ||S'|| (S: the chunk's layer inputs and 
 under ``tol``, after at most ``iters`` iterations (and at most its layer count: then it is exact)."""
 
 
-def _layer_slices(op: Op) -> list[slice]:
-    """Per layer of a ``newton`` op, the slice of its operands that are the layer's weights."""
+def newton_stacks(op: Op) -> list[tuple[Value, ...]]:
+    """Per region of a ``newton`` op, its stacked per-layer operands."""
     contexts = op.attrs["contexts"]
-    counts = [len(r.args) - 1 - contexts for r in op.regions]
     out, at = [], 1 + contexts
-    for body in op.attrs["pattern"]:
-        out.append(slice(at, at + counts[body]))
-        at += counts[body]
+    for region in op.regions:
+        n = len(region.args) - 1 - contexts
+        out.append(tuple(op.operands[at: at + n]))
+        at += n
     return out
 
 
-def newton_layer_params(op: Op) -> list[tuple[Value, ...]]:
-    """Per layer of a ``newton`` op, the operands that are its weights."""
-    return [tuple(op.operands[s]) for s in _layer_slices(op)]
+def layer_rows(pattern: Sequence[int]) -> list[int]:
+    """Per layer, its row in its region's stacks."""
+    seen: dict[int, int] = {}
+    rows = []
+    for b in pattern:
+        rows.append(seen.get(b, 0))
+        seen[b] = rows[-1] + 1
+    return rows
 
 
 T = TypeVar("T")
@@ -65,8 +72,13 @@ def newton_schedule(op: Op, operands: Sequence[T], body: Callable[[Region, list[
     and a chunk runs at most as many iterations as it has layers (then its inputs are exact)."""
     at = op.attrs
     contexts = list(operands[1: 1 + at["contexts"]])
-    weights = [list(operands[s]) for s in _layer_slices(op)]
     pattern, h = at["pattern"], operands[0]
+    stacks, at_operand = [], 1 + at["contexts"]
+    for region in op.regions:
+        n = len(region.args) - 1 - at["contexts"]
+        stacks.append(operands[at_operand: at_operand + n])
+        at_operand += n
+    weights = [[s[row] for s in stacks[b]] for b, row in zip(pattern, layer_rows(pattern))]
     early = at["tol"] > 0 and update_norm is not None
     exports: list[Sequence[T]] = [()] * len(pattern)
     for start in range(0, len(pattern), at["chunk"]):
@@ -114,15 +126,13 @@ carried values and the number of iterations run (i64). ``newton-expand`` emits o
 chunk when the newton op has a tolerance, r being the Newton update's relative norm."""
 
 
-def region_operands(op: Op, index: int) -> tuple[Value, ...]:
-    """The operands whose types region ``index``'s arguments must have."""
+def region_arg_types(op: Op, index: int) -> tuple[TensorType, ...]:
+    """The types region ``index``'s arguments must have."""
     if op.name != "newton":
-        return tuple(op.operands)
-    layer = op.attrs["pattern"].index(index) if index in op.attrs["pattern"] else None
-    if layer is None:
-        raise ValueError(f"newton region {index} is used by no layer (pattern {op.attrs['pattern']})")
-    contexts = tuple(op.operands[1: 1 + op.attrs["contexts"]])
-    return (op.operands[0],) + contexts + newton_layer_params(op)[layer]
+        return tuple(v.type for v in op.operands)
+    contexts = op.operands[: 1 + op.attrs["contexts"]]
+    stacks = newton_stacks(op)[index] if index < len(op.regions) else ()
+    return tuple(v.type for v in contexts) + tuple(TensorType(v.type.shape[1:], v.type.dtype) for v in stacks)
 
 
 DEFS = [
