@@ -127,6 +127,12 @@ def test_kv_caches_come_from_the_final_iterate(granularity: str) -> None:
         graph = lamina.run_pipeline(lamina.trace(module, args), "canonicalize")
         (chain,) = lamina.passes.layers.find_chains(graph, granularity)
         assert sum(len(layer.exports) for layer in chain.layers) == 12  # a key and a value per block
+        if len(args) == 3 and granularity == "block":  # each layer's past keys: one slice of the cache, no copy
+            rewritten = lamina.run_pipeline(graph, "newton")
+            producer = {id(r): o for o in rewritten.ops for r in o.results}
+            (op,) = [o for o in rewritten.ops if o.name == "newton"]
+            stacked = [producer[id(o)] for o in op.operands[1:] if o.type.rank == 5]
+            assert [(o.name, o.operands[0].hint) for o in stacked] == [("slice", "past_k"), ("slice", "past_v")]
         with torch.no_grad():
             want = module(*args)
         chunk = 3 if granularity == "block" else 4
