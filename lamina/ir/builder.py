@@ -42,6 +42,10 @@ class OpEmitter:
         self.ops.append(op)
         return op
 
+    def append_copy(self, op: Op, operands: Sequence[Value]) -> Op:
+        """Append a copy of ``op`` reading ``operands``, with fresh result values (inlining a region)."""
+        return self.append(op.replace(operands=tuple(operands), results=tuple(Value(r.type) for r in op.results)))
+
 
 class RegionBuilder(OpEmitter):
     """Builds one region: block arguments of given types, ops, then ``finish(yielded)``."""

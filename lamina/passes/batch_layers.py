@@ -32,8 +32,7 @@ class _Val:
     batched: bool
 
 
-SHIFT_DIM = frozenset({"slice", "split", "concat", "softmax", "log_softmax", "cumsum", "argmax", "gather",
-                       "index_select"})
+SHIFT_DIM = frozenset({"slice", "split", "concat", "softmax", "log_softmax", "cumsum", "argmax"})
 SHIFT_DIMS = frozenset({"sum", "mean", "amax", "amin", "var"})
 SAME = frozenset({"tril", "triu", "identity", "dropout"})  # act on trailing dims or element by element
 
@@ -47,7 +46,7 @@ def inline_batched(region: Region, args: Sequence[Value], batched: Sequence[bool
     for op in region.ops[:-1]:
         results = batcher.op(op, [env[id(v)] for v in op.operands])
         env.update({id(r): v for r, v in zip(op.results, results)})
-    values = [batcher.batched(env[id(v)], op) for v, op in zip(region.results, [region.ops[-1]] * len(region.results))]
+    values = [batcher.batched(env[id(v)], region.ops[-1]) for v in region.results]
     out.ops.extend(scratch.ops)
     return values
 
@@ -72,17 +71,14 @@ class _Batcher:
 
     def op(self, op: Op, xs: list[_Val]) -> list[_Val]:
         if not any(x.batched for x in xs):  # shared: the same for every layer
-            new = self.out.append(op.replace(operands=tuple(x.value for x in xs),
-                                             results=tuple(Value(r.type) for r in op.results)))
+            new = self.out.append_copy(op, [x.value for x in xs])
             return [_Val(r, False) for r in new.results]
         name, at = op.name, dict(op.attrs)
         rank = op.results[0].type.rank if op.results else 0
         if lookup(name).kind is Kind.ELEMENTWISE or name in SAME:
             operands = [self.padded(op, x, rank) if x.batched else x.value for x in xs]
             return self.single(op, name, operands, at)
-        if name == "reshape":
-            at["shape"] = [self.n, *at["shape"]]
-        elif name == "expand":
+        if name in ("reshape", "expand"):
             at["shape"] = [self.n, *at["shape"]]
         elif name == "permute":
             at["dims"] = [0, *(d % rank + 1 for d in at["dims"])]
@@ -103,10 +99,8 @@ class _Batcher:
             return self.attention(op, xs)
         else:
             raise BatchingError(f"newton: no layer-batching rule for {op.describe()}")
-        if name not in ("gather", "index_select", "concat") and not xs[0].batched:
+        if not xs[0].batched:
             raise BatchingError(f"newton: {op.describe()} reads a per-layer value where no rule batches it")
-        if name in ("gather", "index_select"):
-            raise BatchingError(f"newton: no layer-batching rule for {op.describe()} over per-layer values")
         new = self.out.emit_op(name, [x.value for x in xs], at, op.loc)
         return [_Val(r, True) for r in new.results]
 

@@ -323,9 +323,7 @@ def _region(group: _Group, results: list[Value], producer: dict) -> tuple:
     builder = RegionBuilder([v.type for v in inputs])
     env = {id(v): a for v, a in zip(inputs, builder.args)}
     for op in needed:
-        new = op.replace(operands=tuple(env[id(x)] for x in op.operands),
-                         results=tuple(Value(r.type) for r in op.results))
-        builder.append(new)
+        new = builder.append_copy(op, [env[id(x)] for x in op.operands])
         for old, fresh in zip(op.results, new.results):
             env[id(old)] = fresh
     return builder.finish([env[id(v)] for v in results]), inputs

@@ -132,8 +132,7 @@ def _body(layer: Layer, contexts: Sequence[Value]) -> Region:
                                                  for op in layer.ops) == 1 and layer.stream in last.operands
     body_ops = layer.ops[:-1] if single_residual else layer.ops
     for op in body_ops:
-        new = builder.append(op.replace(operands=tuple(env[id(v)] for v in op.operands),
-                                        results=tuple(Value(r.type) for r in op.results)))
+        new = builder.append_copy(op, [env[id(v)] for v in op.operands])
         env.update({id(o): n for o, n in zip(op.results, new.results)})
     if single_residual:  # h + delta: yield delta as computed, so iters = chunk is exact
         delta = last.operands[1] if last.operands[0] is layer.stream else last.operands[0]

@@ -75,8 +75,7 @@ class _Expansion:
             used = layers if k == steps - 1 else layers[:-1]  # the last layer's f only feeds the total
             groups = _groups(used, self.pattern)
             outs = [self.evaluate(group, layers, stacks, h, scan) for group in groups]
-            scan_pattern = [next(g for g, group in enumerate(groups) if l in group) for l in used]
-            scan = self.emit("layer_scan", h, *(o[0] for o in outs), pattern=scan_pattern)
+            scan = self.emit("layer_scan", h, *(o[0] for o in outs), pattern=_scan_pattern(used, groups))
         assert scan is not None
         return scan, outs, groups
 
@@ -100,8 +99,7 @@ class _Expansion:
             saved, self.contexts = self.contexts, list(b_ctx)
             outs = [self.evaluate(group, layers, local, b_h, old) for group in groups]
             self.contexts = saved
-            new = self.emit("layer_scan", b_h, *(o[0] for o in outs),
-                            pattern=[next(i for i, g in enumerate(groups) if l in g) for l in layers])
+            new = self.emit("layer_scan", b_h, *(o[0] for o in outs), pattern=_scan_pattern(layers, groups))
             diff = self.emit("sub", new, old)
             change = self.emit("sum", self.emit("mul", diff, diff), dims=[])
             size = self.emit("sum", self.emit("mul", new, new), dims=[])
@@ -172,10 +170,14 @@ def _groups(layers: Sequence[int], pattern: Sequence[int]) -> list[list[int]]:
     return list(groups.values())
 
 
+def _scan_pattern(layers: Sequence[int], groups: Sequence[Sequence[int]]) -> list[int]:
+    """Per layer, which group's deltas (a ``layer_scan`` operand) it reads."""
+    return [next(g for g, group in enumerate(groups) if l in group) for l in layers]
+
+
 def _inline(region: Region, args: Sequence[Value], out: OpEmitter) -> list[Value]:
     env = {id(a): v for a, v in zip(region.args, args)}
     for op in region.ops[:-1]:
-        new = out.append(op.replace(operands=tuple(env[id(v)] for v in op.operands),
-                                    results=tuple(Value(r.type) for r in op.results)))
+        new = out.append_copy(op, [env[id(v)] for v in op.operands])
         env.update({id(o): n for o, n in zip(op.results, new.results)})
     return [env[id(v)] for v in region.results]

@@ -140,7 +140,8 @@ class Executor:
                       for op in graph.ops if op.name == "iterate"}
         self.iterations: list[int] = []  # iteration counts of the last call's iterate ops, in order
         self.plans: dict[tuple, Plan] = {}
-        self.hoisted: dict[tuple, list[Any]] = {}  # stacked weights, shared by the plans of all shapes
+        self.hoisted_ops = _hoisted(graph)
+        self.hoisted: dict[tuple, list[Any]] = {}  # their values (stacked weights), shared by the plans of all shapes
         target.compile(list(self.kernels.values()))
 
     def _check_dtypes(self) -> None:
@@ -245,7 +246,6 @@ class _PlanBuilder(PlanContext):
         self.flat: dict[int, str] = {}      # value -> name of its flat numpy view
         self.counter = 0
         self.weights = weights
-        self.hoisted = _hoisted(g)
 
     def fresh(self, prefix: str) -> str:
         self.counter += 1
@@ -388,7 +388,7 @@ class _PlanBuilder(PlanContext):
         return 1
 
     def writes_into_out(self, op: Op) -> bool:
-        if id(op) in self.hoisted:
+        if id(op) in self.ex.hoisted_ops:
             return False
         return op.name == "fused" or op.name in WRITES_INTO_OUT or id(op) in self.ex.natives
 
@@ -414,7 +414,7 @@ class _PlanBuilder(PlanContext):
         args = [self.name[id(v)] for v in op.operands]
         if op.name == "iterate":
             return self.loop(op, args)
-        if id(op) in self.hoisted:  # computed now, once: its operands are fixed for the plan
+        if id(op) in self.ex.hoisted_ops:  # computed now, once: its operands are fixed for the plan
             key = (id(op), *(self.glb[a].data_ptr() for a in args))
             if key not in self.ex.hoisted:
                 scope = dict(self.glb)

@@ -78,9 +78,9 @@ def log_softmax(x: np.ndarray, dim: int) -> np.ndarray:
     return shifted - np.log(np.sum(np.exp(shifted), axis=dim, keepdims=True))
 
 
-def _layer_scan_counts(pattern: Sequence[int], groups: int, name: str = "layer_scan") -> list[int]:
+def _layer_scan_counts(pattern: Sequence[int], groups: int) -> list[int]:
     if any(not 0 <= g < groups for g in pattern):
-        raise InferenceError(f"{name}: pattern {list(pattern)} names a delta operand outside 0..{groups - 1}")
+        raise InferenceError(f"layer_scan: pattern {list(pattern)} names a delta operand outside 0..{groups - 1}")
     return [sum(1 for g in pattern if g == b) for b in range(groups)]
 
 

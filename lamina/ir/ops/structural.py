@@ -36,15 +36,20 @@ the update's relative norm ||S' - S|| / ||S'|| (S: the chunk's layer inputs and 
 under ``tol``, after at most ``iters`` iterations (and at most its layer count: then it is exact)."""
 
 
-def newton_stacks(op: Op) -> list[tuple[Value, ...]]:
-    """Per region of a ``newton`` op, its stacked per-layer operands."""
+def _stack_slices(op: Op) -> list[slice]:
+    """Per region of a ``newton`` op, where its stacked per-layer operands sit among the operands."""
     contexts = op.attrs["contexts"]
     out, at = [], 1 + contexts
     for region in op.regions:
         n = len(region.args) - 1 - contexts
-        out.append(tuple(op.operands[at: at + n]))
+        out.append(slice(at, at + n))
         at += n
     return out
+
+
+def newton_stacks(op: Op) -> list[tuple[Value, ...]]:
+    """Per region of a ``newton`` op, its stacked per-layer operands."""
+    return [tuple(op.operands[s]) for s in _stack_slices(op)]
 
 
 def layer_rows(pattern: Sequence[int]) -> list[int]:
@@ -73,11 +78,7 @@ def newton_schedule(op: Op, operands: Sequence[T], body: Callable[[Region, list[
     at = op.attrs
     contexts = list(operands[1: 1 + at["contexts"]])
     pattern, h = at["pattern"], operands[0]
-    stacks, at_operand = [], 1 + at["contexts"]
-    for region in op.regions:
-        n = len(region.args) - 1 - at["contexts"]
-        stacks.append(operands[at_operand: at_operand + n])
-        at_operand += n
+    stacks = [operands[s] for s in _stack_slices(op)]
     weights = [[s[row] for s in stacks[b]] for b, row in zip(pattern, layer_rows(pattern))]
     early = at["tol"] > 0 and update_norm is not None
     exports: list[Sequence[T]] = [()] * len(pattern)
