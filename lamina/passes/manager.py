@@ -123,6 +123,16 @@ def _check_options(info: PassInfo, options: Mapping[str, Any], pipeline: str) ->
         if unknown:
             raise PipelineError(f"pipeline {pipeline!r}: pass {info.name} has no option {unknown[0]!r}; "
                                 f"it takes {', '.join(sorted(known))}")
+        for f in dataclasses.fields(info.options):
+            wanted = _OPTION_TYPES.get(str(f.type))
+            value = options.get(f.name)
+            if f.name in options and wanted and (not isinstance(value, wanted) or
+                                                 (isinstance(value, bool) and wanted is not bool)):
+                raise PipelineError(f"pipeline {pipeline!r}: option {f.name} of {info.name} must be {f.type}, "
+                                    f"got {value!r}")
+
+
+_OPTION_TYPES: Mapping[str, Any] = MappingProxyType({"int": int, "float": (int, float), "str": str, "bool": bool})
 
 
 def run_steps(graph: Graph, steps: Sequence[PassStep], *, dump_dir: str | Path | None = None,

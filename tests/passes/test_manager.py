@@ -48,6 +48,10 @@ def test_options_are_parsed_into_the_pass_dataclass() -> None:
     assert seen["options"] == Opts(bits=4, greedy=True)
     with pytest.raises(PipelineError, match="has no option 'bitz'; it takes bits, greedy"):
         parse_pipeline("fake{bitz=4}", passes)
+    with pytest.raises(PipelineError, match="option bits of fake must be int, got 'four'"):
+        parse_pipeline("fake{bits=four}", passes)
+    with pytest.raises(PipelineError, match="option greedy of fake must be bool, got 2"):
+        parse_pipeline("fake{greedy=2}", passes)
 
 
 def test_invalid_pass_output_is_caught_and_named() -> None:
