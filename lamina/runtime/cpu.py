@@ -27,14 +27,20 @@ __all__ = ["BackendError", "CpuExecutor", "CpuTarget"]
 NATIVE_ATTENTION_WORK = 1 << 18
 
 
-def flat_strided(t: torch.Tensor) -> tuple[Any, tuple[int, ...]]:
+def flat_strided(t: torch.Tensor, unit_last: bool = True) -> tuple[Any, tuple[int, ...]]:
     """A flat NumPy view from ``t``'s first element over all it touches, and ``t``'s element strides.
 
-    The last dim is made contiguous first if it is not (kernels index it with unit stride)."""
-    if t.dim() and t.stride(-1) != 1 and t.shape[-1] > 1:
+    With ``unit_last`` the last dim is made contiguous first if it is not (kernels index it with
+    unit stride): that is a copy, so the caller must not keep it past the tensor's next write."""
+    if unit_last and t.dim() and t.stride(-1) != 1 and t.shape[-1] > 1:
         t = t.contiguous()
     span = 1 + sum((n - 1) * st for n, st in zip(t.shape, t.stride())) if t.numel() else 0
     return t.as_strided((span,), (1,)).numpy(), tuple(t.stride())
+
+
+def _copies(t: torch.Tensor, unit_last: bool) -> bool:
+    """Whether ``flat_strided(t, unit_last)`` would read a copy of ``t`` rather than ``t`` itself."""
+    return unit_last and t.dim() > 0 and t.stride(-1) != 1 and t.shape[-1] > 1
 
 
 def cpu_kernel_source(kernel: Kernel) -> str:
@@ -87,20 +93,28 @@ class CpuTarget(Target):
                                      "or head size for these inputs")
         scale = op.attrs["scale"] if op.attrs["scale"] is not None else 1.0 / math.sqrt(d)
         rows = b * h * t
-        if rows * s * (d + dv) > NATIVE_ATTENTION_WORK:  # torch's blocked flash kernel wins: copy its result
+        target = plan.value_of(out)
+        if rows * s * (d + dv) > NATIVE_ATTENTION_WORK or (target is not None and _copies(target, True)):
+            # torch's blocked flash kernel wins (or the output's head dim is strided): copy its result
             return [f"{out}.copy_({attention_expr(op, args)})"]
 
-        def strided(name: str, suffix: str = "") -> tuple[str, list[str]]:
+        def strided(name: str, suffix: str = "", unit_last: bool = True) -> tuple[str, list[str]]:
+            """The flat view and strides of ``name + suffix``: made once when the tensor is fixed for the
+            plan and no copy is needed (a copy made now would be stale by the time the kernel reads it:
+            an arena buffer is written later, a weight may be updated in place), else on every call."""
             tensor = plan.value_of(name)
             if tensor is not None:
-                flat, strides = flat_strided(eval(f"t{suffix}", {"t": tensor}))  # noqa: S307 - our own code
-                return plan.static(flat, "N"), [str(x) for x in strides]
+                view = eval(f"t{suffix}", {"t": tensor})  # noqa: S307 - our own code
+                if not _copies(view, unit_last):
+                    flat, strides = flat_strided(view, unit_last)
+                    return plan.static(flat, "N"), [str(x) for x in strides]
             flat, st = plan.fresh("n"), plan.fresh("s")
-            lines.append(f"{flat}, {st} = flat_strided({name}{suffix})")
+            lines.append(f"{flat}, {st} = flat_strided({name}{suffix}, {unit_last})")
             return flat, [f"{st}[{i}]" for i in range(4)]
 
         (fq, sq), (fk, sk), (fv, sv), (fo, so) = (strided(a) for a in (args[0], args[1], args[2], out))
-        fm, sm = strided(args[3], f".expand({(b, h, t, s)})") if len(args) == 4 else (fq, ["0"] * 4)
+        # the mask is read with all four strides: a mask broadcast along the keys has stride 0 there
+        fm, sm = strided(args[3], f".expand({(b, h, t, s)})", unit_last=False) if len(args) == 4 else (fq, ["0"] * 4)
         strides = ", ".join(", ".join(x[:3]) for x in (sq, sk, sv, so))
         fn = plan.static(kernel(), "N")
         lines.append(f"{fn}({fq}, {fk}, {fv}, {fm}, {fo}, {scale!r}, 0, {rows}, {h}, {t}, {d}, "

@@ -105,3 +105,36 @@ def test_large_attention_runs_as_torch_kernel_into_the_arena() -> None:
     plan = compiled._executor.plan_for(list(args), compiled._weights)
     assert ".copy_(torch.nn.functional.scaled_dot_product_attention(" in plan.source
     torch.testing.assert_close(compiled(*args), Attend(causal=True)(*args), rtol=1e-5, atol=1e-5)
+
+
+class ComputedMask(nn.Module):
+    """A mask the graph computes: kernels write it into the arena, after the plan is built."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.kind = kind
+        self.bias = nn.Embedding(9, 4)  # T5-style relative position bias, one column per head
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        t, s = q.shape[2], k.shape[2]
+        if self.kind == "bool_rows":  # as transformers 5 builds bidirectional masks under torch.export: stride 0
+            mask = (torch.arange(t)[None, None, :, None] >= 2).expand(1, 1, t, s)  # along keys; rows 0, 1 masked
+        else:  # a float mask read through a permute: its key axis is not the contiguous one
+            rel = (torch.arange(s)[None, :] - torch.arange(t)[:, None]).clamp(-4, 4) + 4
+            mask = self.bias(rel).permute(2, 0, 1).unsqueeze(0)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask) * 1.0
+
+
+@pytest.mark.parametrize("kind", ["bool_rows", "permuted_bias"])
+def test_masks_computed_in_the_graph_are_read_after_they_are_written(kind: str) -> None:
+    """Regression: a mask whose key axis is not contiguous was copied when the plan was built, before
+    the kernel writing it had run, so attention read whatever the arena held (BERT, BART, ViT, T5)."""
+    model = ComputedMask(kind).eval()
+    args = qkv(b=2, h=4, t=6, s=6, d=8)
+    args = (args[0], args[1], args[2][..., :8].contiguous())
+    compiled = lamina.compile(model, args, poison=True)
+    assert compiled._executor.natives, "the attention op should run as the cpu kernel"
+    for trial in range(3):
+        fresh = tuple(torch.randn_like(a) for a in args) if trial else args
+        with torch.no_grad():
+            torch.testing.assert_close(compiled(*fresh), model(*fresh), rtol=1e-5, atol=1e-5)
