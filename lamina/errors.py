@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .ir.errors import IRParseError, LaminaError, VerifyError
+from .ir.errors import DivisionByZeroError, IndexOutOfRangeError, IRParseError, LaminaError, VerifyError
 
 
 @dataclass(frozen=True)
@@ -38,4 +38,4 @@ class InputMismatchError(LaminaError, ValueError):
     """A compiled module was called with inputs that differ from the ones it was compiled for."""
 
 
-__all__ = ["IRParseError", "InputMismatchError", "LaminaError", "UnsupportedOp", "UnsupportedOpsError", "VerifyError"]
+__all__ = ["IRParseError", "InputMismatchError", "DivisionByZeroError", "IndexOutOfRangeError", "LaminaError", "UnsupportedOp", "UnsupportedOpsError", "VerifyError"]

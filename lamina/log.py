@@ -1,7 +1,8 @@
 """lamina's loggers. ``LAMINA_LOG=fallback`` (comma-separated topics) prints them to stderr.
 
 Topics: ``fallback`` (one line per op or graph PyTorch runs instead of lamina), ``compile``
-(one line per compiled graph). Without the variable they go to the ``logging`` module
+(one line per compiled graph), ``cache`` (warnings: a damaged or unwritable kernel cache entry,
+repaired or worked around). Without the variable they go to the ``logging`` module
 (logger ``lamina.<topic>``) like any library's logs.
 """
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 
-TOPICS = ("fallback", "compile")
+TOPICS = ("fallback", "compile", "cache")
 
 
 def logger(topic: str) -> logging.Logger:

@@ -5,6 +5,7 @@ import math
 from typing import Any
 
 from ..ir.dtypes import DType
+from .checked_ops import NUMBA_CPU as CHECKED_SOURCE
 from .fastmath32 import SOURCE as FAST32_SOURCE
 from .kernel import Call, Const, Expr, Kernel, Let, Loop, Reduce, Store
 from .scalar_printer import ScalarPrinter, infix_forms
@@ -14,7 +15,7 @@ _NP = {DType.f64: "np.float64", DType.f32: "np.float32", DType.f16: "np.float16"
        DType.i64: "np.int64", DType.i32: "np.int32", DType.i8: "np.int8", DType.u8: "np.uint8", DType.i4: "np.int8",
        DType.bool: "np.bool_"}
 _MATH = {"exp": "math.exp", "log": "math.log", "sqrt": "math.sqrt", "tanh": "math.tanh", "sin": "math.sin",
-         "cos": "math.cos", "erf": "math.erf", "floor": "np.floor"}  # np.floor keeps the float type
+         "cos": "math.cos", "erf": "math.erf", "floor": "np.floor", "log1p": "math.log1p"}  # np.floor keeps the float type
 
 _FAST32 = frozenset({"exp", "tanh", "erf"})  # float32 versions in fastmath32 that vectorize
 
@@ -140,4 +141,5 @@ def numba_source(kernel: Kernel, parallel: bool) -> str:
     return "\n".join(lines) + "\n"
 
 
-MODULE_HEADER = "import math\n\nimport numba\nimport numpy as np\n" + FAST32_SOURCE + WIDE_VECTORS_SOURCE + "\n\n"
+MODULE_HEADER = ("import math\n\nimport numba\nimport numpy as np\n" + FAST32_SOURCE + WIDE_VECTORS_SOURCE
+                 + CHECKED_SOURCE + "\n\n")

@@ -12,13 +12,14 @@ import math
 from typing import Any
 
 from ..ir.dtypes import DType
+from .checked_ops import CUDA_C as CHECKED_SOURCE
 from .kernel import Call, Const, Expr, Kernel, Let, Load, Loop, Reduce, Store, Var, walk
 from .scalar_printer import ScalarPrinter, infix_forms
 
 CTYPE = {DType.f64: "double", DType.f32: "float", DType.i64: "long long", DType.i32: "int", DType.i8: "signed char",
          DType.u8: "unsigned char", DType.i4: "signed char", DType.bool: "bool"}
 _F32_MATH = {"exp": "expf", "log": "logf", "sqrt": "sqrtf", "tanh": "tanhf", "sin": "sinf", "cos": "cosf",
-             "erf": "erff", "floor": "floorf"}
+             "erf": "erff", "floor": "floorf", "log1p": "log1pf"}
 
 PRELUDE = r"""
 template <typename T> __device__ __forceinline__ T lm_max(T a, T b) { return (a > b || a != a) ? a : b; }
@@ -39,7 +40,7 @@ template <typename T, typename Op> __device__ T lm_block_reduce(T v, T* shared, 
   __syncthreads();
   return v;
 }
-"""
+""" + CHECKED_SOURCE
 
 
 def literal(value: Any, dtype: DType) -> str:

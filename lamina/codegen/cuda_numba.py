@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 
 from ..ir.dtypes import DType
+from .checked_ops import NUMBA_CUDA as CHECKED_SOURCE
 from .cpu_numba import NumbaPrinter, literal
 from .kernel import Call, Kernel, Reduce, Store
 
@@ -85,4 +86,4 @@ def cuda_numba_source(kernel: Kernel) -> str:
     return "\n".join(lines) + "\n"
 
 
-MODULE_HEADER = "import math\n\nimport numba\nimport numpy as np\nfrom numba import cuda\n\n\n"
+MODULE_HEADER = "import math\n\nimport numba\nimport numpy as np\nfrom numba import cuda\n" + CHECKED_SOURCE + "\n\n"

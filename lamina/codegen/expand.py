@@ -36,6 +36,15 @@ def expand(e: Call) -> Expr:
         return _f("div", dt, one, a[0])
     if op == "rsqrt":
         return _f("div", dt, one, _f("sqrt", dt, a[0]))
+    if op == "ceil":  # -floor(-x)
+        return _f("neg", dt, _f("floor", dt, _f("neg", dt, a[0])))
+    if op == "trunc":
+        x = a[0]
+        return _f("where", dt, _f("lt", DType.bool, x, Const(dt, 0)), expand(_f("ceil", dt, x)), _f("floor", dt, x))
+    if op == "sign":  # 0 for 0 and NaN, as torch
+        x = a[0]
+        return _f("where", dt, _f("gt", DType.bool, x, Const(dt, 0)), Const(dt, 1),
+                  _f("where", dt, _f("lt", DType.bool, x, Const(dt, 0)), Const(dt, -1), Const(dt, 0)))
     if op == "relu":
         return _f("maximum", dt, a[0], Const(dt, 0))
     if op == "clamp":

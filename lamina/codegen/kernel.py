@@ -5,6 +5,12 @@ is statements: ``Let`` (a named scalar), ``Reduce`` (a serial loop folding a val
 accumulator), ``Loop`` (a serial loop over the inner index of a row kernel) and ``Store``.
 Buffers are flat, contiguous arrays; every view (reshape, permute, expand, slice, split,
 broadcast) has been folded into the integer index expressions of loads.
+
+Checked scalar ops (``CHECKED``: an index that may be out of range, an integer division that
+may divide by zero) record a failure in the kernel's error buffer ``err`` (``[check, value,
+size]``, check numbered from 1 into ``Kernel.checks``) and go on with a safe value; the
+runtime raises the check's error after the launch. A check the plan can decide from sizes
+alone is an ``IndexAssumption`` instead, tested once when the plan is built.
 """
 from __future__ import annotations
 
@@ -87,6 +93,33 @@ class Loop:
 
 Stmt = Let | Store | Reduce | Loop
 
+# scalar ops that record a failure in the error buffer: checked_index(i, n, check) {wrap},
+# int_floor_divide / int_remainder / int_fmod(a, b, check)
+CHECKED = frozenset({"checked_index", "int_floor_divide", "int_remainder", "int_fmod"})
+ERROR_BUFFER = "err"
+
+
+@dataclass(frozen=True)
+class KernelCheck:
+    """What a failed check means: ``kind`` is ``index`` or ``zero_division``; ``what`` names the op;
+    ``wrap``: negative indices count from the end."""
+
+    kind: str
+    what: str
+    wrap: bool = False
+
+
+@dataclass(frozen=True)
+class IndexAssumption:
+    """Indices known to lie in ``[lo, hi]`` (exact bounds, in size symbols) must fit a dim of ``size``;
+    negative ones wrap when ``wrap``. The plan tests it once its sizes are known."""
+
+    lo: Any
+    hi: Any
+    size: Any
+    wrap: bool
+    what: str
+
 
 @dataclass(frozen=True)
 class Buffer:
@@ -115,6 +148,8 @@ class Kernel:
     row_extent: Expr | None = None
     source_ops: tuple[str, ...] = field(default=(), compare=False)
     scratch: tuple[Buffer, ...] = ()  # per-thread row buffers (see codegen/scratch.py)
+    checks: tuple[KernelCheck, ...] = ()  # check k (from 1) is checks[k - 1]; the last buffer is ``err``
+    assumptions: tuple[IndexAssumption, ...] = field(default=(), compare=False, repr=False)
 
     @property
     def inputs(self) -> tuple[Buffer, ...]:

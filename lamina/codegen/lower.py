@@ -19,8 +19,12 @@ from ..ir.dtypes import DType
 from ..ir.errors import LaminaError
 from ..passes.fusion import op_class, reduction_axes
 from .expand import expand
-from .kernel import (I64, Buffer, Call, Const, Expr, Kernel, Let, Load, Loop, Reduce, Store, Var, add, const,
-                     floordiv, mod, mul, walk)
+from .index_range import fits, index_range, nonnegative
+from .kernel import (ERROR_BUFFER, I64, Buffer, Call, Const, Expr, IndexAssumption, Kernel, KernelCheck, Let, Load,
+                     Loop, Reduce, Store, Var, add, const, floordiv, mod, mul, walk)
+
+
+INTEGER_DIVISIONS = frozenset({"floor_divide", "remainder", "fmod"})
 
 
 class LoweringError(LaminaError, NotImplementedError):
@@ -109,6 +113,8 @@ class _Builder:
         self.memo: dict[tuple, Expr] = {}
         self.reductions: list[tuple[str, str, DType, Expr]] = []  # (acc, kind, dtype, value in r)
         self.row_index: Any = None  # callable: inner var -> Idx over the row domain
+        self.checks: list[KernelCheck] = []  # runtime checks, numbered from 1
+        self.assumptions: list[IndexAssumption] = []  # checks the plan decides from sizes
 
     # -- values at indices --------------------------------------------------------------------
     def value_at(self, v: Value, idx: Idx) -> Expr:
@@ -173,19 +179,19 @@ class _Builder:
         shape = op.results[0].type.shape
         if name == "embedding":
             w, ids = op.operands
-            row = self.as_index(self.value_at(ids, Idx(idx.dims[:-1])))
+            row = self.checked_index(op, ids, self.value_at(ids, Idx(idx.dims[:-1])), w.type.shape[0], wrap=False)
             return self.value_at(w, Idx((row, idx.dims[-1])))
         if name == "index_select":
             x, ids = op.operands
             d = attrs["dim"] % len(shape)
             dims = list(idx.dims)
-            dims[d] = self.as_index(self.value_at(ids, Idx((idx.dims[d],))))
+            dims[d] = self.checked_index(op, ids, self.value_at(ids, Idx((idx.dims[d],))), x.type.shape[d], wrap=False)
             return self.value_at(x, Idx(tuple(dims)))
         if name == "gather":
             x, ids = op.operands
             d = attrs["dim"] % len(shape)
             dims = list(idx.dims)
-            dims[d] = self.as_index(self.value_at(ids, idx))
+            dims[d] = self.checked_index(op, ids, self.value_at(ids, idx), x.type.shape[d], wrap=False)
             return self.value_at(x, Idx(tuple(dims)))
         if name == "index":
             return self.advanced_index(op, idx)
@@ -201,11 +207,35 @@ class _Builder:
         if op.regions or op_class(name) != "pointwise":
             raise LoweringError(f"{op.describe()} cannot be part of a generated kernel")
         args = tuple(self.operand(op, i, idx) for i in range(len(op.operands)))
+        if name in INTEGER_DIVISIONS and not dtype.is_float:  # a zero divisor is an error, as in torch
+            self.checks.append(KernelCheck("zero_division", op.describe()))
+            return Call(dtype, f"int_{name}", args + (const(len(self.checks)),))
         items = tuple(sorted((k, v) for k, v in attrs.items()))
         return expand(Call(dtype, name, args, items))
 
     def as_index(self, e: Expr) -> Expr:
         return e if e.dtype is I64 else Call(I64, "cast", (e,), (("dtype", I64),))
+
+    def checked_index(self, op: Op, index: Value, e: Expr, size: Any, wrap: bool) -> Expr:
+        """``e``, an element of integer tensor ``index``, as a position along a dim of ``size``.
+
+        Negative indices count from the end when ``wrap`` (``x[i]``), else they are errors like
+        indices past the end (embedding, gather, index_select). Indices whose bounds the graph
+        fixes (``index_range``) are checked once per plan, or not at all when they fit every size;
+        the others are checked by the kernel, which then reads position 0 and reports the error."""
+        e, n = self.as_index(e), self.sizes(size)
+        what = f"{op.describe()} (a dim of size {size})"
+        bounds = index_range(index, self.producer)
+        if bounds is not None:
+            proven = fits(bounds, size, wrap) == (True, True)
+            if proven or bounds.exact:
+                if not proven:  # exact bounds: where they do not fit, eager fails too; the plan raises
+                    self.assumptions.append(IndexAssumption(bounds.lo, bounds.hi, size, wrap, what))
+                if not wrap or nonnegative(bounds):
+                    return e
+                return Call(I64, "where", (Call(DType.bool, "lt", (e, const(0))), add(e, n), e))
+        self.checks.append(KernelCheck("index", what, wrap))
+        return Call(I64, "checked_index", (e, n, const(len(self.checks))), (("wrap", wrap),))
 
     def advanced_index(self, op: Op, idx: Idx) -> Expr:
         x, tensors = op.operands[0], op.operands[1:]
@@ -221,7 +251,8 @@ class _Builder:
         for axis in range(x.type.rank):
             if axis in positions:
                 t = tensors[positions.index(axis)]
-                dims.append(self.as_index(self.value_at(t, self.broadcast(picked_idx, picked_shape, t.type.shape))))
+                element = self.value_at(t, self.broadcast(picked_idx, picked_shape, t.type.shape))
+                dims.append(self.checked_index(op, t, element, x.type.shape[axis], wrap=True))
             else:
                 dims.append(next(rest))
         return self.value_at(x, Idx(tuple(dims)))
@@ -433,8 +464,11 @@ def lower_region(op: Op, input_names: Sequence[str], output_names: Sequence[str]
         if looped:
             body.append(Loop("j", inner_n, tuple(loop_body)))
     buffers = _buffers(region.args, input_names, region.results, output_names, sizes)
+    if builder.checks:
+        buffers += (Buffer(ERROR_BUFFER, I64, const(3), output=True),)
     kernel = Kernel("kernel", "row" if reductions else "pointwise", buffers, tuple(sizes.names), outer_n,
-                    tuple(body), inner_n, tuple(o.name for o in region.ops if o.name != "yield"))
+                    tuple(body), inner_n, tuple(o.name for o in region.ops if o.name != "yield"),
+                    checks=tuple(builder.checks), assumptions=tuple(builder.assumptions))
     return _name(kernel)
 
 

@@ -10,7 +10,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..ir.dtypes import DType
-from .kernel import Call, Const, Expr, Load, Var
+from .checked_ops import checked_call
+from .kernel import CHECKED, Call, Const, Expr, Load, Var
 
 INFIX = {"add": "+", "sub": "-", "mul": "*", "div": "/", "lt": "<", "le": "<=", "gt": ">", "ge": ">=",
          "eq": "==", "ne": "!="}
@@ -21,6 +22,10 @@ def infix_forms(**extra: str) -> dict[str, str]:
     forms = {op: f"({{0}} {sym} {{1}})" for op, sym in INFIX.items()}
     forms.update({op: f"({{0}} {sym} {{1}})" for op, sym in extra.items()})
     return forms
+
+
+# floating-point ops every target computes with a helper of the same name (codegen/checked_ops.py)
+HELPERS = {"floor_divide": "lm_floor_divide", "remainder": "lm_remainder", "fmod": "lm_fmod"}
 
 
 def _small_power(e: Call) -> int:
@@ -59,6 +64,10 @@ class ScalarPrinter:
         power = _small_power(e)
         if power:  # x ** 3 as x * x * x: libm's pow is scalar and slow, and stops vectorization
             return "(" + " * ".join([a[0]] * power) + ")"
+        if e.op in CHECKED:
+            return checked_call(e.op, a, bool(dict(e.attrs).get("wrap")))
+        if e.op in HELPERS:
+            return f"{HELPERS[e.op]}({a[0]}, {a[1]})"
         text = self.special(e, a)
         if text is not None:
             return text

@@ -32,12 +32,16 @@ def converts(*targets: str) -> Callable[[Converter], Converter]:
 
 _UNARY = {"neg": "neg", "exp": "exp", "log": "log", "sqrt": "sqrt", "rsqrt": "rsqrt", "tanh": "tanh",
           "sigmoid": "sigmoid", "relu": "relu", "silu": "silu", "abs": "abs", "sin": "sin", "cos": "cos",
-          "erf": "erf", "reciprocal": "reciprocal", "floor": "floor"}
+          "erf": "erf", "reciprocal": "reciprocal", "floor": "floor", "ceil": "ceil", "trunc": "trunc",
+          "log1p": "log1p", "sign": "sign", "sgn": "sign"}
 
 
 def _unary(name: str) -> Converter:
     def convert(cx: Context, x: Value) -> Value:
-        return cx.emit(name, cx.value(x, cx.out_type.dtype))
+        dtype = cx.out_type.dtype
+        if name in ("floor", "ceil", "trunc") and not dtype.is_float:
+            return cx.emit("identity", cx.value(x, dtype))  # integers are already whole
+        return cx.emit(name, cx.value(x, dtype))
 
     return convert
 
@@ -83,13 +87,30 @@ def _rsub(cx: Context, a: Any, b: Any, alpha: Any = 1) -> Value:
 @converts("aten.div.Tensor", "aten.div.Scalar", "aten.div.Tensor_mode", "aten.div.Scalar_mode")
 def _div(cx: Context, a: Any, b: Any, rounding_mode: str | None = None) -> Value:
     dtype = cx.out_type.dtype
+    a, b = cx.value(a, dtype), cx.value(b, dtype)
     if rounding_mode is None:
-        return cx.emit("div", cx.value(a, dtype), cx.value(b, dtype))
-    if rounding_mode != "floor":
-        raise Unsupported(f"division with rounding_mode={rounding_mode!r}; only 'floor' and true division")
-    wide = DType.f64 if dtype.is_int else dtype
-    q = cx.emit("floor", cx.emit("div", cx.value(a, wide), cx.value(b, wide)))
-    return cx.value(q, dtype)
+        return cx.emit("div", a, b)
+    if rounding_mode == "floor":
+        return cx.emit("floor_divide", a, b)
+    if rounding_mode != "trunc":
+        raise Unsupported(f"division with rounding_mode={rounding_mode!r}; torch knows 'floor', 'trunc' and None")
+    if dtype.is_float:
+        return cx.emit("trunc", cx.emit("div", a, b))
+    # integers: a - fmod(a, b) is a multiple of b, so its floor quotient is the truncated one
+    return cx.emit("floor_divide", cx.emit("sub", a, cx.emit("fmod", a, b)), b)
+
+
+def _division(name: str) -> Converter:
+    def convert(cx: Context, a: Any, b: Any) -> Value:
+        dtype = cx.out_type.dtype
+        return cx.emit(name, cx.value(a, dtype), cx.value(b, dtype))
+
+    return convert
+
+
+converts("aten.floor_divide.default", "aten.floor_divide.Scalar")(_division("floor_divide"))
+converts("aten.remainder.Tensor", "aten.remainder.Scalar", "aten.remainder.Scalar_Tensor")(_division("remainder"))
+converts("aten.fmod.Tensor", "aten.fmod.Scalar")(_division("fmod"))
 
 
 @converts("aten.pow.Tensor_Scalar", "aten.pow.Tensor_Tensor", "aten.pow.Scalar")
@@ -164,8 +185,9 @@ def _identity(cx: Context, x: Value, *args: Any, **kwargs: Any) -> Value:
 
 @converts("aten.dropout.default", "aten.native_dropout.default", "aten.feature_dropout.default")
 def _dropout(cx: Context, x: Value, p: float = 0.5, train: bool | None = False) -> Any:
-    if train:
-        raise Unsupported("dropout in training mode; call model.eval() before compiling")
+    if train and p > 0:
+        raise Unsupported(f"dropout in training mode (p={p}) is random; lamina compiles inference: call "
+                          "model.eval() before compiling")
     y = cx.emit("dropout", x, p=float(p))
     return (y, None) if "native" in cx.loc.target else y
 
@@ -502,7 +524,8 @@ def _batch_norm_eval(cx: Context, x: Value, weight: Value | None, bias: Value | 
 def _batch_norm(cx: Context, x: Value, weight: Value | None, bias: Value | None, mean: Value | None,
                 var: Value | None, training: bool, momentum: float, eps: float, *rest: Any) -> Any:
     if training or mean is None or var is None:
-        raise Unsupported("batch_norm in training mode; call model.eval() before compiling")
+        raise Unsupported("batch_norm in training mode normalises by batch statistics and updates its running "
+                          "statistics; lamina compiles inference: call model.eval() before compiling")
     y = cx.emit("batch_norm", x, mean, var, *_affine(weight, bias), eps=float(eps))
     return y if "functional" not in cx.loc.target else (y, None, None, None, None)
 

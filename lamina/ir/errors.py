@@ -26,3 +26,11 @@ class VerifyError(LaminaError, ValueError):
     def __init__(self, message: str, op: object = None) -> None:
         self.op = op
         super().__init__(message)
+
+
+class IndexOutOfRangeError(LaminaError, IndexError):
+    """An index tensor holds a value outside the dim it indexes (eager PyTorch raises here too)."""
+
+
+class DivisionByZeroError(LaminaError, ZeroDivisionError):
+    """An integer division or remainder by zero (eager PyTorch raises here too)."""

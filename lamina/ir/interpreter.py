@@ -9,7 +9,7 @@ import sympy
 
 from .core import Graph, Op, Region
 from .dtypes import DType, round_to
-from .errors import LaminaError
+from .errors import DivisionByZeroError, IndexOutOfRangeError, LaminaError
 from .ops import REGISTRY
 from .ops.structural import newton_schedule
 from .shapes import evaluate
@@ -130,9 +130,13 @@ class Interpreter:
                 with np.errstate(all="ignore"):
                     result = opdef.reference(wide, attrs)
                 outs = list(result) if isinstance(result, tuple) else [result]
-        except InterpreterError:
+        except (InterpreterError, IndexOutOfRangeError, DivisionByZeroError):
             raise
-        except (IndexError, ValueError, TypeError) as e:
+        except IndexError as e:  # the model's data, not lamina: as eager PyTorch, an index error
+            raise IndexOutOfRangeError(f"{op.describe()}: {e}") from e
+        except ZeroDivisionError as e:
+            raise DivisionByZeroError(f"{op.describe()}: {e}") from e
+        except (ValueError, TypeError) as e:
             where = f" at {op.loc.module}" if op.loc.module else ""
             raise InterpreterError(f"{op.name}{where} failed: {e}") from e
         return [_contiguous(round_to(o, v.type.dtype)) for o, v in zip(outs, op.results)]

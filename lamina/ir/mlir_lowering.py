@@ -262,6 +262,15 @@ class Lowering:
             return (m.AbsFOp if dt.is_float else m.AbsIOp)(x).result
         if name == "cast":
             return self.cast(x, dt, attrs["dtype"])
+        if name == "trunc":  # math.trunc lowers to a libm call IREE's runtime lacks
+            negative = self.cmp("lt", x, self.const(0, dt), dt)
+            return self.select(negative, m.CeilOp(x).result, m.FloorOp(x).result)
+        if name == "sign":
+            zero = self.const(0, dt)
+            negative = self.select(self.cmp("lt", x, zero, dt), self.const(-1, dt), zero)
+            return self.select(self.cmp("gt", x, zero, dt), self.const(1, dt), negative)
+        if name in ("floor_divide", "remainder", "fmod"):
+            return self.division(name, x, args[1], dt)
         if name == "clamp":
             if attrs["min"] is not None:
                 x = self.max(x, self.const(attrs["min"], dt), dt)
@@ -271,6 +280,25 @@ class Lowering:
         if name in ("identity", "dropout"):
             return x
         raise MLIRExportError(f"MLIR export of {op.describe()} is not supported yet")
+
+    def division(self, name: str, x: Any, y: Any, dt: DType) -> Any:
+        """floor_divide / remainder (sign of the divisor) / fmod (sign of the dividend), as torch computes them.
+        An integer zero divisor is undefined behaviour in MLIR: lamina's kernels check it, the export does not."""
+        a = self.arith
+        if name == "floor_divide" and not dt.is_float:
+            return a.FloorDivSIOp(x, y).result
+        rem = (a.RemFOp if dt.is_float else a.RemSIOp)(x, y).result  # C's fmod
+        if name == "fmod":
+            return rem
+        zero = self.const(0, dt)
+        # the remainder takes the divisor's sign: add y where rem != 0 and signs differ
+        differ = a.AndIOp(self.cmp("ne", rem, zero, dt),
+                          a.XOrIOp(self.cmp("lt", rem, zero, dt), self.cmp("lt", y, zero, dt)).result).result
+        if name == "remainder":
+            return self.select(differ, self.add(rem, y, dt), rem)
+        quotient = self.div(self.sub(x, rem, dt), y)  # exact: x - rem is a multiple of y
+        quotient = self.select(differ, self.sub(quotient, self.const(1.0, dt), dt), quotient)
+        return self.math.FloorOp(quotient).result
 
     def gelu(self, x: Any, approximate: str, dt: DType) -> Any:
         half, one = self.const(0.5, dt), self.const(1.0, dt)
@@ -669,12 +697,12 @@ class Lowering:
 
 
 _MATH = {"exp": "ExpOp", "log": "LogOp", "sqrt": "SqrtOp", "tanh": "TanhOp", "sin": "SinOp", "cos": "CosOp",
-         "erf": "ErfOp", "floor": "FloorOp"}
+         "erf": "ErfOp", "floor": "FloorOp", "ceil": "CeilOp", "log1p": "Log1pOp"}
 
 SCALAR_OPS = frozenset({
     "add", "sub", "mul", "div", "pow", "maximum", "minimum", "eq", "ne", "lt", "le", "gt", "ge", "logical_and",
     "logical_or", "logical_xor", "logical_not", "where", "rsqrt", "reciprocal", "sigmoid", "silu", "gelu", "relu",
-    "neg", "abs", "cast", "clamp", "identity", "dropout", *_MATH,
+    "neg", "abs", "cast", "clamp", "identity", "dropout", "sign", "trunc", "floor_divide", "remainder", "fmod", *_MATH,
 })
 
 

@@ -10,6 +10,7 @@ source, compilation, device and launch syntax.
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,7 +28,9 @@ from ..ir.interpreter import bind_symbols
 from ..ir.shapes import evaluate
 from ..passes.fusion import fuse, op_class, wrap_loose_ops
 from ..passes.memory import Lifetime, MemoryPlan, plan_memory
+from .kernel_errors import check_assumptions, raise_kernel_errors
 from .library import HOISTED_WHEN_STATIC, WRITES_INTO_OUT, call_line, view_expr
+from .snapshot import Snapshot, refresh_all
 
 class BackendError(LaminaError, RuntimeError):
     """The backend cannot run this graph (an unsupported dtype, a missing device)."""
@@ -118,7 +121,11 @@ class Plan:
 
 
 class Executor:
-    """Runs a fused graph on a Target; plans are cached per input-shape signature."""
+    """Runs a fused graph on a Target; plans are cached per input-shape signature.
+
+    Calls from several threads take turns (one lock per executor): a plan's arena, error slots and
+    weight snapshots are shared state, and the kernels already use every core. Each call returns
+    tensors of its own."""
 
     def __init__(self, graph: Graph, target: Target, poison: bool = False) -> None:
         if any(op.name == "newton" for op in graph.ops):
@@ -141,7 +148,8 @@ class Executor:
         self.iterations: list[int] = []  # iteration counts of the last call's iterate ops, in order
         self.plans: dict[tuple, Plan] = {}
         self.hoisted_ops = _hoisted(graph)
-        self.hoisted: dict[tuple, list[Any]] = {}  # their values (stacked weights), shared by the plans of all shapes
+        self.hoisted: dict[tuple, list[Snapshot]] = {}  # their values (stacked weights), shared by all plans
+        self.lock = threading.Lock()
         target.compile(list(self.kernels.values()))
 
     def _check_dtypes(self) -> None:
@@ -156,19 +164,21 @@ class Executor:
 
     def __call__(self, inputs: Sequence[torch.Tensor], weights: Mapping[str, torch.Tensor]) -> list[torch.Tensor]:
         key = tuple(tuple(x.shape) for x in inputs)
-        plan = self.plans.get(key)
-        if plan is None:
-            plan = self.plans[key] = self.build_plan(inputs, weights)
-        if self.poison:
-            for view in plan.poison_views:
-                view.fill_(math.nan if view.dtype.is_floating_point else -7)
-        return plan.run(inputs)
+        with self.lock:
+            plan = self.plans.get(key)
+            if plan is None:
+                plan = self.plans[key] = self.build_plan(inputs, weights)
+            if self.poison:
+                for view in plan.poison_views:
+                    view.fill_(math.nan if view.dtype.is_floating_point else -7)
+            return plan.run(inputs)
 
     def plan_for(self, inputs: Sequence[torch.Tensor], weights: Mapping[str, torch.Tensor]) -> Plan:
         key = tuple(tuple(x.shape) for x in inputs)
-        if key not in self.plans:
-            self.plans[key] = self.build_plan(inputs, weights)
-        return self.plans[key]
+        with self.lock:
+            if key not in self.plans:
+                self.plans[key] = self.build_plan(inputs, weights)
+            return self.plans[key]
 
     def build_plan(self, inputs: Sequence[torch.Tensor], weights: Mapping[str, torch.Tensor]) -> Plan:
         return _PlanBuilder(self, inputs, weights).build()
@@ -246,6 +256,9 @@ class _PlanBuilder(PlanContext):
         self.flat: dict[int, str] = {}      # value -> name of its flat numpy view
         self.counter = 0
         self.weights = weights
+        self.error_slots: list[tuple[str, str]] = []  # (kernel error buffer, its checks) in launch order
+        self.snapshots: list[Snapshot] = []  # copies of weights, refreshed when a weight changes in place
+        self.arena: torch.Tensor | None = None
 
     def fresh(self, prefix: str) -> str:
         self.counter += 1
@@ -271,16 +284,26 @@ class _PlanBuilder(PlanContext):
             return f"{base}{suffix}"  # a copy would be a stale snapshot
         return self.static(view, "D")
 
+    def snapshot(self, sources: Sequence[torch.Tensor], compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """A copy of weights kept in step with them (see ``runtime/snapshot.py``)."""
+        snap = Snapshot.of(sources, compute)
+        self.snapshots.append(snap)
+        return snap.target
+
+    def in_arena(self, tensor: torch.Tensor) -> bool:
+        return self.arena is not None and tensor.untyped_storage().data_ptr() == self.arena.untyped_storage().data_ptr()
+
     def flat_of(self, v: Value) -> str:
         if id(v) not in self.flat:
             base = self.name[id(v)]
-            if id(v) in self.dynamic:
+            tensor = self.glb.get(base) if id(v) not in self.dynamic else None
+            if tensor is None or (not tensor.is_contiguous() and self.in_arena(tensor)):
+                # per call: kernels write the arena, and a copy made now would not see it
                 name = self.fresh("f")
                 self.lines.append(f"{name} = {self.ex.target.view_expr(base)}")
             else:
-                tensor = self.glb[base]
-                if not tensor.is_contiguous():
-                    raise BackendError(f"internal: a kernel operand {base} is not contiguous (a copy would be stale)")
+                if not tensor.is_contiguous():  # a strided weight (channels-last, a transpose): a kept copy
+                    tensor = self.snapshot([tensor], tensor.contiguous)
                 name = self.static(self.ex.target.view(tensor), "F")
             self.flat[id(v)] = name
         return self.flat[id(v)]
@@ -315,7 +338,7 @@ class _PlanBuilder(PlanContext):
                         arena_values.append((v, i))
         lifetimes = [Lifetime(str(id(v)), self.nbytes(v), i, last_use.get(id(v), i)) for v, i in arena_values]
         memory = plan_memory(lifetimes)
-        arena = torch.empty(max(memory.peak, 1), dtype=torch.uint8, device=self.device)
+        self.arena = arena = torch.empty(max(memory.peak, 1), dtype=torch.uint8, device=self.device)
         poison = []
         users: dict[int, list[Op]] = {}
         producer: dict[int, Op] = {}
@@ -336,9 +359,13 @@ class _PlanBuilder(PlanContext):
         for i, v in enumerate(g.inputs):
             self.name[id(v)] = f"x{i}"
             self.dynamic.add(id(v))
-        for p in g.params:
-            self.name[id(p.value)] = self.static(self.weights[p.key].detach().to(self.device).contiguous(), "W")
+        for p in g.params:  # the weights themselves (views see in-place updates); a copy only across devices
+            weight = self.weights[p.key].detach()
+            if weight.device.type != self.device:
+                weight = self.snapshot([weight], lambda w=weight: w.to(self.device))
+            self.name[id(p.value)] = self.static(weight, "W")
         self.lines = self.ex.target.prologue() + [f"x{i} = inputs[{i}]" for i in range(len(g.inputs))]
+        snapshots_at = len(self.lines)  # where the refresh goes, once every snapshot is known
         if self.ex.loops:
             self.glb["_iterations"] = self.ex.iterations
             self.lines.append("_iterations.clear()")
@@ -357,6 +384,15 @@ class _PlanBuilder(PlanContext):
         launches = 0
         for op in steps:
             launches += self.step(op)
+        if self.snapshots:
+            self.glb["_snapshots"], self.glb["refresh_all"] = self.snapshots, refresh_all
+            self.lines.insert(snapshots_at, "refresh_all(_snapshots)")
+        if self.error_slots:  # kernels that found a bad index or a division by zero
+            self.glb["raise_kernel_errors"] = raise_kernel_errors
+            flags = " or ".join(f"{e}[0]" for e, _ in self.error_slots)
+            slots = ", ".join(f"({e}, {c})" for e, c in self.error_slots)
+            self.lines.append(f"if {flags}:")
+            self.lines.append(f"    raise_kernel_errors([{slots}])")
         returns = []
         for v in g.outputs:
             name = self.name[id(v)]
@@ -387,6 +423,13 @@ class _PlanBuilder(PlanContext):
         self.dynamic.add(id(op.results[-1]))
         return 1
 
+    def error_slot(self, checks: Any) -> str:
+        """A zeroed ``[check, value, size]`` buffer for one kernel; the wrapper tests it after the launches."""
+        slot = torch.zeros(3, dtype=torch.int64, device=self.device)
+        name = self.static(self.ex.target.view(slot), "E")
+        self.error_slots.append((name, self.static(tuple(checks), "C")))
+        return name
+
     def writes_into_out(self, op: Op) -> bool:
         if id(op) in self.ex.hoisted_ops:
             return False
@@ -404,6 +447,9 @@ class _PlanBuilder(PlanContext):
             ck = self.ex.kernels[id(op)]
             fn = self.static(ck.fn, "K")
             args = [self.flat_of(v) for v in op.operands] + [self.flat_of(v) for v in op.results]
+            check_assumptions(ck.kernel.assumptions, self.size)
+            if ck.kernel.checks:
+                args.append(self.error_slot(ck.kernel.checks))
             bound = {sympy.Symbol(s, integer=True, positive=True): self.size(sympy.Symbol(s, integer=True, positive=True))
                      for s in ck.kernel.sizes}
             args += [str(v) for v in bound.values()]
@@ -417,11 +463,17 @@ class _PlanBuilder(PlanContext):
         if id(op) in self.ex.hoisted_ops:  # computed now, once: its operands are fixed for the plan
             key = (id(op), *(self.glb[a].data_ptr() for a in args))
             if key not in self.ex.hoisted:
-                scope = dict(self.glb)
-                exec(call_line(op, args, [], ["_r"]), scope)  # noqa: S102 - our own generated code
-                self.ex.hoisted[key] = [scope["_r"]]
-            for v, value in zip(op.results, self.ex.hoisted[key]):
-                self.name[id(v)] = self.static(value, "H")
+                sources = [self.glb[a] for a in args]
+                line = call_line(op, args, [], ["_r"])
+
+                def compute(scope: dict = {**self.glb}, line: str = line) -> torch.Tensor:
+                    exec(line, scope)  # noqa: S102 - our own generated code
+                    return scope["_r"]
+
+                self.ex.hoisted[key] = [Snapshot.of(sources, compute)]
+            for v, snap in zip(op.results, self.ex.hoisted[key]):
+                self.snapshots.append(snap)  # shared by the plans of all shapes; refreshed by whichever runs
+                self.name[id(v)] = self.static(snap.target, "H")
             return 0
         if id(op) in self.ex.natives:
             self.lines += self.ex.target.native_lines(self.ex.natives[id(op)], op, args, self.name[id(op.results[0])],

@@ -19,6 +19,7 @@ from ..ir.core import Graph
 from ..ir.interpreter import Interpreter, bind_symbols
 from ..ir.shapes import evaluate
 from ..passes.fusion import wrap_loose_ops
+from .kernel_errors import check_assumptions, raise_kernel_errors
 from .program import _evaluate_expr
 
 
@@ -49,7 +50,11 @@ def run_simulated(graph: Graph, inputs: Sequence[np.ndarray], params: Mapping[st
             inner = _evaluate_expr(kernel.row_extent, bound) if kernel.row_extent is not None else None
             blocks, threads = launch_config(kernel, outer, inner)
             flat = [np.ascontiguousarray(a).reshape(-1) for a in args] + [o.reshape(-1) for o in outs]
-            fn[min(blocks, 8), min(threads, BLOCK)](*flat, *bound.values())
+            err = [np.zeros(3, dtype=np.int64)] if kernel.checks else []
+            check_assumptions(kernel.assumptions, lambda d: evaluate(d, bindings))
+            fn[min(blocks, 8), min(threads, BLOCK)](*flat, *err, *bound.values())
+            if err:
+                raise_kernel_errors([(err[0], kernel.checks)])
         for v, out in zip(op.results, outs):
             env[id(v)] = out
     return [env[id(v)] for v in graph.outputs]

@@ -89,3 +89,39 @@ def test_contiguous_f32_pointwise_kernels_use_float4() -> None:
 """))
     body = cuda_source(lower_region(simple.ops[0], ["in0", "in1"], ["out0"])).split('extern "C"')[1]
     assert "reinterpret_cast<const float4*>(in0)[q]" in body and "reinterpret_cast<float4*>(out0)[q]" in body
+
+
+CHECKED_GRAPH = """graph @g(%w: f32[10,8], %ids: i64[4,3], %x: f32[5,8], %i: i64[5,8], %a: i32[4,8], %b: i32[4,8], %f: f32[4,8]) {
+  %0 = embedding(%w, %ids) : f32[4,3,8]
+  %1 = gather(%x, %i) {dim=0} : f32[5,8]
+  %2 = index(%x, %ids) {positions=[0]} : f32[4,3,8]
+  %3 = floor_divide(%a, %b) : i32[4,8]
+  %4 = remainder(%a, %b) : i32[4,8]
+  %5 = fmod(%a, %b) : i32[4,8]
+  %6 = floor_divide(%f, %f) : f32[4,8]
+  %7 = remainder(%f, %f) : f32[4,8]
+  %8 = fmod(%f, %f) : f32[4,8]
+  %9 = log1p(%f) : f32[4,8]
+  %10 = ceil(%f) : f32[4,8]
+  %11 = sign(%f) : f32[4,8]
+  return %0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11
+}
+"""
+
+
+@pytest.mark.skipif(NVCC is None, reason="nvcc is not installed")
+def test_checked_indices_and_divisions_compile_with_nvcc(tmp_path) -> None:
+    """Kernels with index checks, integer division checks and the division helpers (f32 and i32)."""
+    from lamina.ir import parse
+
+    graph = fuse(parse(CHECKED_GRAPH))
+    kernels = [lower_region(op, [f"in{i}" for i in range(len(op.operands))], [f"out{i}" for i in range(len(op.results))])
+               for op in graph.ops if op.name == "fused"]
+    assert sum(len(k.checks) for k in kernels) == 6  # three indices, three integer divisions
+    source = PRELUDE + "\n".join(cuda_source(k, prelude=False) for k in kernels)
+    assert "lm_index(" in source and "lm_wrap_index(" in source and "lm_int_floor_divide(" in source
+    path = tmp_path / "checked.cu"
+    path.write_text(source)
+    done = subprocess.run([NVCC, "-ptx", "-arch=sm_90", str(path), "-o", str(tmp_path / "checked.ptx")],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]

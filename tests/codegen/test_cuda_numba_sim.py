@@ -28,6 +28,25 @@ SCRIPT = textwrap.dedent("""
         kernels = sum(op.name == "fused" for op in graph.ops)
         print(name, kernels, err)
         assert err <= 1e-5, (name, err)
+    # checked indices and divisions: same numbers as the interpreter, and a bad index is an error
+    from lamina.errors import IndexOutOfRangeError
+    from lamina.passes.fusion import fuse
+    from tests.codegen.test_cuda_c import CHECKED_GRAPH
+    graph = fuse(lamina.parse(CHECKED_GRAPH))
+    rng = np.random.default_rng(0)
+    inputs = [rng.standard_normal((10, 8), dtype=np.float32), rng.integers(0, 4, (4, 3)),
+              rng.standard_normal((5, 8), dtype=np.float32), rng.integers(0, 5, (5, 8)),
+              rng.integers(-9, 9, (4, 8)).astype(np.int32), rng.integers(1, 4, (4, 8)).astype(np.int32),
+              rng.random((4, 8), dtype=np.float32) + 0.5]
+    for got, want in zip(run_simulated(graph, inputs, {}), interpret(graph, inputs)):
+        assert np.allclose(got, want, rtol=1e-6, equal_nan=True)
+    inputs[1][2, 1] = 10
+    try:
+        run_simulated(graph, inputs, {})
+        raise AssertionError("no error for index 10")
+    except IndexOutOfRangeError as e:
+        assert "index 10" in str(e)
+    print("checked 1 0")
 """)
 
 
@@ -36,5 +55,5 @@ def test_numba_cuda_kernels_under_the_simulator(tmp_path) -> None:
     done = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout + done.stderr[-4000:]
     lines = dict(line.split(" ", 1) for line in done.stdout.strip().splitlines())
-    assert set(lines) == {"mlp", "gpt2_block", "gpt2_newton"}
-    assert all(int(v.split()[0]) >= 2 for v in lines.values())  # several kernels each
+    assert set(lines) == {"mlp", "gpt2_block", "gpt2_newton", "checked"}
+    assert all(int(v.split()[0]) >= 2 for k, v in lines.items() if k != "checked")  # several kernels each

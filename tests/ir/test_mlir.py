@@ -77,6 +77,30 @@ def test_every_elementwise_op_exports_and_runs() -> None:
         assert rel_error(np.asarray(g.to_host()), e) <= F32_TOL
 
 
+def test_rounding_and_division_ops_export_and_run() -> None:
+    text = """graph @f(%x: f32[2,4], %y: f32[2,4], %a: i64[2,4], %b: i64[2,4]) {
+      %0 = floor_divide(%x, %y) : f32[2,4]
+      %1 = remainder(%x, %y) : f32[2,4]
+      %2 = fmod(%x, %y) : f32[2,4]
+      %3 = floor_divide(%a, %b) : i64[2,4]
+      %4 = remainder(%a, %b) : i64[2,4]
+      %5 = fmod(%a, %b) : i64[2,4]
+      %6 = ceil(%x) : f32[2,4]
+      %7 = trunc(%x) : f32[2,4]
+      %8 = sign(%x) : f32[2,4]
+      %9 = log1p(%y) : f32[2,4]
+      return %0, %1, %2, %3, %4, %5, %6, %7, %8, %9
+    }"""
+    graph = parse(text)
+    rng = np.random.default_rng(0)
+    inputs = [rng.standard_normal((2, 4), dtype=np.float32) * 5, rng.random((2, 4), dtype=np.float32) + 0.5,
+              rng.integers(-9, 9, (2, 4)), rng.choice([-3, -2, 2, 3], (2, 4))]
+    vmfb = compiler.compile_str(to_mlir_text(graph), target_backends=["llvm-cpu"])
+    module = runtime.load_vm_flatbuffer(vmfb, driver="local-sync")
+    for g, e in zip(module.f(*inputs), interpret(graph, inputs)):
+        assert rel_error(np.asarray(g.to_host()), e) <= F32_TOL
+
+
 def test_symbolic_shapes_are_refused_clearly() -> None:
     b = GraphBuilder()
     x = b.input(TensorType((symbol("B"), 4), DType.f32), "x")

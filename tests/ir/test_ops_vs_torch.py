@@ -47,6 +47,14 @@ CASES = [
     Case("silu", [r(3, 4)], F.silu), Case("gelu", [r(3, 4)], F.gelu),
     Case("gelu", [r(3, 4)], lambda x: F.gelu(x, approximate="tanh"), {"approximate": "tanh"}),
     Case("reciprocal", [pos(4)], torch.reciprocal), Case("floor", [r(9) * 3], torch.floor),
+    Case("ceil", [r(9) * 3], torch.ceil), Case("trunc", [r(9) * 3], torch.trunc),
+    Case("log1p", [pos(9) * 1e-6], torch.log1p), Case("sign", [torch.tensor([-2.0, 0.0, 3.0, float("nan")])], torch.sign),
+    Case("sign", [ints(5, 6) - 2], torch.sign),
+    Case("floor_divide", [r(3, 4) * 5, r(4)], torch.floor_divide),
+    Case("floor_divide", [ints(20, 3, 4) - 10, ints(5, 4) + 1], torch.floor_divide),
+    Case("remainder", [r(3, 4) * 5, r(4)], torch.remainder),
+    Case("remainder", [ints(20, 3, 4) - 10, -ints(5, 4) - 1], torch.remainder),
+    Case("fmod", [r(3, 4) * 5, r(4)], torch.fmod), Case("fmod", [ints(20, 3, 4) - 10, ints(5, 4) + 1], torch.fmod),
     Case("relu", [r(3, 4)], F.relu), Case("neg", [r(4)], torch.neg), Case("abs", [r(4)], torch.abs),
     Case("logical_not", [mask(4)], torch.logical_not),
     Case("cast", [r(6) * 5], lambda x: x.to(torch.int32), {"dtype": DType.i32}),
@@ -146,6 +154,26 @@ def test_split_matches_torch() -> None:
 def test_every_op_has_a_case() -> None:
     covered = {c.op for c in CASES} | set(MULTI_RESULT) | {"fused", "yield", "newton", "iterate"}  # tests/passes/test_newton.py
     assert set(REGISTRY) - covered == set()
+
+
+@pytest.mark.parametrize("op", ["floor_divide", "remainder", "fmod"])
+def test_integer_division_by_zero_is_an_error_as_in_torch(op: str) -> None:
+    with pytest.raises(ZeroDivisionError):
+        _run(op, [torch.tensor([3, 4]), torch.tensor([1, 0])], {})
+
+
+@pytest.mark.parametrize(("op", "index", "fn"), [
+    ("gather", torch.tensor([[0, -1]]), lambda x, i: torch.gather(x, 1, i)),
+    ("index_select", torch.tensor([3]), lambda x, i: torch.index_select(x, 0, i)),
+    ("index", torch.tensor([-4]), lambda x, i: x[i]),
+])
+def test_out_of_range_indices_are_errors_as_in_torch(op: str, index: torch.Tensor, fn) -> None:
+    x = r(3, 5)
+    with pytest.raises((IndexError, RuntimeError)):
+        fn(x, index)
+    attrs = {"dim": 1 if op == "gather" else 0} if op != "index" else {"positions": [0]}
+    with pytest.raises(IndexError):
+        _run(op, [x, index], attrs)
 
 
 def test_every_op_is_documented() -> None:

@@ -119,6 +119,17 @@ def _div(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.true_divide(x, y).astype(x.dtype)
 
 
+def _integer_division(fn: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> Callable[..., np.ndarray]:
+    """``fn`` with torch's rule for integers: a zero divisor is an error (floats give inf/nan)."""
+    def divide(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        if x.dtype.kind in "iu" and np.any(y == 0):
+            raise ZeroDivisionError("integer division by zero")
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return fn(x, y).astype(x.dtype)
+
+    return divide
+
+
 def _rsqrt(x: np.ndarray) -> np.ndarray:
     return x.dtype.type(1) / np.sqrt(x)
 
@@ -138,6 +149,11 @@ DEFS = [
            attrs={"approximate": AttrSpec("str", "none")}),
     _unary("reciprocal", lambda x: x.dtype.type(1) / x, "1 / x"),
     _unary("floor", np.floor, "round toward -inf"),
+    _unary("ceil", np.ceil, "round toward +inf"),
+    _unary("trunc", np.trunc, "round toward zero"),
+    _unary("log1p", np.log1p, "log(1 + x), accurate for small x"),
+    _unary("sign", lambda x: np.where(x != x, x.dtype.type(0), np.sign(x)), "-1, 0 or 1 by the sign of x (0 for NaN, "
+           "as torch)", numeric=True),
     _unary("relu", lambda x: np.maximum(x, x.dtype.type(0)), "max(x, 0)", numeric=True),
     _unary("neg", np.negative, "-x", numeric=True),
     _unary("abs", np.abs, "|x|", numeric=True),
@@ -152,6 +168,12 @@ DEFS = [
     _binary("mul", np.multiply, "lhs * rhs"),
     _binary("div", _div, "lhs / rhs (true division, floating point)", operand_check=need_float),
     _binary("pow", _pow, "lhs ** rhs", operand_check=_not_bool),
+    _binary("floor_divide", _integer_division(np.floor_divide), "floor(lhs / rhs); integer division by zero is an error",
+            operand_check=_not_bool),
+    _binary("remainder", _integer_division(np.remainder), "lhs - floor(lhs / rhs) * rhs (sign of rhs, Python's %)",
+            operand_check=_not_bool),
+    _binary("fmod", _integer_division(np.fmod), "lhs - trunc(lhs / rhs) * rhs (sign of lhs, C's fmod)",
+            operand_check=_not_bool),
     _binary("maximum", np.maximum, "elementwise max (NaN-propagating)"),
     _binary("minimum", np.minimum, "elementwise min (NaN-propagating)"),
     _binary("eq", np.equal, "lhs == rhs", result=DType.bool),

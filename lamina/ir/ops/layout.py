@@ -106,6 +106,16 @@ def _split_ref(a: Sequence[np.ndarray], attrs: Mapping[str, Any]) -> tuple[np.nd
     return tuple(np.split(a[0], cuts, axis=attrs["dim"]))
 
 
+def _in_range(name: str, idx: np.ndarray, size: int, wrap: bool = False) -> np.ndarray:
+    """``idx`` checked against a dim of ``size`` as torch checks it; negative entries count from the
+    end only when ``wrap`` (``x[i]``), else they are errors (gather, index_select, embedding)."""
+    low = -size if wrap else 0
+    if idx.size and (idx.min() < low or idx.max() >= size):
+        bad = idx[(idx < low) | (idx >= size)].flat[0]
+        raise IndexError(f"{name}: index {bad} is out of range for a dim of size {size}")
+    return idx
+
+
 def _gather_infer(types: Sequence[TensorType], attrs: Mapping[str, Any]) -> list[TensorType]:
     x, idx = types
     need_int("gather", idx)
@@ -149,7 +159,7 @@ def _index_ref(a: Sequence[np.ndarray], attrs: Mapping[str, Any]) -> np.ndarray:
     x = a[0]
     key: list[Any] = [slice(None)] * x.ndim
     for pos, idx in zip(attrs["positions"], a[1:]):
-        key[pos % x.ndim] = idx
+        key[pos % x.ndim] = _in_range("index", idx, x.shape[pos % x.ndim], wrap=True)
     return x[tuple(key)]
 
 
@@ -177,9 +187,11 @@ DEFS = [
           "join equal-shaped tensors along a new dim (stacked layer weights)", {"dim": AttrSpec("int", 0)}),
     OpDef("split", ("x",), _split_infer, _split_ref, Kind.LAYOUT, "cut along dim into pieces of the given sizes",
           {"sizes": AttrSpec("dims"), "dim": AttrSpec("int")}),
-    OpDef("gather", ("x", "index"), _gather_infer, lambda a, at: np.take_along_axis(a[0], a[1], axis=at["dim"]),
+    OpDef("gather", ("x", "index"), _gather_infer, lambda a, at: np.take_along_axis(
+        a[0], _in_range("gather", a[1], a[0].shape[at["dim"]]), axis=at["dim"]),
           Kind.INDEXING, "out[i][j] = x[index[i][j]][j] for dim 0 (torch.gather)", {"dim": AttrSpec("int")}),
-    OpDef("index_select", ("x", "index"), _index_select_infer, lambda a, at: np.take(a[0], a[1], axis=at["dim"]),
+    OpDef("index_select", ("x", "index"), _index_select_infer, lambda a, at: np.take(
+        a[0], _in_range("index_select", a[1], a[0].shape[at["dim"]]), axis=at["dim"]),
           Kind.INDEXING, "pick slices along dim by a rank-1 index", {"dim": AttrSpec("int")}),
     OpDef("index", ("x", "*indices"), _index_infer, _index_ref, Kind.INDEXING,
           "advanced indexing by broadcast integer tensors at the given positions (NumPy rules)",

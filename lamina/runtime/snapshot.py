@@ -1,0 +1,44 @@
+"""Copies a plan makes of weights, kept in step with the weights they copy.
+
+A plan prefers views of the weights themselves, so an in-place update (an optimizer step,
+``weight.mul_(2)``, a buffer the model mutates) is seen by the next call. Where a copy is
+unavoidable (a kernel reads a non-contiguous weight as a flat array, a CPU weight on the GPU,
+newton's stacked layer weights) the copy is a ``Snapshot``: it remembers the version counters
+of its sources (torch bumps them on every in-place write) and is recomputed, into the same
+memory, by the first call after one of them changed.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass(eq=False)
+class Snapshot:
+    """``target`` holds ``compute()`` as of the sources' ``versions``."""
+
+    sources: tuple[torch.Tensor, ...]
+    target: torch.Tensor
+    compute: Callable[[], torch.Tensor]
+    versions: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.versions = [s._version for s in self.sources]
+
+    @classmethod
+    def of(cls, sources: Sequence[torch.Tensor], compute: Callable[[], torch.Tensor]) -> "Snapshot":
+        return cls(tuple(sources), compute(), compute)
+
+    def refresh_if_stale(self) -> None:
+        if any(s._version != v for s, v in zip(self.sources, self.versions)):
+            with torch.no_grad():
+                self.target.copy_(self.compute())
+            self.versions = [s._version for s in self.sources]
+
+
+def refresh_all(snapshots: Sequence[Snapshot]) -> None:
+    """Refresh stale snapshots, in order (a snapshot of a snapshot comes after it)."""
+    for s in snapshots:
+        s.refresh_if_stale()
