@@ -40,9 +40,15 @@ def compile(model: torch.nn.Module, example_inputs: Sequence[Any] | torch.Tensor
     Unsupported ops raise UnsupportedOpsError listing all of them; with ``fallback``
     true (the default) the whole model then runs in eager PyTorch instead, with a
     warning that names the ops (per-op partitioning is the torch.compile backend's job).
-    ``dynamic_shapes`` (torch.export's) makes dims symbolic, so other sizes run without recompiling.
+    ``dynamic_shapes`` (torch.export's) makes dims symbolic, so other sizes run without recompiling;
+    ``"auto"`` lets every dim of every tensor input vary that the model does not fix (a decode step with a
+    growing KV cache).
     ``backend="cuda"`` runs CUDA C kernels through CuPy, or Numba-CUDA with ``kernel_language="numba"``.
     ``poison`` fills every buffer with NaN (or -7) before each run, so unwritten elements show (for tests).
+
+    The model is traced in the mode it is in: in training mode, dropout (p > 0) and batch norm (which
+    updates its running statistics) are unsupported ops, so call ``model.eval()`` first. The compiled
+    module computes no gradients (it warns when called with weights or inputs that require them).
     """
     from pathlib import Path
 
@@ -55,16 +61,12 @@ def compile(model: torch.nn.Module, example_inputs: Sequence[Any] | torch.Tensor
 
         require_gpu()  # fail before tracing, with the reason
     model_name = type(model).__name__
-    was_training = model.training
-    model.eval()
-    try:
+    try:  # traced in the mode it is in: a training-mode dropout or batch norm is reported, never switched off
         imported = import_module(model, _as_args(example_inputs), example_kwargs, dynamic_shapes)
     except UnsupportedOpsError as e:
         if not fallback:
             raise
         return _eager_fallback(model, e)
-    finally:
-        model.train(was_training)
     return compile_imported(imported, options, model_name)
 
 

@@ -74,13 +74,64 @@ def test_changed_non_tensor_argument_is_refused() -> None:
         compiled(x, 4.0)
 
 
-def test_training_mode_is_restored_and_eval_semantics_used() -> None:
-    model = nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.5)).train()
-    x = torch.randn(2, 4)
-    compiled = lamina.compile(model, (x,))
-    assert model.training
+class ConvBN(nn.Module):
+    def __init__(self, p: float = 0.5) -> None:
+        super().__init__()
+        self.conv, self.bn, self.drop = nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Dropout(p)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.bn(self.conv(x)))
+
+
+def test_a_training_mode_model_is_not_switched_to_eval_behind_the_users_back() -> None:
+    """Batch norm in training mode uses batch statistics and updates its running ones: lamina refuses it
+    clearly (or runs the model eagerly, with a warning naming the op), and leaves the mode alone."""
+    model, x = ConvBN().train(), torch.randn(2, 3, 8, 8)
+    with pytest.raises(lamina.UnsupportedOpsError, match="(?s)batch_norm in training mode.*model.eval()"):
+        lamina.compile(model, (x,), fallback=False)
+    with pytest.warns(RuntimeWarning, match="(?s)running ConvBN eagerly.*training mode"):
+        compiled = lamina.compile(model, (x,))
+    assert compiled is model and model.training
     model.eval()
-    assert rel_error(compiled(x), model(x)) <= 1e-6
+    with torch.no_grad():
+        assert rel_error(lamina.compile(model, (x,))(x), model(x)) <= 1e-5
+
+
+def test_training_mode_without_random_or_stateful_ops_compiles() -> None:
+    model = nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.0), nn.ReLU()).train()
+    x = torch.randn(2, 4)
+    with torch.no_grad():
+        assert rel_error(lamina.compile(model, (x,))(x), model(x)) <= 1e-6
+    assert model.training
+
+
+def test_calling_with_gradients_enabled_warns_once_that_no_gradients_flow() -> None:
+    import warnings
+
+    model, x = make_mlp()
+    compiled = lamina.compile(model, x)
+    with pytest.warns(RuntimeWarning, match="computes no gradients"):
+        out = compiled(*x)
+    assert not out.requires_grad
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        compiled(*x)  # once only
+        with torch.no_grad():
+            lamina.compile(model, x)(*x)  # and never under no_grad
+
+
+def test_torch_compile_updates_batch_norm_statistics_in_training_mode() -> None:
+    torch._dynamo.reset()
+    model, eager = ConvBN(p=0.0).train(), ConvBN(p=0.0).train()
+    eager.load_state_dict(model.state_dict())
+    compiled = torch.compile(model, backend="lamina")
+    with torch.no_grad():
+        for _ in range(3):
+            x = torch.randn(2, 3, 8, 8)
+            assert rel_error(compiled(x), eager(x)) <= 1e-5
+    for key, value in eager.state_dict().items():
+        torch.testing.assert_close(model.state_dict()[key], value)
+    torch._dynamo.reset()
 
 
 def test_unknown_backend_and_bad_pipeline() -> None:
@@ -126,3 +177,19 @@ def test_low_precision_models(dtype: torch.dtype, tol: float) -> None:
     assert got.dtype == dtype
     with torch.no_grad():
         assert rel_error(got.float(), model(x).float()) <= tol
+
+
+def test_example_inputs_that_alias_each_other_stay_separate_inputs() -> None:
+    """torch.export traces model(x, x) as one input used twice; lamina compiles two inputs."""
+    class Combine(nn.Module):
+        def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+            return a * 2 + b
+
+    x, y = torch.randn(4), torch.randn(4)
+    compiled = lamina.compile(Combine(), (x, x))
+    assert len(compiled.graph.inputs) == 2
+    torch.testing.assert_close(compiled(x, y), Combine()(x, y))
+    torch.testing.assert_close(compiled(y, y), Combine()(y, y))
+    rows = torch.randn(2, 4)
+    compiled = lamina.compile(Combine(), (rows[0], rows[1]))  # views of one tensor
+    torch.testing.assert_close(compiled(x, y), Combine()(x, y))

@@ -84,18 +84,25 @@ def partitioned(module: torch.nn.Module, tensors: Sequence[torch.Tensor], dynami
 
     state = {**ep.state_dict, **ep.constants}
     feeds: list[Any] = []
-    user = 0
+    user_position: dict[str, int] = {}
     for spec in ep.graph_signature.input_specs:
         if spec.kind == InputKind.USER_INPUT:
-            feeds.append(user)
-            user += 1
+            user_position[spec.arg.name] = len(user_position)
+            feeds.append(user_position[spec.arg.name])
         else:
             feeds.append(state[spec.target])
     keep = [i for i, spec in enumerate(ep.graph_signature.output_specs) if spec.kind == OutputKind.USER_OUTPUT]
+    # in-place updates (a batch norm's running statistics, an input the graph mutates): written back
+    updates = {i: user_position[spec.target] if spec.kind == OutputKind.USER_INPUT_MUTATION else state[spec.target]
+               for i, spec in enumerate(ep.graph_signature.output_specs)
+               if spec.kind in (OutputKind.USER_INPUT_MUTATION, OutputKind.BUFFER_MUTATION)}
 
     def run(*args: torch.Tensor) -> tuple:
         out = fused(*[args[f] if isinstance(f, int) else f for f in feeds])
         out = out if isinstance(out, (tuple, list)) else (out,)
+        with torch.no_grad():
+            for i, target in updates.items():
+                (args[target] if isinstance(target, int) else target).copy_(out[i])
         return tuple(out[i] for i in keep)
 
     return run, pieces

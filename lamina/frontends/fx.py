@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import operator
 import re
+import threading
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -60,15 +61,32 @@ class ConstRole:
 Role = InputRole | ParamRole | ConstRole
 
 
+@dataclass(frozen=True)
+class Mutation:
+    """The model updates a tensor in place: graph output ``output`` is its new value, written back after
+    each call into weight ``weight`` (a buffer, ``self.n.add_(1)``) or into call argument ``argument``
+    (flat position; an input the model mutates, or a buffer dynamo passes as an argument)."""
+
+    output: int
+    weight: str | None = None
+    argument: int | None = None
+
+
 @dataclass
 class Imported:
-    """A translated model: the graph, its weights, and how call arguments map onto it."""
+    """A translated model: the graph, its weights, and how call arguments map onto it.
+
+    The graph's outputs are the model's outputs (``out_spec``) followed by the new values of the
+    tensors it mutates (``mutations``)."""
 
     graph: Graph
     weights: dict[str, torch.Tensor]
     roles: tuple[Role, ...]
     in_spec: Any
     out_spec: Any
+    mutations: tuple[Mutation, ...] = ()
+    trainable: bool = False  # some weight required grad when traced
+    keywords: tuple[str, ...] = ()  # traced by keyword: a call's positional arguments are these parameters
 
 
 def module_path(node: torch.fx.Node) -> str:
@@ -100,10 +118,15 @@ def _overload(name: str) -> Any:
     return getattr(packet_obj, overload, None) if packet_obj is not None else None
 
 
+# torch.export keeps its tracing state (dispatch mode stacks) per process: two threads exporting at
+# once corrupt each other's, so exports take turns
+_EXPORT_LOCK = threading.RLock()
+
+
 def export(model: torch.nn.Module, args: Sequence[Any], kwargs: Mapping[str, Any] | None = None,
            dynamic_shapes: Any = None) -> torch.export.ExportedProgram:
-    """torch.export the model and decompose it to lamina's core ATen set."""
-    with warnings.catch_warnings():
+    """torch.export the model and decompose it to lamina's core ATen set (one thread at a time)."""
+    with _EXPORT_LOCK, warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         with torch.no_grad():
             ep = torch.export.export(model, tuple(args), dict(kwargs or {}), dynamic_shapes=dynamic_shapes, strict=False)
@@ -125,9 +148,67 @@ def _translatable_as_is(ep: torch.export.ExportedProgram) -> bool:
 def import_module(model: torch.nn.Module, args: Sequence[Any], kwargs: Mapping[str, Any] | None = None,
                   dynamic_shapes: Any = None) -> Imported:
     """Translate an nn.Module called as ``model(*args, **kwargs)``; weights keyed by state-dict names."""
-    ep = export(model, args, kwargs, dynamic_shapes)
-    name = type(model).__name__
-    return _Translator(ep, name).run(param_keys={})
+    from .transformers_support import as_keywords, export_context, is_transformers_model
+
+    args, kwargs = _without_aliases(tuple(args), dict(kwargs or {}))
+    keywords: tuple[str, ...] = ()
+    if is_transformers_model(model):  # traced by keyword (see transformers_support.as_keywords)
+        keywords, kwargs = as_keywords(model, args, kwargs)
+        if isinstance(dynamic_shapes, (tuple, list)):
+            dynamic_shapes = dict(zip(keywords, dynamic_shapes))
+        args = ()
+    with export_context(model, kwargs):
+        if isinstance(dynamic_shapes, str) and dynamic_shapes == "auto":
+            dynamic_shapes = auto_dynamic_shapes(model, args, kwargs)
+        ep = export(model, args, kwargs, dynamic_shapes)
+    imported = _Translator(ep, type(model).__name__).run(param_keys={})
+    imported.keywords = keywords
+    return imported
+
+
+def auto_dynamic_shapes(model: torch.nn.Module, args: tuple, kwargs: dict) -> tuple | dict:
+    """torch.export ``dynamic_shapes`` marking every dim of every tensor ``Dim.AUTO``: export keeps
+    dynamic what the model lets vary (batch, sequence, cache length) and fixes the rest."""
+    def spec(x: Any) -> Any:
+        if isinstance(x, torch.Tensor):  # sizes 0 and 1 are specialised by export anyway
+            return {d: torch.export.Dim.AUTO for d in range(x.dim()) if x.shape[d] > 1}
+        leaves = pytree.tree_leaves(x)
+        if len(leaves) == 1 and leaves[0] is x:
+            return None  # a number or None
+        return [spec(leaf) for leaf in leaves]  # a container or a registered class (a KV cache)
+
+    if not kwargs:
+        return tuple(spec(a) for a in args)
+    import inspect  # by parameter name, as torch.export wants when keywords are given
+
+    params = inspect.signature(model.forward).parameters
+    var_keyword = next((p.name for p in params.values() if p.kind is inspect.Parameter.VAR_KEYWORD), None)
+    shapes: dict[str, Any] = {name: spec(a) for name, a in zip(params, args)}
+    for key, value in kwargs.items():
+        if key in params or var_keyword is None:
+            shapes[key] = spec(value)
+        else:  # collected by **kwargs: torch.export nests them under its name
+            shapes.setdefault(var_keyword, {})[key] = spec(value)
+    return shapes
+
+
+def _without_aliases(args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """The example arguments with every tensor sharing memory with an earlier one replaced by a copy.
+
+    torch.export traces ``model(x, x)`` as one input read twice, so a later call ``model(x, y)`` would
+    compute with ``x`` in both places; traced from distinct tensors, the arguments stay distinct."""
+    seen: set[int] = set()
+
+    def distinct(x: Any) -> Any:
+        if not isinstance(x, torch.Tensor) or x.numel() == 0:
+            return x
+        ptr = x.untyped_storage().data_ptr()
+        if ptr in seen:
+            return x.detach().clone()
+        seen.add(ptr)
+        return x
+
+    return pytree.tree_map(distinct, (args, kwargs))
 
 
 def import_graph_module(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], *,
@@ -169,6 +250,7 @@ class _Translator:
         self.builder = GraphBuilder("forward")
         self.env: dict[torch.fx.Node, Any] = {}
         self.unsupported: list[UnsupportedOp] = []
+        self.argument_of: dict[str, int] = {}  # user input name -> flat call position
 
     def run(self, param_keys: Mapping[int, str]) -> Imported:
         weights, roles = self.placeholders(param_keys)
@@ -176,11 +258,13 @@ class _Translator:
             if node.op == "call_function":
                 self.call(node)
         output = next(n for n in self.ep.graph.nodes if n.op == "output")
-        outputs = self.outputs(output)
+        outputs, mutations = self.outputs(output)
         if self.unsupported:
             raise UnsupportedOpsError(self.unsupported, self.model_name)
         graph = self.builder.build(outputs)
-        return Imported(graph, weights, tuple(roles), self.ep.call_spec.in_spec, self.ep.call_spec.out_spec)
+        trainable = any(t.requires_grad for t in self.ep.state_dict.values())
+        return Imported(graph, weights, tuple(roles), self.ep.call_spec.in_spec, self.ep.call_spec.out_spec,
+                        tuple(mutations), trainable)
 
     # --- placeholders ---------------------------------------------------------------------
     def placeholders(self, param_keys: Mapping[int, str]) -> tuple[dict[str, torch.Tensor], list[Role]]:
@@ -201,6 +285,7 @@ class _Translator:
             elif spec.kind == InputKind.USER_INPUT:
                 position = user_index
                 user_index += 1
+                self.argument_of[spec.arg.name] = position
                 if not isinstance(meta, torch.Tensor):
                     roles.append(ConstRole(meta))
                     self.env[node] = meta
@@ -281,17 +366,36 @@ class _Translator:
         self.unsupported.append(UnsupportedOp(_target_name(node.target), module_path(node), node.name, reason))
         self.env[node] = _MISSING
 
-    def outputs(self, node: torch.fx.Node) -> list[Value]:
-        outs = []
-        for item in pytree.tree_leaves(node.args[0]):
+    def outputs(self, node: torch.fx.Node) -> tuple[list[Value], list[Mutation]]:
+        """The model's outputs, then the new values of what it mutates (torch.export's graph signature
+        lists both among the graph's outputs)."""
+        from torch.export.graph_signature import OutputKind
+
+        outs: list[Value] = []
+        updates: list[tuple[Value, str | None, int | None]] = []
+        leaves = pytree.tree_leaves(node.args[0])
+        for item, spec in zip(leaves, self.ep.graph_signature.output_specs):
             value = self.env.get(item) if isinstance(item, torch.fx.Node) else item
-            if isinstance(value, Value):
-                outs.append(value)
-            elif value is _MISSING or isinstance(value, _Placeholder):
+            if value is _MISSING or isinstance(value, _Placeholder):
                 continue  # already reported
+            if not isinstance(value, Value):
+                if spec.kind == OutputKind.USER_OUTPUT:
+                    self.unsupported.append(UnsupportedOp("output", "", str(item), f"non-tensor output {value!r}"))
+                else:
+                    self.unsupported.append(UnsupportedOp("output", "", str(item), f"a mutation of {spec.target} "
+                                                          "lamina cannot express"))
+                continue
+            if spec.kind == OutputKind.USER_OUTPUT:
+                outs.append(value)
+            elif spec.kind.name in ("BUFFER_MUTATION", "PARAMETER_MUTATION"):
+                updates.append((value, spec.target, None))
+            elif spec.kind == OutputKind.USER_INPUT_MUTATION:  # also a buffer dynamo passes as an argument
+                updates.append((value, None, self.argument_of[spec.target]))
             else:
-                self.unsupported.append(UnsupportedOp("output", "", str(item), f"non-tensor output {value!r}"))
-        return outs
+                self.unsupported.append(UnsupportedOp("output", "", str(item), f"graph output kind {spec.kind.name} "
+                                                      "is not supported"))
+        mutations = [Mutation(len(outs) + i, weight, argument) for i, (_, weight, argument) in enumerate(updates)]
+        return outs + [v for v, _, _ in updates], mutations
 
 
 SYMBOLIC: Mapping[str, Any] = {

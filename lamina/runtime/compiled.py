@@ -60,19 +60,34 @@ class CompiledModule:
         self._weights = {k: v.detach() for k, v in imported.weights.items()}
         self._checked_shapes: set[tuple] = set()  # input shape signatures already validated
         self._dtypes = [to_torch(v.type.dtype) for v in graph.inputs]
+        self._mutations = imported.mutations
+        self._user_outputs = len(graph.outputs) - len(imported.mutations)
         n = len(imported.roles)
         # the common case, model(t1, ..., tn) -> tensor(s): no pytree work per call
         self._plain_args = (imported.in_spec == pytree.tree_flatten((tuple(range(n)), {}))[1]
                             and all(isinstance(r, InputRole) and r.index == i for i, r in enumerate(imported.roles)))
         self._single_output = imported.out_spec.is_leaf()
+        self._warned_about_grad = False
+        self._weights_need_grad = imported.trainable
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if not self._warned_about_grad and torch.is_grad_enabled():
+            self._warn_if_gradients_expected(args, kwargs)
         if self._plain_args and not kwargs and len(args) == len(self.graph.inputs) \
                 and all(isinstance(a, torch.Tensor) for a in args):
             inputs = [self._check(i, a) for i, a in enumerate(args)]
             self._check_signature(inputs)
             outputs = self._executor(inputs, self._weights)
+            if self._mutations:
+                outputs = self._write_back(outputs, args, self._weights)
             return outputs[0] if self._single_output else pytree.tree_unflatten(list(outputs), self.imported.out_spec)
+        if self.imported.keywords:  # traced by keyword: name the positional arguments as the model does
+            if len(args) > len(self.imported.keywords):
+                raise InputMismatchError(f"{self.model_name} was compiled with {len(self.imported.keywords)} "
+                                         f"positional argument(s) ({', '.join(self.imported.keywords)}), called with "
+                                         f"{len(args)}; pass the others by keyword")
+            kwargs = {**dict(zip(self.imported.keywords, args)), **kwargs}
+            args = ()
         expected = self.imported.in_spec
         names = list(expected.child(1).context or [])
         if set(kwargs) == set(names):
@@ -99,7 +114,32 @@ class CompiledModule:
                 inputs[role.index] = self._check(role.index, value)
         self._check_signature(inputs)
         outputs = self._executor(inputs, weights)
+        if self._mutations:
+            outputs = self._write_back(outputs, flat, weights)
         return pytree.tree_unflatten(list(outputs), self.imported.out_spec)
+
+    def _write_back(self, outputs: Sequence[torch.Tensor], flat_args: Sequence[Any],
+                    weights: Mapping[str, torch.Tensor]) -> list[torch.Tensor]:
+        """Apply the model's in-place updates (``self.n.add_(1)``, ``x.mul_(2)``) as eager would, and
+        return the model's own outputs."""
+        with torch.no_grad():
+            for m in self._mutations:
+                target = flat_args[m.argument] if m.argument is not None else weights[m.weight]
+                target.copy_(outputs[m.output])
+        return list(outputs[:self._user_outputs])
+
+    def _warn_if_gradients_expected(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
+        """Outputs never require grad: say so once when the caller may be training through the module."""
+        tensors = [a for a in pytree.tree_leaves((args, kwargs)) if isinstance(a, torch.Tensor)]
+        if self._weights_need_grad or any(t.requires_grad for t in tensors):
+            import warnings
+
+            self._warned_about_grad = True
+            warnings.warn(f"lamina: compiled {self.model_name} computes no gradients: its outputs do not require "
+                          "grad, so backward() cannot reach the weights. Call it under torch.no_grad() or "
+                          "torch.inference_mode() for inference; to train, use the model itself or "
+                          "torch.compile(model, backend='lamina'), which runs autograd graphs in PyTorch",
+                          RuntimeWarning, stacklevel=3)
 
     def _check_signature(self, inputs: Sequence[torch.Tensor]) -> None:
         if self.options.check_inputs:
