@@ -118,7 +118,7 @@ class _Builder:
 
     # -- values at indices --------------------------------------------------------------------
     def value_at(self, v: Value, idx: Idx) -> Expr:
-        key = (id(v), idx.dims)
+        key = (id(v), idx.dims, idx.flat)  # the flat offset too: size-1 axes make different rows equal in dims
         if key not in self.memo:
             self.memo[key] = self._value_at(v, idx)
         return self.memo[key]
@@ -195,6 +195,16 @@ class _Builder:
             return self.value_at(x, Idx(tuple(dims)))
         if name == "index":
             return self.advanced_index(op, idx)
+        if name == "pad":
+            return self.pad(op, idx)
+        if name == "slice_scatter":
+            return self.slice_scatter(op, idx)
+        if name == "as_strided":
+            x = op.operands[0]
+            flat: Expr = const(op.attrs["offset"])
+            for i, stride in zip(idx.dims, op.attrs["stride"]):
+                flat = add(flat, mul(i, const(stride)))
+            return self.value_at(x, Idx(_unravel(flat, x.type.shape, self.sizes), flat))
         if name == "concat":
             return self.concat(op, idx)
         if name in ("tril", "triu"):
@@ -256,6 +266,40 @@ class _Builder:
             else:
                 dims.append(next(rest))
         return self.value_at(x, Idx(tuple(dims)))
+
+    def pad(self, op: Op, idx: Idx) -> Expr:
+        """The input where the position falls inside it (read at a clamped position), else the fill value."""
+        x, dtype = op.operands[0], op.results[0].type.dtype
+        dims, inside = [], None
+        for i, d, lo, hi in zip(idx.dims, x.type.shape, op.attrs["low"], op.attrs["high"]):
+            src = Call(I64, "sub", (i, const(lo))) if lo else i
+            if lo > 0 or hi > 0:  # a padded side: positions outside the input read the fill value
+                size = self.sizes(d)
+                ok = Call(DType.bool, "logical_and", (Call(DType.bool, "ge", (src, const(0))),
+                                                      Call(DType.bool, "lt", (src, size))))
+                inside = ok if inside is None else Call(DType.bool, "logical_and", (inside, ok))
+                src = Call(I64, "min", (Call(I64, "max", (src, const(0))), Call(I64, "sub", (size, const(1)))))
+            dims.append(src)
+        value = self.value_at(x, Idx(tuple(dims)))
+        return value if inside is None else Call(dtype, "where", (inside, value, Const(dtype, op.attrs["value"])))
+
+    def slice_scatter(self, op: Op, idx: Idx) -> Expr:
+        """``src`` on the slice's positions along dim, ``x`` elsewhere."""
+        x, src = op.operands
+        at, dtype = op.attrs, op.results[0].type.dtype
+        d = at["dim"] % x.type.rank
+        i, step = idx.dims[d], at["step"]
+        rel = Call(I64, "sub", (i, self.sizes(at["start"])))
+        count = self.sizes(src.type.shape[d])
+        picked = Call(I64, "floordiv", (rel, const(step))) if step != 1 else rel
+        hit = Call(DType.bool, "logical_and", (Call(DType.bool, "ge", (rel, const(0))),
+                                               Call(DType.bool, "lt", (picked, count))))
+        if step != 1:
+            hit = Call(DType.bool, "logical_and", (hit, Call(DType.bool, "eq", (Call(I64, "mod", (rel, const(step))),
+                                                                                const(0)))))
+        dims = list(idx.dims)
+        dims[d] = Call(I64, "min", (Call(I64, "max", (picked, const(0))), Call(I64, "sub", (count, const(1)))))
+        return Call(dtype, "where", (hit, self.value_at(src, Idx(tuple(dims))), self.value_at(x, idx)))
 
     def concat(self, op: Op, idx: Idx) -> Expr:
         d = op.attrs["dim"] % op.results[0].type.rank

@@ -301,6 +301,82 @@ def _tri(cx: Context, x: Value, diagonal: int = 0) -> Value:
     return cx.emit(cx.loc.target.split(".")[1], x, diagonal=diagonal)
 
 
+@converts("aten.repeat.default")
+def _repeat(cx: Context, x: Value, repeats: Sequence[Any]) -> Value:
+    """x.repeat(r): tile with expand over a new axis before each dim, then merge the pairs."""
+    lead = len(repeats) - x.type.rank
+    shape = [1] * lead + list(x.type.shape)
+    paired = [d for s in shape for d in (1, s)]
+    tiled = [d for r, s in zip(repeats, shape) for d in (r, s)]
+    expanded = cx.emit("expand", cx.reshape(x, paired), shape=[dim(d) for d in tiled])
+    return cx.reshape(expanded, cx.out_type.shape)
+
+
+@converts("aten.repeat_interleave.self_int")
+def _repeat_interleave(cx: Context, x: Value, repeats: Any, d: int | None = None, output_size: Any = None) -> Value:
+    if isinstance(repeats, Value):
+        raise Unsupported("repeat_interleave by a tensor of counts gives a data-dependent shape")
+    if d is None:
+        x, d = cx.reshape(x, (-1,)), 0
+    d %= x.type.rank
+    shape = list(x.type.shape)
+    wide = shape[:d + 1] + [repeats] + shape[d + 1:]
+    expanded = cx.emit("expand", cx.reshape(x, shape[:d + 1] + [1] + shape[d + 1:]), shape=[dim(s) for s in wide])
+    return cx.reshape(expanded, cx.out_type.shape)
+
+
+@converts("aten.constant_pad_nd.default")
+def _constant_pad(cx: Context, x: Value, pad: Sequence[Any], value: Any = 0) -> Value:
+    """torch's pad list runs from the last dim backwards: (left, right, top, bottom, ...)."""
+    rank = x.type.rank
+    low, high = [0] * rank, [0] * rank
+    for i in range(len(pad) // 2):
+        low[rank - 1 - i], high[rank - 1 - i] = int(pad[2 * i]), int(pad[2 * i + 1])
+    if not any(low) and not any(high):
+        return cx.emit("identity", x)
+    dtype = x.type.dtype
+    fill = bool(value) if dtype is DType.bool else float(value) if dtype.is_float else int(value)
+    return cx.emit("pad", x, low=low, high=high, value=fill)
+
+
+@converts("aten.slice_scatter.default")
+def _slice_scatter(cx: Context, x: Value, src: Value, d: int = 0, start: Any = None, end: Any = None,
+                   step: int = 1) -> Value:
+    d %= x.type.rank
+    size = x.type.shape[d]
+    start, end = _bound(start, size, 0), _bound(end, size, size)
+    src = cx.value(src, x.type.dtype)
+    if start == 0 and end == size and step == 1:
+        return cx.emit("identity", src) if src.type.shape == x.type.shape else cx.emit("expand", src, shape=list(x.type.shape))
+    return cx.emit("slice_scatter", x, src, dim=d, start=start, end=end, step=step)
+
+
+@converts("aten.copy.default")
+def _copy(cx: Context, x: Value, src: Value, non_blocking: bool = False) -> Value:
+    """The functional copy_: src broadcast to x's shape, in x's dtype."""
+    y = cx.value(src, x.type.dtype)
+    return cx.emit("identity", y) if y.type.shape == x.type.shape else cx.emit("expand", y, shape=list(x.type.shape))
+
+
+@converts("aten.as_strided.default")
+def _as_strided(cx: Context, x: Value, size: Sequence[Any], stride: Sequence[Any], offset: Any = None) -> Value:
+    """Defined on the input's row-major elements, which equal its storage only if it is contiguous."""
+    traced = cx.traced[0] if cx.traced else None
+    if traced is None or not traced.is_contiguous() or traced.storage_offset() != 0:
+        raise Unsupported("as_strided of a tensor that is not contiguous reads its storage, which lamina's "
+                          "value semantics do not model; make the input contiguous first")
+    size, stride, offset = [dim(s) for s in size], [int(s) for s in stride], int(offset or 0)
+    if offset == 0 and list(x.type.shape) == size:
+        rowmajor = [1] * len(size)
+        for i in range(len(size) - 2, -1, -1):
+            rowmajor[i] = rowmajor[i + 1] * size[i + 1] if isinstance(size[i + 1], int) else None
+        if all(n == 1 or s == r for n, s, r in zip(size, stride, rowmajor)):
+            return cx.emit("identity", x)  # the row-major layout itself (size-1 dims' strides do not matter)
+    if not all(isinstance(s, int) for s in size):
+        raise Unsupported("as_strided with symbolic sizes")
+    return cx.emit("as_strided", x, size=size, stride=stride, offset=offset)
+
+
 # ---- indexing -------------------------------------------------------------------------
 
 @converts("aten.embedding.default")
@@ -327,6 +403,37 @@ def _gather(cx: Context, x: Value, d: int, index: Value, sparse_grad: bool = Fal
     return cx.emit("gather", x, index, dim=d % x.type.rank)
 
 
+@converts("aten.index_put.default", "aten.index_put_.default", "aten._unsafe_index_put.default")
+def _index_put(cx: Context, x: Value, indices: Sequence[Value | None], values: Value, accumulate: bool = False) -> Value:
+    positions = [i for i, t in enumerate(indices) if t is not None]
+    tensors = [indices[i] for i in positions]
+    if any(t.type.dtype is DType.bool for t in tensors):
+        raise Unsupported("index_put with a bool mask; use where() instead")
+    return cx.emit("index_put", x, cx.value(values, x.type.dtype), *tensors, positions=positions,
+                   accumulate=bool(accumulate))
+
+
+@converts("aten.topk.default")
+def _topk(cx: Context, x: Value, k: int, d: int = -1, largest: bool = True, is_sorted: bool = True) -> tuple:
+    return cx.emit_multi("topk", [x], k=int(k), dim=d % max(x.type.rank, 1), largest=bool(largest),
+                         sorted=bool(is_sorted))
+
+
+@converts("aten.sort.default", "aten.sort.stable")
+def _sort(cx: Context, x: Value, *args: Any, **kwargs: Any) -> tuple:
+    if "stable" in cx.loc.target:  # sort.stable(self, *, stable, dim=-1, descending=False)
+        d, descending = kwargs.get("dim", -1), kwargs.get("descending", False)
+    else:  # sort(self, dim=-1, descending=False)
+        d = args[0] if args else kwargs.get("dim", -1)
+        descending = args[1] if len(args) > 1 else kwargs.get("descending", False)
+    return cx.emit_multi("sort", [x], dim=d % max(x.type.rank, 1), descending=bool(descending))
+
+
+@converts("aten.histc.default")
+def _histc(cx: Context, x: Value, bins: int = 100, low: Any = 0, high: Any = 0) -> Value:
+    return cx.emit("histc", x, bins=int(bins), min=float(low), max=float(high))
+
+
 # ---- creation -------------------------------------------------------------------------
 
 @converts("aten.full.default", "aten.full_like.default", "aten.new_full.default")
@@ -336,7 +443,8 @@ def _full(cx: Context, *args: Any, **kwargs: Any) -> Value:
 
 
 @converts("aten.zeros.default", "aten.zeros_like.default", "aten.new_zeros.default", "aten.empty.memory_format",
-          "aten.empty_like.default", "aten.new_empty.default")
+          "aten.empty_like.default", "aten.new_empty.default", "aten.empty_permuted.default",
+          "aten.empty_strided.default")
 def _zeros(cx: Context, *args: Any, **kwargs: Any) -> Value:
     return _filled(cx, 0)
 
@@ -463,6 +571,30 @@ def _var(cx: Context, x: Value, dims: Any = None, unbiased: Any = None, keepdim:
     return v
 
 
+@converts("aten.linalg_vector_norm.default")
+def _vector_norm(cx: Context, x: Value, order: Any = 2, dims: Any = None, keepdim: bool = False, *,
+                 dtype: Any = None) -> Value:
+    """||x||_p over dims from sums, maxima and powers."""
+    out = cx.out_type.dtype
+    x = cx.value(x, out)
+    axes = _dims(x, dims)
+    magnitude = cx.emit("abs", x)
+    p = float(order)
+    if p == float("inf"):
+        return cx.emit("amax", magnitude, dims=axes, keepdim=keepdim)
+    if p == float("-inf"):
+        return cx.emit("amin", magnitude, dims=axes, keepdim=keepdim)
+    if p == 0:
+        nonzero = cx.value(cx.emit("ne", x, cx.value(0.0, out)), out)
+        return cx.emit("sum", nonzero, dims=axes, keepdim=keepdim)
+    if p == 1:
+        return cx.emit("sum", magnitude, dims=axes, keepdim=keepdim)
+    if p == 2:
+        return cx.emit("sqrt", cx.emit("sum", cx.emit("mul", x, x), dims=axes, keepdim=keepdim))
+    powered = cx.emit("pow", magnitude, cx.value(p, out))
+    return cx.emit("pow", cx.emit("sum", powered, dims=axes, keepdim=keepdim), cx.value(1.0 / p, out))
+
+
 @converts("aten.cumsum.default")
 def _cumsum(cx: Context, x: Value, d: int, dtype: Any = None) -> Value:
     return cx.emit("cumsum", cx.value(x, cx.out_type.dtype), dim=d % max(x.type.rank, 1))
@@ -532,7 +664,7 @@ def _batch_norm(cx: Context, x: Value, weight: Value | None, bias: Value | None,
 
 # ---- convolution and pooling ----------------------------------------------------------
 
-@converts("aten.convolution.default", "aten.conv2d.default")
+@converts("aten.convolution.default", "aten.conv2d.default", "aten.conv1d.default")
 def _conv(cx: Context, x: Value, weight: Value, bias: Value | None = None, stride: Any = (1,), padding: Any = (0,),
           dilation: Any = (1,), *rest: Any) -> Value:
     if "convolution" in cx.loc.target:
@@ -541,10 +673,18 @@ def _conv(cx: Context, x: Value, weight: Value, bias: Value | None = None, strid
             raise Unsupported("transposed convolution")
     else:
         groups = rest[0] if rest else 1
-    if x.type.rank != 4:
-        raise Unsupported(f"convolution over a rank-{x.type.rank} input; only 2-D (NCHW) is supported")
     if isinstance(padding, str):
         raise Unsupported(f"padding={padding!r}; give explicit padding")
+    if x.type.rank == 3:  # 1-D (N, C, L): a 2-D convolution over (N, C, 1, L)
+        n, c, length = x.type.shape
+        o, ci, k = weight.type.shape
+        one = lambda v: [1] + [int(v[-1])]  # noqa: E731 - (1, value) for the height axis
+        operands = [cx.reshape(x, (n, c, 1, length)), cx.reshape(weight, (o, ci, 1, k))] + ([bias] if bias is not None else [])
+        y = cx.emit("conv2d", *operands, stride=one(stride), padding=[0, int(padding[-1])], dilation=one(dilation),
+                    groups=int(groups))
+        return cx.reshape(y, cx.out_type.shape)
+    if x.type.rank != 4:
+        raise Unsupported(f"convolution over a rank-{x.type.rank} input; 1-D (NCL) and 2-D (NCHW) are supported")
     operands = [x, weight] + ([bias] if bias is not None else [])
     return cx.emit("conv2d", *operands, stride=list(stride), padding=list(padding), dilation=list(dilation),
                    groups=int(groups))

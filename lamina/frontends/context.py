@@ -57,11 +57,13 @@ def _torch_dtype(d: DType) -> torch.dtype:
 
 @dataclass
 class Context:
-    """Per-node view for converters: ``out`` is the node's result type(s) as torch traced them."""
+    """Per-node view for converters: ``out`` is the node's result type(s) as torch traced them;
+    ``traced`` the node's positional arguments as torch traced them (fake tensors with their strides)."""
 
     builder: GraphBuilder
     loc: Loc
     out: TensorType | tuple[TensorType | None, ...] | None
+    traced: tuple[Any, ...] = ()
 
     @property
     def out_type(self) -> TensorType:

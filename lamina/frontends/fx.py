@@ -321,7 +321,7 @@ class _Translator:
             return
         converter = CONVERTERS.get(target)
         if converter is None:
-            self.report(node, "no lamina translation")
+            self.report(node, _why_untranslated(target))
             return
         loc = Loc(module_path(node), target)
         try:
@@ -330,7 +330,8 @@ class _Translator:
             out = _meta_types(node.meta.get("val"))
             if _has_placeholder(args) or _has_placeholder(kwargs):
                 raise _Skip
-            result = converter(Context(self.builder, loc, out), *args, **kwargs)
+            traced = tuple(a.meta.get("val") if isinstance(a, torch.fx.Node) else a for a in node.args)
+            result = converter(Context(self.builder, loc, out, traced), *args, **kwargs)
             self.check(node, result, out)
             self.env[node] = result
         except _Skip:
@@ -396,6 +397,21 @@ class _Translator:
                                                       "is not supported"))
         mutations = [Mutation(len(outs) + i, weight, argument) for i, (_, weight, argument) in enumerate(updates)]
         return outs + [v for v, _, _ in updates], mutations
+
+
+# what to do about custom operators lamina meets in popular models
+_CUSTOM_OP_HINTS = {
+    "transformers.grouped_mm_fallback.default": "build the model with experts_implementation='batched_mm' (its "
+                                                "config's MoE path of gathers and batched GEMMs, which lamina compiles)",
+}
+
+
+def _why_untranslated(target: str) -> str:
+    if target.startswith("aten."):
+        return "no lamina translation"
+    hint = _CUSTOM_OP_HINTS.get(target, "run the model through torch.compile(backend='lamina'), which runs "
+                                        "such an op in PyTorch between compiled pieces")
+    return f"a custom operator, opaque to lamina (its body is Python that torch.export does not trace); {hint}"
 
 
 SYMBOLIC: Mapping[str, Any] = {

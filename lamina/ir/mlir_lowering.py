@@ -660,12 +660,14 @@ class Lowering:
                             lambda a: [combine(a[0], a[2])], reductions=[4, 5])[0]
 
     def op_max_pool2d(self, op: Op, x: T) -> T:
+        _no_ceil_mode(op)
         ph, pw = _pair(op.attrs["padding"])
         padded = self._pad(x, ph, pw, -pymath.inf)
         return self._window(padded, op.attrs["kernel"], op.attrs["stride"], op.attrs["dilation"],
                             op.result.type.shape, lambda v, acc: self.max(v, acc, x.dtype), -pymath.inf)
 
     def op_avg_pool2d(self, op: Op, x: T) -> T:
+        _no_ceil_mode(op)
         a, dt = op.attrs, x.dtype
         ph, pw = _pair(a["padding"])
         out = op.result.type.shape
@@ -694,6 +696,11 @@ class Lowering:
         if bias:
             y = self.ew(lambda v, b: self.add(v, b, dt), [y, (bias[0], [self.d(1)])], out, dt)
         return y
+
+
+def _no_ceil_mode(op: Op) -> None:
+    if op.attrs["ceil_mode"]:
+        raise MLIRExportError(f"MLIR export of {op.describe()} with ceil_mode=true is not supported yet")
 
 
 _MATH = {"exp": "ExpOp", "log": "LogOp", "sqrt": "SqrtOp", "tanh": "TanhOp", "sin": "SinOp", "cos": "CosOp",

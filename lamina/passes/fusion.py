@@ -29,7 +29,7 @@ from ..ir.core import Graph, Op, Value
 
 MAX_OPS = 48
 LIBRARY = frozenset({"matmul", "linear", "conv2d", "attention", "max_pool2d", "avg_pool2d", "cumsum", "argmax",
-                     "stack"})
+                     "stack", "topk", "sort", "histc", "index_put"})
 VIEWS = frozenset({"reshape", "permute", "expand", "slice", "split", "full", "arange", "identity", "dropout"})
 REDUCTIONS = frozenset({"sum", "mean", "amax", "amin", "var", "softmax", "log_softmax", "layer_norm", "rms_norm"})
 

@@ -51,11 +51,28 @@ def call_line(op: Op, args: Sequence[str], outs: Sequence[str | None], results: 
                 f"padding={tuple(at['padding'])}, dilation={tuple(at['dilation'])}, groups={at['groups']})")
     if n == "max_pool2d":
         return (f"{results[0]} = torch.nn.functional.max_pool2d({a[0]}, {tuple(at['kernel'])}, "
-                f"{tuple(at['stride']) or None}, {tuple(at['padding'])}, {tuple(at['dilation'])})")
+                f"{tuple(at['stride']) or None}, {tuple(at['padding'])}, {tuple(at['dilation'])}, "
+                f"ceil_mode={at['ceil_mode']})")
     if n == "avg_pool2d":
         return (f"{results[0]} = torch.nn.functional.avg_pool2d({a[0]}, {tuple(at['kernel'])}, "
-                f"{tuple(at['stride']) or None}, {tuple(at['padding'])}, False, {at['count_include_pad']}, "
+                f"{tuple(at['stride']) or None}, {tuple(at['padding'])}, {at['ceil_mode']}, {at['count_include_pad']}, "
                 f"{at['divisor_override']})")
+    if n == "topk":
+        return (f"{results[0]}, {results[1]} = torch.topk({a[0]}, {at['k']}, {at['dim']}, largest={at['largest']}, "
+                f"sorted={at['sorted']})")
+    if n == "sort":
+        return f"{results[0]}, {results[1]} = torch.sort({a[0]}, dim={at['dim']}, descending={at['descending']}, stable=True)"
+    if n == "histc":
+        return f"{results[0]} = torch.histc({a[0]}, {at['bins']}, {at['min']!r}, {at['max']!r})"
+    if n == "index_put":
+        rank = op.operands[0].type.rank
+        slots = ["None"] * rank
+        for p, name in zip(at["positions"], a[2:]):
+            slots[p % rank] = name
+        while slots[-1] == "None":
+            slots.pop()
+        return (f"{results[0]} = torch.ops.aten.index_put.default({a[0]}, [{', '.join(slots)}], {a[1]}, "
+                f"{at['accumulate']})")
     if n == "cumsum":
         return f"torch.cumsum({a[0]}, {at['dim']}, out={out})" if out else f"{results[0]} = torch.cumsum({a[0]}, {at['dim']})"
     if n == "stack":

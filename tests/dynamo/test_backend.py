@@ -29,16 +29,16 @@ def mlp() -> nn.Module:
     return nn.Sequential(nn.Linear(8, 32), nn.GELU(), nn.Linear(32, 4)).eval()
 
 
-class WithTopk(nn.Module):
-    """topk has no lamina translation: the linears around it are compiled, topk runs in PyTorch."""
+class WithCummax(nn.Module):
+    """cummax has no lamina translation: the linears around it are compiled, cummax runs in PyTorch."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.inp, self.out = nn.Linear(8, 16), nn.Linear(4, 3)
+        self.inp, self.out = nn.Linear(8, 16), nn.Linear(16, 3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = torch.relu(self.inp(x))
-        top = torch.topk(h, 4, dim=-1).values
+        top = torch.cummax(h, dim=-1).values
         return torch.tanh(self.out(top * 2.0))
 
 
@@ -78,20 +78,20 @@ def test_options_pass_through_and_unknown_options_are_named() -> None:
 
 def test_unsupported_op_runs_in_pytorch_with_a_logged_line(caplog) -> None:
     torch.manual_seed(0)
-    model, x = WithTopk().eval(), torch.randn(5, 8)
+    model, x = WithCummax().eval(), torch.randn(5, 8)
     backend = LaminaBackend()
     with caplog.at_level(logging.INFO, logger="lamina.fallback"), torch.no_grad():
         got = torch.compile(model, backend=backend)(x)
         want = model(x)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
     lines = [r.getMessage() for r in caplog.records if r.name == "lamina.fallback"]
-    assert len(lines) == 1 and "aten.topk.default" in lines[0] and "runs in PyTorch" in lines[0]
+    assert len(lines) == 1 and "aten.cummax.default" in lines[0] and "runs in PyTorch" in lines[0]
     assert backend.stats.pieces >= 2 and backend.stats.graphs == 0  # the linears, compiled as pieces
 
 
 def test_fallback_false_raises_listing_the_unsupported_ops() -> None:
-    model, x = WithTopk().eval(), torch.randn(5, 8)
-    with torch.no_grad(), pytest.raises(Exception, match="aten.topk.default"):
+    model, x = WithCummax().eval(), torch.randn(5, 8)
+    with torch.no_grad(), pytest.raises(Exception, match="aten.cummax.default"):
         torch.compile(model, backend=LaminaBackend({"fallback": False}))(x)
 
 
@@ -161,9 +161,9 @@ def test_dump_dir_holds_graph_ir_kernels_wrapper_and_summary(tmp_path) -> None:
 def test_dump_dir_from_the_environment_records_fallbacks(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("LAMINA_DUMP_DIR", str(tmp_path))
     with torch.no_grad():
-        torch.compile(WithTopk().eval(), backend="lamina")(torch.randn(5, 8))
+        torch.compile(WithCummax().eval(), backend="lamina")(torch.randn(5, 8))
     summary = json.loads((tmp_path / "graph_0" / "summary.json").read_text())
-    assert any("aten.topk.default" in line for line in summary["fallbacks"])
+    assert any("aten.cummax.default" in line for line in summary["fallbacks"])
 
 
 def test_bad_option_value_is_a_lamina_error() -> None:

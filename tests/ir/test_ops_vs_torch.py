@@ -106,6 +106,17 @@ CASES = [
     Case("index", [r(3, 5, 6), ints(5, 4)], lambda x, i: x[:, i], {"positions": [1]}),
     Case("tril", [r(5, 5)], lambda x: torch.tril(x, 1), {"diagonal": 1}),
     Case("triu", [r(2, 5, 5)], torch.triu),
+    Case("pad", [r(2, 3, 4)], lambda x: F.pad(x, (1, 2, -1, 0), value=0.5), {"low": [0, -1, 1], "high": [0, 0, 2],
+                                                                            "value": 0.5}),
+    Case("slice_scatter", [r(4, 10), r(4, 3)], lambda x, s: torch.slice_scatter(x, s, 1, 1, 9, 3),
+         {"dim": 1, "start": 1, "end": 9, "step": 3}),
+    Case("as_strided", [r(4, 6)], lambda x: torch.as_strided(x, (3, 3), (5, 2), 1),
+         {"size": [3, 3], "stride": [5, 2], "offset": 1}),
+    Case("histc", [r(50)], lambda x: torch.histc(x, 7, -1.0, 1.5), {"bins": 7, "min": -1.0, "max": 1.5}),
+    Case("index_put", [r(5, 3), r(2, 3), torch.tensor([4, 1])], lambda x, v, i: torch.index_put(x, (i,), v),
+         {"positions": [0]}),
+    Case("index_put", [r(5, 3), r(4), torch.tensor([0, 0, 2, -1]), torch.tensor([1, 1, 0, 2])],
+         lambda x, v, i, j: torch.index_put(x, (i, j), v, accumulate=True), {"positions": [0, 1], "accumulate": True}),
     Case("full", [], lambda: torch.full((2, 3), 1.5), {"shape": [2, 3], "value": 1.5, "dtype": DType.f32}),
     Case("arange", [], lambda: torch.arange(2, 11, 3), {"start": 2, "end": 11, "step": 3}),
     Case("conv2d", [r(2, 4, 9, 9), r(6, 2, 3, 3), r(6)],
@@ -116,6 +127,12 @@ CASES = [
     Case("avg_pool2d", [r(2, 3, 8, 8)], lambda x: F.avg_pool2d(x, 3, 2, 1, count_include_pad=False),
          {"kernel": [3], "stride": [2], "padding": [1], "count_include_pad": False}),
     Case("avg_pool2d", [r(2, 3, 8, 8)], lambda x: F.avg_pool2d(x, 2), {"kernel": [2]}),
+    Case("max_pool2d", [r(2, 3, 8, 7)], lambda x: F.max_pool2d(x, 3, 2, ceil_mode=True),
+         {"kernel": [3], "stride": [2], "ceil_mode": True}),
+    Case("avg_pool2d", [r(2, 3, 8, 7)], lambda x: F.avg_pool2d(x, 3, 2, 1, ceil_mode=True),
+         {"kernel": [3], "stride": [2], "padding": [1], "ceil_mode": True}),
+    Case("avg_pool2d", [r(2, 3, 8, 7)], lambda x: F.avg_pool2d(x, 2, ceil_mode=True, count_include_pad=False),
+         {"kernel": [2], "ceil_mode": True, "count_include_pad": False}),
     Case("stack", [r(3, 4), r(3, 4), r(3, 4)], lambda *xs: torch.stack(xs, 1), {"dim": 1}),
     # the Newton prefix sum: layers 0, 2 from deltas operand 0, layer 1 from operand 1
     Case("layer_scan", [r(3, 4), r(2, 3, 4), r(1, 3, 4)],
@@ -125,7 +142,10 @@ CASES = [
          lambda x, m, v, w, b: F.batch_norm(x, m, v, w, b, training=False, eps=1e-3), {"eps": 1e-3}, tol=1e-5),
 ]
 
-MULTI_RESULT = {"split": (r(4, 10), lambda x: torch.split(x, [3, 7], 1), {"sizes": [3, 7], "dim": 1})}
+MULTI_RESULT = {"split": (r(4, 10), lambda x: torch.split(x, [3, 7], 1), {"sizes": [3, 7], "dim": 1}),
+                "topk": (r(4, 10), lambda x: torch.topk(x, 3, 1, largest=False), {"k": 3, "dim": 1, "largest": False}),
+                "sort": (ints(4, 3, 10), lambda x: torch.sort(x, dim=1, descending=True, stable=True),
+                         {"dim": 1, "descending": True})}
 
 
 def _run(op: str, inputs: list[torch.Tensor], attrs: dict) -> list[np.ndarray]:
@@ -145,9 +165,10 @@ def test_reference_matches_torch(case: Case) -> None:
     assert rel_error(out, expected.float() if expected.dtype == torch.bfloat16 else expected) <= case.tol
 
 
-def test_split_matches_torch() -> None:
-    x, fn, attrs = MULTI_RESULT["split"]
-    for got, want in zip(_run("split", [x], attrs), fn(x)):
+@pytest.mark.parametrize("op", list(MULTI_RESULT))
+def test_multi_result_ops_match_torch(op: str) -> None:
+    x, fn, attrs = MULTI_RESULT[op]
+    for got, want in zip(_run(op, [x], attrs), fn(x), strict=True):
         assert rel_error(got, want) == 0
 
 

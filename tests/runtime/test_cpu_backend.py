@@ -147,3 +147,17 @@ def test_numpy_style_transpose() -> None:
     model, args = _NumpyT(), (torch.randn(5, 3), torch.randn(2, 4, 3))
     compiled = lamina.compile(model, args, poison=True)
     torch.testing.assert_close(compiled(*args), model(*args), rtol=1e-5, atol=1e-5)
+
+
+def test_a_reduction_over_size_one_axes_reads_its_own_rows() -> None:
+    """Regression: with every reduced axis of size 1 (a 1x1 feature map's mean, EfficientNet's squeeze),
+    a value read at the reduction's index and at the element index had equal dims but other flat offsets;
+    the memo returned one for the other and the kernel read an undefined loop variable."""
+    class SqueezeExcite(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = torch.nn.functional.silu(x)
+            return y * y.mean((2, 3), keepdim=True)
+
+    x = torch.randn(2, 3, 1, 1)
+    compiled = lamina.compile(SqueezeExcite(), (x,), poison=True)
+    assert rel_error(compiled(x), SqueezeExcite()(x)) <= 1e-6

@@ -9,10 +9,11 @@ import difflib
 from types import MappingProxyType
 
 from ..opdef import OpDef, registry
-from . import creation, elementwise, layout, nn, reduction, structural, window
+from . import creation, elementwise, layout, nn, placement, reduction, selection, structural, window
 
 REGISTRY = MappingProxyType(registry(
-    *elementwise.DEFS, *reduction.DEFS, *nn.DEFS, *layout.DEFS, *creation.DEFS, *window.DEFS, *structural.DEFS,
+    *elementwise.DEFS, *reduction.DEFS, *nn.DEFS, *layout.DEFS, *placement.DEFS, *selection.DEFS, *creation.DEFS,
+    *window.DEFS, *structural.DEFS,
 ))
 
 

@@ -49,6 +49,10 @@ def _expand_infer(types: Sequence[TensorType], attrs: Mapping[str, Any]) -> list
     return [x.with_shape(tuple(out))]
 
 
+def _nonnegative(x: Any) -> bool:
+    return (isinstance(x, int) and x >= 0) or (isinstance(x, sympy.Expr) and x.is_nonnegative is True)
+
+
 def _slice_infer(types: Sequence[TensorType], attrs: Mapping[str, Any]) -> list[TensorType]:
     x = types[0]
     (d,) = axes("slice", [attrs["dim"]], x.rank)
@@ -58,8 +62,9 @@ def _slice_infer(types: Sequence[TensorType], attrs: Mapping[str, Any]) -> list[
     size = x.shape[d]
     if isinstance(size, int) and isinstance(start, int) and isinstance(end, int):
         length = len(range(*slice(start, end, step).indices(size)))
-    elif isinstance(start, int) and start >= 0 and isinstance(end, (int, sympy.Expr)) and (not isinstance(end, int) or end >= 0):
-        length = dim(sympy.ceiling((sympy.Min(sympy.sympify(end), size) - start) / step))
+    elif _nonnegative(start) and _nonnegative(end):  # symbolic bounds (a cache length): clipped to the dim
+        first, last = sympy.Min(sympy.sympify(start), size), sympy.Min(sympy.sympify(end), size)
+        length = dim(sympy.Max(0, sympy.ceiling((last - first) / step)))
     else:
         raise InferenceError(f"slice: cannot size a slice [{start}:{end}:{step}] of symbolic dim {size}")
     return [x.with_shape(x.shape[:d] + (length,) + x.shape[d + 1:])]

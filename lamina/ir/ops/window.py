@@ -19,10 +19,15 @@ def _pair(name: str, value: Sequence[int]) -> tuple[int, int]:
     return value[0], value[1]
 
 
-def _out_size(size: Any, kernel: int, stride: int, pad: int, dilation: int, name: str) -> int:
+def _out_size(size: Any, kernel: int, stride: int, pad: int, dilation: int, name: str, ceil: bool = False) -> int:
+    """torch's output size; with ``ceil`` a last partial window counts if it starts inside the input
+    or its left padding."""
     if not isinstance(size, int):
         raise InferenceError(f"{name} needs static spatial dims, got {size}")
-    out = (size + 2 * pad - dilation * (kernel - 1) - 1) // stride + 1
+    span = size + 2 * pad - dilation * (kernel - 1) - 1
+    out = (-(-span // stride) if ceil else span // stride) + 1
+    if ceil and (out - 1) * stride >= size + pad:
+        out -= 1
     if out < 1:
         raise InferenceError(f"{name}: window {kernel} does not fit input size {size} with padding {pad}")
     return out
@@ -69,44 +74,55 @@ def _pool_infer(name: str) -> Any:
     def infer(types: Sequence[TensorType], attrs: Mapping[str, Any]) -> list[TensorType]:
         x = types[0]
         need_rank(name, x, 4)
-        if attrs["ceil_mode"]:
-            raise InferenceError(f"{name}: ceil_mode=true is not supported; pad the input instead")
         kernel = _pair(name + " kernel", attrs["kernel"])
         stride = _pair(name + " stride", attrs["stride"] or attrs["kernel"])
         pad = _pair(name + " padding", attrs["padding"])
         dil = _pair(name + " dilation", attrs.get("dilation", [1]))
         if any(p * 2 > k for p, k in zip(pad, kernel)):
             raise InferenceError(f"{name}: padding {list(pad)} exceeds half the kernel {list(kernel)}")
-        h = _out_size(x.shape[2], kernel[0], stride[0], pad[0], dil[0], name)
-        w = _out_size(x.shape[3], kernel[1], stride[1], pad[1], dil[1], name)
+        h = _out_size(x.shape[2], kernel[0], stride[0], pad[0], dil[0], name, attrs["ceil_mode"])
+        w = _out_size(x.shape[3], kernel[1], stride[1], pad[1], dil[1], name, attrs["ceil_mode"])
         return [x.with_shape((x.shape[0], x.shape[1], h, w))]
 
     return infer
 
 
+def _pool_geometry(x: np.ndarray, attrs: Mapping[str, Any]) -> tuple:
+    """kernel, stride, dilation, padding, output size, and the extra right padding a ceil-mode last
+    window needs, per spatial axis."""
+    kernel, stride = _pair("kernel", attrs["kernel"]), _pair("stride", attrs["stride"] or attrs["kernel"])
+    dilation, pad = _pair("dilation", attrs.get("dilation", [1])), _pair("padding", attrs["padding"])
+    out = tuple(_out_size(x.shape[2 + i], kernel[i], stride[i], pad[i], dilation[i], "pool", attrs["ceil_mode"])
+                for i in range(2))
+    extra = tuple(max(0, (out[i] - 1) * stride[i] + (kernel[i] - 1) * dilation[i] + 1 - x.shape[2 + i] - 2 * pad[i])
+                  for i in range(2))
+    return kernel, stride, dilation, pad, out, extra
+
+
 def max_pool2d(a: Sequence[np.ndarray], attrs: Mapping[str, Any]) -> np.ndarray:
     x = a[0]
-    ph, pw = _pair("padding", attrs["padding"])
+    kernel, stride, dilation, (ph, pw), out, (eh, ew) = _pool_geometry(x, attrs)
     low = -np.inf if x.dtype.kind == "f" else np.iinfo(x.dtype).min
-    x = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=low)
-    win = _windows(x, _pair("kernel", attrs["kernel"]), _pair("stride", attrs["stride"] or attrs["kernel"]),
-                   _pair("dilation", attrs["dilation"]))
-    return win.max(axis=(-2, -1))
+    x = np.pad(x, ((0, 0), (0, 0), (ph, ph + eh), (pw, pw + ew)), constant_values=low)
+    return _windows(x, kernel, stride, dilation)[:, :, :out[0], :out[1]].max(axis=(-2, -1))
 
 
 def avg_pool2d(a: Sequence[np.ndarray], attrs: Mapping[str, Any]) -> np.ndarray:
+    """torch's divisor: the window clipped to the padded input (count_include_pad), else to the input."""
     x = a[0]
-    ph, pw = _pair("padding", attrs["padding"])
-    kernel, stride = _pair("kernel", attrs["kernel"]), _pair("stride", attrs["stride"] or attrs["kernel"])
-    padded = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
-    total = _windows(padded, kernel, stride, (1, 1)).sum(axis=(-2, -1))
+    kernel, stride, _, pad, out, extra = _pool_geometry(x, attrs)
+    padded = np.pad(x, ((0, 0), (0, 0), (pad[0], pad[0] + extra[0]), (pad[1], pad[1] + extra[1])))
+    total = _windows(padded, kernel, stride, (1, 1))[:, :, :out[0], :out[1]].sum(axis=(-2, -1))
     if attrs["divisor_override"]:
         return total / x.dtype.type(attrs["divisor_override"])
-    if attrs["count_include_pad"]:
-        return total / x.dtype.type(kernel[0] * kernel[1])
-    ones = np.pad(np.ones(x.shape[2:], dtype=x.dtype), ((ph, ph), (pw, pw)))[None, None]
-    count = _windows(ones, kernel, stride, (1, 1)).sum(axis=(-2, -1))
-    return total / count
+    counts = []
+    for i in range(2):
+        start = np.arange(out[i]) * stride[i] - pad[i]
+        end = np.minimum(start + kernel[i], x.shape[2 + i] + pad[i])
+        if not attrs["count_include_pad"]:
+            start, end = np.maximum(start, 0), np.minimum(end, x.shape[2 + i])
+        counts.append(end - start)
+    return total / (counts[0][:, None] * counts[1][None, :]).astype(x.dtype)
 
 
 def _batch_norm_infer(types: Sequence[TensorType], attrs: Mapping[str, Any]) -> list[TensorType]:
