@@ -80,14 +80,17 @@ class _Sizes:
 
 
 def _unravel(flat: Expr, shape: Sequence[Any], sizes: _Sizes) -> tuple[Expr, ...]:
-    """Row-major multi-index of ``flat`` in ``shape`` (size-1 axes are 0; axis 0 needs no modulo)."""
+    """Row-major multi-index of ``flat`` in ``shape`` (size-1 axes are 0; the first axis after only
+    size-1 ones needs no modulo), so one position has one spelling whatever size-1 axes surround it."""
     dims = []
+    leading = True  # every axis so far has size 1
     for axis, d in enumerate(shape):
         if isinstance(d, int) and d == 1:
             dims.append(const(0))
             continue
         q = floordiv(flat, _stride_of(shape, axis, sizes))
-        dims.append(q if axis == 0 else mod(q, sizes(d)))
+        dims.append(q if leading else mod(q, sizes(d)))
+        leading = False
     return tuple(dims)
 
 
@@ -113,6 +116,8 @@ class _Builder:
         self.memo: dict[tuple, Expr] = {}
         self.reductions: list[tuple[str, str, DType, Expr]] = []  # (acc, kind, dtype, value in r)
         self.row_index: Any = None  # callable: inner var -> Idx over the row domain
+        self.row_outer: tuple[Expr, ...] = ()  # the current row's position in the non-reduced dims
+        self.row_axes: tuple[int, ...] = ()
         self.checks: list[KernelCheck] = []  # runtime checks, numbered from 1
         self.assumptions: list[IndexAssumption] = []  # checks the plan decides from sizes
 
@@ -340,6 +345,11 @@ class _Builder:
     def reduction(self, op: Op, idx: Idx) -> Expr:
         if self.row_index is None:
             raise LoweringError(f"{op.describe()} outside a row kernel")
+        full = len(idx.dims) == op.operands[0].type.rank
+        outer = tuple(d for i, d in enumerate(idx.dims) if i not in self.row_axes) if full else idx.dims
+        if outer != self.row_outer:  # fusion keeps such reads out of the row's kernel (passes/fusion.py)
+            raise LoweringError(f"internal: {op.describe()} is read at another row than the kernel's; "
+                                "a fusion bug, please report it")
         x = op.operands[0]
         dt = x.type.dtype
         axes = reduction_axes(op)
@@ -456,6 +466,7 @@ def lower_region(op: Op, input_names: Sequence[str], output_names: Sequence[str]
             return Idx(dims, add(mul(o, inner_n), var) if trailing else None)
 
         builder.row_index = row_index
+        builder.row_outer, builder.row_axes = tuple(outer_dims), axes
         element_idx = row_index(Var(I64, "j"))
         outer_n = sizes.numel(outer_shape)
     else:

@@ -59,12 +59,22 @@ def reduction_axes(op: Op) -> tuple[int, ...]:
     return tuple(sorted(d % rank for d in dims)) if dims else tuple(range(rank))
 
 
+# operands an op reads at positions other than its own output position (broadcasting aside)
+REMAPPED_OPERANDS = {"gather": (0,), "index_select": (0,), "index": (0,), "embedding": (0,), "pad": (0,),
+                     "slice_scatter": (1,), "as_strided": (0,), "batch_norm": (1, 2, 3, 4)}
+ROW_KEEPING_VIEWS = frozenset({"identity", "dropout", "reshape", "expand"})
+
+# how an operand reaches an op: the op that made it (None: an input, weight or constant) and the views between
+Trace = tuple[Op | None, list[Op]]
+
+
 @dataclass
 class _Group:
     first: int
     ops: list[Op] = field(default_factory=list)
     domain: tuple = ()             # the row shape (or output shape for pointwise groups)
     axes: tuple[int, ...] | None = None  # reduced axes; None for a pointwise group
+    per_row: set[int] = field(default_factory=set)  # members whose values exist for the current row only
 
     def reduced_shapes(self) -> set[tuple]:
         if self.axes is None:
@@ -73,19 +83,47 @@ class _Group:
         drop = tuple(d for i, d in enumerate(self.domain) if i not in self.axes)
         return {keep, drop}
 
-    def accepts(self, op: Op) -> bool:
+    def accepts(self, op: Op, traces: Sequence[Trace]) -> bool:
         if len(self.ops) >= MAX_OPS or any(op_class(o.name) == "scan" for o in self.ops[:1]):
             return False
         shape = op.results[0].type.shape
         if op_class(op.name) == "reduction":
             row, axes = op.operands[0].type.shape, reduction_axes(op)
-            return row == self.domain and self.axes in (None, axes)
-        return shape == self.domain or shape in self.reduced_shapes()
+            fits = row == self.domain and self.axes in (None, axes)
+        else:
+            fits = shape == self.domain or shape in self.reduced_shapes()
+        return fits and all(self.reads_current_row(op, k, trace) for k, trace in enumerate(traces))
 
-    def add(self, op: Op) -> None:
+    def reads_current_row(self, op: Op, k: int, trace: Trace) -> bool:
+        """Whether operand ``k`` of ``op`` is read at the kernel's current row when it comes from a member
+        that exists per row (a reduction's accumulator, or anything computed from one).
+
+        A row kernel computes a reduction once per row; reading its value at another row (through a
+        permuting view, a gather, or broadcasting a dropped-axis result along the row) would silently
+        read the current row's instead. Such an op starts a kernel of its own."""
+        source, views = trace
+        if source is None or id(source) not in self.per_row:
+            return True  # inputs and per-element members are readable at any position
+        if k in REMAPPED_OPERANDS.get(op.name, ()) or op.name == "concat":
+            return False
+        keep, drop = (tuple(1 if i in self.axes else d for i, d in enumerate(self.domain)),
+                      tuple(d for i, d in enumerate(self.domain) if i not in self.axes))
+        shapes = {self.domain, keep, drop}
+        for view in views:
+            if view.name not in ROW_KEEPING_VIEWS or view.operands[0].type.shape not in shapes \
+                    or view.results[0].type.shape not in shapes:
+                return False
+        read = op.operands[k].type.shape
+        target = self.domain if op_class(op.name) == "reduction" else op.results[0].type.shape
+        return read == target or (target == self.domain and read == keep)
+
+    def add(self, op: Op, traces: Sequence[Trace]) -> None:
         self.ops.append(op)
         if op_class(op.name) == "reduction":
             self.axes = reduction_axes(op)
+            self.per_row.add(id(op))
+        elif any(source is not None and id(source) in self.per_row for source, _ in traces):
+            self.per_row.add(id(op))
 
 
 def split_linear_bias(graph: Graph) -> Graph:
@@ -139,6 +177,19 @@ def fuse(graph: Graph) -> Graph:
             v = op.operands[0]
         return None
 
+    def trace(v: Value) -> Trace:
+        """The compute op behind ``v`` and the views from it to ``v``."""
+        views: list[Op] = []
+        while id(v) in producer:
+            _, op = producer[id(v)]
+            if op_class(op.name) != "view":
+                return op, views
+            if not op.operands:
+                return None, views
+            views.append(op)
+            v = op.operands[0]
+        return None, views
+
     for index, op in enumerate(graph.ops):
         kind = op_class(op.name)
         if kind == "scan":
@@ -147,10 +198,11 @@ def fuse(graph: Graph) -> Graph:
         if kind not in ("pointwise", "reduction"):
             continue
         sources = [source(v) for v in op.operands]
+        traces = [trace(v) for v in op.operands]
         chosen = None
         for src in reversed([s for s in sources if s is not None]):
             group = group_of.get(id(src[1]))
-            if group is None or not group.accepts(op):
+            if group is None or not group.accepts(op, traces):
                 continue
             others = [s for s in sources if s is not None and group_of.get(id(s[1])) is not group]
             if all(i < group.first for i, _ in others):
@@ -161,7 +213,7 @@ def fuse(graph: Graph) -> Graph:
         if chosen is None:
             chosen = _Group(first=index, domain=op.operands[0].type.shape if kind == "reduction" else op.results[0].type.shape)
             groups.append(chosen)
-        chosen.add(op)
+        chosen.add(op, traces)
         group_of[id(op)] = chosen
     return _rebuild(graph, groups, group_of)
 
@@ -172,7 +224,8 @@ def _sibling_group(op: Op, groups: Sequence[_Group]) -> _Group | None:
     is read once (``x ** 3 + x ** 2``: two branches from one input, one kernel)."""
     wanted = {id(v) for v in op.operands if v.type.rank > 0}
     for group in reversed(groups):
-        if group.accepts(op) and any(id(v) in wanted for g_op in group.ops for v in g_op.operands):
+        if group.accepts(op, [(None, [])] * len(op.operands)) and \
+                any(id(v) in wanted for g_op in group.ops for v in g_op.operands):
             return group
     return None
 

@@ -33,13 +33,10 @@ def call_line(op: Op, args: Sequence[str], outs: Sequence[str | None], results: 
     out = outs[0] if outs else None
     n = op.name
     if n == "linear":
-        k = op.operands[0].type.shape[-1]
-        m = op.results[0].type.shape[-1]
-        x, wt = derive(a[0], f".reshape(-1, {k})"), derive(a[1], ".t()")
-        if out is not None and len(a) == 3:
-            return f"torch.addmm({a[2]}, {x}, {wt}, out={derive(out, f'.view(-1, {m})')})"
+        x, wt = derive(a[0], _as_rows(op.operands[0].type)), derive(a[1], ".t()")
         if out is not None:
-            return f"torch.mm({x}, {wt}, out={derive(out, f'.view(-1, {m})')})"
+            rows = derive(out, _as_rows(op.results[0].type))
+            return f"torch.addmm({a[2]}, {x}, {wt}, out={rows})" if len(a) == 3 else f"torch.mm({x}, {wt}, out={rows})"
         return f"{results[0]} = torch.nn.functional.linear({', '.join(a)})"
     if n == "matmul":
         return f"torch.matmul({a[0]}, {a[1]}, out={out})" if out else f"{results[0]} = torch.matmul({a[0]}, {a[1]})"
@@ -81,6 +78,11 @@ def call_line(op: Op, args: Sequence[str], outs: Sequence[str | None], results: 
     if n == "argmax":
         return f"{results[0]} = torch.argmax({a[0]}, {at['dim']}, {at['keepdim']})"
     raise NotImplementedError(f"no library call for {op.describe()}")
+
+
+def _as_rows(t: Any) -> str:
+    """A view of a tensor of type ``t`` as a matrix of its last dim (not ``reshape(-1, k)``: 0-size dims)."""
+    return ".flatten(0, -2)" if t.rank >= 2 else f".reshape(1, {t.shape[-1]})"
 
 
 def attention_expr(op: Op, a: Sequence[str]) -> str:

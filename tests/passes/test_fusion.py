@@ -4,6 +4,7 @@ from __future__ import annotations
 from collections import Counter
 
 import numpy as np
+import torch
 import pytest
 
 import lamina
@@ -106,3 +107,25 @@ def test_siblings_reading_one_input_share_a_kernel_without_a_cycle() -> None:
     got = interpret(fused, [x, w])
     np.testing.assert_allclose(got[0], np.tanh(x) + np.exp(x) @ w, rtol=1e-6)
     np.testing.assert_allclose(got[1], -x, rtol=1e-6)
+
+
+class ReadsOtherRows(torch.nn.Module):
+    """Reductions read at another row than their own: through a reshape that moves the reduced axis,
+    by broadcasting a dropped-axis result along the row, and through a gather. Found by the fuzzer."""
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        transposed = x + x.sum(1, keepdim=True).reshape(1, -1)
+        broadcast = x - x.mean(1)
+        gathered = torch.gather(x.softmax(0), 0, torch.tensor([[1, 0, 2, 4, 3]] * 5)) * 2
+        kept = x * x.amax(1, keepdim=True)  # read at its own row: stays in one kernel
+        return transposed, broadcast, gathered, kept
+
+
+def test_a_reduction_is_never_read_at_another_rows_position_in_its_kernel() -> None:
+    x = torch.randn(5, 5)  # square, so every one of those reads is shape-correct
+    compiled = lamina.compile(ReadsOtherRows(), (x,), poison=True)
+    for got, want in zip(compiled(x), ReadsOtherRows()(x), strict=True):
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-5, atol=1e-5)
+    kept = [op for op in compiled.graph.ops if op.name == "fused"
+            and {o.name for o in op.regions[0].ops} >= {"amax", "mul"}]
+    assert kept, "a reduction read at its own row still fuses with its consumer"
