@@ -34,8 +34,12 @@ class UnsupportedOpsError(LaminaError, NotImplementedError):
         )
 
 
+class ExportError(LaminaError, RuntimeError):
+    """torch.export could not trace the model (the cause is chained); nothing lamina can compile."""
+
+
 class InputMismatchError(LaminaError, ValueError):
     """A compiled module was called with inputs that differ from the ones it was compiled for."""
 
 
-__all__ = ["IRParseError", "InputMismatchError", "DivisionByZeroError", "IndexOutOfRangeError", "LaminaError", "UnsupportedOp", "UnsupportedOpsError", "VerifyError"]
+__all__ = ["IRParseError", "InputMismatchError", "DivisionByZeroError", "ExportError", "IndexOutOfRangeError", "LaminaError", "UnsupportedOp", "UnsupportedOpsError", "VerifyError"]

@@ -370,6 +370,10 @@ class Outcome:
 
 
 def _rel(got: torch.Tensor, want: torch.Tensor) -> float:
+    """max|got - want| / max|want| over finite entries; inf when shapes, NaN or inf positions differ.
+    Integer and bool results must be equal."""
+    if not want.is_floating_point():
+        return 0.0 if got.shape == want.shape and torch.equal(got, want) else math.inf
     if got.shape != want.shape or not torch.equal(got.isnan(), want.isnan()) or \
             not torch.equal(got.isinf(), want.isinf()):
         return math.inf

@@ -367,7 +367,8 @@ class _Builder:
             mean = Call(dt, "div", (self.accumulate("sum", at_r), count))
             dev = Call(dt, "sub", (at_r, mean))
             total = self.accumulate("sum", Call(dt, "mul", (dev, dev)))
-            denom = Call(dt, "cast", (Call(I64, "sub", (n, const(attrs["correction"]))),), (("dtype", dt),))
+            dof = Call(dt, "sub", (count, Const(dt, float(attrs["correction"]))))  # a fraction is allowed, as in torch
+            denom = Call(dt, "maximum", (dof, Const(dt, 0.0)))
             return Call(dt, "div", (total, denom))
         at = self.value_at(x, idx)
         if name in ("softmax", "log_softmax"):

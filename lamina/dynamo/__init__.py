@@ -21,7 +21,7 @@ from typing import Any
 import torch
 import torch.fx
 
-from ..errors import InputMismatchError, UnsupportedOpsError
+from ..errors import ExportError, InputMismatchError, UnsupportedOpsError
 from ..ir.errors import LaminaError
 from ..log import logger
 from ..options import CompileOptions
@@ -152,6 +152,14 @@ class _GraphRunner:
                 imported = import_graph_module(self.gm, example_inputs, module=self.module,
                                                positions=amap.tensor_positions, dynamic_shapes=dynamic)
             compiled = compile_imported(imported, self.options, "GraphModule")
+        except ExportError as e:  # the graph does not trace (data-dependent shapes): PyTorch runs all of it
+            if not self.options.fallback:
+                raise
+            logger("fallback").info("graph runs in PyTorch: %s", e)
+            stats.eager_graphs += 1
+            stats.fallback_ops.append(f"whole graph: {e}")
+            self.last_fallbacks = [f"whole graph: {e}"]
+            return self.module
         except UnsupportedOpsError as e:
             if not self.options.fallback:
                 raise

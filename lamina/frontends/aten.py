@@ -57,9 +57,11 @@ def _gelu(cx: Context, x: Value, approximate: str = "none") -> Value:
 
 @converts("aten.logical_not.default", "aten.bitwise_not.default")
 def _not(cx: Context, x: Value) -> Value:
-    if x.type.dtype is not DType.bool:
+    if x.type.dtype is DType.bool:
+        return cx.emit("logical_not", x)
+    if "bitwise" in cx.loc.target:
         raise Unsupported("bitwise not of integers is not supported; only bool tensors")
-    return cx.emit("logical_not", x)
+    return cx.emit("eq", x, cx.value(0, x.type.dtype))  # logical_not of numbers: x == 0
 
 
 def _arith(name: str) -> Converter:
@@ -169,6 +171,20 @@ def _clamp(cx: Context, x: Value, lo: Any = None, hi: Any = None, *, min: Any = 
                    max=None if hi is None else float(hi))
 
 
+@converts("aten.clamp.Tensor", "aten.clamp_min.Tensor", "aten.clamp_max.Tensor")
+def _clamp_tensor(cx: Context, x: Value, lo: Any = None, hi: Any = None) -> Value:
+    """clamp with tensor bounds: maximum with the lower, then minimum with the upper (as torch)."""
+    if cx.loc.target.startswith("aten.clamp_max"):
+        lo, hi = None, lo
+    dtype = cx.out_type.dtype
+    y = cx.value(x, dtype)
+    if lo is not None:
+        y = cx.emit("maximum", y, cx.value(lo, dtype))
+    if hi is not None:
+        y = cx.emit("minimum", y, cx.value(hi, dtype))
+    return y
+
+
 # ---- casts and identities -------------------------------------------------------------
 
 @converts("aten._to_copy.default", "aten.to.dtype", "aten.to.dtype_layout", "aten.to.device", "aten.type_as.default",
@@ -272,6 +288,8 @@ def _stack(cx: Context, tensors: Sequence[Value], d: int = 0) -> Value:
 def _cat(cx: Context, tensors: Sequence[Value], d: int = 0) -> Value:
     dtype = cx.out_type.dtype
     parts = [cx.value(t, dtype) for t in tensors if not (t.type.rank == 1 and t.type.shape[0] == 0)]
+    if not parts:  # only legacy empty vectors: an empty result
+        return _filled(cx, 0)
     if len(parts) == 1:
         return cx.emit("identity", parts[0])
     return cx.emit("concat", *parts, dim=d % cx.out_type.rank)
@@ -393,14 +411,22 @@ def _index(cx: Context, x: Value, indices: Sequence[Value | None]) -> Value:
     return cx.emit("index", x, *tensors, positions=positions)
 
 
+def _scalar_as_vector(name: str, cx: Context, x: Value, index: Value, d: int) -> Value:
+    """index_select / gather of a 0-d tensor (torch treats it as one element): on a 1-element vector."""
+    if x.type.rank:
+        return cx.emit(name, x, index, dim=d % x.type.rank)
+    picked = cx.emit(name, cx.reshape(x, (1,)), cx.reshape(index, (-1,)) if index.type.rank == 0 else index, dim=0)
+    return cx.reshape(picked, cx.out_type.shape)
+
+
 @converts("aten.index_select.default")
 def _index_select(cx: Context, x: Value, d: int, index: Value) -> Value:
-    return cx.emit("index_select", x, index, dim=d % x.type.rank)
+    return _scalar_as_vector("index_select", cx, x, index, d)
 
 
 @converts("aten.gather.default")
 def _gather(cx: Context, x: Value, d: int, index: Value, sparse_grad: bool = False) -> Value:
-    return cx.emit("gather", x, index, dim=d % x.type.rank)
+    return _scalar_as_vector("gather", cx, x, index, d)
 
 
 @converts("aten.index_put.default", "aten.index_put_.default", "aten._unsafe_index_put.default")
@@ -543,12 +569,16 @@ converts("aten.amin.default", "aten.min.default")(_reduction("amin"))
 
 @converts("aten.max.dim")
 def _max_dim(cx: Context, x: Value, d: int, keepdim: bool = False) -> tuple[Value, Value]:
+    if x.type.rank == 0:
+        return cx.emit("identity", x), cx.emit("full", shape=[], value=0, dtype=DType.i64)
     return (cx.emit("amax", x, dims=[d % x.type.rank], keepdim=keepdim),
             cx.emit("argmax", x, dim=d % x.type.rank, keepdim=keepdim))
 
 
 @converts("aten.argmax.default")
 def _argmax(cx: Context, x: Value, d: int | None = None, keepdim: bool = False) -> Value:
+    if x.type.rank == 0:
+        return cx.emit("full", shape=[], value=0, dtype=DType.i64)
     if d is None:
         flat = cx.reshape(x, (-1,))
         out = cx.emit("argmax", flat, dim=0, keepdim=False)
@@ -562,7 +592,7 @@ def _var(cx: Context, x: Value, dims: Any = None, unbiased: Any = None, keepdim:
     if isinstance(unbiased, bool):
         corr = 1 if unbiased else 0
     else:
-        corr = 1 if correction is None else int(correction)
+        corr = 1 if correction is None else float(correction)
     v = cx.emit("var", x, dims=_dims(x, dims), correction=corr, keepdim=keepdim)
     if cx.loc.target.startswith("aten.std"):
         return cx.emit("sqrt", v)
@@ -603,6 +633,10 @@ def _cumsum(cx: Context, x: Value, d: int, dtype: Any = None) -> Value:
 @converts("aten._softmax.default", "aten.softmax.int", "aten._log_softmax.default", "aten.log_softmax.int")
 def _softmax(cx: Context, x: Value, d: int, half_to_float: Any = None) -> Value:
     name = "log_softmax" if "log_softmax" in cx.loc.target else "softmax"
+    if x.type.rank == 0:  # one element: softmax 1 (log_softmax 0), NaN stays NaN
+        x = cx.value(x, cx.out_type.dtype)
+        zero = cx.emit("sub", x, x)
+        return zero if name == "log_softmax" else cx.emit("exp", zero)
     return cx.emit(name, cx.value(x, cx.out_type.dtype), dim=d % max(x.type.rank, 1))
 
 
@@ -675,16 +709,20 @@ def _conv(cx: Context, x: Value, weight: Value, bias: Value | None = None, strid
         groups = rest[0] if rest else 1
     if isinstance(padding, str):
         raise Unsupported(f"padding={padding!r}; give explicit padding")
-    if x.type.rank == 3:  # 1-D (N, C, L): a 2-D convolution over (N, C, 1, L)
+    spatial = weight.type.rank - 2
+    if spatial not in (1, 2):
+        raise Unsupported(f"{spatial}-D convolution; 1-D (NCL) and 2-D (NCHW) are supported")
+    if x.type.rank == spatial + 1:  # unbatched (C, ...): a batch of one
+        y = _conv(cx, cx.reshape(x, (1, *x.type.shape)), weight, bias, stride, padding, dilation, *rest)
+        return cx.reshape(y, cx.out_type.shape)
+    if spatial == 1:  # (N, C, L): a 2-D convolution over (N, C, 1, L)
         n, c, length = x.type.shape
         o, ci, k = weight.type.shape
-        one = lambda v: [1] + [int(v[-1])]  # noqa: E731 - (1, value) for the height axis
+        one = lambda v: [1, int(v[-1])]  # noqa: E731 - (1, value) for the height axis
         operands = [cx.reshape(x, (n, c, 1, length)), cx.reshape(weight, (o, ci, 1, k))] + ([bias] if bias is not None else [])
         y = cx.emit("conv2d", *operands, stride=one(stride), padding=[0, int(padding[-1])], dilation=one(dilation),
                     groups=int(groups))
         return cx.reshape(y, cx.out_type.shape)
-    if x.type.rank != 4:
-        raise Unsupported(f"convolution over a rank-{x.type.rank} input; 1-D (NCL) and 2-D (NCHW) are supported")
     operands = [x, weight] + ([bias] if bias is not None else [])
     return cx.emit("conv2d", *operands, stride=list(stride), padding=list(padding), dilation=list(dilation),
                    groups=int(groups))

@@ -20,7 +20,7 @@ import torch
 import torch.fx
 import torch.utils._pytree as pytree
 
-from ..errors import UnsupportedOp, UnsupportedOpsError
+from ..errors import ExportError, UnsupportedOp, UnsupportedOpsError
 from ..ir.builder import GraphBuilder
 from ..ir.core import Graph, Loc, Value
 from ..ir.dtypes import DType
@@ -129,7 +129,14 @@ def export(model: torch.nn.Module, args: Sequence[Any], kwargs: Mapping[str, Any
     with _EXPORT_LOCK, warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         with torch.no_grad():
-            ep = torch.export.export(model, tuple(args), dict(kwargs or {}), dynamic_shapes=dynamic_shapes, strict=False)
+            try:
+                ep = torch.export.export(model, tuple(args), dict(kwargs or {}), dynamic_shapes=dynamic_shapes,
+                                         strict=False)
+            except Exception as e:  # noqa: BLE001 - torch's message says what it could not trace
+                raise ExportError(f"torch.export could not trace {type(model).__name__}, so lamina cannot compile "
+                                  f"it: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+                                  " (data-dependent shapes or Python control flow on tensor values are the usual "
+                                  "causes; torch.compile(backend='lamina') runs such code in PyTorch)") from e
             if _translatable_as_is(ep):
                 return ep  # decomposing would change nothing lamina reads, and costs ~0.6 s on a GPT-2 stack
             return ep.run_decompositions(decomposition_table())

@@ -362,7 +362,7 @@ class Lowering:
         sq = self.ew(lambda v, m: self.mul(self.sub(v, m, x.dtype), self.sub(v, m, x.dtype), x.dtype),
                      [x, self.kept(mean, len(x.shape), dims)], x.shape, x.dtype)
         total = self.reduce(sq, dims, lambda v, acc: self.add(v, acc, x.dtype), 0)
-        n = self.const(float(np.prod([x.shape[d] for d in dims]) - op.attrs["correction"]), x.dtype)
+        n = self.const(max(float(np.prod([x.shape[d] for d in dims]) - op.attrs["correction"]), 0.0), x.dtype)
         out = self.ew(lambda s: self.div(s, n), [total], total.shape, x.dtype)
         return self.reshape(out, op.result.type.shape) if op.attrs["keepdim"] else out
 
