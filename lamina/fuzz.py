@@ -47,10 +47,14 @@ class Program:
     inputs: list[torch.Tensor]
     steps: list[Step] = field(default_factory=list)
     outputs: list[int] = field(default_factory=list)
+    transposed_calls: bool = False
+    through_dynamo: bool = False
 
     def source(self) -> str:
         """The program as Python, for a failure report."""
-        lines = [f"x{i} = {_describe(t)}" for i, t in enumerate(self.inputs)]
+        lines = [f"# called with {'transposed (non-contiguous)' if self.transposed_calls else 'contiguous'} inputs"
+                 f"{', also through torch.compile' if self.through_dynamo else ''}"]
+        lines += [f"x{i} = {_describe(t)}" for i, t in enumerate(self.inputs)]
         n = len(self.inputs)
         lines += [f"x{n + k} = {s.text.format(*(f'x{a}' for a in s.args))}" for k, s in enumerate(self.steps)]
         lines.append(f"return {', '.join(f'x{i}' for i in self.outputs)}")
@@ -320,7 +324,42 @@ def step_integer(draw: Any, pool: list[torch.Tensor]) -> Step | None:
     return Step(integer, (i,), f"<({{0}} * 7).long() {op} {divisor}, as float * 0.5>")
 
 
-STEPS = {"unary": step_unary, "binary": step_binary, "reduce": step_reduce, "layout": step_layout,
+def step_masked(draw: Any, pool: list[torch.Tensor]) -> Step | None:
+    """Bool masks computed from data: masked_fill, where with a mask, logical ops."""
+    i = draw(st.sampled_from(_floats(pool)))
+    threshold = draw(st.sampled_from([-0.5, 0.0, 0.7]))
+    kind = draw(st.sampled_from(["masked_fill", "where_not", "and_or"]))
+    if kind == "masked_fill":
+        fill = draw(st.sampled_from([0.0, -1e4, float("-inf")]))
+        return Step(lambda x, t=threshold, f=fill: x.masked_fill(x > t, f) * 1.0, (i,),
+                    f"{{0}}.masked_fill({{0}} > {threshold}, {fill}) * 1.0")
+    if kind == "where_not":
+        return Step(lambda x, t=threshold: torch.where(~(x < t), x, -x), (i,), f"torch.where(~({{0}} < {threshold}), {{0}}, -{{0}})")
+    return Step(lambda x, t=threshold: ((x > t) & (x < t + 1) | (x == 0)).float(), (i,),
+                f"(({{0}} > {threshold}) & ({{0}} < {threshold} + 1) | ({{0}} == 0)).float()")
+
+
+def step_inplace(draw: Any, pool: list[torch.Tensor]) -> Step | None:
+    """In-place updates of a copy (functionalised by torch.export): scaled, a slice assigned, a row set."""
+    i = draw(st.sampled_from(_floats(pool)))
+    if pool[i].dim() == 0:
+        return None
+    kind = draw(st.sampled_from(["mul_", "slice_assign", "index_assign"]))
+
+    def update(x: torch.Tensor, kind: str = kind) -> torch.Tensor:
+        y = x.clone()
+        if kind == "mul_":
+            y.mul_(1.5).add_(0.25)
+        elif kind == "slice_assign":
+            y[..., ::2] = y[..., ::2] * -1
+        else:
+            y[torch.tensor([0, -1])] = 3.0
+        return y
+
+    return Step(update, (i,), f"<copy of {{0}} updated in place: {kind}>")
+
+
+STEPS = {"masked": step_masked, "inplace": step_inplace, "unary": step_unary, "binary": step_binary, "reduce": step_reduce, "layout": step_layout,
          "index": step_index, "matmul": step_matmul, "attention": step_attention, "integer": step_integer}
 
 
@@ -354,7 +393,10 @@ def programs(max_steps: int = 6) -> Any:
             pool.append(value)
         n = len(inputs)
         made = list(range(n, n + len(program.steps)))
-        program.outputs = made[-2:] if made else [0]
+        picks = draw(st.lists(st.sampled_from(made), min_size=1, max_size=3, unique=True)) if made else [0]
+        program.outputs = sorted(picks)  # intermediates too, some of them views of others
+        program.transposed_calls = draw(st.booleans())  # call with non-contiguous inputs (same values)
+        program.through_dynamo = draw(st.integers(0, 3)) == 0  # also through torch.compile(backend="lamina")
         return program
 
     return draw_program()
@@ -388,33 +430,49 @@ def _rel(got: torch.Tensor, want: torch.Tensor) -> float:
     return diff / scale if scale > 0 else diff
 
 
+def _strided_like(x: torch.Tensor) -> torch.Tensor:
+    """``x``'s values in memory laid out transposed (a non-contiguous input)."""
+    if x.dim() < 2:
+        return x
+    return x.transpose(0, -1).contiguous().transpose(0, -1)
+
+
 def check(program: Program) -> Outcome:
-    """Compile ``program`` with lamina (cpu, poisoned; and the reference backend) and compare with eager."""
+    """Compile ``program`` with lamina (cpu, poisoned; the reference backend; and, for some programs,
+    torch.compile with the lamina backend) and compare with eager on the example and fresh inputs."""
     import lamina
+    from lamina.dynamo import LaminaBackend
     from lamina.ir.errors import LaminaError
 
     model = ProgramModule(program).eval()
     args = tuple(program.inputs)
-    with torch.no_grad():
-        want = model(*args)
-        ir = ""
-        try:
+    ir = ""
+    try:
+        with torch.no_grad():
             compiled = lamina.compile(model, args, fallback=False, poison=True)
             ir = str(compiled.graph)
-            reference = lamina.compile(model, args, fallback=False, backend="reference")
+            runners = {"cpu": compiled, "reference": lamina.compile(model, args, fallback=False, backend="reference")}
+            if program.through_dynamo:
+                torch._dynamo.reset()
+                runners["torch.compile"] = torch.compile(model, backend=LaminaBackend({"poison": True}))
             fresh = tuple(torch.randn_like(a) for a in args)
             for call_args in (args, fresh):
+                if program.transposed_calls:
+                    call_args = tuple(_strided_like(a) for a in call_args)
                 expected = model(*call_args)
-                for name, got in (("cpu", compiled(*call_args)), ("reference", reference(*call_args))):
+                for name, run in runners.items():
+                    got = run(*call_args)
                     for k, (g, w) in enumerate(zip(got, expected, strict=True)):
                         error = _rel(g, w)
                         if error > FLOAT_TOL:
-                            return Outcome("wrong", f"{name} backend, output {k}: error {error:.3g}", ir)
-        except LaminaError as e:
-            return Outcome("refused", f"{type(e).__name__}: {e}"[:400], ir)
-        except Exception as e:  # noqa: BLE001 - anything else is a lamina bug
-            return Outcome("crash", f"{type(e).__name__}: {e}\n{traceback.format_exc()[-1500:]}", ir)
-    del want
+                            return Outcome("wrong", f"{name}, output {k}: error {error:.3g}", ir)
+    except LaminaError as e:
+        return Outcome("refused", f"{type(e).__name__}: {e}"[:400], ir)
+    except Exception as e:  # noqa: BLE001 - anything else is a lamina bug
+        return Outcome("crash", f"{type(e).__name__}: {e}\n{traceback.format_exc()[-1500:]}", ir)
+    finally:
+        if program.through_dynamo:
+            torch._dynamo.reset()
     return Outcome("ok", "", ir)
 
 
