@@ -68,8 +68,10 @@ def index_checks(repeats: int, inductor: bool) -> None:
     rows, width, n = 32000, 1024, 512
     ids = torch.randint(0, rows, (4, n))
     x = torch.randn(4096, 1024)
+    positions = torch.arange(n).expand(4, n).contiguous()
     cases = {
         f"embedding {rows}x{width}, 4x{n} token ids (checked)": (GatherRows(rows, width), (ids,)),
+        f"embedding {rows}x{width}, 4x{n} ids 0..{n - 1} as data (checked)": (GatherRows(rows, width), (positions,)),
         f"embedding {rows}x{width}, 4x{n} arange positions (proved)": (GatherPositions(rows, width), (ids,)),
         "gather 4096x1024 along dim 1 (checked per element)": (GatherElements(), (x, torch.randint(0, 1024, x.shape))),
     }

@@ -32,6 +32,7 @@ def _median_seconds(fn: Callable[[], Any], repeats: int, sync: Callable[[], Any]
     return statistics.median(times)
 
 
+@torch.no_grad()  # inference: compiled modules compute no gradients
 def run_demo(repeats: int = 5, backend: str = "cpu") -> int:
     """Returns 0 when every model matches eager within TOLERANCE, else 1."""
     rows = []

@@ -1,5 +1,5 @@
 """Every model family of the zoo, through both entry points: eager's numbers within 1e-4, or a refusal that
-names the ops (never a different number, never another exception). benchmarks/coverage.py prints the table."""
+names the ops (never a different number, never another exception). benchmarks/model_coverage.py prints the table."""
 from __future__ import annotations
 
 import pytest

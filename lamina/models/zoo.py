@@ -1,6 +1,6 @@
 """A zoo of tiny transformers models, one per family, with example inputs (random weights, no downloads).
 
-Used by the model-coverage test and ``benchmarks/coverage.py``: each family is compiled through
+Used by the model-coverage test and ``benchmarks/model_coverage.py``: each family is compiled through
 ``lamina.compile`` and ``torch.compile(backend="lamina")`` and must match eager or be refused
 with a clear error listing its ops.
 """

@@ -9,6 +9,7 @@ source, compilation, device and launch syntax.
 """
 from __future__ import annotations
 
+import functools
 import math
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -207,6 +208,12 @@ def _evaluate_expr(e: Any, bound: Mapping[sympy.Symbol, int]) -> int:
     assert isinstance(e, Call)
     a, b = (_evaluate_expr(x, bound) for x in e.args)
     return {"add": a + b, "mul": a * b, "floordiv": a // b, "mod": a % b, "sub": a - b}[e.op]
+
+
+def _evaluate_line(line: str, scope: dict[str, Any]) -> Any:
+    """The value ``_r`` a generated wrapper line assigns, run in ``scope``."""
+    exec(line, scope)  # noqa: S102 - our own generated code
+    return scope["_r"]
 
 
 def _dims(shape: Sequence[Any], bindings: Mapping[sympy.Symbol, int]) -> tuple[int, ...]:
@@ -463,14 +470,8 @@ class _PlanBuilder(PlanContext):
         if id(op) in self.ex.hoisted_ops:  # computed now, once: its operands are fixed for the plan
             key = (id(op), *(self.glb[a].data_ptr() for a in args))
             if key not in self.ex.hoisted:
-                sources = [self.glb[a] for a in args]
-                line = call_line(op, args, [], ["_r"])
-
-                def compute(scope: dict = {**self.glb}, line: str = line) -> torch.Tensor:
-                    exec(line, scope)  # noqa: S102 - our own generated code
-                    return scope["_r"]
-
-                self.ex.hoisted[key] = [Snapshot.of(sources, compute)]
+                compute = functools.partial(_evaluate_line, call_line(op, args, [], ["_r"]), dict(self.glb))
+                self.ex.hoisted[key] = [Snapshot.of([self.glb[a] for a in args], compute)]
             for v, snap in zip(op.results, self.ex.hoisted[key]):
                 self.snapshots.append(snap)  # shared by the plans of all shapes; refreshed by whichever runs
                 self.name[id(v)] = self.static(snap.target, "H")

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from ..dtypes import DType
-from ..opdef import AttrSpec, InferenceError, Kind, OpDef, axes, need_float, need_int, same_dtype
+from ..opdef import AttrSpec, InferenceError, Kind, OpDef, axes, need_float, same_dtype
 from ..shapes import broadcast
 from ..types import TensorType
 
@@ -76,17 +76,15 @@ def _histc_ref(a: Sequence[np.ndarray], attrs: Mapping[str, Any]) -> np.ndarray:
 
 
 def _index_put_infer(types: Sequence[TensorType], attrs: Mapping[str, Any]) -> list[TensorType]:
+    """values must broadcast to x[indices] (the shape the ``index`` op would read)."""
+    from .layout import _index_infer
+
     x, values, indices = types[0], types[1], types[2:]
     same_dtype("index_put", (x, values))
-    positions = axes("index_put", attrs["positions"], x.rank)
-    if len(positions) != len(indices) or not indices:
-        raise InferenceError(f"index_put: {len(indices)} index tensors for positions {attrs['positions']}")
-    for t in indices:
-        need_int("index_put", t)
+    (picked,) = _index_infer([x, *indices], attrs)
     try:
-        picked = broadcast(*(t.shape for t in indices))
-        rest = tuple(d for i, d in enumerate(x.shape) if i not in positions)
-        broadcast(values.shape, picked + rest)
+        if broadcast(values.shape, picked.shape) != tuple(picked.shape):
+            raise ValueError(f"values {values} do not broadcast to the indexed {picked}")
     except ValueError as e:
         raise InferenceError(f"index_put: {e}") from None
     return [x]
