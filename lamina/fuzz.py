@@ -281,6 +281,8 @@ def step_attention(draw: Any, pool: list[torch.Tensor]) -> Step | None:
     x = pool[i]
     if x.dim() == 0 or x.numel() == 0:
         return None
+    if not torch.isfinite(x).all():
+        return None  # torch's own attention kernels disagree on non-finite scores (NaN in some lanes, 0 in others)
     b, h, t, d = 1, draw(st.sampled_from([1, 2])), draw(st.sampled_from([1, 3, 5, 8])), draw(st.sampled_from([4, 8]))
     mask_kind = draw(st.sampled_from(["none", "causal", "bool_rows", "bool", "float_permuted"]))
     big = draw(st.booleans())  # past the cpu kernel's size limit: torch's kernel into the arena

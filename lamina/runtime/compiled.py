@@ -130,8 +130,7 @@ class CompiledModule:
 
     def _warn_if_gradients_expected(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
         """Outputs never require grad: say so once when the caller may be training through the module."""
-        tensors = [a for a in pytree.tree_leaves((args, kwargs)) if isinstance(a, torch.Tensor)]
-        if self._weights_need_grad or any(t.requires_grad for t in tensors):
+        if self._weights_need_grad or any(getattr(a, "requires_grad", False) for a in (*args, *kwargs.values())):
             import warnings
 
             self._warned_about_grad = True
