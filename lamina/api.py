@@ -10,8 +10,9 @@ from .errors import UnsupportedOpsError
 from .frontends.fx import Imported, import_module
 from .ir.core import Graph
 from .options import CompileOptions
-from .passes.manager import default_pipeline, parse_pipeline, run_pipeline, run_steps
-from .runtime.compiled import CompiledModule, reference_executor
+from .backends import backend as entry
+from .passes.manager import backend_pipeline, default_pipeline, run_pipeline, run_steps
+from .runtime.compiled import CompiledModule
 
 
 def _as_args(example_inputs: Any) -> tuple:
@@ -55,11 +56,8 @@ def compile(model: torch.nn.Module, example_inputs: Sequence[Any] | torch.Tensor
     options = CompileOptions(backend=backend, pipeline=pipeline, fallback=fallback,
                              dump_dir=Path(dump_dir) if dump_dir else None, poison=poison,
                              kernel_language=kernel_language)
-    parse_pipeline(pipeline if pipeline is not None else default_pipeline(backend))  # bad pipelines fail first
-    if backend == "cuda":
-        from .runtime.cuda import require_gpu
-
-        require_gpu()  # fail before tracing, with the reason
+    backend_pipeline(pipeline, backend)  # bad pipelines and backends fail first
+    entry(backend).check()  # a backend the machine cannot run (no GPU) fails before tracing, with the reason
     model_name = type(model).__name__
     try:  # traced in the mode it is in: a training-mode dropout or batch norm is reported, never switched off
         imported = import_module(model, _as_args(example_inputs), example_kwargs, dynamic_shapes)
@@ -72,24 +70,10 @@ def compile(model: torch.nn.Module, example_inputs: Sequence[Any] | torch.Tensor
 
 def compile_imported(imported: Imported, options: CompileOptions, model_name: str = "model") -> CompiledModule:
     """Run the pipeline on a translated model and build its executor."""
-    steps = parse_pipeline(options.pipeline if options.pipeline is not None else default_pipeline(options.backend))
+    steps = backend_pipeline(options.pipeline, options.backend)
     result = run_steps(imported.graph, steps, dump_dir=options.dump_dir, check=options.verify)
-    executor = _executor(options, result.graph)
+    executor = entry(options.backend).make_executor(result.graph, options)
     return CompiledModule(imported, result.graph, executor, options, result.timings, model_name)
-
-
-def _executor(options: CompileOptions, graph: Graph) -> Any:
-    if options.backend == "reference":
-        return reference_executor(graph)
-    if options.backend == "cpu":
-        from .runtime.cpu import CpuExecutor
-
-        return CpuExecutor(graph, poison=options.poison)
-    if options.backend == "cuda":
-        from .runtime.cuda import CudaExecutor
-
-        return CudaExecutor(graph, options.kernel_language, poison=options.poison)
-    raise ValueError(f"backend {options.backend!r} is not available")
 
 
 def _eager_fallback(model: torch.nn.Module, error: UnsupportedOpsError) -> Any:

@@ -43,7 +43,7 @@ def cmd_dump(ns: argparse.Namespace) -> int:
     from .api import trace
     from .ir.dot import to_dot
     from .ir.printer import print_graph
-    from .passes.manager import default_pipeline, parse_pipeline, run_steps
+    from .passes.manager import backend_pipeline, run_steps
 
     if ns.target.endswith(".lamina"):
         from .frontends.text import read_graph
@@ -52,7 +52,7 @@ def cmd_dump(ns: argparse.Namespace) -> int:
     else:
         model, args, kwargs = load_factory(ns.target)
         graph = trace(model, args, kwargs)
-    steps = parse_pipeline(ns.pipeline if ns.pipeline is not None else default_pipeline(ns.backend))
+    steps = backend_pipeline(ns.pipeline, ns.backend)  # the user's passes and the backend's lowering steps
     if ns.after is not None:
         names = [s.info.name for s in steps]
         if ns.after not in names:
@@ -84,18 +84,12 @@ def cmd_dump(ns: argparse.Namespace) -> int:
 
 def _kernels_and_wrapper(graph: Any, ns: argparse.Namespace) -> str:
     """Generated kernel sources (``--kernels``) and the cpu wrapper (``--wrapper``) of a graph."""
-    from .codegen.lower import lower_region
-    from .passes.fusion import wrap_loose_ops
+    from .codegen.lower import lower_kernels
 
-    graph = wrap_loose_ops(graph)
     parts = []
     if ns.kernels:
         seen = set()
-        for op in graph.ops:
-            if op.name != "fused":
-                continue
-            kernel = lower_region(op, [f"in{i}" for i in range(len(op.operands))],
-                                  [f"out{i}" for i in range(len(op.results))], split_last=ns.kernel_target == "cpu")
+        for op, kernel in lower_kernels(graph, split_last=ns.kernel_target == "cpu"):
             if kernel.name in seen:
                 continue
             seen.add(kernel.name)
@@ -150,6 +144,8 @@ def cmd_demo(ns: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .backends import BACKENDS
+
     parser = argparse.ArgumentParser(prog="lamina", description="lamina: a compiler for PyTorch models")
     sub = parser.add_subparsers(dest="command", required=True)
     dump = sub.add_parser("dump", help="print a model's IR", description=(
@@ -171,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     ops.set_defaults(run=cmd_ops)
     demo = sub.add_parser("demo", help="compile example models on the CPU, check them against eager PyTorch")
     demo.add_argument("--repeats", type=int, default=5, help="timed runs per model (median reported)")
-    demo.add_argument("--backend", default="cpu", choices=("cpu", "cuda", "reference"))
+    demo.add_argument("--backend", default="cpu", choices=tuple(BACKENDS))
     demo.set_defaults(run=cmd_demo)
     return parser
 

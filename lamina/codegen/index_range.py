@@ -8,13 +8,14 @@ element (see ``IndexAssumption``), or disappears when the bounds fit for every s
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import sympy
 
 from ..ir.core import Op, Value
+from ..ir.targets import OpTable
 
 Producers = Mapping[int, tuple[Op, int]]
 
@@ -29,10 +30,8 @@ class Range:
     exact: bool
 
 
-# ops whose result holds exactly the elements of their first operand (in another arrangement)
-_SAME_ELEMENTS = frozenset({"reshape", "permute", "expand", "identity", "dropout"})
-# ops whose result holds some of their first operand's elements
-_SOME_ELEMENTS = frozenset({"slice", "split"})
+Rule = Callable[[Op, "Producers"], "Range | None"]
+RANGES: OpTable[Rule] = OpTable("index-range", "range rule")  # op -> the range of its integer result
 
 
 def index_range(v: Value, producers: Producers) -> Range | None:
@@ -42,27 +41,20 @@ def index_range(v: Value, producers: Producers) -> Range | None:
     if any(isinstance(d, int) and d == 0 for d in v.type.shape):
         return None  # empty: nothing to bound
     found = producers.get(id(v))
-    if found is None:
+    if found is None or found[0].name not in RANGES:
         return None
-    op, _ = found
-    name, attrs = op.name, op.attrs
-    if name == "full":
-        return Range(int(attrs["value"]), int(attrs["value"]), True)
-    if name == "arange":
-        return _arange(attrs["start"], attrs["end"], attrs["step"])
-    if name in _SAME_ELEMENTS or (name == "cast" and op.operands[0].type.dtype.is_int):
-        return index_range(op.operands[0], producers)
-    if name in _SOME_ELEMENTS:
-        r = index_range(op.operands[0], producers)
-        return Range(r.lo, r.hi, False) if r else None
-    if name in ("add", "sub", "mul", "maximum", "minimum", "where"):
-        return _combine(op, [index_range(x, producers) for x in op.operands])
-    if name == "clamp":
-        return _clamp(index_range(op.operands[0], producers), attrs["min"], attrs["max"])
-    return None
+    op = found[0]
+    return RANGES.get(op.name)(op, producers)
 
 
-def _arange(start: Any, end: Any, step: int) -> Range | None:
+@RANGES.register("full")
+def _full(op: Op, producers: Producers) -> Range | None:
+    return Range(int(op.attrs["value"]), int(op.attrs["value"]), True)
+
+
+@RANGES.register("arange")
+def _arange(op: Op, producers: Producers) -> Range | None:
+    start, end, step = op.attrs["start"], op.attrs["end"], op.attrs["step"]
     n = sympy.ceiling(sympy.sympify(end - start) / step)
     if n.is_positive is not True:
         return None  # possibly empty
@@ -70,33 +62,51 @@ def _arange(start: Any, end: Any, step: int) -> Range | None:
     return Range(start, last, True) if step > 0 else Range(last, start, True)
 
 
+@RANGES.register("reshape", "permute", "expand", "identity", "dropout")
+def _same_elements(op: Op, producers: Producers) -> Range | None:
+    """The result holds exactly the elements of the first operand, in another arrangement."""
+    return index_range(op.operands[0], producers)
+
+
+@RANGES.register("cast")
+def _cast(op: Op, producers: Producers) -> Range | None:
+    return index_range(op.operands[0], producers) if op.operands[0].type.dtype.is_int else None
+
+
+@RANGES.register("slice", "split")
+def _some_elements(op: Op, producers: Producers) -> Range | None:
+    """Some of the first operand's elements: its bounds hold, but need not be attained."""
+    r = index_range(op.operands[0], producers)
+    return Range(r.lo, r.hi, False) if r else None
+
+
 def _constant(r: Range | None) -> bool:
     return r is not None and r.exact and sympy.sympify(r.lo - r.hi) == 0
 
 
-def _combine(op: Op, ranges: list[Range | None]) -> Range | None:
-    if op.name == "where":
-        ranges = ranges[1:]
-    if any(r is None for r in ranges):
-        return None
-    a, b = ranges
-    one_constant = _constant(a) or _constant(b)
-    if op.name == "add":
-        return Range(a.lo + b.lo, a.hi + b.hi, a.exact and b.exact and one_constant)
-    if op.name == "sub":
-        return Range(a.lo - b.hi, a.hi - b.lo, a.exact and _constant(b))
-    if op.name == "mul":
-        if not (_constant(b) and sympy.sympify(b.lo).is_nonnegative):
+def _binary(combine: Callable[[Range, Range], Range | None]) -> Rule:
+    def rule(op: Op, producers: Producers) -> Range | None:
+        ranges = [index_range(x, producers) for x in op.operands[-2:]]  # where: either branch
+        if any(r is None for r in ranges):
             return None
-        return Range(a.lo * b.lo, a.hi * b.lo, a.exact)
-    if op.name == "maximum":
-        return Range(sympy.Max(a.lo, b.lo), sympy.Max(a.hi, b.hi), False)
-    if op.name == "minimum":
-        return Range(sympy.Min(a.lo, b.lo), sympy.Min(a.hi, b.hi), False)
-    return Range(sympy.Min(a.lo, b.lo), sympy.Max(a.hi, b.hi), False)  # where: either branch
+        return combine(*ranges)
+
+    return rule
 
 
-def _clamp(r: Range | None, low: float | None, high: float | None) -> Range | None:
+RANGES.register("add")(_binary(lambda a, b: Range(a.lo + b.lo, a.hi + b.hi,
+                                                  a.exact and b.exact and (_constant(a) or _constant(b)))))
+RANGES.register("sub")(_binary(lambda a, b: Range(a.lo - b.hi, a.hi - b.lo, a.exact and _constant(b))))
+RANGES.register("mul")(_binary(lambda a, b: Range(a.lo * b.lo, a.hi * b.lo, a.exact)
+                               if _constant(b) and sympy.sympify(b.lo).is_nonnegative else None))
+RANGES.register("maximum")(_binary(lambda a, b: Range(sympy.Max(a.lo, b.lo), sympy.Max(a.hi, b.hi), False)))
+RANGES.register("minimum")(_binary(lambda a, b: Range(sympy.Min(a.lo, b.lo), sympy.Min(a.hi, b.hi), False)))
+RANGES.register("where")(_binary(lambda a, b: Range(sympy.Min(a.lo, b.lo), sympy.Max(a.hi, b.hi), False)))
+
+
+@RANGES.register("clamp")
+def _clamp(op: Op, producers: Producers) -> Range | None:
+    r, low, high = index_range(op.operands[0], producers), op.attrs["min"], op.attrs["max"]
     if r is None and (low is None or high is None):
         return None
     lo = sympy.ceiling(low) if low is not None else None

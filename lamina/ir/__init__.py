@@ -4,7 +4,7 @@ from .core import Graph, Loc, Op, Param, Region, Value
 from .dtypes import DType
 from .errors import IRParseError, LaminaError, VerifyError
 from .interpreter import InterpreterError, interpret
-from .opdef import InferenceError, Kind, OpDef
+from .opdef import Category, InferenceError, OpDef
 from .ops import REGISTRY, lookup
 from .parser import parse
 from .printer import print_graph
@@ -13,7 +13,7 @@ from .types import TensorType
 from .verifier import verify
 
 __all__ = [
-    "DType", "Graph", "GraphBuilder", "IRParseError", "InferenceError", "InterpreterError", "Kind", "LaminaError",
+    "DType", "Graph", "GraphBuilder", "IRParseError", "InferenceError", "InterpreterError", "Category", "LaminaError",
     "Loc", "Op", "OpDef", "OpEmitter", "Param", "REGISTRY", "Region", "RegionBuilder", "TensorType", "Value",
     "VerifyError", "interpret", "lookup", "parse", "print_graph", "symbol", "verify",
 ]

@@ -123,3 +123,8 @@ def walk_ops(ops: tuple[Op, ...]) -> Iterator[Op]:
         yield op
         for region in op.regions:
             yield from walk_ops(region.ops)
+
+
+def region_graph(region: Region, name: str = "body") -> Graph:
+    """A region as a graph: its arguments are the inputs, its terminator's operands the outputs."""
+    return Graph(name, tuple(region.args), (), tuple(region.ops[:-1]), tuple(region.results))

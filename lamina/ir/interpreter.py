@@ -10,9 +10,13 @@ import sympy
 from .core import Graph, Op, Region
 from .dtypes import DType, round_to
 from .errors import DivisionByZeroError, IndexOutOfRangeError, LaminaError
-from .ops import REGISTRY
+from .ops import REGISTRY, is_terminator
 from .ops.structural import newton_schedule
 from .shapes import evaluate
+from .targets import OpTable
+
+# ops with regions -> method(interpreter, op, args): what running them means
+REGION_SEMANTICS: OpTable = OpTable("interpreter", "region semantics")
 
 
 def _update_norm(old: Sequence[np.ndarray], new: Sequence[np.ndarray]) -> float:
@@ -84,7 +88,7 @@ class Interpreter:
 
     def run_ops(self, ops: Sequence[Op], env: dict[int, np.ndarray]) -> None:
         for op in ops:
-            if op.name == "yield":
+            if is_terminator(op):
                 continue
             args = [env[id(v)] for v in op.operands]
             outs = self.run_op(op, args)
@@ -96,6 +100,11 @@ class Interpreter:
         self.run_ops(region.ops, env)
         return [env[id(v)] for v in region.results]
 
+    @REGION_SEMANTICS.register("fused")
+    def run_fused(self, op: Op, args: list[np.ndarray]) -> list[np.ndarray]:
+        return self.run_region(op.regions[0], args)
+
+    @REGION_SEMANTICS.register("newton")
     def run_newton(self, op: Op, args: list[np.ndarray]) -> list[np.ndarray]:
         """The reference semantics of ``newton`` (see its doc in ``ops/structural.py``); iteration counts
         of chunks that stop early go to ``self.iterations``."""
@@ -103,6 +112,7 @@ class Interpreter:
         return newton_schedule(op, args, self.run_region, lambda a, b: round_to(a + b, dtype), _update_norm,
                                self.iterations if op.attrs["tol"] > 0 else None)
 
+    @REGION_SEMANTICS.register("iterate")
     def run_iterate(self, op: Op, args: list[np.ndarray]) -> list[np.ndarray]:
         """``iterate``: run the region until its last result is under ``tol`` or ``max_iters`` times."""
         carried, invariant = args[: op.attrs["carried"]], args[op.attrs["carried"]:]
@@ -116,12 +126,8 @@ class Interpreter:
     def run_op(self, op: Op, args: list[np.ndarray]) -> list[np.ndarray]:
         opdef = REGISTRY[op.name]
         try:
-            if op.name == "fused":
-                outs = self.run_region(op.regions[0], args)
-            elif op.name == "newton":
-                outs = self.run_newton(op, args)
-            elif op.name == "iterate":
-                outs = self.run_iterate(op, args)
+            if op.regions:
+                outs = REGION_SEMANTICS.get(op.name, op.describe())(self, op, args)
             elif opdef.reference is None:
                 raise InterpreterError(f"op {op.name} has no reference semantics")
             else:

@@ -14,10 +14,10 @@ from typing import Any
 
 from .core import Graph, Op
 from .dtypes import DType
-from .errors import LaminaError
+from .targets import NoLowering
 
 
-class MLIRExportError(LaminaError, NotImplementedError):
+class MLIRExportError(NoLowering):
     """A graph lamina cannot express in MLIR yet; names the op and module path."""
 
 

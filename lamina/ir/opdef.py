@@ -25,19 +25,28 @@ class _Required:
 REQUIRED: Any = _Required()
 
 
-class Kind(enum.Enum):
-    """Coarse op classes that passes and codegen dispatch on."""
+class Category(enum.Enum):
+    """What an op is, as passes and code generators see it: the one classification they dispatch on."""
 
-    ELEMENTWISE = "elementwise"
-    REDUCTION = "reduction"
-    NORMALIZATION = "normalization"
-    CONTRACTION = "contraction"
-    ATTENTION = "attention"
-    LAYOUT = "layout"
-    INDEXING = "indexing"
-    CREATION = "creation"
-    WINDOW = "window"
-    STRUCTURAL = "structural"
+    ELEMENTWISE = "elementwise"  # the same scalar function at every position of broadcast operands
+    POINTWISE = "pointwise"      # one output element at a time, reading operands at positions derived
+    #                              from the output's (gathers, padding, position masks, per-channel params)
+    REDUCTION = "reduction"      # one value (or a normalised row) per row of reduced axes; kernel rows
+    VIEW = "view"                # an index transform of one operand: never a kernel of its own
+    CONSTANT = "constant"        # a tensor made from attributes only (full, arange)
+    LIBRARY = "library"          # runs as a library call or template outside generated kernels
+    SCAN = "scan"                # a prefix sum over layers: a kernel of its own that nothing joins
+    STRUCTURAL = "structural"    # regions and their terminator
+
+    @property
+    def in_kernel(self) -> bool:
+        """Whether ops of this category are computed inside generated kernels."""
+        return self in (Category.ELEMENTWISE, Category.POINTWISE, Category.REDUCTION, Category.SCAN)
+
+    @property
+    def free(self) -> bool:
+        """Views and constants cost no memory traffic: every kernel that reads one recomputes it."""
+        return self in (Category.VIEW, Category.CONSTANT)
 
 
 class InferenceError(ValueError):
@@ -88,8 +97,18 @@ class AttrSpec:
         return _ATTR_CHECKS[self.kind](value)
 
 
+@dataclass(frozen=True)
+class Neutral:
+    """``op(x, value) == x`` (and ``op(value, x) == x`` when ``commutes``): what canonicalize drops."""
+
+    value: float
+    commutes: bool = True
+
+
 Infer = Callable[[Sequence[TensorType], Mapping[str, Any]], Sequence[TensorType]]
 Reference = Callable[[Sequence[np.ndarray], Mapping[str, Any]], Any]
+ReducedAxes = Callable[[int, Mapping[str, Any]], tuple[int, ...]]
+ALL_OPERANDS = "all"
 
 
 @dataclass(frozen=True)
@@ -100,10 +119,32 @@ class OpDef:
     operands: tuple[str, ...]
     infer: Infer
     reference: Reference | None
-    kind: Kind
+    category: Category
     doc: str
     attrs: Mapping[str, AttrSpec] = field(default_factory=dict)
     regions: int = 0  # how many regions; -1: one or more
+    reduces: ReducedAxes | None = None  # REDUCTION: the axes of operand 0 reduced, from its rank and the attrs
+    remapped: tuple[int, ...] | str = ()  # POINTWISE: operands read at positions other than the output's
+    #                                       (broadcasting aside); ALL_OPERANDS for every one
+    scalar: Callable[..., Any] | None = None  # ELEMENTWISE composites: the formula over primitives (ir/scalar.py)
+    neutral: Neutral | None = None  # an operand value that leaves the other unchanged (x + 0, x * 1)
+    terminator: bool = False  # ends a region (yield): printed bare, never a value of its own
+    program_regions: bool = False  # its regions are programs the runtime runs (a loop body): passes that
+    #                                lower a graph for a backend (fuse, wrap) lower them too
+
+    def __post_init__(self) -> None:
+        if (self.category is Category.REDUCTION) != (self.reduces is not None):
+            raise ValueError(f"op {self.name}: a reduction, and only a reduction, says which axes it reduces")
+
+    def reduced_axes(self, rank: int, attrs: Mapping[str, Any]) -> tuple[int, ...]:
+        """The axes of operand 0 (of ``rank``) this reduction reduces."""
+        if self.reduces is None:
+            raise TypeError(f"op {self.name} is a {self.category.value} op, not a reduction")
+        return self.reduces(rank, attrs)
+
+    def reads_remapped(self, k: int) -> bool:
+        """Whether operand ``k`` is read at positions other than the output's (a gather's table)."""
+        return self.remapped == ALL_OPERANDS or k in self.remapped
 
     @property
     def min_operands(self) -> int:

@@ -11,6 +11,7 @@ import sympy
 
 from .core import Graph, Op, Region, Value
 from .dtypes import DType
+from .ops import is_terminator
 from .shapes import format_dim
 
 NAME_RE = re.compile(r"[A-Za-z0-9_.]+")
@@ -87,8 +88,8 @@ def format_attrs(attrs: dict[str, Any]) -> str:
 
 def _print_op(op: Op, name: Namer, depth: int, out: list[str]) -> None:
     pad = _INDENT * depth
-    if op.name == "yield":
-        out.append(f"{pad}yield " + ", ".join(name(v) for v in op.operands) if op.operands else f"{pad}yield")
+    if is_terminator(op):
+        out.append(f"{pad}{op.name} " + ", ".join(name(v) for v in op.operands) if op.operands else f"{pad}{op.name}")
         return
     lhs = ", ".join(name(v) for v in op.results)
     head = f"{pad}{lhs} = " if lhs else pad

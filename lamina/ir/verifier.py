@@ -6,9 +6,13 @@ from collections.abc import Iterable
 from .core import Graph, Op, Region, Value
 from .errors import VerifyError
 from .opdef import InferenceError
-from .ops import REGISTRY
+from .ops import REGISTRY, is_terminator
 from .ops.structural import newton_result_types, newton_stacks, region_arg_types, region_result_types
 from .printer import Namer
+from .targets import OpTable
+
+# region ops whose results are not simply their region's yields -> method(checker, op, attrs): result types
+REGION_TYPING: OpTable = OpTable("verifier", "region typing")
 
 
 class _Checker:
@@ -47,8 +51,8 @@ class _Checker:
     def block(self, ops: tuple[Op, ...], visible: set[int], terminator: str | None) -> None:
         for i, op in enumerate(ops):
             last = i == len(ops) - 1
-            if op.name == "yield" and not (terminator and last):
-                raise self.fail(op, "yield may only end a region")
+            if is_terminator(op) and not (terminator and last):
+                raise self.fail(op, f"{op.name} may only end a region")
             if terminator and last and op.name != terminator:
                 raise self.fail(op, f"a region must end with {terminator}")
             for v in op.operands:
@@ -74,10 +78,8 @@ class _Checker:
             if attrs != dict(op.attrs):
                 missing = sorted(set(attrs) - set(op.attrs))
                 raise InferenceError(f"attributes {missing} are not stated (passes must store complete attributes)")
-            if op.name == "newton":
-                expected = self.newton(op)
-            elif op.name == "iterate":
-                expected = self.iterate(op, attrs)
+            if op.name in REGION_TYPING:
+                expected = REGION_TYPING.get(op.name)(self, op, attrs)
             elif op.regions:
                 expected = tuple(self.region(op, r) for r in op.regions)[0]
             else:
@@ -89,7 +91,8 @@ class _Checker:
             raise self.fail(op, f"result types {', '.join(map(str, got)) or '()'} differ from the inferred "
                                 f"{', '.join(map(str, expected)) or '()'}")
 
-    def newton(self, op: Op) -> tuple:
+    @REGION_TYPING.register("newton")
+    def newton(self, op: Op, attrs: dict) -> tuple:
         """Layer bodies each yield f(h), of h's type; the pattern names a body per layer; weights add up."""
         at = op.attrs
         if at["iters"] < 1 or at["chunk"] < 1 or at["init"] != "input":
@@ -115,6 +118,7 @@ class _Checker:
                                      "first (then the layer's exports)")
         return tuple(newton_result_types(op.regions, at))
 
+    @REGION_TYPING.register("iterate")
     def iterate(self, op: Op, attrs: dict) -> tuple:
         """The region yields the carried values' types, then a scalar float (the residual)."""
         n = attrs["carried"]

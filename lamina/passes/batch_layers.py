@@ -11,18 +11,19 @@ weights, attention folds the layer axis into the batch. An op with no rule raise
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from ..ir.builder import OpEmitter
 from ..ir.core import Op, Region, Value
-from ..ir.errors import LaminaError
-from ..ir.opdef import Kind
+from ..ir.opdef import Category
 from ..ir.ops import lookup
 from ..ir.shapes import numel
+from ..ir.targets import NoLowering, OpTable
 
 
-class BatchingError(LaminaError):
+class BatchingError(NoLowering):
     """An op of a layer body that ``inline_batched`` has no rule for."""
 
 
@@ -32,9 +33,9 @@ class _Val:
     batched: bool
 
 
-SHIFT_DIM = frozenset({"slice", "split", "concat", "softmax", "log_softmax", "cumsum", "argmax"})
-SHIFT_DIMS = frozenset({"sum", "mean", "amax", "amin", "var"})
-SAME = frozenset({"tril", "triu", "identity", "dropout"})  # act on trailing dims or element by element
+Rule = Callable[["_Batcher", Op, list[_Val]], list[_Val]]
+# op -> how it runs on a layer-batched operand (a leading layer axis); elementwise ops need no entry
+BATCHING: OpTable[Rule] = OpTable("newton layer batching", "batching rule", error=BatchingError)
 
 
 def inline_batched(region: Region, args: Sequence[Value], batched: Sequence[bool], n: int,
@@ -73,40 +74,50 @@ class _Batcher:
         if not any(x.batched for x in xs):  # shared: the same for every layer
             new = self.out.append_copy(op, [x.value for x in xs])
             return [_Val(r, False) for r in new.results]
-        name, at = op.name, dict(op.attrs)
+        if op.name not in BATCHING and lookup(op.name).category is Category.ELEMENTWISE:
+            return self.elementwise(op, xs)
+        return BATCHING.get(op.name, f"newton cannot batch {op.describe()}")(self, op, xs)
+
+    @BATCHING.register("tril", "triu", "identity", "dropout")  # act on trailing dims or element by element
+    def elementwise(self, op: Op, xs: list[_Val]) -> list[_Val]:
         rank = op.results[0].type.rank if op.results else 0
-        if lookup(name).kind is Kind.ELEMENTWISE or name in SAME:
-            operands = [self.padded(op, x, rank) if x.batched else x.value for x in xs]
-            return self.single(op, name, operands, at)
-        if name in ("reshape", "expand"):
-            at["shape"] = [self.n, *at["shape"]]
-        elif name == "permute":
-            at["dims"] = [0, *(d % rank + 1 for d in at["dims"])]
-        elif name in SHIFT_DIM:
-            at["dim"] = at["dim"] % max(op.operands[0].type.rank, 1) + 1
-            if name == "concat":
-                return self.single(op, name, [self.batched(x, op) for x in xs], at)
-        elif name in SHIFT_DIMS:
-            r = op.operands[0].type.rank
-            at["dims"] = [d % r + 1 for d in at["dims"]] if at["dims"] else list(range(1, r + 1))
-        elif name in ("layer_norm", "rms_norm"):
-            return self.norm(op, xs)
-        elif name == "linear":
-            return self.linear(op, xs)
-        elif name == "matmul":
-            return self.matmul(op, xs)
-        elif name == "attention":
-            return self.attention(op, xs)
-        else:
-            raise BatchingError(f"newton: no layer-batching rule for {op.describe()}")
+        operands = [self.padded(op, x, rank) if x.batched else x.value for x in xs]
+        return self.single(op, op.name, operands, dict(op.attrs))
+
+    def with_attrs(self, op: Op, xs: list[_Val], **attrs: Any) -> list[_Val]:
+        """``op`` on its batched first operand, with attributes shifted past the layer axis."""
         if not xs[0].batched:
             raise BatchingError(f"newton: {op.describe()} reads a per-layer value where no rule batches it")
-        new = self.out.emit_op(name, [x.value for x in xs], at, op.loc)
+        new = self.out.emit_op(op.name, [x.value for x in xs], {**op.attrs, **attrs}, op.loc)
         return [_Val(r, True) for r in new.results]
+
+    @BATCHING.register("reshape", "expand")
+    def reshaped(self, op: Op, xs: list[_Val]) -> list[_Val]:
+        return self.with_attrs(op, xs, shape=[self.n, *op.attrs["shape"]])
+
+    @BATCHING.register("permute")
+    def permuted(self, op: Op, xs: list[_Val]) -> list[_Val]:
+        rank = op.results[0].type.rank
+        return self.with_attrs(op, xs, dims=[0, *(d % rank + 1 for d in op.attrs["dims"])])
+
+    @BATCHING.register("slice", "split", "softmax", "log_softmax", "cumsum", "argmax")
+    def shift_dim(self, op: Op, xs: list[_Val]) -> list[_Val]:
+        return self.with_attrs(op, xs, dim=op.attrs["dim"] % max(op.operands[0].type.rank, 1) + 1)
+
+    @BATCHING.register("concat")
+    def concat(self, op: Op, xs: list[_Val]) -> list[_Val]:
+        dim = op.attrs["dim"] % max(op.operands[0].type.rank, 1) + 1
+        return self.single(op, op.name, [self.batched(x, op) for x in xs], {**op.attrs, "dim": dim})
+
+    @BATCHING.register("sum", "mean", "amax", "amin", "var")
+    def shift_dims(self, op: Op, xs: list[_Val]) -> list[_Val]:
+        r, dims = op.operands[0].type.rank, op.attrs["dims"]
+        return self.with_attrs(op, xs, dims=[d % r + 1 for d in dims] if dims else list(range(1, r + 1)))
 
     def single(self, op: Op, name: str, operands: Sequence[Value], attrs: dict) -> list[_Val]:
         return [_Val(self.out.emit_op(name, operands, attrs, op.loc).result, True)]
 
+    @BATCHING.register("layer_norm", "rms_norm")
     def norm(self, op: Op, xs: list[_Val]) -> list[_Val]:
         x, *affine = xs
         if not any(a.batched for a in affine):
@@ -117,6 +128,7 @@ class _Batcher:
             y = self.emit(op, fn, [y, self.padded(op, a, rank) if a.batched else a.value])
         return [_Val(y, True)]
 
+    @BATCHING.register("linear")
     def linear(self, op: Op, xs: list[_Val]) -> list[_Val]:
         x, w, *bias = xs
         if not w.batched and not any(b.batched for b in bias):  # shared weights: a plain linear
@@ -131,6 +143,7 @@ class _Batcher:
             y = self.emit(op, "add", [y, self.padded(op, b, len(lead) + 1) if b.batched else b.value])
         return [_Val(y, True)]
 
+    @BATCHING.register("matmul")
     def matmul(self, op: Op, xs: list[_Val]) -> list[_Val]:
         a, b = xs
         if min(v.value.type.rank - v.batched for v in xs) < 2:
@@ -139,6 +152,7 @@ class _Batcher:
         operands = [self.padded(op, v, rank) if v.batched else v.value for v in (a, b)]
         return self.single(op, "matmul", operands, {})
 
+    @BATCHING.register("attention")
     def attention(self, op: Op, xs: list[_Val]) -> list[_Val]:
         q, k, v, *mask = xs
         if op.results[0].type.rank != 4:

@@ -1,10 +1,12 @@
 """canonicalize: dead code, common subexpressions, constant folding, trivial layout/cast removal."""
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from ..ir.core import Graph, Op, Value
-from ..ir.opdef import Kind
+from ..ir.opdef import Category
 from ..ir.ops import REGISTRY
 from .rewrite import Rewriter, apply_rules, rule
 
@@ -60,7 +62,7 @@ def _merge_permutes(op: Op, out: Rewriter) -> tuple[Value, ...] | None:
 def _fold_constants(op: Op, out: Rewriter) -> tuple[Value, ...] | None:
     """An elementwise op of ``full`` operands is itself a ``full``."""
     opdef = REGISTRY[op.name]
-    if opdef.kind is not Kind.ELEMENTWISE or op.regions or not op.operands or len(op.results) != 1:
+    if opdef.category is not Category.ELEMENTWISE or op.regions or not op.operands or len(op.results) != 1:
         return None
     sources = [out.producer(v) for v in op.operands]
     if any(s is None or s.name != "full" for s in sources):
@@ -75,17 +77,21 @@ def _fold_constants(op: Op, out: Rewriter) -> tuple[Value, ...] | None:
     return (out.emit("full", loc=op.loc, shape=list(op.result.type.shape), value=folded, dtype=dtype),)
 
 
-@rule("add", "sub", "mul", "div")
+@rule(*(name for name, opdef in REGISTRY.items() if opdef.neutral is not None))
 def _drop_neutral(op: Op, out: Rewriter) -> tuple[Value, ...] | None:
-    """x + 0, x - 0, x * 1, x / 1 -> x, when that changes neither shape nor dtype."""
-    neutral = 0 if op.name in ("add", "sub") else 1
-    for keep, other in ((0, 1), (1, 0)):
-        if keep == 1 and op.name in ("sub", "div"):
-            continue
-        src = out.producer(op.operands[other])
-        if src is not None and src.name == "full" and src.attrs["value"] == neutral and _same(op, op.operands[keep]):
+    """x + 0, x - 0, x * 1, x / 1 -> x (``OpDef.neutral``), when that changes neither shape nor dtype."""
+    neutral = REGISTRY[op.name].neutral
+    assert neutral is not None
+    for keep, other in ((0, 1), (1, 0)) if neutral.commutes else ((0, 1),):
+        value = _full_value(out.producer(op.operands[other]))
+        if value is not None and value == neutral.value and _same(op, op.operands[keep]):
             return (op.operands[keep],)
     return None
+
+
+def _full_value(op: Op | None) -> Any:
+    """The fill value when ``op`` is a ``full``, else None."""
+    return op.attrs["value"] if op is not None and op.name == "full" else None
 
 
 RULES = (_drop_identity, _drop_noop_layout, _drop_identity_permute, _drop_full_slice, _drop_single_concat,

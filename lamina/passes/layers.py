@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ..ir.core import Graph, Op, Value
+from .toolkit import producers, users
 
 
 @dataclass(frozen=True)
@@ -69,30 +70,26 @@ def find_chains(graph: Graph, granularity: str = "block", min_layers: int = 2) -
 class _Uses:
     """Who produces and reads each value of a graph's top level."""
 
-    index: dict[int, int]
-    producer: dict[int, Op]
-    users: dict[int, list[Op]]
-    params: set[int]
-    outputs: set[int]
+    index: dict[Op, int]
+    producer: dict[Value, Op]
+    users: dict[Value, list[Op]]
+    params: set[Value]
+    outputs: set[Value]
 
     @staticmethod
     def of(graph: Graph) -> _Uses:
-        users: dict[int, list[Op]] = {}
-        for op in graph.ops:
-            for v in op.operands:
-                users.setdefault(id(v), []).append(op)
-        return _Uses({id(op): i for i, op in enumerate(graph.ops)}, {id(v): op for op in graph.ops for v in op.results},
-                     users, {id(p.value) for p in graph.params}, {id(v) for v in graph.outputs})
+        return _Uses({op: i for i, op in enumerate(graph.ops)}, producers(graph.ops), users(graph.ops),
+                     {p.value for p in graph.params}, set(graph.outputs))
 
-    def read_outside(self, v: Value, inside: set[int]) -> bool:
-        return id(v) in self.outputs or any(id(u) not in inside for u in self.users.get(id(v), []))
+    def read_outside(self, v: Value, inside: set[Op]) -> bool:
+        return v in self.outputs or any(u not in inside for u in self.users.get(v, []))
 
 
 def _depends_on(target: Value, source: Value, producer: dict, memo: dict) -> bool:
     """Whether ``target`` is computed (transitively) from ``source``."""
     if target is source:
         return True
-    key = id(target)
+    key = target
     if key not in memo:
         memo[key] = False
         op = producer.get(key)
@@ -103,33 +100,33 @@ def _depends_on(target: Value, source: Value, producer: dict, memo: dict) -> boo
 def _sublayer(add: Op, uses: _Uses) -> Layer | None:
     producer = uses.producer
     for stream, delta in ((add.operands[0], add.operands[1]), (add.operands[1], add.operands[0])):
-        memo: dict[int, bool] = {}
+        memo: dict[Value, bool] = {}
         if stream is delta or not _depends_on(delta, stream, producer, memo):
             continue
-        body: dict[int, Op] = {}
+        body: dict[Op, Op] = {}
         stack = [delta]
         while stack:  # ops between the stream and delta
             v = stack.pop()
-            op = producer.get(id(v))
-            if op is None or id(op) in body or v is stream or not _depends_on(v, stream, producer, memo):
+            op = producer.get(v)
+            if op is None or op in body or v is stream or not _depends_on(v, stream, producer, memo):
                 continue
-            body[id(op)] = op
+            body[op] = op
             stack.extend(op.operands)
-        ordered = sorted(body.values(), key=lambda o: uses.index[id(o)]) + [add]
+        ordered = sorted(body.values(), key=lambda o: uses.index[o]) + [add]
         return _layer(stream, add.results[0], tuple(ordered), uses)
     return None
 
 
 def _layer(stream: Value, out: Value, ops: tuple[Op, ...], uses: _Uses) -> Layer:
-    inside_ops = {id(o) for o in ops}
-    inside = {id(r) for o in ops for r in o.results}
+    inside_ops = set(ops)
+    inside = {r for o in ops for r in o.results}
     reads_params: list[Value] = []
     context: list[Value] = []
     for op in ops:
         for v in op.operands:
-            if v is stream or id(v) in inside:
+            if v is stream or v in inside:
                 continue
-            own = id(v) in uses.params or not uses.read_outside(v, inside_ops)  # a weight, or read by this layer only
+            own = v in uses.params or not uses.read_outside(v, inside_ops)  # a weight, or read by this layer only
             bucket = reads_params if own else context
             if all(v is not x for x in bucket):
                 bucket.append(v)
@@ -155,32 +152,32 @@ def _structure(stream: Value, ops: Sequence[Op], reads_params: Sequence[Value], 
                exports: Sequence[Value]) -> str:
     """The body as text with canonical names: stream ``h``, params ``p<i>:type``, context ``c<i>``,
     then which values it exports."""
-    names: dict[int, str] = {id(stream): "h"}
+    names: dict[Value, str] = {stream: "h"}
     for i, p in enumerate(reads_params):
-        names[id(p)] = f"p{i}:{p.type}"
+        names[p] = f"p{i}:{p.type}"
     for i, c in enumerate(context):
-        names[id(c)] = f"c{i}@{id(c)}"  # the same context value, not just the same type
+        names[c] = f"c{i}@{c}"  # the same context value, not just the same type
     lines = []
     for op in ops:
         for r in op.results:
-            names[id(r)] = f"v{len(names)}"
+            names[r] = f"v{len(names)}"
         attrs = ",".join(f"{k}={op.attrs[k]!r}" for k in sorted(op.attrs))
-        lines.append(f"{'/'.join(names[id(r)] for r in op.results)}={op.name}({','.join(names[id(v)] for v in op.operands)})"
+        lines.append(f"{'/'.join(names[r] for r in op.results)}={op.name}({','.join(names[v] for v in op.operands)})"
                      f"{{{attrs}}}:{','.join(str(r.type) for r in op.results)}")
-    lines.append("exports " + ",".join(names[id(v)] for v in exports))
+    lines.append("exports " + ",".join(names[v] for v in exports))
     return "\n".join(lines)
 
 
 def _link(sublayers: Sequence[Layer], uses: _Uses) -> list[Chain]:
-    by_stream = {id(s.stream): s for s in sublayers}
+    by_stream = {s.stream: s for s in sublayers}
     starts = [s for s in sublayers if not any(t.out is s.stream for t in sublayers)]
     chains = []
     for first in starts:
         layers = [first]
         while True:
-            nxt = by_stream.get(id(layers[-1].out))
+            nxt = by_stream.get(layers[-1].out)
             # the stream between two layers may be read only by the next layer's body and add
-            if nxt is None or any(u not in nxt.ops for u in uses.users.get(id(layers[-1].out), [])):
+            if nxt is None or any(u not in nxt.ops for u in uses.users.get(layers[-1].out, [])):
                 break
             layers.append(nxt)
         chains.append(Chain(_exported_after(layers, uses)))
@@ -190,20 +187,20 @@ def _link(sublayers: Sequence[Layer], uses: _Uses) -> list[Chain]:
 def _exported_after(layers: list[Layer], uses: _Uses) -> tuple[Layer, ...]:
     """The longest prefix of ``layers`` that no value fed by an earlier layer's exports flows into
     (a cache update between layers is fine: the newton pass moves it after the chain)."""
-    at = {id(op): i for i, layer in enumerate(layers) for op in layer.ops}
+    at = {op: i for i, layer in enumerate(layers) for op in layer.ops}
     end = len(layers)
     for i, layer in enumerate(layers[:end]):
-        stack = [u for v in layer.exports for u in uses.users.get(id(v), []) if at.get(id(u)) != i]
-        seen: set[int] = set()
+        stack = [u for v in layer.exports for u in uses.users.get(v, []) if at.get(u) != i]
+        seen: set[Op] = set()
         while stack:
             op = stack.pop()
-            if id(op) in seen:
+            if op in seen:
                 continue
-            seen.add(id(op))
-            if id(op) in at:
-                end = min(end, max(at[id(op)], i + 1))
+            seen.add(op)
+            if op in at:
+                end = min(end, max(at[op], i + 1))
                 continue
-            stack.extend(u for r in op.results for u in uses.users.get(id(r), []))
+            stack.extend(u for r in op.results for u in uses.users.get(r, []))
     return tuple(layers[:end])
 
 

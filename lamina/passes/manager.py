@@ -16,7 +16,7 @@ from ..ir.errors import LaminaError
 from ..ir.printer import print_graph
 from ..ir.verifier import verify
 from .canonicalize import canonicalize
-from .fusion import fuse
+from .fusion import fuse, wrap_loose_ops
 from .newton import NewtonOptions, newton
 from .newton_expand import newton_expand
 
@@ -40,6 +40,7 @@ PASSES: Mapping[str, PassInfo] = MappingProxyType({
     "fuse": PassInfo("fuse", fuse, None, fuse.__doc__ or ""),
     "newton": PassInfo("newton", newton, NewtonOptions, newton.__doc__ or ""),
     "newton-expand": PassInfo("newton-expand", newton_expand, None, newton_expand.__doc__ or ""),
+    "wrap": PassInfo("wrap", wrap_loose_ops, None, wrap_loose_ops.__doc__ or ""),
 })
 
 
@@ -58,10 +59,14 @@ class PassStep:
 
 @dataclass(frozen=True)
 class PassTiming:
+    """A pass's time and the graph's size around it: ops at the top level (``len(graph.ops)``, a ``fused``
+    kernel counting once) and, in ``all_ops_after``, every op including those inside regions."""
+
     name: str
     seconds: float
     ops_before: int
     ops_after: int
+    all_ops_after: int = 0
 
 
 @dataclass(frozen=True)
@@ -147,7 +152,7 @@ def run_steps(graph: Graph, steps: Sequence[PassStep], *, dump_dir: str | Path |
         name = step.info.name
         if name in dump_before:
             print(f"// ----- IR before {step} -----\n{print_graph(graph)}")
-        before = sum(1 for _ in graph.walk())
+        before = len(graph.ops)
         start = time.perf_counter()
         if step.info.options is not None:
             result = step.info.run(graph, step.info.options(**step.options))
@@ -160,8 +165,7 @@ def run_steps(graph: Graph, steps: Sequence[PassStep], *, dump_dir: str | Path |
             except LaminaError as e:
                 raise LaminaError(f"pass {step} produced invalid IR: {e}") from e
         result = result.replace(history=graph.history + (f"{step}: {seconds * 1e3:.2f} ms",))
-        after = sum(1 for _ in result.walk())
-        timings.append(PassTiming(str(step), seconds, before, after))
+        timings.append(PassTiming(str(step), seconds, before, len(result.ops), sum(1 for _ in result.walk())))
         if directory:
             (directory / f"{i:02d}-{name}.lamina").write_text(print_graph(result, history=True))
         if name in dump_after:
@@ -177,7 +181,27 @@ def run_pipeline(graph: Graph, pipeline: str, **kwargs: Any) -> Graph:
 
 def default_pipeline(backend: str = "cpu") -> str:
     """The pipeline ``lamina.compile`` runs for ``backend`` when none is given."""
-    known = {"reference": "canonicalize", "cpu": "canonicalize,fuse", "cuda": "canonicalize,fuse"}
-    if backend not in known:
-        raise PipelineError(f"unknown backend {backend!r}; available: {', '.join(sorted(known))}")
-    return known[backend]
+    from ..backends import UnknownBackendError, backend as entry
+
+    try:
+        return entry(backend).default_pipeline
+    except UnknownBackendError as e:
+        raise PipelineError(str(e)) from None
+
+
+def backend_pipeline(pipeline: str | None, backend: str) -> list[PassStep]:
+    """The steps a backend runs for ``pipeline`` (None: its default): the user's passes, then the lowering
+    steps its executor needs where they are missing — ``newton-expand`` right after the last ``newton``,
+    ``wrap`` (loose kernel ops into kernels) at the end. Dumps and ``compiled.timings`` show them."""
+    from ..backends import backend as entry
+
+    lowering = entry(backend).lowering
+    steps = parse_pipeline(pipeline if pipeline is not None else default_pipeline(backend))
+    names = [s.info.name for s in steps]
+    if "newton-expand" in lowering and "newton" in names:
+        last = len(names) - 1 - names[::-1].index("newton")
+        if "newton-expand" not in names[last:]:
+            steps.insert(last + 1, PassStep(PASSES["newton-expand"]))
+    if "wrap" in lowering and (not steps or steps[-1].info.name != "wrap"):
+        steps.append(PassStep(PASSES["wrap"]))
+    return steps

@@ -19,6 +19,7 @@ from ..ir.core import Graph, Loc, Op, Region, Value
 from ..ir.errors import LaminaError
 from .layers import Chain, Layer, find_chains
 from .rewrite import remove_dead
+from .toolkit import ValueMap, producers
 
 
 @dataclass(frozen=True)
@@ -47,9 +48,9 @@ def newton(graph: Graph, options: NewtonOptions = NewtonOptions()) -> Graph:
     removed = {id(op) for chain in chains for layer in chain.layers for op in layer.ops}
     at_end = {id(chain.layers[-1].ops[-1]): chain for chain in chains}
     out = OpEmitter()
-    producer = {id(v): op for op in graph.ops for v in op.results}
-    mapping: dict[int, Value] = {}
-    waiting: set[int] = set()  # values of chains whose newton op comes later, and of ops deferred after it
+    producer = producers(graph.ops)
+    values = ValueMap()
+    waiting: set[Value] = set()  # values of chains whose newton op comes later, and of ops deferred after it
     deferred: list[Op] = []
     for op in graph.ops:
         if id(op) in at_end:
@@ -57,23 +58,23 @@ def newton(graph: Graph, options: NewtonOptions = NewtonOptions()) -> Graph:
             results = _newton_op(chain, options, out, producer)
             exported = [v for layer in chain.layers for v in layer.exports]
             for old, new in zip([chain.layers[-1].out, *exported], results):
-                mapping[id(old)] = new
+                values[old] = new
             for d in deferred:  # cache updates between the chain's layers, now that their inputs exist
-                out.append(d.replace(operands=tuple(mapping.get(id(v), v) for v in d.operands)))
+                out.append(values.op(d))
             deferred, waiting = [], set()
         elif id(op) in removed:
-            waiting.update(id(r) for r in op.results)
-        elif any(id(v) in waiting for v in op.operands):
+            waiting.update(op.results)
+        elif any(v in waiting for v in op.operands):
             deferred.append(op)
-            waiting.update(id(r) for r in op.results)
+            waiting.update(op.results)
         else:  # ops after a chain may read its exports
-            out.append(op.replace(operands=tuple(mapping.get(id(v), v) for v in op.operands)))
-    outputs = tuple(mapping.get(id(v), v) for v in graph.outputs)
+            out.append(values.op(op))
+    outputs = values.values(graph.outputs)
     # per-layer views the stacks replaced (x[l] of a stacked cache) are left unread
     return graph.replace(ops=tuple(remove_dead(out.ops, outputs)), outputs=outputs)
 
 
-def _newton_op(chain: Chain, options: NewtonOptions, out: OpEmitter, producer: dict[int, Op]) -> tuple[Value, ...]:
+def _newton_op(chain: Chain, options: NewtonOptions, out: OpEmitter, producer: dict[Value, Op]) -> tuple[Value, ...]:
     pattern = chain.structures()
     loc = chain.layers[-1].ops[-1].loc
     contexts: list[Value] = []
@@ -94,7 +95,7 @@ def _newton_op(chain: Chain, options: NewtonOptions, out: OpEmitter, producer: d
     return out.emit_op("newton", [chain.layers[0].stream, *contexts, *stacks], attrs, loc, regions).results
 
 
-def _stacked(values: Sequence[Value], out: OpEmitter, producer: dict[int, Op], loc: Loc) -> Value:
+def _stacked(values: Sequence[Value], out: OpEmitter, producer: dict[Value, Op], loc: Loc) -> Value:
     """``values`` stacked along a new leading axis: rows of one tensor x[i] (a layer's past keys) as a
     slice of x (a view), others by a ``stack`` op (of weights: computed once per plan)."""
     rows = [_row_of(v, producer) for v in values]
@@ -106,12 +107,12 @@ def _stacked(values: Sequence[Value], out: OpEmitter, producer: dict[int, Op], l
     return out.emit("stack", *values, dim=0, loc=loc)
 
 
-def _row_of(v: Value, producer: dict[int, Op]) -> tuple[Value, int] | None:
+def _row_of(v: Value, producer: dict[Value, Op]) -> tuple[Value, int] | None:
     """(x, i) when ``v`` is ``x[i]``: a one-row slice along dim 0, then a reshape dropping that dim."""
-    op = producer.get(id(v))
+    op = producer.get(v)
     if op is None or op.name != "reshape":
         return None
-    inner = producer.get(id(op.operands[0]))
+    inner = producer.get(op.operands[0])
     if inner is None or inner.name != "slice" or inner.attrs["dim"] != 0 or inner.attrs["step"] != 1:
         return None
     start, end, x = inner.attrs["start"], inner.attrs["end"], inner.operands[0]

@@ -15,31 +15,30 @@ from ..ir.builder import OpEmitter, RegionBuilder
 from ..ir.core import Graph, Op, Region, Value
 from ..ir.ops.structural import layer_rows, newton_stacks
 from .batch_layers import BatchingError, inline_batched
+from .toolkit import ValueMap, rebuild
+
+EXPANDED = frozenset({"newton"})  # the op this pass lowers
 
 
 def newton_expand(graph: Graph) -> Graph:
     """Lower every ``newton`` op to plain ops: per chunk and iteration, each structure's layers evaluated
     at once over stacked weights (``batch_layers.py``), then one ``layer_scan`` (the prefix sum)."""
-    if not any(op.name == "newton" for op in graph.ops):
-        return graph
     out = OpEmitter()
-    mapping: dict[int, Value] = {}
-    producer = {id(v): op for op in graph.ops for v in op.results}
+    values = ValueMap()
     for op in graph.ops:
-        op = op.replace(operands=tuple(mapping.get(id(v), v) for v in op.operands))
-        if op.name == "newton":
-            for old, new in zip(op.results, _Expansion(op, out, producer).run()):
-                mapping[id(old)] = new
+        op = values.op(op)
+        if op.name in EXPANDED:
+            values.replace_results(op, _Expansion(op, out).run())
         else:
             out.append(op)
-    return graph.replace(ops=tuple(out.ops), outputs=tuple(mapping.get(id(v), v) for v in graph.outputs))
+    return rebuild(graph, out.ops, values)
 
 
 class _Expansion:
     """One ``newton`` op as plain ops (see ``newton_expand``)."""
 
-    def __init__(self, op: Op, out: OpEmitter, producer: dict[int, Op]) -> None:
-        self.op, self.out, self.loc, self.producer = op, out, op.loc, producer
+    def __init__(self, op: Op, out: OpEmitter) -> None:
+        self.op, self.out, self.loc = op, out, op.loc
         self.contexts = list(op.operands[1: 1 + op.attrs["contexts"]])
         self.stacks = newton_stacks(op)
         self.rows_of = layer_rows(op.attrs["pattern"])

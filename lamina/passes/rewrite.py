@@ -13,7 +13,9 @@ from typing import Any
 
 from ..ir.builder import OpEmitter
 from ..ir.core import Graph, Op, Region, Value
+from ..ir.ops import is_terminator
 from ..ir.printer import format_attr
+from .toolkit import ValueMap
 
 
 
@@ -64,38 +66,35 @@ class _Walk:
         self.cse = cse
         self.changed = False
 
-    def ops(self, ops: Sequence[Op], mapping: dict[int, Value]) -> list[Op]:
+    def ops(self, ops: Sequence[Op], values: ValueMap) -> list[Op]:
         out = Rewriter({})
         seen: dict[Any, Op] = {}
         for op in ops:
-            op = self.remap(op, mapping)
+            op = self.remap(op, values)
             replaced = self.try_rules(op, out)
             if replaced is not None:
                 self.changed = True
-                for old, new in zip(op.results, replaced):
-                    mapping[id(old)] = new
+                values.replace_results(op, replaced)
                 continue
             key = _cse_key(op) if self.cse else None
             if key is not None and key in seen:
                 self.changed = True
-                for old, new in zip(op.results, seen[key].results):
-                    mapping[id(old)] = new
+                values.replace_results(op, seen[key].results)
                 continue
             if key is not None:
                 seen[key] = op
             out.append(op)
         return out.ops
 
-    def remap(self, op: Op, mapping: dict[int, Value]) -> Op:
-        operands = tuple(_resolve(mapping, v) for v in op.operands)
+    def remap(self, op: Op, values: ValueMap) -> Op:
+        operands = values.values(op.operands)
         regions = tuple(self.region(r) for r in op.regions)
         if all(a is b for a, b in zip(operands, op.operands)) and all(a is b for a, b in zip(regions, op.regions)):
             return op
         return op.replace(operands=operands, regions=regions)
 
     def region(self, region: Region) -> Region:
-        mapping: dict[int, Value] = {}
-        ops = self.ops(region.ops, mapping)
+        ops = self.ops(region.ops, ValueMap())
         if len(ops) == len(region.ops) and all(a is b for a, b in zip(ops, region.ops)):
             return region
         return Region(region.args, tuple(ops))
@@ -113,14 +112,8 @@ class _Walk:
         return None
 
 
-def _resolve(mapping: dict[int, Value], v: Value) -> Value:
-    while id(v) in mapping:
-        v = mapping[id(v)]
-    return v
-
-
 def _cse_key(op: Op) -> Any:
-    if op.regions or op.name == "yield":
+    if op.regions or is_terminator(op):
         return None
     attrs = tuple(sorted((k, format_attr(v)) for k, v in op.attrs.items()))
     return op.name, tuple(id(v) for v in op.operands), attrs, tuple(v.type for v in op.results)
@@ -131,7 +124,7 @@ def remove_dead(ops: Sequence[Op], live: Iterable[Value]) -> list[Op]:
     needed = {id(v) for v in live}
     kept: list[Op] = []
     for op in reversed(ops):
-        if op.name == "yield" or any(id(v) in needed for v in op.results):
+        if is_terminator(op) or any(id(v) in needed for v in op.results):
             if op.regions:
                 op = op.replace(regions=tuple(Region(r.args, tuple(remove_dead(r.ops, r.results))) for r in op.regions))
             kept.append(op)
@@ -143,9 +136,9 @@ def apply_rules(graph: Graph, rules: Sequence[Rule], cse: bool = True, max_round
     """Rewrite to a fixed point: rules, then CSE, then dead-code removal, until nothing changes."""
     for _ in range(max_rounds):
         walk = _Walk(rules, cse)
-        mapping: dict[int, Value] = {}
-        ops = walk.ops(graph.ops, mapping)
-        outputs = tuple(_resolve(mapping, v) for v in graph.outputs)
+        values = ValueMap()
+        ops = walk.ops(graph.ops, values)
+        outputs = values.values(graph.outputs)
         ops = remove_dead(ops, outputs)
         changed = walk.changed or len(ops) != len(graph.ops)
         graph = graph.replace(ops=tuple(ops), outputs=outputs)

@@ -13,6 +13,7 @@ from ..frontends.fx import ConstRole, Imported, InputRole, ParamRole
 from ..ir.core import Graph
 from ..ir.dtypes import to_torch
 from ..ir.interpreter import bind_symbols
+from ..backends import backend
 from ..options import CompileOptions
 from ..passes.manager import PassTiming
 
@@ -152,8 +153,9 @@ class CompiledModule:
         if value.dtype != self._dtypes[index]:
             raise InputMismatchError(f"input {self.graph.inputs[index].hint or index} of {self.model_name} expects "
                                      f"dtype {expected.dtype} ({to_torch(expected.dtype)}), got {value.dtype}")
-        if self.options.backend == "cuda":
-            return value.detach().to("cuda").contiguous()
+        device = backend(self.options.backend).device
+        if device != "cpu":
+            return value.detach().to(device).contiguous()
         if value.device.type != "cpu":
             raise InputMismatchError(f"input {self.graph.inputs[index].hint or index} is on {value.device}; "
                                      f"backend {self.options.backend!r} takes CPU tensors")

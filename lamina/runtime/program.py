@@ -21,16 +21,16 @@ import sympy
 import torch
 
 from ..codegen.kernel import Const, Kernel
-from ..codegen.lower import lower_region
-from ..ir.core import Graph, Op, Value
+from ..codegen.lower import lower_kernels
+from ..ir.core import Graph, Op, Value, region_graph
 from ..ir.dtypes import DType, to_torch
 from ..ir.errors import LaminaError
 from ..ir.interpreter import bind_symbols
 from ..ir.shapes import evaluate
-from ..passes.fusion import fuse, op_class, wrap_loose_ops
+from ..ir.ops import category, lookup
 from ..passes.memory import Lifetime, MemoryPlan, plan_memory
 from .kernel_errors import check_assumptions, raise_kernel_errors
-from .library import HOISTED_WHEN_STATIC, WRITES_INTO_OUT, call_line, view_expr
+from .library import call_line, hoisted_when_static, view_expr, writes_into_out
 from .snapshot import Snapshot, refresh_all
 
 class BackendError(LaminaError, RuntimeError):
@@ -129,23 +129,17 @@ class Executor:
     tensors of its own."""
 
     def __init__(self, graph: Graph, target: Target, poison: bool = False) -> None:
-        if any(op.name == "newton" for op in graph.ops):
-            raise BackendError(f"the {target.name} backend runs newton ops once lowered: put newton-expand after "
-                               "newton in the pipeline (e.g. 'canonicalize,newton{iters=2},newton-expand,fuse')")
-        self.graph = graph = wrap_loose_ops(graph)
+        _check_lowered(graph, target)
+        self.graph = graph
         self.target = target
         self.poison = poison
         self._check_dtypes()
-        self.kernels: dict[int, CompiledKernel] = {}
-        for op in graph.ops:
-            if op.name == "fused":
-                kernel = lower_region(op, [f"in{i}" for i in range(len(op.operands))],
-                                      [f"out{i}" for i in range(len(op.results))], split_last=target.split_last)
-                self.kernels[id(op)] = CompiledKernel(kernel, target.source(kernel))
+        self.kernels = {id(op): CompiledKernel(kernel, target.source(kernel))
+                        for op, kernel in lower_kernels(graph, target.split_last, nested=False)}
         self.natives = {id(op): fn for op in graph.ops if (fn := target.native(op)) is not None}
-        # an iterate op's region runs as a program of its own, called once per iteration
-        self.loops = {id(op): Executor(fuse(region_graph(op.regions[0])), target, poison)
-                      for op in graph.ops if op.name == "iterate"}
+        # a loop body runs as a program of its own, called once per iteration
+        self.loops = {id(op): Executor(region_graph(op.regions[0]), target, poison)
+                      for op in graph.ops if lookup(op.name).program_regions}
         self.iterations: list[int] = []  # iteration counts of the last call's iterate ops, in order
         self.plans: dict[tuple, Plan] = {}
         self.hoisted_ops = _hoisted(graph)
@@ -183,6 +177,19 @@ class Executor:
 
     def build_plan(self, inputs: Sequence[torch.Tensor], weights: Mapping[str, torch.Tensor]) -> Plan:
         return _PlanBuilder(self, inputs, weights).build()
+
+
+def _check_lowered(graph: Graph, target: Target) -> None:
+    """A kernel backend runs lowered graphs: every kernel op inside a ``fused`` region, no ``newton``
+    left (``lamina.compile`` appends the lowering steps; see ``passes.manager.backend_pipeline``)."""
+    for op in graph.ops:
+        if op.regions and not lookup(op.name).program_regions and op.name != "fused":
+            raise BackendError(f"the {target.name} backend runs lowered graphs, and {op.describe()} is not lowered: "
+                               "run newton-expand after newton (lamina.compile adds it to the pipeline)")
+    for op in graph.ops:
+        if category(op.name).in_kernel:
+            raise BackendError(f"the {target.name} backend runs lowered graphs, and {op.describe()} is outside "
+                               "a kernel: run the wrap pass last (lamina.compile adds it to the pipeline)")
 
 
 def work(kernel: Kernel) -> float:
@@ -230,21 +237,16 @@ def _in_consumer_order(raw: torch.Tensor, shape: tuple[int, ...], users: Sequenc
     return raw.view(shape)
 
 
-def region_graph(region: Any) -> Graph:
-    """A region as a graph: its arguments are the inputs, its yield the outputs."""
-    return Graph("iterate_body", tuple(region.args), (), tuple(region.ops[:-1]), tuple(region.results))
-
-
 def _hoisted(g: Graph) -> set[int]:
-    """Ops in ``HOISTED_WHEN_STATIC`` whose operands are weights, constants or views of them."""
+    """Library ops computed once per plan (``LibraryCall.hoisted_when_static``) whose operands are weights, constants or views of them."""
     static = {id(p.value) for p in g.params}
     hoisted: set[int] = set()
     for op in g.ops:
         if not all(id(v) in static for v in op.operands):
             continue
-        if op.name in HOISTED_WHEN_STATIC:
+        if hoisted_when_static(op.name):
             hoisted.add(id(op))
-        elif op_class(op.name) != "view":
+        elif not category(op.name).free:
             continue
         static.update(id(r) for r in op.results)
     return hoisted
@@ -326,7 +328,7 @@ class _PlanBuilder(PlanContext):
                 last_use[id(v)] = i
         view_base: dict[int, Value] = {}
         for op in steps:
-            if op_class(op.name) == "view" and op.operands:
+            if category(op.name).free and op.operands:
                 for r in op.results:
                     view_base[id(r)] = view_base.get(id(op.operands[0]), op.operands[0])
         for i, op in enumerate(steps):  # a view keeps its base alive
@@ -440,7 +442,7 @@ class _PlanBuilder(PlanContext):
     def writes_into_out(self, op: Op) -> bool:
         if id(op) in self.ex.hoisted_ops:
             return False
-        return op.name == "fused" or op.name in WRITES_INTO_OUT or id(op) in self.ex.natives
+        return op.name == "fused" or writes_into_out(op.name) or id(op) in self.ex.natives
 
     def nbytes(self, v: Value) -> int:
         n = 1
@@ -449,7 +451,6 @@ class _PlanBuilder(PlanContext):
         return n * torch.empty((), dtype=to_torch(v.type.dtype)).element_size()
 
     def step(self, op: Op) -> int:
-        kind = op_class(op.name)
         if op.name == "fused":
             ck = self.ex.kernels[id(op)]
             fn = self.static(ck.fn, "K")
@@ -465,7 +466,7 @@ class _PlanBuilder(PlanContext):
             self.lines.append(self.ex.target.launch(fn, args, ck.kernel, outer, inner))
             return 1
         args = [self.name[id(v)] for v in op.operands]
-        if op.name == "iterate":
+        if id(op) in self.ex.loops:  # a loop body: a program of its own
             return self.loop(op, args)
         if id(op) in self.ex.hoisted_ops:  # computed now, once: its operands are fixed for the plan
             key = (id(op), *(self.glb[a].data_ptr() for a in args))
@@ -480,7 +481,7 @@ class _PlanBuilder(PlanContext):
             self.lines += self.ex.target.native_lines(self.ex.natives[id(op)], op, args, self.name[id(op.results[0])],
                                                       self)
             return 1
-        if kind == "view":
+        if category(op.name).free:
             exprs = view_expr(op, args[0] if args else "", self.size)
             dynamic = any(id(v) in self.dynamic for v in op.operands)
             made = [] if dynamic else [eval(e, self.glb) for e in exprs]  # noqa: S307 - our own generated code
@@ -496,7 +497,7 @@ class _PlanBuilder(PlanContext):
                     name = self.static(made[i], "V")
                 self.name[id(v)] = name
             return 0
-        if op.name in WRITES_INTO_OUT and all(id(v) in self.name for v in op.results):
+        if writes_into_out(op.name) and all(id(v) in self.name for v in op.results):
             outs = [self.name[id(v)] for v in op.results]
             self.lines.append(call_line(op, args, outs, outs, self.derive))
             return 1

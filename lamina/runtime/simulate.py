@@ -14,11 +14,10 @@ import numpy as np
 from ..codegen.cache import KernelCache
 from ..codegen.cuda_c import launch_config
 from ..codegen.cuda_numba import BLOCK, MODULE_HEADER, cuda_numba_source
-from ..codegen.lower import lower_region
+from ..codegen.lower import lower_kernels
 from ..ir.core import Graph
 from ..ir.interpreter import Interpreter, bind_symbols
 from ..ir.shapes import evaluate
-from ..passes.fusion import wrap_loose_ops
 from .kernel_errors import check_assumptions, raise_kernel_errors
 from .program import _evaluate_expr
 
@@ -29,8 +28,8 @@ def run_simulated(graph: Graph, inputs: Sequence[np.ndarray], params: Mapping[st
         raise RuntimeError("set NUMBA_ENABLE_CUDASIM=1 before importing numba to use the simulator")
     import sympy
 
-    graph = wrap_loose_ops(graph)
     cache = cache or KernelCache()
+    kernels = {id(op): kernel for op, kernel in lower_kernels(graph, nested=False)}  # loose ops are interpreted
     bindings = bind_symbols([v.type for v in graph.inputs], list(inputs))
     interp = Interpreter(bindings)
     env = {id(v): np.asarray(a) for v, a in zip(graph.inputs, inputs)}
@@ -40,7 +39,7 @@ def run_simulated(graph: Graph, inputs: Sequence[np.ndarray], params: Mapping[st
         if op.name != "fused":
             outs = interp.run_op(op, args)
         else:
-            kernel = lower_region(op, [f"in{i}" for i in range(len(args))], [f"out{i}" for i in range(len(op.results))])
+            kernel = kernels[id(op)]
             fn = getattr(cache.load(f"{kernel.name}_sim", MODULE_HEADER + cuda_numba_source(kernel)), kernel.name)
             outs = [np.full(tuple(evaluate(d, bindings) for d in v.type.shape), np.nan if v.type.dtype.is_float else -7,
                             dtype=v.type.dtype.numpy) for v in op.results]

@@ -8,11 +8,10 @@ import pytest
 
 import lamina
 from lamina.codegen.cuda_c import PRELUDE, cuda_source
-from lamina.codegen.lower import lower_region
+from lamina.codegen.lower import lower_kernels, lower_region
 from lamina.models import make_cnn, make_gpt2_stack, make_llama_block, make_mlp
 from lamina.models.hf import make_hf_gpt2, make_hf_llama
 from lamina.passes.fusion import fuse
-from lamina.runtime.program import region_graph
 
 NVCC = shutil.which("nvcc")
 
@@ -24,16 +23,7 @@ NEWTON_TOL = "canonicalize,newton{iters=3,chunk=4,tol=0.001},newton-expand,fuse"
 def kernels_of(factory, pipeline: str = "canonicalize,fuse") -> dict:
     model, args, *kwargs = factory()
     graph = lamina.run_pipeline(lamina.trace(model, args, kwargs[0] if kwargs else None), pipeline)
-    found = {}
-    ops = list(graph.ops)
-    for op in graph.ops:  # an iterate op's body is fused and compiled as a program of its own
-        if op.name == "iterate":
-            ops += fuse(region_graph(op.regions[0])).ops
-    for op in ops:
-        if op.name == "fused":
-            k = lower_region(op, [f"in{i}" for i in range(len(op.operands))], [f"out{i}" for i in range(len(op.results))])
-            found[k.name] = k
-    return found
+    return {k.name: k for _, k in lower_kernels(graph)}  # an iterate op's body too
 
 
 @pytest.mark.skipif(NVCC is None, reason="nvcc is not installed")
@@ -115,8 +105,7 @@ def test_checked_indices_and_divisions_compile_with_nvcc(tmp_path) -> None:
     from lamina.ir import parse
 
     graph = fuse(parse(CHECKED_GRAPH))
-    kernels = [lower_region(op, [f"in{i}" for i in range(len(op.operands))], [f"out{i}" for i in range(len(op.results))])
-               for op in graph.ops if op.name == "fused"]
+    kernels = [k for _, k in lower_kernels(graph)]
     assert sum(len(k.checks) for k in kernels) == 6  # three indices, three integer divisions
     source = PRELUDE + "\n".join(cuda_source(k, prelude=False) for k in kernels)
     assert "lm_index(" in source and "lm_wrap_index(" in source and "lm_int_floor_divide(" in source

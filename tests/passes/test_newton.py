@@ -96,10 +96,25 @@ def test_malformed_newton_is_rejected_with_a_reason() -> None:
         verify(parse(text.replace("%16 = newton(%3, %4,", "%16 = newton(%3,")))
 
 
-def test_backends_ask_for_the_lowering() -> None:
+def test_backends_append_the_lowering_steps_they_need() -> None:
+    """A pipeline naming only optimisation passes runs: the cpu backend adds newton-expand right after newton
+    and wrap at the end, and the timings (and dumps) show them; it computes what the reference backend does."""
+    model, args = make_gpt2_stack(n_layers=2)
+    compiled = lamina.compile(model, args, pipeline="canonicalize,newton{iters=2},fuse")
+    assert [t.name for t in compiled.timings] == ["canonicalize", "newton{iters=2}", "newton-expand", "fuse", "wrap"]
+    reference = lamina.compile(model, args, pipeline="canonicalize,newton{iters=2},fuse", backend="reference")
+    assert [t.name for t in reference.timings] == ["canonicalize", "newton{iters=2}", "fuse"]
+    torch.testing.assert_close(compiled(*args), reference(*args), rtol=1e-5, atol=1e-5)
+
+
+def test_executors_refuse_unlowered_graphs() -> None:
+    from lamina.runtime.cpu import CpuExecutor
+
     model, args = make_gpt2_stack(n_layers=2)
     with pytest.raises(BackendError, match="newton-expand"):
-        lamina.compile(model, args, pipeline="canonicalize,newton{iters=2}")
+        CpuExecutor(lamina.run_pipeline(lamina.trace(model, args), "canonicalize,newton{iters=2}"))
+    with pytest.raises(BackendError, match="wrap pass"):
+        CpuExecutor(lamina.run_pipeline(lamina.trace(model, args), "canonicalize"))
 
 
 def test_bad_options_are_named() -> None:

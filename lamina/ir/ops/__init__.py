@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import difflib
 from types import MappingProxyType
+from typing import TYPE_CHECKING
 
-from ..opdef import OpDef, registry
+from ..opdef import Category, OpDef, registry
+if TYPE_CHECKING:
+    from ..core import Op
 from . import creation, elementwise, layout, nn, placement, reduction, selection, structural, window
 
 REGISTRY = MappingProxyType(registry(
@@ -25,3 +28,19 @@ def lookup(name: str) -> OpDef:
         near = difflib.get_close_matches(name, REGISTRY, n=3)
         hint = f"; did you mean {', '.join(near)}?" if near else ""
         raise KeyError(f"unknown op {name!r}{hint}") from None
+
+
+def category(name: str) -> Category:
+    """The category of op ``name`` (see :class:`~lamina.ir.opdef.Category`)."""
+    return lookup(name).category
+
+
+def reduced_axes(op: Op) -> tuple[int, ...]:
+    """The axes of its first operand that reduction ``op`` reduces."""
+    return lookup(op.name).reduced_axes(op.operands[0].type.rank, op.attrs)
+
+
+def is_terminator(op: Op) -> bool:
+    """Whether ``op`` ends a region (``yield``); False for unknown ops (the verifier names those)."""
+    opdef = REGISTRY.get(op.name)
+    return opdef is not None and opdef.terminator

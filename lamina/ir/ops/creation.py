@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from ..dtypes import DType
-from ..opdef import AttrSpec, InferenceError, Kind, OpDef
+from ..opdef import AttrSpec, InferenceError, Category, OpDef
 from ..shapes import dim
 from ..types import TensorType
 
@@ -36,10 +36,10 @@ def _arange_infer(types: Sequence[TensorType], attrs: Mapping[str, Any]) -> list
 
 
 DEFS = [
-    OpDef("full", (), _full_infer, _full_ref, Kind.CREATION, "a tensor filled with one value (scalars are shape [])",
+    OpDef("full", (), _full_infer, _full_ref, Category.CONSTANT, "a tensor filled with one value (scalars are shape [])",
           {"shape": AttrSpec("dims"), "value": AttrSpec("scalar"), "dtype": AttrSpec("dtype")}),
     OpDef("arange", (), _arange_infer,
-          lambda a, at: np.arange(at["start"], at["end"], at["step"], dtype=at["dtype"].numpy), Kind.CREATION,
+          lambda a, at: np.arange(at["start"], at["end"], at["step"], dtype=at["dtype"].numpy), Category.CONSTANT,
           "start, start+step, ... < end", {"start": AttrSpec("dim", 0), "end": AttrSpec("dim"),
                                              "step": AttrSpec("int", 1), "dtype": AttrSpec("dtype", DType.i64)}),
 ]

@@ -8,29 +8,53 @@ from typing import Any
 import numpy as np
 
 from ..dtypes import DType
-from ..opdef import AttrSpec, InferenceError, Kind, OpDef, need_float, same_dtype
+from ..opdef import AttrSpec, Category, InferenceError, Neutral, OpDef, need_float, same_dtype
+from ..scalar import ScalarOps, reference_of
 from ..shapes import broadcast
 from ..types import TensorType
 
 _erf = np.vectorize(math.erf, otypes=[np.float64])
-_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 
 
 def erf(x: np.ndarray) -> np.ndarray:
     return _erf(x).astype(x.dtype) if x.size else x.copy()
 
 
-def gelu(x: np.ndarray, approximate: str) -> np.ndarray:
+# ---- scalar formulas of the composite ops (see lamina/ir/scalar.py) ----------------------
+
+def _sigmoid(f: ScalarOps, x: Any) -> Any:
+    one = f.const(1.0)
+    return f.div(one, f.add(one, f.exp(f.neg(x))))
+
+
+def _silu(f: ScalarOps, x: Any) -> Any:
+    return f.mul(x, f.sigmoid(x))
+
+
+def _gelu(f: ScalarOps, x: Any, approximate: str) -> Any:
+    half, one = f.const(0.5), f.const(1.0)
     if approximate == "tanh":
-        one = x.dtype.type(1)
-        inner = x.dtype.type(_SQRT_2_OVER_PI) * (x + x.dtype.type(0.044715) * x * x * x)
-        return x.dtype.type(0.5) * x * (one + np.tanh(inner))
-    return x.dtype.type(0.5) * x * (x.dtype.type(1) + erf(x * x.dtype.type(1 / math.sqrt(2.0))))
+        cube = f.mul(f.mul(f.mul(f.const(0.044715), x), x), x)
+        inner = f.mul(f.const(math.sqrt(2 / math.pi)), f.add(x, cube))
+        return f.mul(f.mul(half, x), f.add(one, f.tanh(inner)))
+    return f.mul(f.mul(half, x), f.add(one, f.erf(f.mul(x, f.const(1 / math.sqrt(2.0))))))
 
 
-def sigmoid(x: np.ndarray) -> np.ndarray:
-    one = x.dtype.type(1)
-    return one / (one + np.exp(-x))
+def _sign(f: ScalarOps, x: Any) -> Any:  # 0 for 0 and NaN, as torch
+    zero = f.const(0)
+    return f.where(f.gt(x, zero), f.const(1), f.where(f.lt(x, zero), f.const(-1), zero))
+
+
+def _trunc(f: ScalarOps, x: Any) -> Any:
+    return f.where(f.lt(x, f.const(0)), f.ceil(x), f.floor(x))
+
+
+def _clamp(f: ScalarOps, x: Any, min: float | None, max: float | None) -> Any:  # noqa: A002 - the attribute names
+    if min is not None:
+        x = f.maximum(x, f.const(min))
+    if max is not None:
+        x = f.minimum(x, f.const(max))
+    return x
 
 
 def _unary_float(name: str) -> Callable[[Sequence[TensorType], Mapping[str, Any]], list[TensorType]]:
@@ -52,8 +76,16 @@ def _unary_numeric(name: str) -> Callable[[Sequence[TensorType], Mapping[str, An
 
 def _unary(name: str, fn: Callable[..., np.ndarray], doc: str, numeric: bool = False,
            attrs: Mapping[str, AttrSpec] | None = None) -> OpDef:
+    """A primitive unary op with NumPy function ``fn``."""
     infer = _unary_numeric(name) if numeric else _unary_float(name)
-    return OpDef(name, ("x",), infer, lambda a, at: fn(a[0], **at), Kind.ELEMENTWISE, doc, attrs or {})
+    return OpDef(name, ("x",), infer, lambda a, at: fn(a[0], **at), Category.ELEMENTWISE, doc, attrs or {})
+
+
+def _composite(name: str, formula: Callable[..., Any], doc: str, numeric: bool = False,
+               attrs: Mapping[str, AttrSpec] | None = None) -> OpDef:
+    """A unary op defined by its scalar formula; the reference evaluates the formula with NumPy."""
+    infer = _unary_numeric(name) if numeric else _unary_float(name)
+    return OpDef(name, ("x",), infer, reference_of(formula), Category.ELEMENTWISE, doc, attrs or {}, scalar=formula)
 
 
 def _broadcast_types(name: str, types: Sequence[TensorType]) -> tuple:
@@ -64,14 +96,15 @@ def _broadcast_types(name: str, types: Sequence[TensorType]) -> tuple:
 
 
 def _binary(name: str, fn: Callable[[np.ndarray, np.ndarray], np.ndarray], doc: str,
-            result: DType | None = None, operand_check: Callable[[str, TensorType], None] | None = None) -> OpDef:
+            result: DType | None = None, operand_check: Callable[[str, TensorType], None] | None = None,
+            neutral: Neutral | None = None) -> OpDef:
     def infer(types: Sequence[TensorType], attrs: Mapping[str, Any]) -> list[TensorType]:
         dtype = same_dtype(name, types)
         if operand_check:
             operand_check(name, types[0])
         return [TensorType(_broadcast_types(name, types), result or dtype)]
 
-    return OpDef(name, ("lhs", "rhs"), infer, lambda a, at: fn(a[0], a[1]), Kind.ELEMENTWISE, doc)
+    return OpDef(name, ("lhs", "rhs"), infer, lambda a, at: fn(a[0], a[1]), Category.ELEMENTWISE, doc, neutral=neutral)
 
 
 def _need_bool(name: str, t: TensorType) -> None:
@@ -102,15 +135,6 @@ def _cast_ref(a: Sequence[np.ndarray], attrs: Mapping[str, Any]) -> np.ndarray:
     return x
 
 
-def _clamp_ref(a: Sequence[np.ndarray], attrs: Mapping[str, Any]) -> np.ndarray:
-    x = a[0]
-    if attrs["min"] is not None:
-        x = np.maximum(x, x.dtype.type(attrs["min"]))
-    if attrs["max"] is not None:
-        x = np.minimum(x, x.dtype.type(attrs["max"]))
-    return x
-
-
 def _pow(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.power(x, y)
 
@@ -130,43 +154,39 @@ def _integer_division(fn: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> Cal
     return divide
 
 
-def _rsqrt(x: np.ndarray) -> np.ndarray:
-    return x.dtype.type(1) / np.sqrt(x)
-
-
 DEFS = [
     _unary("exp", np.exp, "e ** x"),
     _unary("log", np.log, "natural logarithm"),
     _unary("sqrt", np.sqrt, "square root"),
-    _unary("rsqrt", _rsqrt, "1 / sqrt(x)"),
+    _composite("rsqrt", lambda f, x: f.div(f.const(1.0), f.sqrt(x)), "1 / sqrt(x)"),
     _unary("tanh", np.tanh, "hyperbolic tangent"),
     _unary("sin", np.sin, "sine"),
     _unary("cos", np.cos, "cosine"),
     _unary("erf", erf, "error function"),
-    _unary("sigmoid", sigmoid, "1 / (1 + exp(-x))"),
-    _unary("silu", lambda x: x * sigmoid(x), "x * sigmoid(x)"),
-    _unary("gelu", gelu, "Gaussian error linear unit, exact (erf) or tanh approximation",
-           attrs={"approximate": AttrSpec("str", "none")}),
-    _unary("reciprocal", lambda x: x.dtype.type(1) / x, "1 / x"),
+    _composite("sigmoid", _sigmoid, "1 / (1 + exp(-x))"),
+    _composite("silu", _silu, "x * sigmoid(x)"),
+    _composite("gelu", _gelu, "Gaussian error linear unit, exact (erf) or tanh approximation",
+               attrs={"approximate": AttrSpec("str", "none")}),
+    _composite("reciprocal", lambda f, x: f.div(f.const(1.0), x), "1 / x"),
     _unary("floor", np.floor, "round toward -inf"),
-    _unary("ceil", np.ceil, "round toward +inf"),
-    _unary("trunc", np.trunc, "round toward zero"),
+    _composite("ceil", lambda f, x: f.neg(f.floor(f.neg(x))), "round toward +inf"),
+    _composite("trunc", _trunc, "round toward zero"),
     _unary("log1p", np.log1p, "log(1 + x), accurate for small x"),
-    _unary("sign", lambda x: np.where(x != x, x.dtype.type(0), np.sign(x)), "-1, 0 or 1 by the sign of x (0 for NaN, "
-           "as torch)", numeric=True),
-    _unary("relu", lambda x: np.maximum(x, x.dtype.type(0)), "max(x, 0)", numeric=True),
+    _composite("sign", _sign, "-1, 0 or 1 by the sign of x (0 for NaN, as torch)", numeric=True),
+    _composite("relu", lambda f, x: f.maximum(x, f.const(0)), "max(x, 0)", numeric=True),
     _unary("neg", np.negative, "-x", numeric=True),
     _unary("abs", np.abs, "|x|", numeric=True),
     OpDef("logical_not", ("x",), lambda t, at: [_checked_bool("logical_not", t[0])],
-          lambda a, at: np.logical_not(a[0]), Kind.ELEMENTWISE, "boolean not"),
-    OpDef("cast", ("x",), _cast_infer, _cast_ref, Kind.ELEMENTWISE,
+          lambda a, at: np.logical_not(a[0]), Category.ELEMENTWISE, "boolean not"),
+    OpDef("cast", ("x",), _cast_infer, _cast_ref, Category.ELEMENTWISE,
           "convert to another dtype (float -> int truncates toward zero)", {"dtype": AttrSpec("dtype")}),
-    OpDef("clamp", ("x",), _unary_numeric("clamp"), _clamp_ref, Kind.ELEMENTWISE,
-          "limit to [min, max]; either bound may be none", {"min": AttrSpec("float?", None), "max": AttrSpec("float?", None)}),
-    _binary("add", np.add, "lhs + rhs"),
-    _binary("sub", np.subtract, "lhs - rhs"),
-    _binary("mul", np.multiply, "lhs * rhs"),
-    _binary("div", _div, "lhs / rhs (true division, floating point)", operand_check=need_float),
+    _composite("clamp", _clamp, "limit to [min, max]; either bound may be none", numeric=True,
+               attrs={"min": AttrSpec("float?", None), "max": AttrSpec("float?", None)}),
+    _binary("add", np.add, "lhs + rhs", neutral=Neutral(0)),
+    _binary("sub", np.subtract, "lhs - rhs", neutral=Neutral(0, commutes=False)),
+    _binary("mul", np.multiply, "lhs * rhs", neutral=Neutral(1)),
+    _binary("div", _div, "lhs / rhs (true division, floating point)", operand_check=need_float,
+            neutral=Neutral(1, commutes=False)),
     _binary("pow", _pow, "lhs ** rhs", operand_check=_not_bool),
     _binary("floor_divide", _integer_division(np.floor_divide), "floor(lhs / rhs); integer division by zero is an error",
             operand_check=_not_bool),
@@ -186,7 +206,7 @@ DEFS = [
     _binary("logical_or", np.logical_or, "boolean or", operand_check=_need_bool),
     _binary("logical_xor", np.logical_xor, "boolean xor", operand_check=_need_bool),
     OpDef("where", ("cond", "lhs", "rhs"), _where_infer, lambda a, at: np.where(a[0], a[1], a[2]),
-          Kind.ELEMENTWISE, "cond ? lhs : rhs, broadcast"),
+          Category.ELEMENTWISE, "cond ? lhs : rhs, broadcast"),
 ]
 
 

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import sympy
 
-from ..opdef import AttrSpec, InferenceError, Kind, OpDef, axes, need_int, same_dtype
+from ..opdef import ALL_OPERANDS, AttrSpec, InferenceError, Category, OpDef, axes, need_int, same_dtype
 from ..shapes import broadcast, dim, numel
 from ..types import TensorType
 
@@ -178,31 +178,34 @@ def _tri_infer(name: str) -> Any:
 
 
 DEFS = [
-    OpDef("reshape", ("x",), _reshape_infer, lambda a, at: np.reshape(a[0], at["shape"]), Kind.LAYOUT,
+    OpDef("reshape", ("x",), _reshape_infer, lambda a, at: np.reshape(a[0], at["shape"]), Category.VIEW,
           "same elements in a new shape (one dim may be -1)", {"shape": AttrSpec("dims")}),
-    OpDef("permute", ("x",), _permute_infer, lambda a, at: np.transpose(a[0], at["dims"]), Kind.LAYOUT,
-          "reorder axes: out.shape[i] = x.shape[dims[i]]", {"dims": AttrSpec("ints")}),
-    OpDef("expand", ("x",), _expand_infer, lambda a, at: np.broadcast_to(a[0], at["shape"]), Kind.LAYOUT,
+    OpDef("permute", ("x",), _permute_infer, lambda a, at: np.transpose(a[0], at["dims"]), Category.VIEW,
+          "reorder axes: out.shape[i] = x.shape[dims[i]]", {"dims": AttrSpec("ints")}, remapped=(0,)),
+    OpDef("expand", ("x",), _expand_infer, lambda a, at: np.broadcast_to(a[0], at["shape"]), Category.VIEW,
           "broadcast to a larger shape (-1 keeps a dim)", {"shape": AttrSpec("dims")}),
-    OpDef("slice", ("x",), _slice_infer, _slice_ref, Kind.LAYOUT, "x[start:end:step] along dim",
-          {"dim": AttrSpec("int"), "start": AttrSpec("dim", 0), "end": AttrSpec("dim"), "step": AttrSpec("int", 1)}),
-    OpDef("concat", ("*xs",), _concat_infer, lambda a, at: np.concatenate(a, axis=at["dim"]), Kind.LAYOUT,
-          "join along dim", {"dim": AttrSpec("int")}),
-    OpDef("stack", ("*xs",), _stack_infer, lambda a, at: np.stack(a, axis=at["dim"]), Kind.LAYOUT,
+    OpDef("slice", ("x",), _slice_infer, _slice_ref, Category.VIEW, "x[start:end:step] along dim",
+          {"dim": AttrSpec("int"), "start": AttrSpec("dim", 0), "end": AttrSpec("dim"), "step": AttrSpec("int", 1)},
+          remapped=(0,)),
+    OpDef("concat", ("*xs",), _concat_infer, lambda a, at: np.concatenate(a, axis=at["dim"]), Category.POINTWISE,
+          "join along dim", {"dim": AttrSpec("int")}, remapped=ALL_OPERANDS),
+    OpDef("stack", ("*xs",), _stack_infer, lambda a, at: np.stack(a, axis=at["dim"]), Category.LIBRARY,
           "join equal-shaped tensors along a new dim (stacked layer weights)", {"dim": AttrSpec("int", 0)}),
-    OpDef("split", ("x",), _split_infer, _split_ref, Kind.LAYOUT, "cut along dim into pieces of the given sizes",
-          {"sizes": AttrSpec("dims"), "dim": AttrSpec("int")}),
+    OpDef("split", ("x",), _split_infer, _split_ref, Category.VIEW, "cut along dim into pieces of the given sizes",
+          {"sizes": AttrSpec("dims"), "dim": AttrSpec("int")}, remapped=(0,)),
     OpDef("gather", ("x", "index"), _gather_infer, lambda a, at: np.take_along_axis(
         a[0], _in_range("gather", a[1], a[0].shape[at["dim"]]), axis=at["dim"]),
-          Kind.INDEXING, "out[i][j] = x[index[i][j]][j] for dim 0 (torch.gather)", {"dim": AttrSpec("int")}),
+          Category.POINTWISE, "out[i][j] = x[index[i][j]][j] for dim 0 (torch.gather)", {"dim": AttrSpec("int")},
+          remapped=(0,)),
     OpDef("index_select", ("x", "index"), _index_select_infer, lambda a, at: np.take(
         a[0], _in_range("index_select", a[1], a[0].shape[at["dim"]]), axis=at["dim"]),
-          Kind.INDEXING, "pick slices along dim by a rank-1 index", {"dim": AttrSpec("int")}),
-    OpDef("index", ("x", "*indices"), _index_infer, _index_ref, Kind.INDEXING,
+          Category.POINTWISE, "pick slices along dim by a rank-1 index", {"dim": AttrSpec("int")},
+          remapped=(0,)),
+    OpDef("index", ("x", "*indices"), _index_infer, _index_ref, Category.POINTWISE,
           "advanced indexing by broadcast integer tensors at the given positions (NumPy rules)",
-          {"positions": AttrSpec("ints")}),
-    OpDef("tril", ("x",), _tri_infer("tril"), lambda a, at: np.tril(a[0], at["diagonal"]), Kind.LAYOUT,
+          {"positions": AttrSpec("ints")}, remapped=(0,)),
+    OpDef("tril", ("x",), _tri_infer("tril"), lambda a, at: np.tril(a[0], at["diagonal"]), Category.POINTWISE,
           "zero above the diagonal", {"diagonal": AttrSpec("int", 0)}),
-    OpDef("triu", ("x",), _tri_infer("triu"), lambda a, at: np.triu(a[0], at["diagonal"]), Kind.LAYOUT,
+    OpDef("triu", ("x",), _tri_infer("triu"), lambda a, at: np.triu(a[0], at["diagonal"]), Category.POINTWISE,
           "zero below the diagonal", {"diagonal": AttrSpec("int", 0)}),
 ]

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from ..opdef import AttrSpec, InferenceError, Kind, OpDef, need_float, need_int, same_dtype
+from ..opdef import AttrSpec, InferenceError, Category, OpDef, need_float, need_int, same_dtype
 from ..shapes import broadcast
 from ..types import TensorType
 from .reduction import softmax
@@ -150,24 +150,29 @@ def _same_infer(types: Sequence[TensorType], attrs: Mapping[str, Any]) -> list[T
     return [types[0]]
 
 
+def trailing_reduced(rank: int, attrs: Mapping[str, Any]) -> tuple[int, ...]:
+    """The last ``normalized_ndim`` axes (layer_norm, rms_norm)."""
+    return tuple(range(rank - attrs["normalized_ndim"], rank))
+
+
 DEFS = [
-    OpDef("matmul", ("lhs", "rhs"), _matmul_infer, lambda a, at: np.matmul(a[0], a[1]), Kind.CONTRACTION,
+    OpDef("matmul", ("lhs", "rhs"), _matmul_infer, lambda a, at: np.matmul(a[0], a[1]), Category.LIBRARY,
           "batched matrix product with broadcast batch dims"),
-    OpDef("linear", ("x", "weight", "bias?"), _linear_infer, _linear_ref, Kind.CONTRACTION,
+    OpDef("linear", ("x", "weight", "bias?"), _linear_infer, _linear_ref, Category.LIBRARY,
           "x @ weight^T + bias, weight is [out, in]"),
-    OpDef("layer_norm", ("x", "weight?", "bias?"), _norm_infer("layer_norm"), layer_norm, Kind.NORMALIZATION,
+    OpDef("layer_norm", ("x", "weight?", "bias?"), _norm_infer("layer_norm"), layer_norm, Category.REDUCTION,
           "normalise the last normalized_ndim dims to zero mean, unit variance; then scale and shift",
-          {"normalized_ndim": AttrSpec("int", 1), "eps": AttrSpec("float", 1e-5)}),
-    OpDef("rms_norm", ("x", "weight?"), _norm_infer("rms_norm"), rms_norm, Kind.NORMALIZATION,
+          {"normalized_ndim": AttrSpec("int", 1), "eps": AttrSpec("float", 1e-5)}, reduces=trailing_reduced),
+    OpDef("rms_norm", ("x", "weight?"), _norm_infer("rms_norm"), rms_norm, Category.REDUCTION,
           "x / sqrt(mean(x^2) + eps) * weight over the last normalized_ndim dims",
-          {"normalized_ndim": AttrSpec("int", 1), "eps": AttrSpec("float", 1e-6)}),
-    OpDef("embedding", ("weight", "indices"), _embedding_infer, _embedding_ref, Kind.INDEXING,
-          "rows of weight picked by integer indices"),
-    OpDef("attention", ("q", "k", "v", "mask?"), _attention_infer, attention, Kind.ATTENTION,
+          {"normalized_ndim": AttrSpec("int", 1), "eps": AttrSpec("float", 1e-6)}, reduces=trailing_reduced),
+    OpDef("embedding", ("weight", "indices"), _embedding_infer, _embedding_ref, Category.POINTWISE,
+          "rows of weight picked by integer indices", remapped=(0,)),
+    OpDef("attention", ("q", "k", "v", "mask?"), _attention_infer, attention, Category.LIBRARY,
           "scaled dot-product attention over [..., heads, tokens, dim]; bool mask keeps True, float mask is added; "
           "a query with every key masked gives zeros (as torch)",
           {"causal": AttrSpec("bool", False), "scale": AttrSpec("float?", None), "gqa": AttrSpec("bool", False)}),
-    OpDef("dropout", ("x",), _same_infer, lambda a, at: a[0], Kind.ELEMENTWISE,
+    OpDef("dropout", ("x",), _same_infer, lambda a, at: a[0], Category.VIEW,
           "inference-mode dropout: the identity", {"p": AttrSpec("float", 0.0)}),
-    OpDef("identity", ("x",), _same_infer, lambda a, at: a[0], Kind.ELEMENTWISE, "returns its operand"),
+    OpDef("identity", ("x",), _same_infer, lambda a, at: a[0], Category.VIEW, "returns its operand"),
 ]

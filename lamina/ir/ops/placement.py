@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import sympy
 
-from ..opdef import AttrSpec, InferenceError, Kind, OpDef, same_dtype
+from ..opdef import AttrSpec, InferenceError, Category, OpDef, same_dtype
 from ..shapes import dim, numel
 from ..types import TensorType
 from .layout import _slice_infer
@@ -84,12 +84,12 @@ def _slice_attrs() -> dict[str, AttrSpec]:
 
 
 DEFS = [
-    OpDef("pad", ("x",), _pad_infer, _pad_ref, Kind.LAYOUT,
+    OpDef("pad", ("x",), _pad_infer, _pad_ref, Category.POINTWISE,
           "constant padding: low[d] elements before and high[d] after each dim (negative crops)",
-          {"low": AttrSpec("ints"), "high": AttrSpec("ints"), "value": AttrSpec("scalar", 0)}),
-    OpDef("slice_scatter", ("x", "src"), _slice_scatter_infer, _slice_scatter_ref, Kind.LAYOUT,
-          "x with x[start:end:step] along dim replaced by src", _slice_attrs()),
-    OpDef("as_strided", ("x",), _as_strided_infer, _as_strided_ref, Kind.LAYOUT,
+          {"low": AttrSpec("ints"), "high": AttrSpec("ints"), "value": AttrSpec("scalar", 0)}, remapped=(0,)),
+    OpDef("slice_scatter", ("x", "src"), _slice_scatter_infer, _slice_scatter_ref, Category.POINTWISE,
+          "x with x[start:end:step] along dim replaced by src", _slice_attrs(), remapped=(1,)),
+    OpDef("as_strided", ("x",), _as_strided_infer, _as_strided_ref, Category.POINTWISE,
           "out[i] = x.flatten()[offset + sum(i[d] * stride[d])] (x in row-major order)",
-          {"size": AttrSpec("dims"), "stride": AttrSpec("ints"), "offset": AttrSpec("int", 0)}),
+          {"size": AttrSpec("dims"), "stride": AttrSpec("ints"), "offset": AttrSpec("int", 0)}, remapped=(0,)),
 ]

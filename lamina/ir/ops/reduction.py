@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from ..dtypes import DType
-from ..opdef import AttrSpec, InferenceError, Kind, OpDef, axes, need_float
+from ..opdef import AttrSpec, InferenceError, Category, OpDef, axes, need_float
 from ..types import TensorType
 
 _REDUCE_ATTRS = {"dims": AttrSpec("ints"), "keepdim": AttrSpec("bool", False)}
@@ -25,6 +25,17 @@ def _np_axes(x: np.ndarray, dims: Sequence[int]) -> tuple[int, ...]:
     return tuple(d % x.ndim for d in dims) if dims else tuple(range(x.ndim))
 
 
+def dims_reduced(rank: int, attrs: Mapping[str, Any]) -> tuple[int, ...]:
+    """The axes named by a ``dims`` attribute (every axis when empty)."""
+    dims = attrs["dims"]
+    return tuple(sorted(d % max(rank, 1) for d in dims)) if dims else tuple(range(rank))
+
+
+def dim_reduced(rank: int, attrs: Mapping[str, Any]) -> tuple[int, ...]:
+    """The one axis named by a ``dim`` attribute (softmax and friends)."""
+    return (attrs["dim"] % max(rank, 1),)
+
+
 def _reduction(name: str, fn: Any, doc: str, floats_only: bool = False) -> OpDef:
     def infer(types: Sequence[TensorType], attrs: Mapping[str, Any]) -> list[TensorType]:
         if floats_only:
@@ -34,7 +45,7 @@ def _reduction(name: str, fn: Any, doc: str, floats_only: bool = False) -> OpDef
     def ref(a: Sequence[np.ndarray], attrs: Mapping[str, Any]) -> np.ndarray:
         return fn(a[0], axis=_np_axes(a[0], attrs["dims"]), keepdims=attrs["keepdim"])
 
-    return OpDef(name, ("x",), infer, ref, Kind.REDUCTION, doc, _REDUCE_ATTRS)
+    return OpDef(name, ("x",), infer, ref, Category.REDUCTION, doc, _REDUCE_ATTRS, reduces=dims_reduced)
 
 
 def _var_infer(types: Sequence[TensorType], attrs: Mapping[str, Any]) -> list[TensorType]:
@@ -114,17 +125,19 @@ DEFS = [
     _reduction("mean", np.mean, "mean over dims", floats_only=True),
     _reduction("amax", np.max, "maximum over dims"),
     _reduction("amin", np.min, "minimum over dims"),
-    OpDef("var", ("x",), _var_infer, _var_ref, Kind.REDUCTION, "sum of squared deviations / max(count - correction, 0)",
-          {"dims": AttrSpec("ints"), "correction": AttrSpec("float", 1), "keepdim": AttrSpec("bool", False)}),
-    OpDef("argmax", ("x",), _argmax_infer, _argmax_ref, Kind.REDUCTION, "index of the first maximum along dim",
+    OpDef("var", ("x",), _var_infer, _var_ref, Category.REDUCTION, "sum of squared deviations / max(count - correction, 0)",
+          {"dims": AttrSpec("ints"), "correction": AttrSpec("float", 1), "keepdim": AttrSpec("bool", False)}, reduces=dims_reduced),
+    OpDef("argmax", ("x",), _argmax_infer, _argmax_ref, Category.LIBRARY, "index of the first maximum along dim",
           {"dim": AttrSpec("int"), "keepdim": AttrSpec("bool", False)}),
     OpDef("cumsum", ("x",), _along_dim_infer("cumsum", False), lambda a, at: np.cumsum(a[0], axis=at["dim"]),
-          Kind.REDUCTION, "inclusive prefix sum along dim", {"dim": AttrSpec("int")}),
-    OpDef("layer_scan", ("base", "*deltas"), _layer_scan_infer, layer_scan, Kind.REDUCTION,
+          Category.LIBRARY, "inclusive prefix sum along dim", {"dim": AttrSpec("int")}),
+    OpDef("layer_scan", ("base", "*deltas"), _layer_scan_infer, layer_scan, Category.SCAN,
           "the prefix sum of a Newton step over the layer axis: out[0] = base, out[j+1] = out[j] + layer j's delta, "
           "layer j's delta being the next row of deltas operand pattern[j]", {"pattern": AttrSpec("ints")}),
     OpDef("softmax", ("x",), _along_dim_infer("softmax", True), lambda a, at: softmax(a[0], at["dim"]),
-          Kind.REDUCTION, "exp(x) / sum(exp(x)) along dim", {"dim": AttrSpec("int")}),
+          Category.REDUCTION, "exp(x) / sum(exp(x)) along dim", {"dim": AttrSpec("int")},
+          reduces=dim_reduced),
     OpDef("log_softmax", ("x",), _along_dim_infer("log_softmax", True), lambda a, at: log_softmax(a[0], at["dim"]),
-          Kind.REDUCTION, "log of softmax along dim", {"dim": AttrSpec("int")}),
+          Category.REDUCTION, "log of softmax along dim", {"dim": AttrSpec("int")},
+          reduces=dim_reduced),
 ]

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from ..dtypes import DType
-from ..opdef import AttrSpec, InferenceError, Kind, OpDef, axes, need_float, same_dtype
+from ..opdef import AttrSpec, InferenceError, Category, OpDef, axes, need_float, same_dtype
 from ..shapes import broadcast
 from ..types import TensorType
 
@@ -105,17 +105,17 @@ def _index_put_ref(a: Sequence[np.ndarray], attrs: Mapping[str, Any]) -> np.ndar
 
 
 DEFS = [
-    OpDef("topk", ("x",), _topk_infer, _topk_ref, Kind.INDEXING,
+    OpDef("topk", ("x",), _topk_infer, _topk_ref, Category.LIBRARY,
           "the k largest (or smallest) values along dim and their indices, in order",
           {"k": AttrSpec("int"), "dim": AttrSpec("int", -1), "largest": AttrSpec("bool", True),
            "sorted": AttrSpec("bool", True)}),
-    OpDef("sort", ("x",), _sort_infer, _sort_ref, Kind.INDEXING,
+    OpDef("sort", ("x",), _sort_infer, _sort_ref, Category.LIBRARY,
           "values along dim in order and their original indices (stable: ties keep their order)",
           {"dim": AttrSpec("int", -1), "descending": AttrSpec("bool", False)}),
-    OpDef("histc", ("x",), _histc_infer, _histc_ref, Kind.INDEXING,
+    OpDef("histc", ("x",), _histc_infer, _histc_ref, Category.LIBRARY,
           "counts of x in bins equal-width bins over [min, max] (the data's range when min == max)",
           {"bins": AttrSpec("int", 100), "min": AttrSpec("float", 0.0), "max": AttrSpec("float", 0.0)}),
-    OpDef("index_put", ("x", "values", "*indices"), _index_put_infer, _index_put_ref, Kind.INDEXING,
+    OpDef("index_put", ("x", "values", "*indices"), _index_put_infer, _index_put_ref, Category.LIBRARY,
           "x with x[indices at positions] = values (or += with accumulate); later writes win",
           {"positions": AttrSpec("ints"), "accumulate": AttrSpec("bool", False)}),
 ]

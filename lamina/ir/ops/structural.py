@@ -6,7 +6,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from ..core import Op, Region, Value
-from ..opdef import AttrSpec, Kind, OpDef
+from ..opdef import AttrSpec, Category, OpDef
 from ..dtypes import DType
 from ..types import TensorType
 
@@ -137,13 +137,15 @@ def region_arg_types(op: Op, index: int) -> tuple[TensorType, ...]:
 
 
 DEFS = [
-    OpDef("fused", ("*inputs",), _region_infer, None, Kind.STRUCTURAL,
+    OpDef("fused", ("*inputs",), _region_infer, None, Category.STRUCTURAL,
           "one kernel: its region's block arguments are the operands, its yield the results", regions=1),
-    OpDef("newton", ("stream", "*inputs"), _region_infer, None, Kind.STRUCTURAL, NEWTON_DOC,
+    OpDef("newton", ("stream", "*inputs"), _region_infer, None, Category.STRUCTURAL, NEWTON_DOC,
           {"iters": AttrSpec("int"), "chunk": AttrSpec("int"), "pattern": AttrSpec("ints"),
            "contexts": AttrSpec("int", 0), "init": AttrSpec("str", "input"), "tol": AttrSpec("float", 0.0)},
           regions=-1),
-    OpDef("iterate", ("*inputs",), _region_infer, None, Kind.STRUCTURAL, ITERATE_DOC,
-          {"carried": AttrSpec("int"), "max_iters": AttrSpec("int"), "tol": AttrSpec("float")}, regions=1),
-    OpDef("yield", ("*values",), lambda t, a: [], None, Kind.STRUCTURAL, "ends a region, returning its operands"),
+    OpDef("iterate", ("*inputs",), _region_infer, None, Category.STRUCTURAL, ITERATE_DOC,
+          {"carried": AttrSpec("int"), "max_iters": AttrSpec("int"), "tol": AttrSpec("float")}, regions=1,
+          program_regions=True),
+    OpDef("yield", ("*values",), lambda t, a: [], None, Category.STRUCTURAL, "ends a region, returning its operands",
+          terminator=True),
 ]

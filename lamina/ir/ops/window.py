@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from ..opdef import AttrSpec, InferenceError, Kind, OpDef, need_float, need_rank, same_dtype
+from ..opdef import AttrSpec, InferenceError, Category, OpDef, need_float, need_rank, same_dtype
 from ..types import TensorType
 
 
@@ -152,14 +152,15 @@ _POOL = {"kernel": AttrSpec("ints"), "stride": AttrSpec("ints", []), "padding": 
          "ceil_mode": AttrSpec("bool", False)}
 
 DEFS = [
-    OpDef("conv2d", ("x", "weight", "bias?"), _conv_infer, conv2d, Kind.WINDOW,
+    OpDef("conv2d", ("x", "weight", "bias?"), _conv_infer, conv2d, Category.LIBRARY,
           "2-D cross-correlation, NCHW input, [out, in/groups, kh, kw] weight",
           {"stride": AttrSpec("ints", [1]), "padding": AttrSpec("ints", [0]), "dilation": AttrSpec("ints", [1]),
            "groups": AttrSpec("int", 1)}),
-    OpDef("max_pool2d", ("x",), _pool_infer("max_pool2d"), max_pool2d, Kind.WINDOW, "max over windows (NCHW)",
+    OpDef("max_pool2d", ("x",), _pool_infer("max_pool2d"), max_pool2d, Category.LIBRARY, "max over windows (NCHW)",
           {**_POOL, "dilation": AttrSpec("ints", [1])}),
-    OpDef("avg_pool2d", ("x",), _pool_infer("avg_pool2d"), avg_pool2d, Kind.WINDOW, "mean over windows (NCHW)",
+    OpDef("avg_pool2d", ("x",), _pool_infer("avg_pool2d"), avg_pool2d, Category.LIBRARY, "mean over windows (NCHW)",
           {**_POOL, "count_include_pad": AttrSpec("bool", True), "divisor_override": AttrSpec("int?", None)}),
     OpDef("batch_norm", ("x", "mean", "var", "weight?", "bias?"), _batch_norm_infer, batch_norm,
-          Kind.NORMALIZATION, "inference batch norm over dim 1 with running statistics", {"eps": AttrSpec("float", 1e-5)}),
+          Category.POINTWISE, "inference batch norm over dim 1 with running statistics", {"eps": AttrSpec("float", 1e-5)},
+          remapped=(1, 2, 3, 4)),
 ]

@@ -1,0 +1,83 @@
+"""The rewriting toolkit passes share: who produces and who reads a value, a map from old values to
+their replacements, a graph rebuilt with values replaced, and a region cloned or turned into a graph.
+
+``Value`` hashes by identity, so it keys these dicts directly. Local rewrites (one op at a time,
+to a fixed point) use the rule driver in ``rewrite.py`` instead.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+
+from ..ir.core import Graph, Op, Region, Value, region_graph
+from ..ir.builder import RegionBuilder
+
+
+def producers(ops: Iterable[Op]) -> dict[Value, Op]:
+    """The op defining each result of ``ops``."""
+    return {v: op for op in ops for v in op.results}
+
+
+def users(ops: Iterable[Op]) -> dict[Value, list[Op]]:
+    """The ops of ``ops`` reading each value, in order (an op reading a value twice is listed twice)."""
+    found: dict[Value, list[Op]] = {}
+    for op in ops:
+        for v in op.operands:
+            found.setdefault(v, []).append(op)
+    return found
+
+
+class ValueMap:
+    """Old values -> their replacements; a lookup follows chains (a replaced replacement) and gives
+    unreplaced values back unchanged."""
+
+    def __init__(self) -> None:
+        self._new: dict[Value, Value] = {}
+
+    def __setitem__(self, old: Value, new: Value) -> None:
+        if old is not new:
+            self._new[old] = new
+
+    def __getitem__(self, v: Value) -> Value:
+        while v in self._new:
+            v = self._new[v]
+        return v
+
+    def __contains__(self, v: Value) -> bool:
+        return v in self._new
+
+    def replace_results(self, op: Op, new: Sequence[Value]) -> None:
+        """``op``'s results are replaced, in order, by ``new``."""
+        for old, fresh in zip(op.results, new):
+            self[old] = fresh
+
+    def values(self, vs: Iterable[Value]) -> tuple[Value, ...]:
+        return tuple(self[v] for v in vs)
+
+    def op(self, op: Op) -> Op:
+        """``op`` reading the replacements of its operands (``op`` itself when none is replaced)."""
+        operands = self.values(op.operands)
+        return op if all(a is b for a, b in zip(operands, op.operands)) else op.replace(operands=operands)
+
+
+def rebuild(graph: Graph, ops: Sequence[Op], values: ValueMap) -> Graph:
+    """``graph`` with ``ops`` (operands remapped) and its outputs replaced per ``values``."""
+    return graph.replace(ops=tuple(values.op(op) for op in ops), outputs=values.values(graph.outputs))
+
+
+def clone_region(region: Region) -> Region:
+    """A copy of ``region`` with fresh block arguments and results (the same ops, types and attributes)."""
+    builder = RegionBuilder([a.type for a in region.args])
+    values = ValueMap()
+    for old, new in zip(region.args, builder.args):
+        values[old] = new
+    for op in region.ops[:-1]:
+        copy = builder.append_copy(op, values.values(op.operands))
+        values.replace_results(op, copy.results)
+    return builder.finish(values.values(region.results))
+
+
+def map_region_body(region: Region, fn: Callable[[Graph], Graph]) -> Region:
+    """``region`` with its body (the ops before the terminator) rewritten by the graph pass ``fn``."""
+    done = fn(region_graph(region))
+    terminator = region.ops[-1]
+    return Region(region.args, done.ops + (terminator.replace(operands=done.outputs),))
