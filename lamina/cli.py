@@ -1,4 +1,4 @@
-"""The ``lamina`` command: dump IR, list ops, run the demo."""
+"""The ``lamina`` command: dump IR, run passes on IR text, list ops, run the demo."""
 from __future__ import annotations
 
 import argparse
@@ -126,6 +126,44 @@ def _kernel_source(kernel: Any, target: str) -> str:
     return cuda_numba_source(kernel)
 
 
+SPLIT_MARKER = "// -----"
+
+
+def cmd_opt(ns: argparse.Namespace) -> int:
+    """Parse IR text, run a pipeline, print the result (``mlir-opt`` for lamina)."""
+    from .ir.parser import parse
+    from .ir.printer import print_graph
+    from .passes.manager import parse_pipeline, run_steps
+
+    path = Path(ns.file)
+    try:
+        text = sys.stdin.read() if ns.file == "-" else path.read_text()
+    except OSError as e:
+        raise LaminaError(f"cannot read {path}: {e.strerror}") from None
+    steps = parse_pipeline(ns.pipeline)
+    chunks = split_input(text) if ns.split_input_file else [(0, text)]
+    printed = []
+    for offset, chunk in chunks:
+        graph = parse("\n" * offset + chunk, filename=ns.file)  # line numbers of errors are the file's
+        printed.append(print_graph(run_steps(graph, steps).graph))
+    out = f"{SPLIT_MARKER}\n".join(printed)
+    if ns.output:
+        Path(ns.output).write_text(out)
+    else:
+        sys.stdout.write(out)
+    return 0
+
+
+def split_input(text: str) -> list[tuple[int, str]]:
+    """The cases of a file split at ``// -----`` lines, each with the number of lines before it."""
+    cases, start, lines = [], 0, text.splitlines(keepends=True)
+    for i, line in enumerate(lines + [SPLIT_MARKER]):
+        if line.strip() == SPLIT_MARKER:
+            cases.append((start, "".join(lines[start:i])))
+            start = i + 1
+    return cases
+
+
 def cmd_ops(ns: argparse.Namespace) -> int:
     from .ir.ops import REGISTRY
 
@@ -163,6 +201,15 @@ def build_parser() -> argparse.ArgumentParser:
                       help="kernel language for --kernels")
     dump.add_argument("-o", "--output", metavar="OUT", help="write to a file instead of stdout")
     dump.set_defaults(run=cmd_dump)
+    opt = sub.add_parser("opt", help="run passes on IR text and print the result", description=(
+        "Parse FILE.lamina (- for stdin), run the pipeline's passes as written (no backend lowering "
+        "steps are added) and print the IR after them."))
+    opt.add_argument("file", metavar="FILE.lamina")
+    opt.add_argument("-p", "--pipeline", required=True, help="pass pipeline, e.g. 'canonicalize,fuse'")
+    opt.add_argument("--split-input-file", action="store_true",
+                     help="treat '// -----' lines as separators between independent graphs (as mlir-opt)")
+    opt.add_argument("-o", "--output", metavar="OUT", help="write to a file instead of stdout")
+    opt.set_defaults(run=cmd_opt)
     ops = sub.add_parser("ops", help="list every op in the registry")
     ops.set_defaults(run=cmd_ops)
     demo = sub.add_parser("demo", help="compile example models on the CPU, check them against eager PyTorch")

@@ -90,3 +90,26 @@ def test_dump_kernels_without_after_shows_what_the_backend_runs(capsys) -> None:
     assert main(["dump", GPT2, "--kernels"]) == 0
     out = capsys.readouterr().out
     assert "def k_add_layer_norm_" in out and "prefer_wide_vectors()" in out
+
+
+def test_opt_runs_a_pipeline_on_split_input(tmp_path, capsys) -> None:
+    path = tmp_path / "two.lamina"
+    path.write_text("graph @a(%x: f32[4]) {\n  %0 = identity(%x) : f32[4]\n  %1 = exp(%0) : f32[4]\n  return %1\n}\n"
+                    "// -----\n"
+                    "graph @b(%x: f32[4]) {\n  %0 = neg(%x) : f32[4]\n  return %0\n}\n")
+    assert main(["opt", str(path), "-p", "canonicalize,fuse", "--split-input-file"]) == 0
+    out = capsys.readouterr().out
+    a, b = out.split("// -----\n")
+    assert "identity" not in a and "fused(%x)" in a and "exp(" in a
+    assert b.startswith("graph @b(") and "neg(" in b
+
+
+def test_opt_errors_name_the_line_of_the_file(tmp_path, capsys) -> None:
+    path = tmp_path / "bad.lamina"
+    path.write_text("graph @a(%x: f32[4]) {\n  return %x\n}\n// -----\ngraph @b(%x: f32[4]) {\n  %0 = frob(%x) : f32[4]\n"
+                    "  return %0\n}\n")
+    assert main(["opt", str(path), "-p", "canonicalize", "--split-input-file"]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}, line 6" in err and "frob" in err
+    assert main(["opt", str(path), "-p", "canonicalise"]) == 2
+    assert "unknown pass 'canonicalise'" in capsys.readouterr().err
