@@ -4,14 +4,35 @@
     fast = lamina.compile(model, example_inputs)   # CompiledModule, called like the model
     graph = lamina.trace(model, example_inputs)    # the IR; print(graph) shows its text form
 """
-from .api import compile, trace
-from .errors import InputMismatchError, LaminaError, UnsupportedOpsError
-from .ir import Graph, parse
-from .options import CompileOptions
-from .passes.manager import default_pipeline, run_pipeline
-from .runtime.compiled import CompiledModule
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+# the public names, imported on first use: ``lamina --help`` and ``lamina opt`` do not wait for torch
+_WHERE = {
+    "compile": ".api", "trace": ".api", "InputMismatchError": ".errors", "LaminaError": ".errors",
+    "UnsupportedOpsError": ".errors", "Graph": ".ir", "parse": ".ir", "CompileOptions": ".options",
+    "default_pipeline": ".passes.manager", "run_pipeline": ".passes.manager", "CompiledModule": ".runtime.compiled",
+}
+
+if TYPE_CHECKING:
+    from .api import compile, trace
+    from .errors import InputMismatchError, LaminaError, UnsupportedOpsError
+    from .ir import Graph, parse
+    from .options import CompileOptions
+    from .passes.manager import default_pipeline, run_pipeline
+    from .runtime.compiled import CompiledModule
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module 'lamina' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_WHERE[name], __name__), name)
+    globals()[name] = value
+    return value
 
 
 def _register_dynamo_backend() -> None:

@@ -79,7 +79,9 @@ def compile_imported(imported: Imported, options: CompileOptions, model_name: st
 def _eager_fallback(model: torch.nn.Module, error: UnsupportedOpsError) -> Any:
     import warnings
 
-    warnings.warn(f"lamina: running {type(model).__name__} eagerly: {error}", RuntimeWarning, stacklevel=3)
+    warnings.warn(f"lamina: running {type(model).__name__} eagerly (fallback=True): {error.summary}\n"
+                  "To compile it, rewrite those parts with supported ops (`lamina ops` lists them); "
+                  "fallback=False raises this error instead.", RuntimeWarning, stacklevel=3)
     return model
 
 

@@ -10,6 +10,9 @@ from typing import Any
 from .errors import LaminaError
 
 
+EXTRAS = {"transformers": "hf", "iree": "mlir", "cupy": "cuda", "numba_cuda": "cuda"}  # module -> lamina's extra
+
+
 def load_factory(spec: str) -> tuple[Any, tuple, dict | None]:
     """Call ``FILE.py:FACTORY``; it returns ``(model, example_inputs)`` or ``(model, args, kwargs)``."""
     path_text, sep, factory_name = spec.rpartition(":")
@@ -25,6 +28,10 @@ def load_factory(spec: str) -> tuple[Any, tuple, dict | None]:
     sys.path.insert(0, str(path.parent.resolve()))
     try:
         module_spec.loader.exec_module(module)
+    except ModuleNotFoundError as e:
+        extra = EXTRAS.get((e.name or "").split(".")[0])
+        how = f"pip install 'lamina[{extra}]'" if extra else f"pip install {e.name}"
+        raise LaminaError(f"{path} imports {e.name}, which is not installed: {how}") from None
     finally:
         sys.path.pop(0)
     factory = getattr(module, factory_name, None)
@@ -193,7 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
     dump.add_argument("--after", metavar="PASS", help="run the pipeline up to and including this pass")
     dump.add_argument("--pipeline", help="pass pipeline, e.g. 'canonicalize' (default: the backend's)")
     dump.add_argument("--backend", default="cpu", help="backend whose default pipeline is used")
-    dump.add_argument("--format", choices=("text", "mlir", "dot"), default="text")
+    dump.add_argument("--format", choices=("text", "mlir", "dot"), default="text",
+                      help="dot: Graphviz source (render it with Graphviz's dot, e.g. | dot -Tsvg > g.svg)")
     dump.add_argument("--history", action="store_true", help="lead the text with the passes that ran")
     dump.add_argument("--kernels", action="store_true", help="print the generated kernel sources instead of the IR")
     dump.add_argument("--wrapper", action="store_true", help="print the cpu backend's generated wrapper")

@@ -27,10 +27,10 @@ class UnsupportedOpsError(LaminaError, NotImplementedError):
     def __init__(self, ops: list[UnsupportedOp], model: str = "the model") -> None:
         self.ops = ops
         lines = "\n".join(f"  - {op}" for op in ops)
+        self.summary = f"{model} uses {len(ops)} op(s) lamina does not support:\n{lines}"
         super().__init__(
-            f"{model} uses {len(ops)} op(s) lamina does not support:\n{lines}\n"
-            "Rewrite those parts with supported ops (`lamina ops` lists them), or pass fallback=True "
-            "to run the model in eager PyTorch."
+            f"{self.summary}\nRewrite those parts with supported ops (`lamina ops` lists them), or pass "
+            "fallback=True to run the model in eager PyTorch."
         )
 
 

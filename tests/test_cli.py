@@ -113,3 +113,13 @@ def test_opt_errors_name_the_line_of_the_file(tmp_path, capsys) -> None:
     assert f"{path}, line 6" in err and "frob" in err
     assert main(["opt", str(path), "-p", "canonicalise"]) == 2
     assert "unknown pass 'canonicalise'" in capsys.readouterr().err
+
+
+def test_a_factory_needing_a_missing_package_names_the_extra(tmp_path, capsys) -> None:
+    path = tmp_path / "needs.py"
+    path.write_text("import transformers_not_here\n\ndef make():\n    pass\n")
+    assert main(["dump", f"{path}:make"]) == 2
+    assert "transformers_not_here, which is not installed: pip install transformers_not_here" in capsys.readouterr().err
+    path.write_text("import iree.nothing_here\n\ndef make():\n    pass\n")
+    assert main(["dump", f"{path}:make"]) == 2
+    assert "pip install 'lamina[mlir]'" in capsys.readouterr().err

@@ -10,6 +10,8 @@ from hypothesis import HealthCheck, Phase, given, seed, settings  # noqa: E402
 
 from lamina.fuzz import check, programs, report  # noqa: E402
 
+pytestmark = pytest.mark.slow  # a sweep: left out of `-m "not slow"`
+
 
 @seed(20261201)  # a fixed draw: CI fails on a bug the fuzzer found, not on luck; long runs vary the seed
 @settings(max_examples=40, deadline=None, database=None, phases=[Phase.generate],

@@ -32,11 +32,16 @@ OPTION_KEYS = ("target", "pipeline", "dump_dir", "fallback", "kernel_language", 
 
 @dataclass
 class BackendStats:
-    """What one backend object has done: graphs compiled, kernels compiled, fallbacks."""
+    """What one backend object has done. ``graphs``: dynamo graphs lamina compiled whole;
+    ``partitioned_graphs``: graphs with unsupported ops, split into ``pieces`` lamina compiles (each on
+    its first call) around the ops PyTorch runs; ``eager_graphs``: graphs PyTorch runs entirely;
+    ``kernels``: generated kernels, of whole graphs and compiled pieces; ``fallback_ops``: what runs in
+    PyTorch, and why."""
 
     graphs: int = 0
     kernels: int = 0
     pieces: int = 0
+    partitioned_graphs: int = 0
     eager_graphs: int = 0
     fallback_ops: list[str] = field(default_factory=list)
 
@@ -171,16 +176,24 @@ class _GraphRunner:
             from .partition import partitioned
 
             with _inference():
-                run, pieces = partitioned(self.module, tensors, dynamic, {op.node for op in e.ops}, self.options)
+                run, pieces = partitioned(self.module, tensors, dynamic, {op.node for op in e.ops}, self.options,
+                                          self.piece_compiled)
             stats.pieces += pieces
+            stats.partitioned_graphs += 1
+            logger("compile").info("partitioned a graph into %d lamina piece(s) around %d op(s) PyTorch runs; "
+                                   "each piece compiles on its first call", pieces, len(e.ops))
             return run
-        kernels = len(getattr(compiled._executor, "kernels", {}))
-        stats.graphs += 1
-        stats.kernels += kernels
-        logger("compile").info("compiled a graph of %d ops into %d kernels in %.2f s", len(imported.graph.ops),
-                               kernels, time.perf_counter() - start)
         self.last_compiled = compiled
+        self.piece_compiled("a graph", compiled, start)
+        self.backend.stats.graphs += 1
         return compiled
+
+    def piece_compiled(self, what: str, compiled: Any, start: float) -> None:
+        """Count and log a compiled graph or piece."""
+        kernels = len(getattr(compiled._executor, "kernels", {}))
+        self.backend.stats.kernels += kernels
+        logger("compile").info("compiled %s of %d ops into %d kernels in %.2f s", what, len(compiled.graph.ops),
+                               kernels, time.perf_counter() - start)
 
 
 def _with_dump(options: CompileOptions, directory: Path) -> CompileOptions:

@@ -8,6 +8,7 @@ inputs are known); the unsupported nodes run as ordinary ATen calls in between.
 from __future__ import annotations
 
 import operator
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -22,6 +23,8 @@ from ..errors import UnsupportedOpsError
 from ..log import logger
 from ..options import CompileOptions
 from .graph_args import symbolic_dims
+
+OnCompiled = Callable[[str, Any, float], None]
 
 
 class _Supported(OperatorSupportBase):
@@ -40,9 +43,9 @@ class _Supported(OperatorSupportBase):
 class LazyPiece(torch.nn.Module):
     """A supported submodule, compiled by lamina on first call (once per set of non-tensor arguments)."""
 
-    def __init__(self, gm: torch.fx.GraphModule, options: CompileOptions, name: str) -> None:
+    def __init__(self, gm: torch.fx.GraphModule, options: CompileOptions, name: str, on_compiled: OnCompiled) -> None:
         super().__init__()
-        self.gm, self.options, self.piece = gm, options, name
+        self.gm, self.options, self.piece, self.on_compiled = gm, options, name, on_compiled
         self.compiled: dict[tuple, Any] = {}
 
     def forward(self, *args: Any) -> Any:
@@ -55,6 +58,7 @@ class LazyPiece(torch.nn.Module):
     def _compile(self, args: Sequence[Any]) -> Any:
         from ..api import compile_imported
 
+        start = time.perf_counter()
         placeholders = [n for n in self.gm.graph.nodes if n.op == "placeholder"]
         dynamic = symbolic_dims([n.meta.get("val") if isinstance(a, torch.Tensor) else None
                                  for n, a in zip(placeholders, args)])
@@ -65,12 +69,16 @@ class LazyPiece(torch.nn.Module):
                 logger("fallback").info("%s at %s (%s): %s; runs in PyTorch", op.target, op.module or "top level",
                                         op.node, op.reason)
             return self.gm
-        return compile_imported(imported, self.options, self.piece)
+        compiled = compile_imported(imported, self.options, self.piece)
+        self.on_compiled(f"piece {self.piece}", compiled, start)
+        return compiled
 
 
 def partitioned(module: torch.nn.Module, tensors: Sequence[torch.Tensor], dynamic_shapes: Any,
-                unsupported: set[str], options: CompileOptions) -> tuple[Callable[..., tuple], int]:
-    """A callable of ``tensors`` running ``module`` with lamina pieces, and the number of pieces."""
+                unsupported: set[str], options: CompileOptions,
+                on_compiled: OnCompiled) -> tuple[Callable[..., tuple], int]:
+    """A callable of ``tensors`` running ``module`` with lamina pieces, and the number of pieces;
+    ``on_compiled(what, compiled, start)`` is told of each piece when it compiles."""
     ep = export(module, tuple(t.detach() for t in tensors), dynamic_shapes=dynamic_shapes)
     gm = ep.graph_module
     fused = CapabilityBasedPartitioner(gm, _Supported(unsupported), allows_single_node_partition=True) \
@@ -78,7 +86,7 @@ def partitioned(module: torch.nn.Module, tensors: Sequence[torch.Tensor], dynami
     pieces = 0
     for name, child in list(fused.named_children()):
         if name.startswith("fused_"):
-            setattr(fused, name, LazyPiece(child, options, f"{type(module).__name__}.{name}"))
+            setattr(fused, name, LazyPiece(child, options, name, on_compiled))
             pieces += 1
     from torch.export.graph_signature import InputKind, OutputKind
 

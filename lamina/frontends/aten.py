@@ -33,7 +33,7 @@ def converts(*targets: str) -> Callable[[Converter], Converter]:
 _UNARY = {"neg": "neg", "exp": "exp", "log": "log", "sqrt": "sqrt", "rsqrt": "rsqrt", "tanh": "tanh",
           "sigmoid": "sigmoid", "relu": "relu", "silu": "silu", "abs": "abs", "sin": "sin", "cos": "cos",
           "erf": "erf", "reciprocal": "reciprocal", "floor": "floor", "ceil": "ceil", "trunc": "trunc",
-          "log1p": "log1p", "sign": "sign", "sgn": "sign"}
+          "log1p": "log1p", "sign": "sign", "sgn": "sign", "hardswish": "hardswish"}
 
 
 def _unary(name: str) -> Converter:

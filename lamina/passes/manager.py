@@ -1,4 +1,4 @@
-"""Pass registry and pipelines: ``"canonicalize,fuse,quantize{bits=4}"`` run with verification,
+"""Pass registry and pipelines: ``"canonicalize,newton{iters=2},fuse"`` run with verification,
 dumps before/after any pass, and per-pass timing stamped on the result."""
 from __future__ import annotations
 

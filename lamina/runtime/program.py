@@ -28,6 +28,7 @@ from ..ir.errors import LaminaError
 from ..ir.interpreter import bind_symbols
 from ..ir.shapes import evaluate
 from ..ir.ops import category, lookup
+from ..passes.toolkit import producers, users
 from ..passes.memory import Lifetime, MemoryPlan, plan_memory
 from .kernel_errors import check_assumptions, raise_kernel_errors
 from .library import call_line, hoisted_when_static, view_expr, writes_into_out
@@ -318,81 +319,80 @@ class _PlanBuilder(PlanContext):
         return self.flat[id(v)]
 
     def build(self) -> Plan:
-        g = self.g
-        outputs = {id(v) for v in g.outputs}
-        steps = [op for op in g.ops]
-        # lifetimes of kernel / GEMM results that are not graph outputs -> arena
-        last_use: dict[int, int] = {}
+        """Plan the arena, bind every value to a name, then emit and compile the wrapper."""
+        steps = list(self.g.ops)
+        memory, arena_values = self.plan_arena(steps)
+        poison = self.place_in_arena(memory, arena_values, steps)
+        self.bind_inputs_and_weights()
+        source, launches = self.emit_wrapper(steps)
+        namespace = dict(self.glb)
+        exec(compile(source, f"<lamina wrapper {self.g.name}>", "exec"), namespace)
+        return Plan(source, namespace["run"], memory, launches, self.arena, poison)
+
+    # -- arena planning ---------------------------------------------------------------------------
+    def plan_arena(self, steps: Sequence[Op]) -> tuple[MemoryPlan, list[tuple[Value, int]]]:
+        """Offsets in one arena for the results kernels and GEMMs write that are not graph outputs:
+        each lives from its step to its last use (a view keeps its base alive; an output that views an
+        intermediate keeps it to the end, where it is copied out)."""
+        outputs = set(self.g.outputs)
+        last_use: dict[Value, int] = {}
         for i, op in enumerate(steps):
             for v in op.operands:
-                last_use[id(v)] = i
-        view_base: dict[int, Value] = {}
+                last_use[v] = i
+        view_base: dict[Value, Value] = {}
         for op in steps:
             if category(op.name).free and op.operands:
                 for r in op.results:
-                    view_base[id(r)] = view_base.get(id(op.operands[0]), op.operands[0])
-        for i, op in enumerate(steps):  # a view keeps its base alive
-            for v in op.operands:
-                if id(v) in view_base:
-                    base = view_base[id(v)]
-                    last_use[id(base)] = max(last_use.get(id(base), 0), i)
-        for v in g.outputs:  # an output that is a view of an intermediate is copied out at the very end
-            if id(v) in view_base:
-                last_use[id(view_base[id(v)])] = len(steps)
-        arena_values: list[tuple[Value, int]] = []
+                    view_base[r] = view_base.get(op.operands[0], op.operands[0])
         for i, op in enumerate(steps):
-            if self.writes_into_out(op):
-                for v in op.results:
-                    if id(v) not in outputs:
-                        arena_values.append((v, i))
-        lifetimes = [Lifetime(str(id(v)), self.nbytes(v), i, last_use.get(id(v), i)) for v, i in arena_values]
-        memory = plan_memory(lifetimes)
-        self.arena = arena = torch.empty(max(memory.peak, 1), dtype=torch.uint8, device=self.device)
-        poison = []
-        users: dict[int, list[Op]] = {}
-        producer: dict[int, Op] = {}
-        for op in steps:
             for v in op.operands:
-                users.setdefault(id(v), []).append(op)
-            for v in op.results:
-                producer[id(v)] = op
+                if v in view_base:
+                    last_use[view_base[v]] = max(last_use.get(view_base[v], 0), i)
+        for v in self.g.outputs:
+            if v in view_base:
+                last_use[view_base[v]] = len(steps)
+        arena_values = [(v, i) for i, op in enumerate(steps) if self.writes_into_out(op)
+                        for v in op.results if v not in outputs]
+        lifetimes = [Lifetime(str(id(v)), self.nbytes(v), i, last_use.get(v, i)) for v, i in arena_values]
+        return plan_memory(lifetimes), arena_values
+
+    def place_in_arena(self, memory: MemoryPlan, arena_values: Sequence[tuple[Value, int]],
+                       steps: Sequence[Op]) -> list[torch.Tensor]:
+        """Allocate the arena and name each planned value's view of it; the views (to poison)."""
+        self.arena = arena = torch.empty(max(memory.peak, 1), dtype=torch.uint8, device=self.device)
+        readers, producer = users(steps), producers(steps)
+        views = []
         for v, _ in arena_values:
             off = memory.offsets[str(id(v))]
             raw = arena[off: off + self.nbytes(v)].view(to_torch(v.type.dtype))
             shape = _dims(v.type.shape, self.bindings)
             # native kernels take strided outputs; generated kernels and GEMMs write contiguous ones
-            t = _in_consumer_order(raw, shape, users.get(id(v), [])) if id(producer[id(v)]) in self.ex.natives \
+            t = _in_consumer_order(raw, shape, readers.get(v, [])) if id(producer[v]) in self.ex.natives \
                 else raw.view(shape)
             self.name[id(v)] = self.static(t, "A")
-            poison.append(t)
-        for i, v in enumerate(g.inputs):
+            views.append(t)
+        return views
+
+    def bind_inputs_and_weights(self) -> None:
+        for i, v in enumerate(self.g.inputs):
             self.name[id(v)] = f"x{i}"
             self.dynamic.add(id(v))
-        for p in g.params:  # the weights themselves (views see in-place updates); a copy only across devices
+        for p in self.g.params:  # the weights themselves (views see in-place updates); a copy only across devices
             weight = self.weights[p.key].detach()
             if weight.device.type != self.device:
                 weight = self.snapshot([weight], lambda w=weight: w.to(self.device))
             self.name[id(p.value)] = self.static(weight, "W")
-        self.lines = self.ex.target.prologue() + [f"x{i} = inputs[{i}]" for i in range(len(g.inputs))]
+
+    # -- wrapper emission -------------------------------------------------------------------------
+    def emit_wrapper(self, steps: Sequence[Op]) -> tuple[str, int]:
+        """The wrapper's source ``run(inputs)`` and its number of launches."""
+        self.lines = self.ex.target.prologue() + [f"x{i} = inputs[{i}]" for i in range(len(self.g.inputs))]
         snapshots_at = len(self.lines)  # where the refresh goes, once every snapshot is known
         if self.ex.loops:
             self.glb["_iterations"] = self.ex.iterations
             self.lines.append("_iterations.clear()")
-        out_names = {}
-        for v in g.outputs:
-            if any(id(v) in {id(r) for r in op.results} and self.writes_into_out(op) for op in steps):
-                name = self.fresh("y")
-                shape = _dims(v.type.shape, self.bindings)
-                self.lines.append(f"{name} = torch.empty({shape}, dtype={to_torch(v.type.dtype)}, device={self.device!r})")
-                if self.ex.poison:  # unwritten elements show as NaN / -7
-                    fill = "float('nan')" if v.type.dtype.is_float else "-7"
-                    self.lines.append(f"{name}.fill_({fill})")
-                self.name[id(v)] = name
-                self.dynamic.add(id(v))
-                out_names[id(v)] = name
-        launches = 0
-        for op in steps:
-            launches += self.step(op)
+        fresh_outputs = self.allocate_outputs(steps)
+        launches = sum(self.step(op) for op in steps)
         if self.snapshots:
             self.glb["_snapshots"], self.glb["refresh_all"] = self.snapshots, refresh_all
             self.lines.insert(snapshots_at, "refresh_all(_snapshots)")
@@ -402,15 +402,26 @@ class _PlanBuilder(PlanContext):
             slots = ", ".join(f"({e}, {c})" for e, c in self.error_slots)
             self.lines.append(f"if {flags}:")
             self.lines.append(f"    raise_kernel_errors([{slots}])")
-        returns = []
-        for v in g.outputs:
-            name = self.name[id(v)]
-            returns.append(name if id(v) in out_names else f"{name}.clone()")
+        returns = [self.name[id(v)] if v in fresh_outputs else f"{self.name[id(v)]}.clone()" for v in self.g.outputs]
         self.lines.append(f"return [{', '.join(returns)}]")
-        source = "def run(inputs):\n" + "\n".join("    " + line for line in self.lines) + "\n"
-        namespace = dict(self.glb)
-        exec(compile(source, f"<lamina wrapper {self.g.name}>", "exec"), namespace)
-        return Plan(source, namespace["run"], memory, launches, arena, poison)
+        return "def run(inputs):\n" + "\n".join("    " + line for line in self.lines) + "\n", launches
+
+    def allocate_outputs(self, steps: Sequence[Op]) -> set[Value]:
+        """Outputs written by a kernel or GEMM get a fresh tensor per call (the caller keeps it)."""
+        written = {v for op in steps if self.writes_into_out(op) for v in op.results}
+        fresh = set()
+        for v in self.g.outputs:
+            if v in written and v not in fresh:
+                name = self.fresh("y")
+                shape = _dims(v.type.shape, self.bindings)
+                self.lines.append(f"{name} = torch.empty({shape}, dtype={to_torch(v.type.dtype)}, device={self.device!r})")
+                if self.ex.poison:  # unwritten elements show as NaN / -7
+                    fill = "float('nan')" if v.type.dtype.is_float else "-7"
+                    self.lines.append(f"{name}.fill_({fill})")
+                self.name[id(v)] = name
+                self.dynamic.add(id(v))
+                fresh.add(v)
+        return fresh
 
     def loop(self, op: Op, args: list[str]) -> int:
         """``iterate``: call the body's program until its residual is under tol (see the op's doc)."""

@@ -80,13 +80,17 @@ def test_unsupported_op_runs_in_pytorch_with_a_logged_line(caplog) -> None:
     torch.manual_seed(0)
     model, x = WithCummax().eval(), torch.randn(5, 8)
     backend = LaminaBackend()
-    with caplog.at_level(logging.INFO, logger="lamina.fallback"), torch.no_grad():
+    with caplog.at_level(logging.INFO, logger="lamina"), torch.no_grad():
         got = torch.compile(model, backend=backend)(x)
         want = model(x)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
     lines = [r.getMessage() for r in caplog.records if r.name == "lamina.fallback"]
     assert len(lines) == 1 and "aten.cummax.default" in lines[0] and "runs in PyTorch" in lines[0]
-    assert backend.stats.pieces >= 2 and backend.stats.graphs == 0  # the linears, compiled as pieces
+    stats = backend.stats  # the graph is partitioned: the linears are lamina pieces, cummax runs in PyTorch
+    assert stats.pieces >= 2 and stats.partitioned_graphs == 1 and stats.graphs == 0 and stats.kernels >= 1
+    compiled = [r.getMessage() for r in caplog.records if r.name == "lamina.compile"]
+    assert any(m.startswith("partitioned a graph into") for m in compiled)
+    assert sum(m.startswith("compiled piece fused_") for m in compiled) == stats.pieces
 
 
 def test_fallback_false_raises_listing_the_unsupported_ops() -> None:

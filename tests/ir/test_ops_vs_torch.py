@@ -44,7 +44,7 @@ CASES = [
     Case("exp", [r(3, 4)], torch.exp), Case("log", [pos(3, 4)], torch.log), Case("sqrt", [pos(5)], torch.sqrt),
     Case("rsqrt", [pos(5)], torch.rsqrt), Case("tanh", [r(3, 4)], torch.tanh), Case("sin", [r(7)], torch.sin),
     Case("cos", [r(7)], torch.cos), Case("erf", [r(3, 4)], torch.erf), Case("sigmoid", [r(3, 4) * 10], torch.sigmoid),
-    Case("silu", [r(3, 4)], F.silu), Case("gelu", [r(3, 4)], F.gelu),
+    Case("silu", [r(3, 4)], F.silu), Case("gelu", [r(3, 4)], F.gelu), Case("hardswish", [r(3, 4) * 4], F.hardswish),
     Case("gelu", [r(3, 4)], lambda x: F.gelu(x, approximate="tanh"), {"approximate": "tanh"}),
     Case("reciprocal", [pos(4)], torch.reciprocal), Case("floor", [r(9) * 3], torch.floor),
     Case("ceil", [r(9) * 3], torch.ceil), Case("trunc", [r(9) * 3], torch.trunc),

@@ -49,6 +49,11 @@ def _trunc(f: ScalarOps, x: Any) -> Any:
     return f.where(f.lt(x, f.const(0)), f.ceil(x), f.floor(x))
 
 
+def _hardswish(f: ScalarOps, x: Any) -> Any:
+    relu6 = f.minimum(f.maximum(f.add(x, f.const(3.0)), f.const(0.0)), f.const(6.0))
+    return f.div(f.mul(x, relu6), f.const(6.0))
+
+
 def _clamp(f: ScalarOps, x: Any, min: float | None, max: float | None) -> Any:  # noqa: A002 - the attribute names
     if min is not None:
         x = f.maximum(x, f.const(min))
@@ -165,6 +170,7 @@ DEFS = [
     _unary("erf", erf, "error function"),
     _composite("sigmoid", _sigmoid, "1 / (1 + exp(-x))"),
     _composite("silu", _silu, "x * sigmoid(x)"),
+    _composite("hardswish", _hardswish, "x * relu6(x + 3) / 6 (MobileNetV3's activation)"),
     _composite("gelu", _gelu, "Gaussian error linear unit, exact (erf) or tanh approximation",
                attrs={"approximate": AttrSpec("str", "none")}),
     _composite("reciprocal", lambda f, x: f.div(f.const(1.0), x), "1 / x"),
