@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from .api import compile as lamina_compile
+from .backends import backend as entry
 from .models import make_cnn, make_gpt2_stack, make_llama_block, make_mlp
 
 DEMO_MODELS: dict[str, Callable[[], tuple[Any, tuple]]] = {
@@ -50,7 +51,7 @@ def run_demo(repeats: int = 5, backend: str = "cpu") -> int:
         error = float((got - expected).abs().max() / expected.abs().max())
         ok &= error <= TOLERANCE
         sync: Callable[[], Any] = lambda: None
-        if backend == "cuda":  # compare like with like: eager on the GPU too
+        if entry(backend).device == "cuda":  # compare like with like: eager on the GPU too
             model, fresh, sync = model.cuda(), tuple(a.cuda() for a in fresh), torch.cuda.synchronize
         with torch.no_grad():
             eager_s = _median_seconds(lambda: model(*fresh), repeats, sync)

@@ -42,12 +42,12 @@ def inline_batched(region: Region, args: Sequence[Value], batched: Sequence[bool
                    out: OpEmitter) -> list[Value]:
     """Emit ``region`` over ``args`` with a layer axis of ``n`` on the batched ones; its results, batched."""
     scratch = OpEmitter()  # emitted into ``out`` only when every op has a rule
-    env = {id(a): _Val(v, b) for a, v, b in zip(region.args, args, batched)}
+    env = {a: _Val(v, b) for a, v, b in zip(region.args, args, batched)}
     batcher = _Batcher(scratch, n)
     for op in region.ops[:-1]:
-        results = batcher.op(op, [env[id(v)] for v in op.operands])
-        env.update({id(r): v for r, v in zip(op.results, results)})
-    values = [batcher.batched(env[id(v)], region.ops[-1]) for v in region.results]
+        results = batcher.op(op, [env[v] for v in op.operands])
+        env.update(zip(op.results, results))
+    values = [batcher.batched(env[v], region.ops[-1]) for v in region.results]
     out.ops.extend(scratch.ops)
     return values
 

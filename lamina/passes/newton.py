@@ -125,19 +125,18 @@ def _body(layer: Layer, contexts: Sequence[Value]) -> Region:
     """One layer as a region (h, contexts..., weights...) -> (f(h), exports...)."""
     builder = RegionBuilder([layer.stream.type] + [c.type for c in contexts] + [p.type for p in layer.params])
     h = builder.args[0]
-    env = {id(layer.stream): h}
-    env.update({id(c): a for c, a in zip(contexts, builder.args[1:])})
-    env.update({id(p): a for p, a in zip(layer.params, builder.args[1 + len(contexts):])})
+    values = ValueMap()
+    for old, arg in zip([layer.stream, *contexts, *layer.params], builder.args):
+        values[old] = arg
     last = layer.ops[-1]
     single_residual = last.name == "add" and sum(op.name == "add" and layer.stream in op.operands
                                                  for op in layer.ops) == 1 and layer.stream in last.operands
     body_ops = layer.ops[:-1] if single_residual else layer.ops
     for op in body_ops:
-        new = builder.append_copy(op, [env[id(v)] for v in op.operands])
-        env.update({id(o): n for o, n in zip(op.results, new.results)})
+        values.replace_results(op, builder.append_copy(op, values.values(op.operands)).results)
     if single_residual:  # h + delta: yield delta as computed, so iters = chunk is exact
         delta = last.operands[1] if last.operands[0] is layer.stream else last.operands[0]
-        result = env[id(delta)]
+        result = values[delta]
     else:  # a block: f(h) = block(h) - h
-        result = builder.emit("sub", env[id(layer.out)], h, loc=last.loc)
-    return builder.finish([result, *(env[id(v)] for v in layer.exports)])
+        result = builder.emit("sub", values[layer.out], h, loc=last.loc)
+    return builder.finish([result, *values.values(layer.exports)])

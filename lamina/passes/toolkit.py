@@ -1,5 +1,5 @@
 """The rewriting toolkit passes share: who produces and who reads a value, a map from old values to
-their replacements, a graph rebuilt with values replaced, and a region cloned or turned into a graph.
+their replacements, a graph rebuilt with values replaced, and a region's body rewritten as a graph.
 
 ``Value`` hashes by identity, so it keys these dicts directly. Local rewrites (one op at a time,
 to a fixed point) use the rule driver in ``rewrite.py`` instead.
@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 
 from ..ir.core import Graph, Op, Region, Value, region_graph
-from ..ir.builder import RegionBuilder
 
 
 def producers(ops: Iterable[Op]) -> dict[Value, Op]:
@@ -62,18 +61,6 @@ class ValueMap:
 def rebuild(graph: Graph, ops: Sequence[Op], values: ValueMap) -> Graph:
     """``graph`` with ``ops`` (operands remapped) and its outputs replaced per ``values``."""
     return graph.replace(ops=tuple(values.op(op) for op in ops), outputs=values.values(graph.outputs))
-
-
-def clone_region(region: Region) -> Region:
-    """A copy of ``region`` with fresh block arguments and results (the same ops, types and attributes)."""
-    builder = RegionBuilder([a.type for a in region.args])
-    values = ValueMap()
-    for old, new in zip(region.args, builder.args):
-        values[old] = new
-    for op in region.ops[:-1]:
-        copy = builder.append_copy(op, values.values(op.operands))
-        values.replace_results(op, copy.results)
-    return builder.finish(values.values(region.results))
 
 
 def map_region_body(region: Region, fn: Callable[[Graph], Graph]) -> Region:

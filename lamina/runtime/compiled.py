@@ -180,5 +180,14 @@ class CompiledModule:
         """Iterations each early-stopping Newton chunk ran in the last call (``newton{tol=...}``), in order."""
         return list(getattr(self._executor, "iterations", []))
 
+    @property
+    def newton_residuals(self) -> list[float]:
+        """For each early-stopping Newton chunk of the last call, in order, the relative norm of its last
+        update (``||x_k - x_(k-1)|| / ||x_k||``). A large one means the iteration had not settled and the
+        result is that far from the sequential model's, unless the chunk ran as many iterations as it has
+        layers (then it is exact). ``newton{iters=K,chunk=C,tol=1e-30}`` runs every chunk's K iterations
+        and reports it."""
+        return list(getattr(self._executor, "residuals", []))
+
     def __repr__(self) -> str:
         return f"CompiledModule({self.model_name}, backend={self.options.backend}, ops={len(self.graph.ops)})"

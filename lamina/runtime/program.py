@@ -142,6 +142,7 @@ class Executor:
         self.loops = {id(op): Executor(region_graph(op.regions[0]), target, poison)
                       for op in graph.ops if lookup(op.name).program_regions}
         self.iterations: list[int] = []  # iteration counts of the last call's iterate ops, in order
+        self.residuals: list[float] = []  # and the residual each loop ended with (its last update's norm)
         self.plans: dict[tuple, Plan] = {}
         self.hoisted_ops = _hoisted(graph)
         self.hoisted: dict[tuple, list[Snapshot]] = {}  # their values (stacked weights), shared by all plans
@@ -389,8 +390,8 @@ class _PlanBuilder(PlanContext):
         self.lines = self.ex.target.prologue() + [f"x{i} = inputs[{i}]" for i in range(len(self.g.inputs))]
         snapshots_at = len(self.lines)  # where the refresh goes, once every snapshot is known
         if self.ex.loops:
-            self.glb["_iterations"] = self.ex.iterations
-            self.lines.append("_iterations.clear()")
+            self.glb["_iterations"], self.glb["_residuals"] = self.ex.iterations, self.ex.residuals
+            self.lines += ["_iterations.clear()", "_residuals.clear()"]
         fresh_outputs = self.allocate_outputs(steps)
         launches = sum(self.step(op) for op in steps)
         if self.snapshots:
@@ -433,7 +434,8 @@ class _PlanBuilder(PlanContext):
                        f"    {carried} = {out}[:{n}]",
                        f"    if float({out}[{n}]) < {op.attrs['tol']!r}:",
                        "        break",
-                       f"_iterations.append({k} + 1)"]
+                       f"_iterations.append({k} + 1)",
+                       f"_residuals.append(float({out}[{n}]))"]
         for i, v in enumerate(op.results[:-1]):
             self.name[id(v)] = f"{carried}[{i}]"
             self.dynamic.add(id(v))
