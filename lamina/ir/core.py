@@ -5,7 +5,7 @@ Values and Ops with its input. Values are compared by identity.
 """
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -128,3 +128,17 @@ def walk_ops(ops: tuple[Op, ...]) -> Iterator[Op]:
 def region_graph(region: Region, name: str = "body") -> Graph:
     """A region as a graph: its arguments are the inputs, its terminator's operands the outputs."""
     return Graph(name, tuple(region.args), (), tuple(region.ops[:-1]), tuple(region.results))
+
+
+def producers(ops: Iterable[Op]) -> dict[Value, Op]:
+    """The op defining each result of ``ops``."""
+    return {v: op for op in ops for v in op.results}
+
+
+def users(ops: Iterable[Op]) -> dict[Value, list[Op]]:
+    """The ops of ``ops`` reading each value, in order (an op reading a value twice is listed twice)."""
+    found: dict[Value, list[Op]] = {}
+    for op in ops:
+        for v in op.operands:
+            found.setdefault(v, []).append(op)
+    return found

@@ -8,21 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 
-from ..ir.core import Graph, Op, Region, Value, region_graph
+from ..ir.core import Graph, Op, Region, Value, producers, region_graph, users
 
-
-def producers(ops: Iterable[Op]) -> dict[Value, Op]:
-    """The op defining each result of ``ops``."""
-    return {v: op for op in ops for v in op.results}
-
-
-def users(ops: Iterable[Op]) -> dict[Value, list[Op]]:
-    """The ops of ``ops`` reading each value, in order (an op reading a value twice is listed twice)."""
-    found: dict[Value, list[Op]] = {}
-    for op in ops:
-        for v in op.operands:
-            found.setdefault(v, []).append(op)
-    return found
+__all__ = ["ValueMap", "map_region_body", "producers", "rebuild", "region_graph", "users"]
 
 
 class ValueMap:

@@ -22,13 +22,12 @@ import torch
 
 from ..codegen.kernel import Const, Kernel
 from ..codegen.lower import lower_kernels
-from ..ir.core import Graph, Op, Value, region_graph
+from ..ir.core import Graph, Op, Value, producers, region_graph, users
 from ..ir.dtypes import DType, to_torch
 from ..ir.errors import LaminaError
 from ..ir.interpreter import bind_symbols
 from ..ir.shapes import evaluate
 from ..ir.ops import category, lookup
-from ..passes.toolkit import producers, users
 from ..passes.memory import Lifetime, MemoryPlan, plan_memory
 from .kernel_errors import check_assumptions, raise_kernel_errors
 from .library import call_line, hoisted_when_static, view_expr, writes_into_out
