@@ -181,6 +181,13 @@ class CompiledModule:
         return list(getattr(self._executor, "iterations", []))
 
     @property
+    def plan_cache(self) -> Any:
+        """The executor's plans (a ``PlanCacheInfo``: kept, limit, built in all, arena bytes), or None for
+        the reference backend, which plans nothing."""
+        info = getattr(self._executor, "cache_info", None)
+        return info() if info is not None else None
+
+    @property
     def newton_residuals(self) -> list[float]:
         """For each early-stopping Newton chunk of the last call, in order, the relative norm of its last
         update (``||x_k - x_(k-1)|| / ||x_k||``). A large one means the iteration had not settled and the

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import math
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -121,14 +122,31 @@ class Plan:
     poison_views: list = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class PlanCacheInfo:
+    """An executor's plans: how many are kept (at most ``limit``, least recently used evicted), how
+    many were built in all, and the bytes their arenas hold."""
+
+    plans: int
+    limit: int
+    builds: int
+    arena_bytes: int
+
+
+MAX_PLANS = 8  # plans kept per executor: a decode loop with a new length per token keeps memory bounded
+
+
 class Executor:
-    """Runs a fused graph on a Target; plans are cached per input-shape signature.
+    """Runs a fused graph on a Target; plans are cached per input-shape signature, the ``max_plans``
+    most recently used ones (``cache_info()`` reports them).
 
     Calls from several threads take turns (one lock per executor): a plan's arena, error slots and
     weight snapshots are shared state, and the kernels already use every core. Each call returns
     tensors of its own."""
 
-    def __init__(self, graph: Graph, target: Target, poison: bool = False) -> None:
+    def __init__(self, graph: Graph, target: Target, poison: bool = False, max_plans: int = MAX_PLANS) -> None:
+        if max_plans < 1:
+            raise ValueError(f"max_plans must be at least 1, got {max_plans}")
         _check_lowered(graph, target)
         self.graph = graph
         self.target = target
@@ -142,7 +160,8 @@ class Executor:
                       for op in graph.ops if lookup(op.name).program_regions}
         self.iterations: list[int] = []  # iteration counts of the last call's iterate ops, in order
         self.residuals: list[float] = []  # and the residual each loop ended with (its last update's norm)
-        self.plans: dict[tuple, Plan] = {}
+        self.plans: OrderedDict[tuple, Plan] = OrderedDict()  # least recently used first
+        self.max_plans, self.plan_builds = max_plans, 0
         self.hoisted_ops = _hoisted(graph)
         self.hoisted: dict[tuple, list[Snapshot]] = {}  # their values (stacked weights), shared by all plans
         self.lock = threading.Lock()
@@ -159,22 +178,35 @@ class Executor:
         return {ck.kernel.name: ck.source for ck in self.kernels.values()}
 
     def __call__(self, inputs: Sequence[torch.Tensor], weights: Mapping[str, torch.Tensor]) -> list[torch.Tensor]:
-        key = tuple(tuple(x.shape) for x in inputs)
         with self.lock:
-            plan = self.plans.get(key)
-            if plan is None:
-                plan = self.plans[key] = self.build_plan(inputs, weights)
+            plan = self._plan(inputs, weights)
             if self.poison:
                 for view in plan.poison_views:
                     view.fill_(math.nan if view.dtype.is_floating_point else -7)
             return plan.run(inputs)
 
     def plan_for(self, inputs: Sequence[torch.Tensor], weights: Mapping[str, torch.Tensor]) -> Plan:
-        key = tuple(tuple(x.shape) for x in inputs)
         with self.lock:
-            if key not in self.plans:
-                self.plans[key] = self.build_plan(inputs, weights)
-            return self.plans[key]
+            return self._plan(inputs, weights)
+
+    def _plan(self, inputs: Sequence[torch.Tensor], weights: Mapping[str, torch.Tensor]) -> Plan:
+        """The plan for these input shapes, built if needed; the least recently used plan beyond
+        ``max_plans`` is dropped (with its arena). Called under the lock."""
+        key = tuple(tuple(x.shape) for x in inputs)
+        plan = self.plans.get(key)
+        if plan is None:
+            plan = self.plans[key] = self.build_plan(inputs, weights)
+            self.plan_builds += 1
+            while len(self.plans) > self.max_plans:
+                self.plans.popitem(last=False)
+        else:
+            self.plans.move_to_end(key)
+        return plan
+
+    def cache_info(self) -> PlanCacheInfo:
+        with self.lock:
+            arena = sum(p.arena.numel() * p.arena.element_size() for p in self.plans.values() if p.arena is not None)
+            return PlanCacheInfo(len(self.plans), self.max_plans, self.plan_builds, arena)
 
     def build_plan(self, inputs: Sequence[torch.Tensor], weights: Mapping[str, torch.Tensor]) -> Plan:
         return _PlanBuilder(self, inputs, weights).build()

@@ -1,6 +1,9 @@
 """The cpu backend (fused Numba kernels + library calls) against eager PyTorch, with poisoned buffers."""
 from __future__ import annotations
 
+import gc
+import weakref
+
 import pytest
 import torch
 
@@ -161,3 +164,31 @@ def test_a_reduction_over_size_one_axes_reads_its_own_rows() -> None:
     x = torch.randn(2, 3, 1, 1)
     compiled = lamina.compile(SqueezeExcite(), (x,), poison=True)
     assert rel_error(compiled(x), SqueezeExcite()(x)) <= 1e-6
+
+
+def test_plans_are_a_bounded_cache_of_the_most_recent_shapes() -> None:
+    """A dynamic length with a new value per call (a decode loop) keeps at most max_plans plans and their
+    arenas; an evicted shape is planned again and still right."""
+    from torch.export import Dim
+
+    from lamina.runtime.program import MAX_PLANS
+
+    model, (idx,) = make_gpt2_stack(batch=1, seq=8, n_layers=2)
+    compiled = lamina.compile(model, (idx,), dynamic_shapes=({1: Dim("T", min=2, max=64)},), poison=True)
+    lengths = list(range(2, 2 + MAX_PLANS + 6))
+    first_arena = None
+    with torch.no_grad():
+        for t in lengths:
+            x = torch.randint(0, 64, (1, t))
+            assert rel_error(compiled(x), model(x)) <= 1e-5
+            if first_arena is None:
+                first_arena = weakref.ref(next(iter(compiled._executor.plans.values())).arena)
+        info = compiled.plan_cache
+        assert info.plans == info.limit == MAX_PLANS and info.builds == len(lengths)
+        assert list(compiled._executor.plans) == [((1, t),) for t in lengths[-MAX_PLANS:]]
+        gc.collect()
+        assert first_arena() is None  # the evicted plan's arena is freed: memory stays bounded
+        assert info.arena_bytes == sum(p.arena.numel() for p in compiled._executor.plans.values())
+        x = torch.randint(0, 64, (1, lengths[0]))  # evicted long ago: planned again
+        assert rel_error(compiled(x), model(x)) <= 1e-5
+        assert compiled.plan_cache.builds == len(lengths) + 1 and compiled.plan_cache.plans == MAX_PLANS
