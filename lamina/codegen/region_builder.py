@@ -209,6 +209,6 @@ class KernelBuilder:
 def kernel_scalars(dtype: DType) -> ScalarOps:
     """Scalar formulas as kernel expressions in ``dtype``."""
     def call(op: str, args: Sequence[Expr], attrs: dict[str, Any]) -> Expr:
-        return Call(result_dtype(op, dtype), op, tuple(args), tuple(sorted(attrs.items())))
+        return Call(result_dtype(op, dtype, attrs), op, tuple(args), tuple(sorted(attrs.items())))
 
     return ScalarOps(call, lambda value: Const(dtype, value))

@@ -46,8 +46,11 @@ class ScalarOps:
         return lambda *args, **attrs: formula(self, *args, **attrs)
 
 
-def result_dtype(op: str, operand_dtype: DType) -> DType:
-    """The dtype a primitive gives for operands of ``operand_dtype`` (comparisons and logic give bool)."""
+def result_dtype(op: str, operand_dtype: DType, attrs: dict[str, Any]) -> DType:
+    """The dtype a primitive gives for operands of ``operand_dtype`` (comparisons and logic give bool,
+    a cast its ``dtype`` attribute)."""
+    if op == "cast":
+        return attrs["dtype"]
     return DType.bool if op in COMPARISONS or op in LOGICAL else operand_dtype
 
 

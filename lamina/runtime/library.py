@@ -98,20 +98,24 @@ def _conv2d(op: Op, a: list[str], out: str | None, results: Sequence[str], deriv
             f"padding={tuple(at['padding'])}, dilation={tuple(at['dilation'])}, groups={at['groups']})")
 
 
+def _window(op: Op, x: str) -> str:
+    """The arguments torch's pooling functions share: input, kernel, stride (None: the kernel), padding."""
+    at = op.attrs
+    return f"{x}, {tuple(at['kernel'])}, {tuple(at['stride']) or None}, {tuple(at['padding'])}"
+
+
 @library_call("max_pool2d")
 def _max_pool2d(op: Op, a: list[str], out: str | None, results: Sequence[str], derive: Derived) -> str:
     at = op.attrs
-    return (f"{results[0]} = torch.nn.functional.max_pool2d({a[0]}, {tuple(at['kernel'])}, "
-            f"{tuple(at['stride']) or None}, {tuple(at['padding'])}, {tuple(at['dilation'])}, "
+    return (f"{results[0]} = torch.nn.functional.max_pool2d({_window(op, a[0])}, {tuple(at['dilation'])}, "
             f"ceil_mode={at['ceil_mode']})")
 
 
 @library_call("avg_pool2d")
 def _avg_pool2d(op: Op, a: list[str], out: str | None, results: Sequence[str], derive: Derived) -> str:
     at = op.attrs
-    return (f"{results[0]} = torch.nn.functional.avg_pool2d({a[0]}, {tuple(at['kernel'])}, "
-            f"{tuple(at['stride']) or None}, {tuple(at['padding'])}, {at['ceil_mode']}, {at['count_include_pad']}, "
-            f"{at['divisor_override']})")
+    return (f"{results[0]} = torch.nn.functional.avg_pool2d({_window(op, a[0])}, {at['ceil_mode']}, "
+            f"{at['count_include_pad']}, {at['divisor_override']})")
 
 
 @library_call("topk")

@@ -94,3 +94,13 @@ def test_a_missing_lowering_names_the_op_the_target_and_what_it_has() -> None:
         LIBRARY.get("conv3d")
     with pytest.raises(NoLowering, match=r"op sum \(here\) has no view for target library; it has views for: .*reshape"):
         VIEWS.get("sum", "here")
+
+
+def test_kernel_formulas_type_each_primitive() -> None:
+    """Comparisons give bool, a cast its target dtype, arithmetic the formula's dtype."""
+    from lamina.codegen.region_builder import kernel_scalars
+
+    f, x = kernel_scalars(DType.f32), Var(DType.f32, "x")
+    assert f.lt(x, f.const(0)).dtype is DType.bool
+    assert f.cast(x, dtype=DType.i64).dtype is DType.i64
+    assert f.add(x, f.const(1)).dtype is DType.f32
