@@ -142,11 +142,9 @@ def cmd_opt(ns: argparse.Namespace) -> int:
     from .ir.printer import print_graph
     from .passes.manager import parse_pipeline, run_steps
 
-    path = Path(ns.file)
-    try:
-        text = sys.stdin.read() if ns.file == "-" else path.read_text()
-    except OSError as e:
-        raise LaminaError(f"cannot read {path}: {e.strerror}") from None
+    from .frontends.text import read_text
+
+    text = sys.stdin.read() if ns.file == "-" else read_text(ns.file)
     steps = parse_pipeline(ns.pipeline)
     chunks = split_input(text) if ns.split_input_file else [(0, text)]
     printed = []

@@ -123,3 +123,11 @@ def test_a_factory_needing_a_missing_package_names_the_extra(tmp_path, capsys) -
     path.write_text("import iree.nothing_here\n\ndef make():\n    pass\n")
     assert main(["dump", f"{path}:make"]) == 2
     assert "pip install 'lamina[mlir]'" in capsys.readouterr().err
+
+
+def test_binary_files_are_not_ir_text(tmp_path, capsys) -> None:
+    path = tmp_path / "junk.lamina"
+    path.write_bytes(bytes([0xC3, 0x28, 0x00, 0xFF]) * 64)
+    for argv in (["opt", str(path), "-p", "fuse"], ["dump", str(path)]):
+        assert main(argv) == 2
+        assert "is not IR text: byte 0 is not UTF-8" in capsys.readouterr().err

@@ -8,11 +8,17 @@ from ..ir.errors import LaminaError
 from ..ir.parser import parse
 
 
-def read_graph(path: str | Path) -> Graph:
-    """Parse the IR text in ``path``; parse errors name the file, line and column."""
+def read_text(path: str | Path) -> str:
+    """The IR text in ``path``; a clear error when it cannot be read or is not text."""
     path = Path(path)
     try:
-        text = path.read_text()
+        return path.read_text(encoding="utf-8")
     except OSError as e:
         raise LaminaError(f"cannot read {path}: {e.strerror}") from None
-    return parse(text, filename=str(path))
+    except UnicodeDecodeError as e:
+        raise LaminaError(f"{path} is not IR text: byte {e.start} is not UTF-8") from None
+
+
+def read_graph(path: str | Path) -> Graph:
+    """Parse the IR text in ``path``; parse errors name the file, line and column."""
+    return parse(read_text(path), filename=str(path))
