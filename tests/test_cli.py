@@ -82,7 +82,7 @@ def test_dump_kernels_and_wrapper(capsys) -> None:
     assert main(["dump", GPT2, "--after", "fuse", "--kernels", "--wrapper"]) == 0
     out = capsys.readouterr().out
     assert "@numba.njit(parallel=" in out and "def k_add_layer_norm_" in out
-    assert "# ---- wrapper:" in out and "def run(inputs):" in out and "arena" in out
+    assert "# ---- wrapper:" in out and "def run(inputs, sizes):" in out and "arena" in out
 
 
 def test_dump_kernels_without_after_shows_what_the_backend_runs(capsys) -> None:

@@ -124,7 +124,7 @@ class CudaCPrinter(ScalarPrinter):
 
 
 class _LanePrinter(CudaCPrinter):
-    """Prints loads (all at the flat index, see ``_vectorizable``) as one lane of a float4 register."""
+    """Prints loads (all at the flat index, see ``vectorizable``) as one lane of a float4 register."""
 
     def __init__(self, lane: str) -> None:
         self.lane = lane
@@ -133,7 +133,7 @@ class _LanePrinter(CudaCPrinter):
         return f"{e.buffer}_v.{self.lane}" if isinstance(e, Load) else super().expr(e)
 
 
-def _vectorizable(kernel: Kernel) -> bool:
+def vectorizable(kernel: Kernel) -> bool:
     """float4 path: f32 pointwise kernel whose every load/store index is the flat index ``o``."""
     if kernel.kind != "pointwise" or not isinstance(kernel.outer, Const) or kernel.outer.value % 4:
         return False
@@ -163,7 +163,7 @@ def cuda_source(kernel: Kernel, prelude: bool = True) -> str:
         lines.append(f"  for (long long o = blockIdx.x; o < {outer}; o += gridDim.x) {{")
         printer.stmts(kernel.body, 2, lines, row_kernel=True)
         lines.append("  }")
-    elif _vectorizable(kernel):
+    elif vectorizable(kernel):
         lines.append(f"  for (long long q = blockIdx.x * (long long)blockDim.x + threadIdx.x; q < {outer} / 4; "
                      "q += (long long)blockDim.x * gridDim.x) {")
         for b in kernel.inputs:
@@ -195,10 +195,16 @@ def cuda_source(kernel: Kernel, prelude: bool = True) -> str:
 
 def launch_config(kernel: Kernel, outer: int, inner: int | None) -> tuple[int, int]:
     """(blocks, threads): row kernels one block per row, threads a power of two up to 1024."""
-    if kernel.kind == "row":
+    return launch_dims(kernel.kind == "row", vectorizable(kernel), outer, inner)
+
+
+def launch_dims(row: bool, vectorized: bool, outer: int, inner: int | None) -> tuple[int, int]:
+    """``launch_config`` from the kernel's kind and the sizes alone (a wrapper calls it per call when
+    the sizes are known only then)."""
+    if row:
         threads = 32
         while threads < min(inner or 1, 1024):
             threads *= 2
         return max(1, min(outer, 65535 * 16)), threads
-    work = outer // 4 if _vectorizable(kernel) else outer
+    work = outer // 4 if vectorized else outer
     return max(1, min((work + 255) // 256, 65535 * 16)), 256

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import time
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,6 +65,13 @@ class LaminaBackend:
     def __init__(self, options: Mapping[str, Any] | None = None) -> None:
         self.options = compile_options(options)
         self.stats = BackendStats()
+        self._compiled: list[weakref.ref] = []  # the modules of compiled graphs and pieces, while dynamo keeps them
+
+    def plan_builds(self) -> int:
+        """Plans built so far by the programs of this backend's live graphs and pieces (one per program
+        whose sizes print as Python, however many lengths a decode loop brings; see ``compiled.plan_cache``)."""
+        infos = [m.plan_cache for ref in self._compiled if (m := ref()) is not None]
+        return sum(info.builds for info in infos if info is not None)
 
     def __call__(self, gm: torch.fx.GraphModule, example_inputs: Sequence[Any]) -> Callable[..., Any]:
         from .dump import GraphDump
@@ -192,6 +200,7 @@ class _GraphRunner:
         """Count and log a compiled graph or piece."""
         kernels = len(getattr(compiled._executor, "kernels", {}))
         self.backend.stats.kernels += kernels
+        self.backend._compiled.append(weakref.ref(compiled))
         logger("compile").info("compiled %s of %d ops into %d kernels in %.2f s", what, len(compiled.graph.ops),
                                kernels, time.perf_counter() - start)
 

@@ -12,6 +12,7 @@ from ..errors import InputMismatchError
 from ..frontends.fx import ConstRole, Imported, InputRole, ParamRole
 from ..ir.core import Graph
 from ..ir.dtypes import to_torch
+from ..ir.binder import ShapeBinder
 from ..ir.interpreter import bind_symbols
 from ..backends import backend
 from ..options import CompileOptions
@@ -59,7 +60,7 @@ class CompiledModule:
         self.model_name = model_name
         self._executor = executor
         self._weights = {k: v.detach() for k, v in imported.weights.items()}
-        self._checked_shapes: set[tuple] = set()  # input shape signatures already validated
+        self._binder = ShapeBinder([v.type for v in graph.inputs])  # checks each call's shapes, no SymPy
         self._dtypes = [to_torch(v.type.dtype) for v in graph.inputs]
         self._mutations = imported.mutations
         self._user_outputs = len(graph.outputs) - len(imported.mutations)
@@ -143,10 +144,11 @@ class CompiledModule:
 
     def _check_signature(self, inputs: Sequence[torch.Tensor]) -> None:
         if self.options.check_inputs:
-            signature = tuple(tuple(x.shape) for x in inputs)
-            if signature not in self._checked_shapes:  # symbolic binding is slow; do it once per signature
-                self._check_shapes(inputs)
-                self._checked_shapes.add(signature)
+            try:
+                self._binder([x.shape for x in inputs])
+            except ValueError:
+                self._check_shapes(inputs)  # names the input and the shapes
+                raise
 
     def _check(self, index: int, value: torch.Tensor) -> torch.Tensor:
         expected = self.graph.inputs[index].type
@@ -162,7 +164,7 @@ class CompiledModule:
         return value.detach().contiguous()
 
     def _check_shapes(self, inputs: Sequence[torch.Tensor]) -> None:
-        inputs = [np.empty(tuple(x.shape), dtype=bool) for x in inputs]  # shapes only
+        inputs = [np.broadcast_to(np.empty((), dtype=bool), tuple(x.shape)) for x in inputs]  # shapes only
         for value, array in zip(self.graph.inputs, inputs):
             try:
                 bind_symbols([value.type], [array])

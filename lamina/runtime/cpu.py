@@ -15,6 +15,7 @@ from ..codegen.scratch import use_scratch_rows
 from ..ir.core import Graph, Op
 from ..errors import InputMismatchError
 from ..ir.dtypes import DType
+from ..ir.size_code import Size, is_static
 from .library import attention_expr
 from .program import BackendError, CompiledKernel, Executor, PlanContext, Target, work
 
@@ -82,28 +83,33 @@ class CpuTarget(Target):
 
     def native_lines(self, kernel: Callable[[], Any], op: Op, args: Sequence[str], out: str,
                      plan: PlanContext) -> list[str]:
-        """q, k, v, mask and out as flat arrays with strides, made once where they are fixed for the plan."""
+        """q, k, v, mask and out as flat arrays with strides, made once where they are fixed for the plan.
+        Which of the row kernel and torch's runs is decided by the sizes: now, or per call when the
+        plan is generic in them."""
         lines: list[str] = []
         b, h, t, d = (plan.size(x) for x in op.operands[0].type.shape)
         hk, s, dv = plan.size(op.operands[1].type.shape[1]), plan.size(op.operands[1].type.shape[2]), \
             plan.size(op.operands[2].type.shape[3])
-        if plan.size(op.operands[2].type.shape[2]) != s or plan.size(op.operands[1].type.shape[3]) != d:
+        pairs = [(plan.size(op.operands[2].type.shape[2]), s), (plan.size(op.operands[1].type.shape[3]), d)]
+        if any(is_static(x, y) and x != y for x, y in pairs):
             raise InputMismatchError(f"{op.describe()}: keys {[plan.size(x) for x in op.operands[1].type.shape]} and "
                                      f"values {[plan.size(x) for x in op.operands[2].type.shape]} disagree in length "
                                      "or head size for these inputs")
-        scale = op.attrs["scale"] if op.attrs["scale"] is not None else 1.0 / math.sqrt(d)
+        scale = op.attrs["scale"] if op.attrs["scale"] is not None else 1.0 / math.sqrt(d) if is_static(d) else None
         rows = b * h * t
+        work = rows * s * (d + dv)
         target = plan.value_of(out)
-        if rows * s * (d + dv) > NATIVE_ATTENTION_WORK or (target is not None and _copies(target, True)):
+        library = [f"{out}.copy_({attention_expr(op, args)})"]
+        if (is_static(work) and work > NATIVE_ATTENTION_WORK) or (target is not None and _copies(target, True)):
             # torch's blocked flash kernel wins (or the output's head dim is strided): copy its result
-            return [f"{out}.copy_({attention_expr(op, args)})"]
+            return library
 
         def strided(name: str, suffix: str = "", unit_last: bool = True) -> tuple[str, list[str]]:
             """The flat view and strides of ``name + suffix``: made once when the tensor is fixed for the
             plan and no copy is needed (a copy made now would be stale by the time the kernel reads it:
             an arena buffer is written later, a weight may be updated in place), else on every call."""
             tensor = plan.value_of(name)
-            if tensor is not None:
+            if tensor is not None and (not suffix or is_static(b, h, t, s)):  # the mask's expand may be per call
                 view = eval(f"t{suffix}", {"t": tensor})  # noqa: S307 - our own code
                 if not _copies(view, unit_last):
                     flat, strides = flat_strided(view, unit_last)
@@ -117,12 +123,20 @@ class CpuTarget(Target):
         fm, sm = strided(args[3], f".expand({(b, h, t, s)})", unit_last=False) if len(args) == 4 else (fq, ["0"] * 4)
         strides = ", ".join(", ".join(x[:3]) for x in (sq, sk, sv, so))
         fn = plan.static(kernel(), "N")
-        lines.append(f"{fn}({fq}, {fk}, {fv}, {fm}, {fo}, {scale!r}, 0, {rows}, {h}, {t}, {d}, "
+        scale_code = repr(scale) if scale is not None else f"1.0 / math.sqrt({d})"
+        checks = [f"{x} != {y}" for x, y in pairs if not is_static(x, y) and str(x) != str(y)]
+        if checks:
+            lines[:0] = [f"if {' or '.join(checks)}:",
+                         f"    raise InputMismatchError({op.describe() + ': keys and values disagree in length or head size'!r})"]
+        lines.append(f"{fn}({fq}, {fk}, {fv}, {fm}, {fo}, {scale_code}, 0, {rows}, {h}, {t}, {d}, "
                      f"{hk}, {s}, {dv}, {strides}, {', '.join(sm)})")
-        return lines
+        if is_static(work):
+            return lines
+        return [f"if {work} > {NATIVE_ATTENTION_WORK}:", *("    " + x for x in library), "else:",
+                *("    " + x for x in lines)]
 
     def namespace(self) -> dict[str, Any]:
-        return {"flat_strided": flat_strided}
+        return {"flat_strided": flat_strided, "math": math, "InputMismatchError": InputMismatchError}
 
     def view(self, tensor: torch.Tensor) -> Any:
         return tensor.numpy().reshape(-1)
@@ -130,7 +144,7 @@ class CpuTarget(Target):
     def view_expr(self, name: str) -> str:
         return f"{name}.contiguous().numpy().reshape(-1)"
 
-    def launch(self, fn: str, args: Sequence[str], kernel: Kernel, outer: int, inner: int | None) -> str:
+    def launch(self, fn: str, args: Sequence[str], kernel: Kernel, outer: Size, inner: Size | None) -> str:
         return f"{fn}({', '.join(args)})"
 
 

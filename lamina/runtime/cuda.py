@@ -13,11 +13,12 @@ from typing import Any
 import torch
 
 from ..codegen.cache import KernelCache
-from ..codegen.cuda_c import cuda_source, launch_config
+from ..codegen.cuda_c import cuda_source, launch_config, launch_dims, vectorizable
 from ..codegen.cuda_numba import BLOCK, MODULE_HEADER, cuda_numba_source
 from ..codegen.kernel import Kernel
 from ..ir.core import Graph
 from ..ir.dtypes import DType
+from ..ir.size_code import Size, is_static
 from .program import BackendError, CompiledKernel, Executor, Target
 
 LANGUAGES = ("cuda_c", "numba")
@@ -79,20 +80,28 @@ class CudaTarget(Target):
     def view_expr(self, name: str) -> str:
         return f"cp.from_dlpack({name}.contiguous().reshape(-1))"
 
-    def launch(self, fn: str, args: Sequence[str], kernel: Kernel, outer: int, inner: int | None) -> str:
-        blocks, threads = launch_config(kernel, outer, inner)
+    def launch(self, fn: str, args: Sequence[str], kernel: Kernel, outer: Size, inner: Size | None) -> str:
+        """One launch line; when the sizes are per call, the grid is computed per call too."""
+        if is_static(outer, inner):
+            blocks, threads = launch_config(kernel, outer, inner)
+            block_code, thread_code = str(blocks), str(min(threads, BLOCK) if self.language == "numba" else threads)
+        else:
+            dims = f"launch_dims({kernel.kind == 'row'}, {vectorizable(kernel)}, {outer}, {inner})"
+            block_code, thread_code = f"{dims}[0]", f"{dims}[1]"
+            if self.language == "numba":
+                thread_code = f"min({thread_code}, {BLOCK})"
         n_buffers = len(kernel.buffers)
         if self.language == "cuda_c":
             values = list(args[:n_buffers]) + [f"np.int64({a})" for a in args[n_buffers:]]
-            return f"{fn}(({blocks},), ({threads},), ({', '.join(values)},))"
-        return f"{fn}[{blocks}, {min(threads, BLOCK)}, _nstream]({', '.join(args)})"
+            return f"{fn}(({block_code},), ({thread_code},), ({', '.join(values)},))"
+        return f"{fn}[{block_code}, {thread_code}, _nstream]({', '.join(args)})"
 
     def namespace(self) -> dict[str, Any]:
         if self.language == "numba":
             from numba import cuda
 
-            return {"cp": self.cp, "nb_cuda": cuda}
-        return {"cp": self.cp}
+            return {"cp": self.cp, "nb_cuda": cuda, "launch_dims": launch_dims}
+        return {"cp": self.cp, "launch_dims": launch_dims}
 
     def prologue(self) -> list[str]:
         """Kernels join torch's current stream, so they are ordered with the GEMMs and the caller's work."""

@@ -1,4 +1,4 @@
-"""Errors found by kernels: index checks decided per plan, and failures recorded in error buffers.
+"""Errors found by kernels: index checks decided per plan (or per call), and failures recorded in error buffers.
 
 A kernel with checks (``Kernel.checks``) writes ``[check, value, size]`` into its slot of
 the plan's error array when one fails; the wrapper tests the slots after the last launch and
@@ -24,12 +24,16 @@ def index_message(what: str, value: Any, size: Any, wrap: bool) -> str:
 def check_assumptions(assumptions: Sequence[IndexAssumption], size: Callable[[Any], int]) -> None:
     """Raise IndexOutOfRangeError where indices whose bounds the sizes fix do not fit their dim."""
     for a in assumptions:
-        lo, hi, n = size(a.lo), size(a.hi), size(a.size)
-        floor = -n if a.wrap else 0
-        if lo < floor:
-            raise IndexOutOfRangeError(index_message(a.what, lo, n, a.wrap))
-        if hi > n - 1:
-            raise IndexOutOfRangeError(index_message(a.what, hi, n, a.wrap))
+        check_assumption(a, size(a.lo), size(a.hi), size(a.size))
+
+
+def check_assumption(a: IndexAssumption, lo: int, hi: int, n: int) -> None:
+    """Raise IndexOutOfRangeError unless indices in ``[lo, hi]`` fit a dim of ``n`` (the wrapper
+    calls it per call when the bounds depend on the call's sizes)."""
+    if lo < (-n if a.wrap else 0):
+        raise IndexOutOfRangeError(index_message(a.what, lo, n, a.wrap))
+    if hi > n - 1:
+        raise IndexOutOfRangeError(index_message(a.what, hi, n, a.wrap))
 
 
 def raise_kernel_errors(slots: Sequence[tuple[Any, Sequence[KernelCheck]]]) -> None:

@@ -169,7 +169,7 @@ def _argmax(op: Op, a: list[str], out: str | None, results: Sequence[str], deriv
 
 def _as_rows(t: Any) -> str:
     """A view of a tensor of type ``t`` as a matrix of its last dim (not ``reshape(-1, k)``: 0-size dims)."""
-    return ".flatten(0, -2)" if t.rank >= 2 else f".reshape(1, {t.shape[-1]})"
+    return ".flatten(0, -2)" if t.rank >= 2 else ".reshape(1, -1)"
 
 
 def attention_expr(op: Op, a: Sequence[str]) -> str:

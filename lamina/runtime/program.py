@@ -1,16 +1,21 @@
 """A Program: generated kernels for fused regions, torch library calls, one static arena.
 
-For each concrete set of input shapes a plan is built once: every intermediate gets a
-place in one arena (``passes.memory``), weights and arena buffers get their kernel-side
-views once (zero-copy: NumPy on the CPU, CuPy through DLPack on the GPU), and a Python
-wrapper is generated that launches the kernels and library calls in order. Calls with
-the same shapes reuse the plan. A ``Target`` (``cpu.py``, ``cuda.py``) supplies kernel
-source, compilation, device and launch syntax.
+A plan is built once per graph: every intermediate gets a place in an arena
+(``passes.memory``), weights and arena buffers get their kernel-side views once (zero-copy:
+NumPy on the CPU, CuPy through DLPack on the GPU), and a Python wrapper is generated that
+launches the kernels and library calls in order. The plan is generic in the graph's size
+symbols: the wrapper computes shapes and launch sizes from each call's sizes with plain
+integer arithmetic (``ir/size_code.py``), and values whose size changes per call live in a
+``GrowingArena``, so a decode loop with a new length per token reuses one plan. Only a graph
+whose sizes have no Python form gets a plan per set of sizes (an LRU of ``max_plans``).
+A ``Target`` (``cpu.py``, ``cuda.py``) supplies kernel source, compilation, device and launch syntax.
 """
 from __future__ import annotations
 
 import functools
+import logging
 import math
+import re
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
@@ -26,11 +31,13 @@ from ..codegen.lower import lower_kernels
 from ..ir.core import Graph, Op, Value, producers, region_graph, users
 from ..ir.dtypes import DType, to_torch
 from ..ir.errors import LaminaError
-from ..ir.interpreter import bind_symbols
-from ..ir.shapes import evaluate
+from ..ir.binder import ShapeBinder
+from ..ir.shapes import evaluate, numel
+from ..ir.size_code import NotPrintable, Size, SizeCode, is_static, nondecreasing, python_code, size_variable
 from ..ir.ops import category, lookup
 from ..passes.memory import Lifetime, MemoryPlan, plan_memory
-from .kernel_errors import check_assumptions, raise_kernel_errors
+from .growing_arena import GrowingArena
+from .kernel_errors import check_assumption, check_assumptions, raise_kernel_errors
 from .library import call_line, hoisted_when_static, view_expr, writes_into_out
 from .snapshot import Snapshot, refresh_all
 
@@ -60,8 +67,9 @@ class PlanContext:
         """A new local name for the wrapper."""
         raise NotImplementedError
 
-    def size(self, d: Any) -> int:
-        """A dim (int or size symbol) under this plan's input shapes."""
+    def size(self, d: Any) -> Size:
+        """A dim (int or size expression): an int when the plan fixes it, else the ``SizeCode`` the
+        wrapper computes it with per call (see ``ir/size_code.py``)."""
         raise NotImplementedError
 
 
@@ -88,7 +96,8 @@ class Target:
         """Wrapper code making that view of a per-call tensor ``name``."""
         raise NotImplementedError
 
-    def launch(self, fn: str, args: Sequence[str], kernel: Kernel, outer: int, inner: int | None) -> str:
+    def launch(self, fn: str, args: Sequence[str], kernel: Kernel, outer: Size, inner: Size | None) -> str:
+        """The wrapper line launching ``fn``; ``outer``/``inner`` may be per-call ``SizeCode``s."""
         raise NotImplementedError
 
     def namespace(self) -> dict[str, Any]:
@@ -112,7 +121,8 @@ class Target:
 
 @dataclass
 class Plan:
-    """The program for one set of input shapes: wrapper source, its globals, memory figures."""
+    """The program of a graph (for all sizes, or for one set when ``generic`` is false): wrapper
+    source ``run(inputs, sizes)``, its globals, memory figures."""
 
     source: str
     run: Any
@@ -120,25 +130,37 @@ class Plan:
     launches: int
     arena: torch.Tensor | None = None
     poison_views: list = field(default_factory=list)
+    growing: GrowingArena | None = None
+    generic: bool = True
+
+    @property
+    def arena_bytes(self) -> int:
+        static = 0 if self.arena is None else self.arena.numel() * self.arena.element_size()
+        return static + (self.growing.bytes if self.growing is not None else 0)
 
 
 @dataclass(frozen=True)
 class PlanCacheInfo:
     """An executor's plans: how many are kept (at most ``limit``, least recently used evicted), how
-    many were built in all, and the bytes their arenas hold."""
+    many were built in all, the bytes their arenas hold, and how often the arenas of values whose size
+    changes per call grew (``arena_grows``, each a re-layout, not a new plan)."""
 
     plans: int
     limit: int
     builds: int
     arena_bytes: int
+    arena_grows: int = 0
 
 
-MAX_PLANS = 8  # plans kept per executor: a decode loop with a new length per token keeps memory bounded
+MAX_PLANS = 8  # plans kept per executor, for graphs that need one per set of sizes
+SIZE_NAME = re.compile(r"\bsz_\w")  # a size variable in wrapper code (ir/size_code.size_variable)
+log = logging.getLogger("lamina.plan")
 
 
 class Executor:
-    """Runs a fused graph on a Target; plans are cached per input-shape signature, the ``max_plans``
-    most recently used ones (``cache_info()`` reports them).
+    """Runs a fused graph on a Target with one plan for all input sizes (or, for a graph whose sizes
+    have no Python form, a plan per set of sizes: the ``max_plans`` most recently used ones);
+    ``cache_info()`` reports them.
 
     Calls from several threads take turns (one lock per executor): a plan's arena, error slots and
     weight snapshots are shared state, and the kernels already use every core. Each call returns
@@ -151,6 +173,8 @@ class Executor:
         self.graph = graph
         self.target = target
         self.poison = poison
+        self.binder = ShapeBinder([v.type for v in graph.inputs])
+        self.generic = True  # one plan for all sizes, until a size without a Python form says otherwise
         self._check_dtypes()
         self.kernels = {id(op): CompiledKernel(kernel, target.source(kernel))
                         for op, kernel in lower_kernels(graph, target.split_last, nested=False)}
@@ -179,23 +203,26 @@ class Executor:
 
     def __call__(self, inputs: Sequence[torch.Tensor], weights: Mapping[str, torch.Tensor]) -> list[torch.Tensor]:
         with self.lock:
-            plan = self._plan(inputs, weights)
+            sizes = self.binder([x.shape for x in inputs])
+            plan = self._plan(sizes, weights)
             if self.poison:
                 for view in plan.poison_views:
                     view.fill_(math.nan if view.dtype.is_floating_point else -7)
-            return plan.run(inputs)
+            return plan.run(inputs, sizes)
 
     def plan_for(self, inputs: Sequence[torch.Tensor], weights: Mapping[str, torch.Tensor]) -> Plan:
         with self.lock:
-            return self._plan(inputs, weights)
+            return self._plan(self.binder([x.shape for x in inputs]), weights)
 
-    def _plan(self, inputs: Sequence[torch.Tensor], weights: Mapping[str, torch.Tensor]) -> Plan:
-        """The plan for these input shapes, built if needed; the least recently used plan beyond
-        ``max_plans`` is dropped (with its arena). Called under the lock."""
-        key = tuple(tuple(x.shape) for x in inputs)
+    def _plan(self, sizes: tuple[int, ...], weights: Mapping[str, torch.Tensor]) -> Plan:
+        """The plan for calls with these size-symbol values, built if needed; beyond ``max_plans``
+        the least recently used plan is dropped (with its arena). Called under the lock."""
+        key = () if self.generic else sizes
         plan = self.plans.get(key)
         if plan is None:
-            plan = self.plans[key] = self.build_plan(inputs, weights)
+            plan = self.build_plan(sizes, weights)
+            key = () if plan.generic else sizes
+            self.plans[key] = plan
             self.plan_builds += 1
             while len(self.plans) > self.max_plans:
                 self.plans.popitem(last=False)
@@ -205,11 +232,19 @@ class Executor:
 
     def cache_info(self) -> PlanCacheInfo:
         with self.lock:
-            arena = sum(p.arena.numel() * p.arena.element_size() for p in self.plans.values() if p.arena is not None)
-            return PlanCacheInfo(len(self.plans), self.max_plans, self.plan_builds, arena)
+            plans = list(self.plans.values())
+            grows = sum(p.growing.grows for p in plans if p.growing is not None)
+            return PlanCacheInfo(len(plans), self.max_plans, self.plan_builds, sum(p.arena_bytes for p in plans), grows)
 
-    def build_plan(self, inputs: Sequence[torch.Tensor], weights: Mapping[str, torch.Tensor]) -> Plan:
-        return _PlanBuilder(self, inputs, weights).build()
+    def build_plan(self, sizes: tuple[int, ...], weights: Mapping[str, torch.Tensor]) -> Plan:
+        """A plan generic in the size symbols when their expressions print as Python, else one for ``sizes``."""
+        if self.generic and self.binder.symbols:
+            try:
+                return _PlanBuilder(self, None, weights).build()
+            except NotPrintable as e:
+                log.info("%s: a plan per set of sizes (%s)", self.graph.name, e)
+                self.generic = False
+        return _PlanBuilder(self, sizes, weights).build()
 
 
 def _check_lowered(graph: Graph, target: Target) -> None:
@@ -256,18 +291,15 @@ def _evaluate_line(line: str, scope: dict[str, Any]) -> Any:
     return scope["_r"]
 
 
-def _dims(shape: Sequence[Any], bindings: Mapping[sympy.Symbol, int]) -> tuple[int, ...]:
-    return tuple(evaluate(d, bindings) for d in shape)
-
-
-def _in_consumer_order(raw: torch.Tensor, shape: tuple[int, ...], users: Sequence[Op]) -> torch.Tensor:
-    """``raw`` viewed as ``shape``; when a value's only reader permutes it, its memory is laid out in
-    the permuted order, so the permute (and a reshape after it) stay views instead of copies."""
+def _in_consumer_order(shape: tuple[Size, ...], users: Sequence[Op]) -> str:
+    """The view suffix of a flat buffer as ``shape``; when a value's only reader permutes it, its
+    memory is laid out in the permuted order, so the permute (and a reshape after it) stay views
+    instead of copies."""
     if len(users) == 1 and users[0].name == "permute":
         dims = tuple(users[0].attrs["dims"])
         inverse = tuple(int(i) for i in np.argsort(dims))
-        return raw.view(tuple(shape[d] for d in dims)).permute(inverse)
-    return raw.view(shape)
+        return f".view({tuple(shape[d] for d in dims)}).permute({inverse})"
+    return f".view({tuple(shape)})"
 
 
 def _hoisted(g: Graph) -> set[int]:
@@ -286,13 +318,20 @@ def _hoisted(g: Graph) -> set[int]:
 
 
 class _PlanBuilder(PlanContext):
-    def __init__(self, ex: Executor, inputs: Sequence[torch.Tensor], weights: Mapping[str, torch.Tensor]) -> None:
+    """Builds one Plan. ``sizes`` None: generic in the size symbols (the wrapper computes every size
+    from its ``sizes`` argument); else the symbols' values, specialised into the plan."""
+
+    def __init__(self, ex: Executor, sizes: tuple[int, ...] | None, weights: Mapping[str, torch.Tensor]) -> None:
         g = ex.graph
         self.ex, self.g = ex, g
-        self.bindings = bind_symbols([v.type for v in g.inputs], [np.empty(tuple(x.shape), dtype=bool) for x in inputs])
-        self.glb: dict[str, Any] = {"torch": torch, "np": np, **ex.target.namespace()}
+        self.generic = sizes is None
+        self.bindings = dict(zip(ex.binder.symbols, sizes or ()))
+        self.sizes: dict[Any, Size] = {}    # dim -> its int or per-call code (memo)
+        self.glb: dict[str, Any] = {"torch": torch, "np": np, "check_assumption": check_assumption,
+                                    **ex.target.namespace()}
         self.device = ex.target.device
         self.lines: list[str] = []
+        self.arena_lines: list[str] = []    # per-call views of the growing arena, made first
         self.name: dict[int, str] = {}
         self.dynamic: set[int] = set()      # values that change per call
         self.flat: dict[int, str] = {}      # value -> name of its flat numpy view
@@ -301,13 +340,25 @@ class _PlanBuilder(PlanContext):
         self.error_slots: list[tuple[str, str]] = []  # (kernel error buffer, its checks) in launch order
         self.snapshots: list[Snapshot] = []  # copies of weights, refreshed when a weight changes in place
         self.arena: torch.Tensor | None = None
+        self.growing: GrowingArena | None = None
 
     def fresh(self, prefix: str) -> str:
         self.counter += 1
         return f"{prefix}{self.counter}"
 
-    def size(self, d: Any) -> int:
-        return evaluate(d, self.bindings) if not isinstance(d, int) else d
+    def size(self, d: Any) -> Size:
+        if isinstance(d, int):
+            return d
+        if d not in self.sizes:
+            if not self.generic:
+                self.sizes[d] = evaluate(d, self.bindings)
+            else:
+                d = sympy.sympify(d)
+                self.sizes[d] = int(d) if d.is_Integer else SizeCode(python_code(d, size_variable))
+        return self.sizes[d]
+
+    def shape(self, v: Value) -> tuple[Size, ...]:
+        return tuple(self.size(d) for d in v.type.shape)
 
     def static(self, value: Any, prefix: str) -> str:
         name = self.fresh(prefix)
@@ -319,7 +370,7 @@ class _PlanBuilder(PlanContext):
 
     def derive(self, base: str, suffix: str) -> str:
         """``base + suffix`` as a static view when ``base`` is static and the view shares its memory."""
-        if base not in self.glb:
+        if base not in self.glb or SIZE_NAME.search(suffix):
             return f"{base}{suffix}"
         view = eval(f"{base}{suffix}", self.glb)  # noqa: S307 - our own generated code
         if view.untyped_storage().data_ptr() != self.glb[base].untyped_storage().data_ptr():
@@ -351,21 +402,24 @@ class _PlanBuilder(PlanContext):
         return self.flat[id(v)]
 
     def build(self) -> Plan:
-        """Plan the arena, bind every value to a name, then emit and compile the wrapper."""
+        """Plan the arenas, bind every value to a name, then emit and compile the wrapper."""
         steps = list(self.g.ops)
-        memory, arena_values = self.plan_arena(steps)
-        poison = self.place_in_arena(memory, arena_values, steps)
+        memory, fixed, growing = self.plan_arena(steps)
+        poison = self.place_in_arena(memory, fixed, steps)
+        self.place_in_growing_arena(growing, steps)
         self.bind_inputs_and_weights()
         source, launches = self.emit_wrapper(steps)
         namespace = dict(self.glb)
         exec(compile(source, f"<lamina wrapper {self.g.name}>", "exec"), namespace)
-        return Plan(source, namespace["run"], memory, launches, self.arena, poison)
+        generic = self.generic or not self.ex.binder.symbols
+        return Plan(source, namespace["run"], memory, launches, self.arena, poison, self.growing, generic)
 
     # -- arena planning ---------------------------------------------------------------------------
-    def plan_arena(self, steps: Sequence[Op]) -> tuple[MemoryPlan, list[tuple[Value, int]]]:
-        """Offsets in one arena for the results kernels and GEMMs write that are not graph outputs:
-        each lives from its step to its last use (a view keeps its base alive; an output that views an
-        intermediate keeps it to the end, where it is copied out)."""
+    def plan_arena(self, steps: Sequence[Op]) -> tuple[MemoryPlan, list[Value], list[tuple[Value, int, int]]]:
+        """Places for the results kernels and GEMMs write that are not graph outputs: each lives from
+        its step to its last use (a view keeps its base alive; an output that views an intermediate
+        keeps it to the end, where it is copied out). Values of fixed size get offsets in the static
+        arena now; those whose size changes per call are returned with their spans, for the growing arena."""
         outputs = set(self.g.outputs)
         last_use: dict[Value, int] = {}
         for i, op in enumerate(steps):
@@ -383,27 +437,53 @@ class _PlanBuilder(PlanContext):
         for v in self.g.outputs:
             if v in view_base:
                 last_use[view_base[v]] = len(steps)
-        arena_values = [(v, i) for i, op in enumerate(steps) if self.writes_into_out(op)
-                        for v in op.results if v not in outputs]
-        lifetimes = [Lifetime(str(id(v)), self.nbytes(v), i, last_use.get(v, i)) for v, i in arena_values]
-        return plan_memory(lifetimes), arena_values
+        placed = [(v, i, last_use.get(v, i)) for i, op in enumerate(steps) if self.writes_into_out(op)
+                  for v in op.results if v not in outputs]
+        fixed = [(v, i, end) for v, i, end in placed if is_static(*self.shape(v))]
+        lifetimes = [Lifetime(str(id(v)), self.nbytes(v), i, end) for v, i, end in fixed]
+        return plan_memory(lifetimes), [v for v, _, _ in fixed], [x for x in placed if x not in fixed]
 
-    def place_in_arena(self, memory: MemoryPlan, arena_values: Sequence[tuple[Value, int]],
-                       steps: Sequence[Op]) -> list[torch.Tensor]:
-        """Allocate the arena and name each planned value's view of it; the views (to poison)."""
+    def place_in_arena(self, memory: MemoryPlan, values: Sequence[Value], steps: Sequence[Op]) -> list[torch.Tensor]:
+        """Allocate the static arena and name each planned value's view of it; the views (to poison)."""
         self.arena = arena = torch.empty(max(memory.peak, 1), dtype=torch.uint8, device=self.device)
         readers, producer = users(steps), producers(steps)
         views = []
-        for v, _ in arena_values:
+        for v in values:
             off = memory.offsets[str(id(v))]
             raw = arena[off: off + self.nbytes(v)].view(to_torch(v.type.dtype))
-            shape = _dims(v.type.shape, self.bindings)
             # native kernels take strided outputs; generated kernels and GEMMs write contiguous ones
-            t = _in_consumer_order(raw, shape, readers.get(v, [])) if id(producer[v]) in self.ex.natives \
-                else raw.view(shape)
+            suffix = _in_consumer_order(self.shape(v), readers.get(v, [])) if id(producer[v]) in self.ex.natives \
+                else f".view({self.shape(v)})"
+            t = eval(f"raw{suffix}", {"raw": raw})  # noqa: S307 - our own generated code
             self.name[id(v)] = self.static(t, "A")
             views.append(t)
         return views
+
+    def place_in_growing_arena(self, placed: Sequence[tuple[Value, int, int]], steps: Sequence[Op]) -> None:
+        """Values whose size changes per call: a ``GrowingArena`` laid out for a capacity of each size,
+        and wrapper lines that view it per call (poisoned per call when asked)."""
+        if not placed:
+            return
+        sizes = [self.nbytes_expr(v) for v, _, _ in placed]
+        codes = [python_code(n, size_variable) for n in sizes]
+        scope: dict[str, Any] = {}
+        unpack = "".join(f"{size_variable(s)}, " for s in self.ex.binder.symbols)
+        exec(f"def nbytes(sizes):\n    {unpack} = sizes\n    return ({''.join(c + ', ' for c in codes)})\n", scope)  # noqa: S102
+        self.growing = GrowingArena(scope["nbytes"], [(start, end) for _, start, end in placed], self.device,
+                                    all(nondecreasing(n) for n in sizes))
+        self.glb["_growing"] = self.growing
+        self.arena_lines.append("_dyn, _off = _growing.fit(sizes)")
+        readers, producer = users(steps), producers(steps)
+        for k, ((v, _, _), code) in enumerate(zip(placed, codes)):
+            name = self.fresh("a")
+            suffix = _in_consumer_order(self.shape(v), readers.get(v, [])) if id(producer[v]) in self.ex.natives \
+                else f".view({self.shape(v)})"
+            self.arena_lines.append(f"{name} = _dyn[_off[{k}]:_off[{k}] + {code}].view({to_torch(v.type.dtype)}){suffix}")
+            if self.ex.poison:
+                fill = "float('nan')" if v.type.dtype.is_float else "-7"
+                self.arena_lines.append(f"{name}.fill_({fill})")
+            self.name[id(v)] = name
+            self.dynamic.add(id(v))
 
     def bind_inputs_and_weights(self) -> None:
         for i, v in enumerate(self.g.inputs):
@@ -417,8 +497,12 @@ class _PlanBuilder(PlanContext):
 
     # -- wrapper emission -------------------------------------------------------------------------
     def emit_wrapper(self, steps: Sequence[Op]) -> tuple[str, int]:
-        """The wrapper's source ``run(inputs)`` and its number of launches."""
+        """The wrapper's source ``run(inputs, sizes)`` and its number of launches."""
+        symbols = self.ex.binder.symbols if self.generic else ()
         self.lines = self.ex.target.prologue() + [f"x{i} = inputs[{i}]" for i in range(len(self.g.inputs))]
+        if symbols:
+            self.lines.append(f"{''.join(size_variable(s) + ', ' for s in symbols)}= sizes")
+        self.lines += self.arena_lines
         snapshots_at = len(self.lines)  # where the refresh goes, once every snapshot is known
         if self.ex.loops:
             self.glb["_iterations"], self.glb["_residuals"] = self.ex.iterations, self.ex.residuals
@@ -436,7 +520,7 @@ class _PlanBuilder(PlanContext):
             self.lines.append(f"    raise_kernel_errors([{slots}])")
         returns = [self.name[id(v)] if v in fresh_outputs else f"{self.name[id(v)]}.clone()" for v in self.g.outputs]
         self.lines.append(f"return [{', '.join(returns)}]")
-        return "def run(inputs):\n" + "\n".join("    " + line for line in self.lines) + "\n", launches
+        return "def run(inputs, sizes):\n" + "\n".join("    " + line for line in self.lines) + "\n", launches
 
     def allocate_outputs(self, steps: Sequence[Op]) -> set[Value]:
         """Outputs written by a kernel or GEMM get a fresh tensor per call (the caller keeps it)."""
@@ -445,8 +529,8 @@ class _PlanBuilder(PlanContext):
         for v in self.g.outputs:
             if v in written and v not in fresh:
                 name = self.fresh("y")
-                shape = _dims(v.type.shape, self.bindings)
-                self.lines.append(f"{name} = torch.empty({shape}, dtype={to_torch(v.type.dtype)}, device={self.device!r})")
+                self.lines.append(f"{name} = torch.empty({self.shape(v)}, dtype={to_torch(v.type.dtype)}, "
+                                  f"device={self.device!r})")
                 if self.ex.poison:  # unwritten elements show as NaN / -7
                     fill = "float('nan')" if v.type.dtype.is_float else "-7"
                     self.lines.append(f"{name}.fill_({fill})")
@@ -483,27 +567,42 @@ class _PlanBuilder(PlanContext):
         self.error_slots.append((name, self.static(tuple(checks), "C")))
         return name
 
+    def check_index_assumptions(self, assumptions: Sequence[Any]) -> None:
+        """Index bounds the sizes fix: checked now when the plan fixes the sizes, else per call."""
+        now = [a for a in assumptions if is_static(self.size(a.lo), self.size(a.hi), self.size(a.size))]
+        check_assumptions(now, self.size)
+        for a in assumptions:
+            if a not in now:
+                self.lines.append(f"check_assumption({self.static(a, 'I')}, {self.size(a.lo)}, {self.size(a.hi)}, "
+                                  f"{self.size(a.size)})")
+
     def writes_into_out(self, op: Op) -> bool:
         if id(op) in self.ex.hoisted_ops:
             return False
         return op.name == "fused" or writes_into_out(op.name) or id(op) in self.ex.natives
 
+    def itemsize(self, v: Value) -> int:
+        return torch.empty((), dtype=to_torch(v.type.dtype)).element_size()
+
     def nbytes(self, v: Value) -> int:
-        n = 1
-        for d in _dims(v.type.shape, self.bindings):
+        n = self.itemsize(v)
+        for d in self.shape(v):
             n *= d
-        return n * torch.empty((), dtype=to_torch(v.type.dtype)).element_size()
+        return n
+
+    def nbytes_expr(self, v: Value) -> Any:
+        """A value's bytes as a SymPy expression of the size symbols."""
+        return sympy.expand(numel(v.type.shape) * self.itemsize(v))
 
     def step(self, op: Op) -> int:
         if op.name == "fused":
             ck = self.ex.kernels[id(op)]
             fn = self.static(ck.fn, "K")
             args = [self.flat_of(v) for v in op.operands] + [self.flat_of(v) for v in op.results]
-            check_assumptions(ck.kernel.assumptions, self.size)
+            self.check_index_assumptions(ck.kernel.assumptions)
             if ck.kernel.checks:
                 args.append(self.error_slot(ck.kernel.checks))
-            bound = {sympy.Symbol(s, integer=True, positive=True): self.size(sympy.Symbol(s, integer=True, positive=True))
-                     for s in ck.kernel.sizes}
+            bound = {s: self.size(sympy.Symbol(s, integer=True, positive=True)) for s in ck.kernel.sizes}
             args += [str(v) for v in bound.values()]
             outer = _evaluate_expr(ck.kernel.outer, bound)
             inner = _evaluate_expr(ck.kernel.row_extent, bound) if ck.kernel.row_extent is not None else None
@@ -527,7 +626,8 @@ class _PlanBuilder(PlanContext):
             return 1
         if category(op.name).free:
             exprs = view_expr(op, args[0] if args else "", self.size)
-            dynamic = any(id(v) in self.dynamic for v in op.operands)
+            # per call when an operand is, or the view's sizes are
+            dynamic = any(id(v) in self.dynamic for v in op.operands) or any(SIZE_NAME.search(e) for e in exprs)
             made = [] if dynamic else [eval(e, self.glb) for e in exprs]  # noqa: S307 - our own generated code
             if made and op.operands:  # a reshape that must copy is a snapshot: redo it each call
                 base = self.glb[args[0]].untyped_storage().data_ptr()

@@ -156,7 +156,7 @@ def test_dump_dir_holds_graph_ir_kernels_wrapper_and_summary(tmp_path) -> None:
     graph = tmp_path / "graph_0"
     assert "def forward" in (graph / "input_graph.py").read_text()
     assert (graph / "ir" / "00-input.lamina").exists() and any((graph / "ir").glob("*fuse*"))
-    assert list((graph / "kernels").glob("k_*.py")) and "def run(inputs)" in (graph / "wrapper.py").read_text()
+    assert list((graph / "kernels").glob("k_*.py")) and "def run(inputs, sizes)" in (graph / "wrapper.py").read_text()
     summary = json.loads((graph / "summary.json").read_text())
     assert summary["ops"] and summary["fused_kernels"] and summary["fallbacks"] == []
     assert set(summary["pass_seconds"]) == {"canonicalize", "fuse", "wrap"} and summary["compile_seconds"] > 0

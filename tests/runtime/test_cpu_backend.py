@@ -52,7 +52,7 @@ def test_dynamic_batch_on_cpu_reuses_kernels() -> None:
         with torch.no_grad():
             assert rel_error(compiled(x), model(x)) <= F32_TOL
     assert {ck.fn for ck in executor.kernels.values()} == kernels
-    assert len(executor.plans) == 2
+    assert len(executor.plans) == 1 and executor.plan_builds == 1  # one plan, generic in the batch
 
 
 def test_outputs_do_not_alias_between_calls() -> None:
@@ -88,7 +88,7 @@ def test_wrapper_and_kernels_are_inspectable() -> None:
     assert any("layer_norm" in name for name in sources)
     assert all("numba.prange" in src for src in sources.values())
     plan = executor.plan_for(list(args), compiled._weights)
-    assert plan.source.startswith("def run(inputs):") and "torch.mm(" in plan.source
+    assert plan.source.startswith("def run(inputs, sizes):") and "torch.mm(" in plan.source
 
 
 def test_softmax_computes_each_exp_once_through_a_scratch_row() -> None:
@@ -166,15 +166,38 @@ def test_a_reduction_over_size_one_axes_reads_its_own_rows() -> None:
     assert rel_error(compiled(x), SqueezeExcite()(x)) <= 1e-6
 
 
-def test_plans_are_a_bounded_cache_of_the_most_recent_shapes() -> None:
-    """A dynamic length with a new value per call (a decode loop) keeps at most max_plans plans and their
-    arenas; an evicted shape is planned again and still right."""
+def test_one_plan_serves_every_length_and_its_arena_grows_geometrically() -> None:
+    """A dynamic length with a new value per call (a decode loop) builds one plan; the values whose size
+    follows the length live in an arena that grows to the next power of two when a call passes it."""
+    from torch.export import Dim
+
+    model, (idx,) = make_gpt2_stack(batch=1, seq=64, n_layers=2)  # 64 positions
+    compiled = lamina.compile(model, (idx,), dynamic_shapes=({1: Dim("T", min=2, max=64)},), poison=True)
+    with torch.no_grad():
+        for t in range(2, 65):
+            x = torch.randint(0, 64, (1, t))
+            assert rel_error(compiled(x), model(x)) <= 1e-5
+        info = compiled.plan_cache
+        assert info.plans == 1 and info.builds == 1
+        assert info.arena_grows == 6  # capacities 2, 4, 8, 16, 32, 64
+        (plan,) = compiled._executor.plans.values()
+        assert plan.growing.capacity == (64,)
+        assert info.arena_bytes == plan.arena.numel() + plan.growing.buffer.numel()
+        x = torch.randint(0, 64, (1, 3))  # a short call after long ones: the large layout serves it
+        assert rel_error(compiled(x), model(x)) <= 1e-5
+        assert compiled.plan_cache.arena_grows == 6
+
+
+def test_plans_per_set_of_sizes_are_a_bounded_cache() -> None:
+    """A graph planned per set of sizes (its sizes have no Python form) keeps at most max_plans plans
+    and their arenas; an evicted shape is planned again and still right."""
     from torch.export import Dim
 
     from lamina.runtime.program import MAX_PLANS
 
     model, (idx,) = make_gpt2_stack(batch=1, seq=8, n_layers=2)
     compiled = lamina.compile(model, (idx,), dynamic_shapes=({1: Dim("T", min=2, max=64)},), poison=True)
+    compiled._executor.generic = False  # what build_plan falls back to for such a graph
     lengths = list(range(2, 2 + MAX_PLANS + 6))
     first_arena = None
     with torch.no_grad():
@@ -185,7 +208,7 @@ def test_plans_are_a_bounded_cache_of_the_most_recent_shapes() -> None:
                 first_arena = weakref.ref(next(iter(compiled._executor.plans.values())).arena)
         info = compiled.plan_cache
         assert info.plans == info.limit == MAX_PLANS and info.builds == len(lengths)
-        assert list(compiled._executor.plans) == [((1, t),) for t in lengths[-MAX_PLANS:]]
+        assert list(compiled._executor.plans) == [(t,) for t in lengths[-MAX_PLANS:]]
         gc.collect()
         assert first_arena() is None  # the evicted plan's arena is freed: memory stays bounded
         assert info.arena_bytes == sum(p.arena.numel() for p in compiled._executor.plans.values())
