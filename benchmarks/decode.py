@@ -12,17 +12,21 @@ level before the run, and whether the tokens equal eager's. Contenders:
 - ``eager``: ``model.generate``;
 - ``inductor``: ``generate`` with ``model.forward`` under ``torch.compile`` (inductor);
 - ``lamina``: the same with ``torch.compile(backend=LaminaBackend())``;
-- ``lamina.compile``: lamina's own entry point, a prefill module and one decode module compiled with
-  ``dynamic_shapes="auto"``, driven by a greedy loop (dynamic cache only).
+- ``lamina.compile``: lamina's own entry point driven by a greedy loop: with the dynamic cache a
+  prefill module and one decode module compiled with ``dynamic_shapes="auto"``; with the static
+  cache (``StaticCache``, written in place) a prefill and a decode module of fixed shapes;
+- ``llama.cpp``: llama-cpp-python on an F32 GGUF of the same weights (batch 1, its own preallocated
+  cache, listed under the dynamic rows), the external anchor when ``llama-cpp-python`` and ``gguf``
+  are installed; otherwise its row is skipped with a message.
 
-llama.cpp (F32 GGUF of the same shapes) is the external anchor when ``llama-cpp-python`` and ``gguf``
-are installed; otherwise its row is skipped with a message.
+The timing of a model with a static cache includes building the cache (transformers' generate does too).
 """
 from __future__ import annotations
 
 import argparse
 import gc
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,7 +44,7 @@ SIZES = {  # hidden, ffn, layers, heads, kv heads
     "medium": (1024, 2816, 4, 16, 8),
     "large": (2048, 5632, 4, 32, 8),
 }
-CONTENDERS = ("eager", "inductor", "lamina", "lamina.compile")
+CONTENDERS = ("eager", "inductor", "lamina", "lamina.compile", "llama.cpp")
 
 
 @dataclass(frozen=True)
@@ -79,11 +83,20 @@ def copy_bandwidth_gbs() -> float:
     return 2 * 5 * a.numel() / (time.perf_counter() - start) / 1e9
 
 
-def hf_generate(model: torch.nn.Module, forward: Callable, cache: str) -> Callable[[torch.Tensor, int], torch.Tensor]:
+def static_cache(model: torch.nn.Module, batch: int, capacity: int) -> object:
+    from transformers import StaticCache
+
+    return StaticCache(config=model.config, max_cache_len=capacity, max_batch_size=batch)
+
+
+def hf_generate(model: torch.nn.Module, forward: Callable, cache: str,
+                capacity: int) -> Callable[[torch.Tensor, int], torch.Tensor]:
+    """``generate``; with the static cache, one of ``capacity`` positions made per run, so every run (the
+    warm-up, the one-token and the long one) has the same shapes."""
     def run(ids: torch.Tensor, new: int) -> torch.Tensor:
         saved, model.forward = model.forward, forward
         try:
-            extra = {"cache_implementation": "static"} if cache == "static" else {}
+            extra = {"past_key_values": static_cache(model, ids.shape[0], capacity)} if cache == "static" else {}
             return model.generate(ids, max_new_tokens=new, min_new_tokens=new, do_sample=False, **extra)
         finally:
             model.forward = saved
@@ -115,6 +128,33 @@ def lamina_loop(model: torch.nn.Module) -> Callable[[torch.Tensor, int], torch.T
     return run
 
 
+def lamina_static_loop(model: torch.nn.Module, capacity: int) -> Callable[[torch.Tensor, int], torch.Tensor]:
+    """Greedy decoding with lamina.compile's modules and transformers' StaticCache: a prefill module and
+    one decode module (the same shapes every step), the cache written in place."""
+    import lamina
+
+    modules: dict[str, object] = {}
+
+    def run(ids: torch.Tensor, new: int) -> torch.Tensor:
+        t = ids.shape[1]
+        cache = static_cache(model, ids.shape[0], capacity)
+        if "prefill" not in modules:
+            modules["prefill"] = lamina.compile(model, (ids,), fallback=False, example_kwargs={
+                "past_key_values": cache, "cache_position": torch.arange(t)})
+        out = modules["prefill"](ids, past_key_values=cache, cache_position=torch.arange(t))
+        cache = out.past_key_values  # transformers allocates a StaticCache's tensors in the first forward
+        tokens = [out.logits[:, -1:].argmax(-1)]
+        if "decode" not in modules:
+            modules["decode"] = lamina.compile(model, (tokens[-1],), fallback=False, example_kwargs={
+                "past_key_values": cache, "cache_position": torch.tensor([t])})
+        for i in range(new - 1):
+            out = modules["decode"](tokens[-1], past_key_values=cache, cache_position=torch.tensor([t + i]))
+            tokens.append(out.logits[:, -1:].argmax(-1))
+        return torch.cat([ids, *tokens], 1)
+
+    return run
+
+
 def measure(run: Callable[[torch.Tensor, int], torch.Tensor], ids: torch.Tensor, new: int) -> Row:
     """Warm (compiles), then time ``new`` tokens and one token; resident memory around the long run."""
     run(ids, 4)
@@ -135,30 +175,108 @@ def measure(run: Callable[[torch.Tensor, int], torch.Tensor], ids: torch.Tensor,
     return Row((total - one) / max(new - 1, 1) * 1e3, peak / 2**20, final / 2**20, tokens)
 
 
-def contender(name: str, model: torch.nn.Module, cache: str) -> Callable[[torch.Tensor, int], torch.Tensor] | str:
-    """The generate function of ``name``, or why it does not apply."""
+def contender(name: str, model: torch.nn.Module, cache: str,
+              capacity: int) -> Callable[[torch.Tensor, int], torch.Tensor] | str:
+    """The generate function of ``name``, or why it does not apply; ``capacity``: static cache positions."""
     from lamina.dynamo import LaminaBackend
 
     if name == "eager":
-        return hf_generate(model, model.forward, cache)
+        return hf_generate(model, model.forward, cache, capacity)
     if name == "inductor":
         torch._dynamo.reset()
-        return hf_generate(model, torch.compile(model.forward, backend="inductor"), cache)
+        return hf_generate(model, torch.compile(model.forward, backend="inductor"), cache, capacity)
     if name == "lamina":
         torch._dynamo.reset()
-        return hf_generate(model, torch.compile(model.forward, backend=LaminaBackend()), cache)
-    if cache == "static":
-        return "lamina.compile drives its own loop with the dynamic cache"
-    return lamina_loop(model)
+        return hf_generate(model, torch.compile(model.forward, backend=LaminaBackend()), cache, capacity)
+    if name == "llama.cpp":
+        if cache != "dynamic":
+            return "llama.cpp runs once per model and batch, with its own preallocated cache"
+        missing = llama_cpp_missing()
+        return missing if missing is not None else llama_cpp_generate(model, Path(tempfile.mkdtemp()))
+    return lamina_static_loop(model, capacity) if cache == "static" else lamina_loop(model)
 
 
-def llama_cpp_note() -> str:
+def llama_cpp_missing() -> str | None:
+    """Why the llama.cpp row is skipped, or None when it runs."""
     try:
         import gguf  # noqa: F401
         import llama_cpp  # noqa: F401
     except ImportError:
         return "llama.cpp row skipped: pip install llama-cpp-python gguf (it builds from source, ~10 minutes)"
-    return "llama.cpp row: not run by this version of the script"
+    return None
+
+
+def write_gguf(model: torch.nn.Module, path: Path) -> None:
+    """The HF Llama's own weights as an F32 GGUF llama.cpp loads (q/k rows permuted to its rope layout,
+    as llama.cpp's converter does), so both decode the same model."""
+    import gguf
+
+    c = model.config
+    heads, kv, hidden = c.num_attention_heads, c.num_key_value_heads, c.hidden_size
+
+    def permute(w: torch.Tensor, n: int) -> torch.Tensor:
+        return w.reshape(n, 2, w.shape[0] // n // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_context_length(c.max_position_embeddings)
+    w.add_embedding_length(hidden)
+    w.add_block_count(c.num_hidden_layers)
+    w.add_feed_forward_length(c.intermediate_size)
+    w.add_rope_dimension_count(hidden // heads)
+    w.add_head_count(heads)
+    w.add_head_count_kv(kv)
+    w.add_layer_norm_rms_eps(c.rms_norm_eps)
+    w.add_rope_freq_base(getattr(c, "rope_theta", None) or c.rope_parameters["rope_theta"])
+    w.add_vocab_size(c.vocab_size)
+    w.add_file_type(gguf.LlamaFileType.ALL_F32)
+    w.add_tokenizer_model("none")  # token ids in, no text
+    sd = {k: v.detach().float() for k, v in model.state_dict().items()}
+    tensors = {"token_embd.weight": sd["model.embed_tokens.weight"], "output_norm.weight": sd["model.norm.weight"],
+               "output.weight": sd["lm_head.weight"]}
+    for i in range(c.num_hidden_layers):
+        p = f"model.layers.{i}."
+        tensors.update({
+            f"blk.{i}.attn_norm.weight": sd[p + "input_layernorm.weight"],
+            f"blk.{i}.attn_q.weight": permute(sd[p + "self_attn.q_proj.weight"], heads),
+            f"blk.{i}.attn_k.weight": permute(sd[p + "self_attn.k_proj.weight"], kv),
+            f"blk.{i}.attn_v.weight": sd[p + "self_attn.v_proj.weight"],
+            f"blk.{i}.attn_output.weight": sd[p + "self_attn.o_proj.weight"],
+            f"blk.{i}.ffn_norm.weight": sd[p + "post_attention_layernorm.weight"],
+            f"blk.{i}.ffn_gate.weight": sd[p + "mlp.gate_proj.weight"],
+            f"blk.{i}.ffn_up.weight": sd[p + "mlp.up_proj.weight"],
+            f"blk.{i}.ffn_down.weight": sd[p + "mlp.down_proj.weight"]})
+    for name, t in tensors.items():
+        w.add_tensor(name, t.contiguous().numpy())
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+def llama_cpp_generate(model: torch.nn.Module, directory: Path) -> Callable[[torch.Tensor, int], torch.Tensor]:
+    """Greedy decoding by llama.cpp (2 threads, F32) of the same weights; batch 1."""
+    import llama_cpp
+
+    path = directory / "model-f32.gguf"
+    write_gguf(model, path)
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=model.config.max_position_embeddings, n_threads=2,
+                          n_threads_batch=2, n_batch=512, verbose=False)
+
+    def run(ids: torch.Tensor, new: int) -> torch.Tensor:
+        if ids.shape[0] != 1:
+            raise ValueError("the llama.cpp row decodes batch 1")
+        llm.reset()
+        tokens = ids[0].tolist()
+        llm.eval(tokens)
+        out = []
+        for _ in range(new):
+            token = int(llm.scores[llm.n_tokens - 1].argmax())
+            out.append(token)
+            if len(out) < new:
+                llm.eval([token])
+        return torch.cat([ids, torch.tensor([out])], 1)
+
+    return run
 
 
 def main() -> None:
@@ -172,7 +290,7 @@ def main() -> None:
     ns = parser.parse_args()
     bandwidth = copy_bandwidth_gbs()
     print(f"machine: {machine()}; copy bandwidth {bandwidth:.1f} GB/s; prompt {ns.prompt}, {ns.new_tokens} new tokens")
-    print(llama_cpp_note())
+    print(llama_cpp_missing() or "llama.cpp: llama-cpp-python, F32 GGUF of the same weights, 2 threads, batch 1")
     rows = []
     for size in ns.models:
         model = make_llama(size)
@@ -182,7 +300,7 @@ def main() -> None:
             for cache in ns.caches:
                 eager_tokens = None
                 for name in ns.contenders:
-                    run = contender(name, model, cache)
+                    run = contender(name, model, cache, ns.prompt + ns.new_tokens)
                     if isinstance(run, str):
                         continue
                     with torch.no_grad():

@@ -40,6 +40,10 @@ def reference_executor(graph: Graph) -> Executor:
     return run
 
 
+def _same_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.data_ptr() == b.data_ptr() and a.shape == b.shape and a.stride() == b.stride() and a.dtype == b.dtype
+
+
 def _describe(spec: Any) -> str:
     """'2 positional arguments and keywords (use_cache)' for a (args, kwargs) TreeSpec."""
     args, kwargs = spec.child(0), spec.child(1)
@@ -71,6 +75,10 @@ class CompiledModule:
         self._single_output = imported.out_spec.is_leaf()
         self._warned_about_grad = False
         self._weights_need_grad = imported.trainable
+        updates = {imported.roles[m.argument].index: m.output for m in imported.mutations
+                   if m.argument is not None and isinstance(imported.roles[m.argument], InputRole)}
+        if updates and hasattr(executor, "update_in_place"):
+            executor.update_in_place(updates)  # a KV cache written with index_copy_ need not be copied back
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if not self._warned_about_grad and torch.is_grad_enabled():
@@ -127,7 +135,9 @@ class CompiledModule:
         with torch.no_grad():
             for m in self._mutations:
                 target = flat_args[m.argument] if m.argument is not None else weights[m.weight]
-                target.copy_(outputs[m.output])
+                new = outputs[m.output]
+                if not _same_memory(new, target):  # the executor may have updated it in place
+                    target.copy_(new)
         return list(outputs[:self._user_outputs])
 
     def _warn_if_gradients_expected(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> None:

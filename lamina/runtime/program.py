@@ -184,6 +184,7 @@ class Executor:
                       for op in graph.ops if lookup(op.name).program_regions}
         self.iterations: list[int] = []  # iteration counts of the last call's iterate ops, in order
         self.residuals: list[float] = []  # and the residual each loop ended with (its last update's norm)
+        self.updates: dict[int, int] = {}  # graph input -> the output that is its new value (see update_in_place)
         self.plans: OrderedDict[tuple, Plan] = OrderedDict()  # least recently used first
         self.max_plans, self.plan_builds = max_plans, 0
         self.hoisted_ops = _hoisted(graph)
@@ -197,6 +198,15 @@ class Executor:
                 if v.type.dtype not in self.target.supported:
                     raise BackendError(f"the {self.target.name} backend does not support {v.type.dtype} "
                                        f"({op.describe()}); use backend='reference' for f16/bf16/i4 models")
+
+    def update_in_place(self, updates: Mapping[int, int]) -> None:
+        """The model updates graph input ``i`` in place and output ``updates[i]`` is its new value (a
+        static KV cache's ``index_copy_``). A plan may then write the update into the input itself, where
+        nothing reads the old value afterwards and the inputs do not share memory (checked per call);
+        that output is then the input tensor, so the caller's copy back is a no-op."""
+        with self.lock:
+            self.updates = dict(updates)
+            self.plans.clear()
 
     def sources(self) -> dict[str, str]:
         return {ck.kernel.name: ck.source for ck in self.kernels.values()}
@@ -302,6 +312,11 @@ def _in_consumer_order(shape: tuple[Size, ...], users: Sequence[Op]) -> str:
     return f".view({tuple(shape)})"
 
 
+def distinct_inputs(inputs: Sequence[torch.Tensor]) -> bool:
+    """Whether no two inputs share memory (then an input may be updated in place)."""
+    return len({x.untyped_storage().data_ptr() for x in inputs}) == len(inputs)
+
+
 def _hoisted(g: Graph) -> set[int]:
     """Library ops computed once per plan (``LibraryCall.hoisted_when_static``) whose operands are weights, constants or views of them."""
     static = {id(p.value) for p in g.params}
@@ -341,6 +356,8 @@ class _PlanBuilder(PlanContext):
         self.snapshots: list[Snapshot] = []  # copies of weights, refreshed when a weight changes in place
         self.arena: torch.Tensor | None = None
         self.growing: GrowingArena | None = None
+        self.owned: set[int] = set()        # values a library call made this call: returned as they are
+        self.in_place: dict[int, int] = {}  # index_put op -> the graph input it may update in place
 
     def fresh(self, prefix: str) -> str:
         self.counter += 1
@@ -404,6 +421,7 @@ class _PlanBuilder(PlanContext):
     def build(self) -> Plan:
         """Plan the arenas, bind every value to a name, then emit and compile the wrapper."""
         steps = list(self.g.ops)
+        self.in_place = self.in_place_updates(steps)
         memory, fixed, growing = self.plan_arena(steps)
         poison = self.place_in_arena(memory, fixed, steps)
         self.place_in_growing_arena(growing, steps)
@@ -518,7 +536,14 @@ class _PlanBuilder(PlanContext):
             slots = ", ".join(f"({e}, {c})" for e, c in self.error_slots)
             self.lines.append(f"if {flags}:")
             self.lines.append(f"    raise_kernel_errors([{slots}])")
-        returns = [self.name[id(v)] if v in fresh_outputs else f"{self.name[id(v)]}.clone()" for v in self.g.outputs]
+        returns, given = [], set()
+        updates = set(self.ex.updates.values())
+        for i, v in enumerate(self.g.outputs):
+            # a fresh tensor is returned once as it is; an arena view or a weight, or a second
+            # user-visible occurrence, is copied (an input's new value may alias the output it also is)
+            own = (v in fresh_outputs or id(v) in self.owned) and (id(v) not in given or i in updates)
+            returns.append(self.name[id(v)] if own else f"{self.name[id(v)]}.clone()")
+            given.add(id(v))
         self.lines.append(f"return [{', '.join(returns)}]")
         return "def run(inputs, sizes):\n" + "\n".join("    " + line for line in self.lines) + "\n", launches
 
@@ -646,8 +671,46 @@ class _PlanBuilder(PlanContext):
             self.lines.append(call_line(op, args, outs, outs, self.derive))
             return 1
         results = [self.fresh("r") for _ in op.results]
-        self.lines.append(call_line(op, args, [], results, self.derive))
+        line = call_line(op, args, [], results, self.derive)
+        if id(op) in self.in_place:
+            # the update lands in the input itself; out of place if the caller's inputs share memory
+            self.glb["distinct_inputs"] = distinct_inputs
+            self.lines += ["if distinct_inputs(inputs):",
+                           f"    {line.replace('index_put.default(', 'index_put_.default(', 1)}",
+                           "else:",
+                           f"    {line}"]
+        else:
+            self.lines.append(line)
         for v, r in zip(op.results, results):
             self.name[id(v)] = r
             self.dynamic.add(id(v))
+            self.owned.add(id(v))  # a new tensor, or the updated input the model returns as eager would
         return 1
+
+    def in_place_updates(self, steps: Sequence[Op]) -> dict[int, int]:
+        """The ``index_put`` ops that may write into the graph input they update (``Executor.updates``):
+        the op's result is that input's new value, nothing reads the old value (or a view of it) after
+        the op, and the op does not read it through another operand."""
+        position = {id(op): i for i, op in enumerate(steps)}
+        readers = users(steps)
+        found: dict[int, int] = {}
+        for i, x in enumerate(self.g.inputs):
+            if i not in self.ex.updates:
+                continue
+            new = self.g.outputs[self.ex.updates[i]]
+            aliases, frontier = {x}, [x]
+            while frontier:  # x and the views of it
+                for op in readers.get(frontier.pop(), []):
+                    if category(op.name).free and op.operands and op.operands[0] in aliases:
+                        fresh = [r for r in op.results if r not in aliases]
+                        aliases.update(fresh)
+                        frontier += fresh
+            writers = [op for op in readers.get(x, []) if op.name == "index_put" and op.operands[0] is x
+                       and op.results[0] is new and not any(v in aliases for v in op.operands[1:])]
+            if len(writers) != 1 or any(v in aliases for v in self.g.outputs):
+                continue
+            at = position[id(writers[0])]
+            if all(position[id(op)] < at for a in aliases for op in readers.get(a, [])
+                   if op is not writers[0] and not category(op.name).free):
+                found[id(writers[0])] = i
+        return found

@@ -97,3 +97,45 @@ def test_lamina_compile_decode_of_500_tokens_keeps_one_plan_and_a_bounded_arena(
     assert final.arena_bytes == plan.arena_bytes
     # the arena changes only when it grows: a logarithmic number of sizes over 500 tokens
     assert len({info.arena_bytes for info in infos}) <= final.arena_grows + 1
+
+
+def test_static_cache_decodes_with_one_graph_and_one_plan_under_both_entry_points() -> None:
+    """transformers' StaticCache: every decode step has the same shapes, so torch.compile compiles one
+    decode graph and lamina.compile's module one plan; the cache is written in place (no copy back),
+    and the tokens equal eager greedy decoding with the same cache."""
+    from transformers import StaticCache
+
+    model = _llama()
+    prompt = torch.randint(1, 128, (1, 8))
+    steps = 20
+    with torch.no_grad():
+        want = model.generate(prompt, max_new_tokens=steps, min_new_tokens=steps, do_sample=False,
+                              cache_implementation="static")
+
+        backend = LaminaBackend()
+        torch._dynamo.reset()
+        saved, model.forward = model.forward, torch.compile(model.forward, backend=backend)
+        try:
+            got = model.generate(prompt, max_new_tokens=steps, min_new_tokens=steps, do_sample=False,
+                                 cache_implementation="static")
+        finally:
+            model.forward = saved
+        assert torch.equal(got, want)
+        assert backend.stats.graphs <= 2 and backend.plan_builds() <= 2  # the prefill's and the decode step's
+
+        cache = StaticCache(config=model.config, max_cache_len=prompt.shape[1] + steps)
+        out = model(prompt, past_key_values=cache, cache_position=torch.arange(prompt.shape[1]))
+        tokens = [out.logits[:, -1:].argmax(-1)]
+        decode = lamina.compile(model, (tokens[-1],), fallback=False, poison=True,
+                                example_kwargs={"past_key_values": cache,
+                                                "cache_position": torch.tensor([prompt.shape[1]])})
+        keys = cache.layers[0].keys
+        address = keys.data_ptr()
+        for i in range(steps - 1):
+            out = decode(tokens[-1], past_key_values=cache, cache_position=torch.tensor([prompt.shape[1] + i]))
+            tokens.append(out.logits[:, -1:].argmax(-1))
+        assert cache.layers[0].keys.data_ptr() == address  # written in place
+        assert torch.equal(torch.cat([prompt, *tokens], 1), want)
+        assert decode.plan_cache.builds == 1
+        (plan,) = decode._executor.plans.values()
+        assert "index_put_.default(" in plan.source

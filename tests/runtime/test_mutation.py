@@ -92,3 +92,52 @@ def test_mutations_through_torch_compile(factory) -> None:
                 torch.testing.assert_close(model.state_dict()[key], value)
     assert backend.stats.graphs >= 1 and backend.stats.eager_graphs == 0
     torch._dynamo.reset()
+
+
+class WritesACache(nn.Module):
+    """A static KV cache: the new entry written at a position with index_copy_, then the cache read."""
+
+    def forward(self, cache: torch.Tensor, pos: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+        cache.index_copy_(1, pos, new)
+        return cache.sum(1) * 2
+
+
+def test_a_cache_written_with_index_copy_is_updated_in_place_without_copies() -> None:
+    """The update lands in the caller's tensor itself (the wrapper uses index_put_), the output is right,
+    and when the caller's inputs share memory the update is made out of place and still right."""
+    model = WritesACache()
+    cache, pos, new = torch.randn(2, 16, 8), torch.tensor([3]), torch.randn(2, 1, 8)
+    compiled = lamina.compile(model, (cache.clone(), pos, new), poison=True)
+    for step in range(5):
+        pos = torch.tensor([step])
+        new = torch.randn(2, 1, 8)
+        got_cache, want_cache = cache.clone(), cache.clone()
+        address = got_cache.data_ptr()
+        got, want = compiled(got_cache, pos, new), model(want_cache, pos, new)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+        assert torch.equal(got_cache, want_cache) and got_cache.data_ptr() == address
+        cache = want_cache
+    (plan,) = compiled._executor.plans.values()
+    assert "index_put_.default(" in plan.source  # in place, guarded by the aliasing check
+    shared = cache.clone()
+    view_of_cache = shared[:, 5:6]  # shares memory with the cache: the update goes out of place
+    want_cache = shared.clone()
+    want = model(want_cache, torch.tensor([0]), view_of_cache.clone())
+    got = compiled(shared, torch.tensor([0]), view_of_cache)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert torch.equal(shared, want_cache)
+
+
+def test_an_update_is_not_made_in_place_when_the_old_value_is_read_after_it() -> None:
+    class ReadsOldAfter(nn.Module):
+        def forward(self, cache: torch.Tensor, pos: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+            old = cache * 1.0
+            cache.index_copy_(1, pos, new)
+            return cache.sum(1) + old.sum(1)
+
+    model = ReadsOldAfter()
+    cache, pos, new = torch.randn(2, 16, 8), torch.tensor([3]), torch.randn(2, 1, 8)
+    compiled = lamina.compile(model, (cache.clone(), pos, new), poison=True)
+    got_cache, want_cache = cache.clone(), cache.clone()
+    torch.testing.assert_close(compiled(got_cache, pos, new), model(want_cache, pos, new), rtol=1e-5, atol=1e-5)
+    assert torch.equal(got_cache, want_cache)
