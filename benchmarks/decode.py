@@ -1,13 +1,15 @@
 """Greedy decoding of transformers Llama models: eager vs inductor vs lamina, ms per token and memory.
 
     python benchmarks/decode.py [--models tiny medium large] [--batch 1 8] [--new-tokens 256]
-                                [--prompt 32] [--caches dynamic static] [--contenders ...]
+                                [--prompt 32] [--caches dynamic static] [--contenders ...] [--repeats 3]
 
 Per model (random weights, no downloads), batch and cache kind, each contender decodes the same
-prompt greedily; the table gives decode ms per token (the time for ``new_tokens`` tokens minus the
-time for one, over ``new_tokens - 1``: the prefill left out), the weights streamed per token (all
-but the input embedding table) as GB/s against the machine's measured copy bandwidth, peak and final resident memory above the
-level before the run, and whether the tokens equal eager's. Contenders:
+prompt greedily, in ``repeats`` rounds (interleaved, but each dynamo contender's back to back:
+see ``schedule``); the table gives the median round's decode ms
+per token (a step, for the whole batch: the time for ``new_tokens`` tokens minus the time for one,
+over ``new_tokens - 1``: the prefill left out), the weights streamed per step (all but the input
+embedding table) as GB/s against the machine's measured copy bandwidth, peak and final resident
+memory above the level before the run, and whether the tokens equal eager's. Contenders:
 
 - ``eager``: ``model.generate``;
 - ``inductor``: ``generate`` with ``model.forward`` under ``torch.compile`` (inductor);
@@ -260,7 +262,8 @@ def llama_cpp_generate(model: torch.nn.Module, directory: Path) -> Callable[[tor
     path = directory / "model-f32.gguf"
     write_gguf(model, path)
     llm = llama_cpp.Llama(model_path=str(path), n_ctx=model.config.max_position_embeddings, n_threads=2,
-                          n_threads_batch=2, n_batch=512, verbose=False)
+                          n_threads_batch=2, n_batch=512, type_k=0, type_v=0, logits_all=True,
+                          verbose=False)  # an F32 KV cache; logits_all: without it, scores stay empty
 
     def run(ids: torch.Tensor, new: int) -> torch.Tensor:
         if ids.shape[0] != 1:
@@ -279,6 +282,33 @@ def llama_cpp_generate(model: torch.nn.Module, directory: Path) -> Callable[[tor
     return run
 
 
+DYNAMO = ("inductor", "lamina")
+
+
+def schedule(names: list[str], repeats: int) -> list[tuple[str, int]]:
+    """(contender, rounds) in run order: the others interleaved round by round, each dynamo contender's
+    rounds back to back (both compile ``model.forward``'s frame: dynamo's cache of one would mark the
+    other's sizes dynamic)."""
+    others = [n for n in names if n not in DYNAMO]
+    order: list[tuple[str, int]] = []
+    for r in range(repeats):
+        order += [(n, 1) for n in others]
+        if r < len([n for n in names if n in DYNAMO]):
+            order.append(([n for n in names if n in DYNAMO][r], repeats))
+    order += [(n, repeats) for n in [n for n in names if n in DYNAMO][repeats:]]
+    return order
+
+
+def agreement(tokens: torch.Tensor, eager: torch.Tensor, prompt: int) -> str:
+    """'yes' when the new tokens equal eager's, else how many leading ones do (per row, the fewest)."""
+    if torch.equal(tokens, eager):
+        return "yes"
+    if tokens.shape != eager.shape:
+        return "NO (length)"
+    same = (tokens[:, prompt:] == eager[:, prompt:]).int().cumprod(1).sum(1).min()
+    return f"NO: first {int(same)} of {tokens.shape[1] - prompt}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="*", choices=tuple(SIZES), default=list(SIZES))
@@ -287,6 +317,7 @@ def main() -> None:
     parser.add_argument("--prompt", type=int, default=32)
     parser.add_argument("--caches", nargs="*", choices=("dynamic", "static"), default=["dynamic", "static"])
     parser.add_argument("--contenders", nargs="*", choices=CONTENDERS, default=list(CONTENDERS))
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds; the table gives medians")
     ns = parser.parse_args()
     bandwidth = copy_bandwidth_gbs()
     print(f"machine: {machine()}; copy bandwidth {bandwidth:.1f} GB/s; prompt {ns.prompt}, {ns.new_tokens} new tokens")
@@ -298,24 +329,40 @@ def main() -> None:
         for batch in ns.batch:
             ids = torch.randint(1, 32000, (batch, ns.prompt))
             for cache in ns.caches:
-                eager_tokens = None
+                runs = {}
                 for name in ns.contenders:
                     run = contender(name, model, cache, ns.prompt + ns.new_tokens)
                     if isinstance(run, str):
                         continue
-                    with torch.no_grad():
-                        try:
-                            r = measure(run, ids, ns.new_tokens)
-                        except Exception as e:  # noqa: BLE001 - a contender that fails is a row, not a crash
-                            rows.append([size, batch, cache, name, f"failed: {type(e).__name__}: {str(e)[:60]}"]
-                                        + [""] * 5)
-                            continue
-                    if name == "eager":
-                        eager_tokens = r.tokens
-                    same = "-" if eager_tokens is None else "yes" if torch.equal(r.tokens, eager_tokens) else "NO"
-                    gbs = weight_gb / (r.ms_per_token / 1e3)
+                    if name == "llama.cpp" and batch != 1:
+                        rows.append([size, batch, cache, name, "llama.cpp row: batch 1 only"] + [""] * 5)
+                        continue
+                    runs[name] = run
+                measured: dict[str, list[Row]] = {name: [] for name in runs}
+                failed: dict[str, str] = {}
+                for name, rounds in schedule(list(runs), ns.repeats):
+                    if name in DYNAMO:  # a fresh frame cache: what one backend compiled is not the other's
+                        torch._dynamo.reset()
+                    for _ in range(rounds):
+                        if name in failed:
+                            break
+                        with torch.no_grad():
+                            try:
+                                measured[name].append(measure(runs[name], ids, ns.new_tokens))
+                            except Exception as e:  # noqa: BLE001 - a contender that fails is a row, not a crash
+                                failed[name] = f"failed: {type(e).__name__}: {str(e)[:60]}"
+                eager_tokens = measured["eager"][0].tokens if measured.get("eager") else None
+                for name in runs:
+                    if name in failed:
+                        rows.append([size, batch, cache, name, failed[name]] + [""] * 5)
+                        continue
+                    r = sorted(measured[name], key=lambda x: x.ms_per_token)[len(measured[name]) // 2]  # median
+                    same = "-" if eager_tokens is None else agreement(r.tokens, eager_tokens, ns.prompt)
+                    gbs = weight_gb / (r.ms_per_token / 1e3)  # a step streams the weights once, any batch
                     rows.append([size, batch, cache, name, f"{r.ms_per_token:.2f}", f"{gbs:.1f}",
                                  f"{gbs / bandwidth:.0%}", f"{r.peak_mb:.0f}", f"{r.final_mb:.0f}", same])
+                del runs
+                gc.collect()
         del model
         gc.collect()
     print_table(["model", "batch", "cache", "contender", "ms/token", "weights GB/s", "of copy bw", "peak +MB",

@@ -9,6 +9,8 @@ from collections.abc import Callable, Sequence
 from types import MappingProxyType
 from typing import Any
 
+import sympy
+
 from ..ir.core import Value
 from ..ir.dtypes import DType
 from ..ir.shapes import dim
@@ -265,8 +267,12 @@ def _slice(cx: Context, x: Value, d: int = 0, start: Any = None, end: Any = None
     d %= x.type.rank
     size = x.type.shape[d]
     start, end = _bound(start, size, 0), _bound(end, size, size)
-    if start == 0 and end == size and step == 1:
-        return x
+    length = cx.out_type.shape[d]
+    if (start == 0 and end == size and step == 1) or (start == 0 and step == 1 and length == size):
+        return x  # (torch's guards may know that x[:48] is all of x)
+    if isinstance(size, int) and not isinstance(end, int) and length == dim(sympy.sympify(end) - start):
+        raise Unsupported(f"slice [{start}:{end}] of a dim of {size}: torch's guards bound {end} by {size}, a bound "
+                          "lamina's symbolic sizes cannot carry yet (lamina would size it min(end, dim))")
     return cx.emit("slice", x, dim=d, start=start, end=end, step=step)
 
 

@@ -73,6 +73,11 @@ class CompiledModule:
         self._plain_args = (imported.in_spec == pytree.tree_flatten((tuple(range(n)), {}))[1]
                             and all(isinstance(r, InputRole) and r.index == i for i, r in enumerate(imported.roles)))
         self._single_output = imported.out_spec.is_leaf()
+        # dynamo's calls: every argument positional (weights among them), a flat tuple back; no pytree work
+        self._positional = imported.in_spec == pytree.tree_flatten((tuple(range(n)), {}))[1]
+        k = len(graph.outputs) - len(imported.mutations)
+        self._flat_output = next((out for out in (tuple(range(k)), list(range(k)))
+                                  if imported.out_spec == pytree.tree_flatten(out)[1]), None)
         self._warned_about_grad = False
         self._weights_need_grad = imported.trainable
         updates = {imported.roles[m.argument].index: m.output for m in imported.mutations
@@ -99,14 +104,17 @@ class CompiledModule:
             kwargs = {**dict(zip(self.imported.keywords, args)), **kwargs}
             args = ()
         expected = self.imported.in_spec
-        names = list(expected.child(1).context or [])
-        if set(kwargs) == set(names):
-            kwargs = {k: kwargs[k] for k in names}
-        flat, spec = pytree.tree_flatten((args, kwargs))
-        if spec != expected:
-            raise InputMismatchError(
-                f"{self.model_name} was compiled for {_describe(expected)} but was called with {_describe(spec)}; "
-                "call it as it was traced or compile again")
+        if self._positional and not kwargs and len(args) == len(self.imported.roles):
+            flat = args
+        else:
+            names = list(expected.child(1).context or [])
+            if set(kwargs) == set(names):
+                kwargs = {k: kwargs[k] for k in names}
+            flat, spec = pytree.tree_flatten((args, kwargs))
+            if spec != expected:
+                raise InputMismatchError(
+                    f"{self.model_name} was compiled for {_describe(expected)} but was called with "
+                    f"{_describe(spec)}; call it as it was traced or compile again")
         inputs: list[Any] = [None] * len(self.graph.inputs)
         weights = dict(self._weights)
         for position, (role, value) in enumerate(zip(self.imported.roles, flat)):
@@ -126,6 +134,8 @@ class CompiledModule:
         outputs = self._executor(inputs, weights)
         if self._mutations:
             outputs = self._write_back(outputs, flat, weights)
+        if self._flat_output is not None:
+            return type(self._flat_output)(outputs)
         return pytree.tree_unflatten(list(outputs), self.imported.out_spec)
 
     def _write_back(self, outputs: Sequence[torch.Tensor], flat_args: Sequence[Any],

@@ -674,8 +674,10 @@ class _PlanBuilder(PlanContext):
         line = call_line(op, args, [], results, self.derive)
         if id(op) in self.in_place:
             # the update lands in the input itself; out of place if the caller's inputs share memory
-            self.glb["distinct_inputs"] = distinct_inputs
-            self.lines += ["if distinct_inputs(inputs):",
+            if "distinct_inputs" not in self.glb:  # once per call, before the first update
+                self.glb["distinct_inputs"] = distinct_inputs
+                self.lines.append("_distinct = distinct_inputs(inputs)")
+            self.lines += ["if _distinct:",
                            f"    {line.replace('index_put.default(', 'index_put_.default(', 1)}",
                            "else:",
                            f"    {line}"]

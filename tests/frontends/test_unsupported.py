@@ -65,3 +65,27 @@ def test_training_dropout_is_reported_not_silently_dropped() -> None:
 
     with pytest.raises(UnsupportedOpsError):
         import_module(Train(), (torch.randn(4),))
+
+
+def test_a_slice_bounded_only_by_torchs_guards_runs_in_pytorch_with_the_reason() -> None:
+    """``table[:T]`` of a 48-row buffer, T dynamic: torch sizes it T (its guards know T <= 48), lamina's
+    sizes would say min(T, 48); the slice is refused with that reason and runs in PyTorch, and the
+    rest of the graph in lamina, right for every T."""
+    from lamina.dynamo import LaminaBackend
+
+    class SlicesABuffer(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.register_buffer("table", torch.randn(48, 8))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.table[: x.shape[0]] * x
+
+    model, backend = SlicesABuffer(), LaminaBackend()
+    compiled = torch.compile(model, backend=backend, dynamic=True)
+    with torch.no_grad():
+        for t in (5, 9, 30):
+            x = torch.randn(t, 8)
+            torch.testing.assert_close(compiled(x), model(x), rtol=0, atol=0)
+    assert backend.stats.partitioned_graphs == 1
+    assert "torch's guards bound" in backend.stats.fallback_ops[0] and "aten.slice.Tensor" in backend.stats.fallback_ops[0]
