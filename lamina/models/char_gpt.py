@@ -5,7 +5,10 @@ It runs three ways, each a module lamina can compile:
 - ``model(idx)``: logits for every position (training, perplexity);
 - ``Prefill(model)(idx)``: logits and every layer's keys and values, ``[layers, batch, heads, T, head]``;
 - ``Decode(model)(idx, past_k, past_v)``: one new token per row attending to the cache; logits and
-  the new token's keys and values (the caller appends them: shapes stay static per cache length).
+  the new token's keys and values (the caller appends them: shapes stay static per cache length);
+- ``StaticDecode(model)(idx, pos, *caches)``: one new token per row written in place into
+  preallocated per-layer caches at position ``pos``; every step has the same shapes, so one
+  compiled plan serves a whole generation and no cache is copied (``greedy_static``).
 """
 from __future__ import annotations
 
@@ -30,15 +33,33 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor, past_k: torch.Tensor | None = None,
                 past_v: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The block's output and this call's keys and values ``[batch, heads, T, head]``."""
-        b, t, d = x.shape
-        q, k, v = self.c_attn(self.ln_1(x)).split(d, dim=-1)
-        q, k, v = (z.view(b, t, self.n_heads, d // self.n_heads).transpose(1, 2) for z in (q, k, v))
+        q, k, v = self.qkv(x)
         if past_k is None:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         else:  # one new token per row: it sees the whole cache and itself
             y = F.scaled_dot_product_attention(q, torch.cat([past_k, k], 2), torch.cat([past_v, v], 2))
+        return self.rest(x, y), k, v
+
+    def forward_static(self, x: torch.Tensor, cache_k: torch.Tensor, cache_v: torch.Tensor, pos: torch.Tensor,
+                       visible: torch.Tensor) -> torch.Tensor:
+        """One token per row: its keys and values written into the caches at ``pos`` (in place), then
+        attention over the cache positions ``visible`` marks."""
+        q, k, v = self.qkv(x)
+        cache_k.index_copy_(2, pos, k)
+        cache_v.index_copy_(2, pos, v)
+        return self.rest(x, F.scaled_dot_product_attention(q, cache_k, cache_v, attn_mask=visible))
+
+    def qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Queries, keys and values ``[batch, heads, T, head]``."""
+        b, t, d = x.shape
+        q, k, v = self.c_attn(self.ln_1(x)).split(d, dim=-1)
+        return tuple(z.view(b, t, self.n_heads, d // self.n_heads).transpose(1, 2) for z in (q, k, v))
+
+    def rest(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The block after attention: output projection, residual, MLP."""
+        b, t, d = x.shape
         x = x + self.c_proj(y.transpose(1, 2).reshape(b, t, d))
-        return x + self.c_out(F.gelu(self.c_fc(self.ln_2(x)), approximate="tanh")), k, v
+        return x + self.c_out(F.gelu(self.c_fc(self.ln_2(x)), approximate="tanh"))
 
 
 class CharGPT(nn.Module):
@@ -103,6 +124,46 @@ class Decode(nn.Module):
             vs.append(v)
         out = (self.model.head(x), torch.stack(ks), torch.stack(vs))
         return out + (x,) if self.with_hidden else out
+
+
+class StaticDecode(nn.Module):
+    """One token per row at position ``pos`` (a one-element tensor) after the cache: its keys and values
+    are written into ``caches`` (``k_0, v_0, k_1, v_1, ...``, each ``[batch, heads, max_len, head]``) in
+    place; returns the logits (and the final hidden state with ``with_hidden``)."""
+
+    def __init__(self, model: CharGPT, with_hidden: bool = False) -> None:
+        super().__init__()
+        self.model, self.with_hidden = model, with_hidden
+
+    def forward(self, idx: torch.Tensor, pos: torch.Tensor, *caches: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        x = self.model.wte(idx) + self.model.wpe(pos)
+        visible = (torch.arange(caches[0].shape[2], device=idx.device) <= pos).view(1, -1)  # the cache up to here
+        for layer, block in enumerate(self.model.h):
+            x = block.forward_static(x, caches[2 * layer], caches[2 * layer + 1], pos, visible)
+        return (self.model.head(x), x) if self.with_hidden else (self.model.head(x),)
+
+
+def static_caches(keys: torch.Tensor, values: torch.Tensor, max_len: int) -> list[torch.Tensor]:
+    """Per-layer caches of ``max_len`` positions holding a prefill's stacked keys and values."""
+    caches = []
+    for k, v in zip(keys, values):
+        for t in (k, v):
+            cache = t.new_zeros(t.shape[0], t.shape[1], max_len, t.shape[3])
+            cache[:, :, : t.shape[2]] = t
+            caches.append(cache)
+    return caches
+
+
+def greedy_static(prefill, decode, prompt: torch.Tensor, steps: int, max_len: int) -> torch.Tensor:
+    """``greedy`` with a ``StaticDecode`` (eager or compiled): the caches are allocated once and written
+    in place; every step has the same shapes."""
+    logits, keys, values = prefill(prompt)
+    caches = static_caches(keys, values, max_len)
+    out = [logits[:, -1].argmax(-1, keepdim=True)]
+    for i in range(steps - 1):
+        (logits,) = decode(out[-1], torch.tensor([prompt.shape[1] + i]), *caches)
+        out.append(logits[:, -1].argmax(-1, keepdim=True))
+    return torch.cat(out, 1)
 
 
 def greedy(prefill, decode, prompt: torch.Tensor, steps: int) -> torch.Tensor:

@@ -139,3 +139,29 @@ def test_static_cache_decodes_with_one_graph_and_one_plan_under_both_entry_point
         assert decode.plan_cache.builds == 1
         (plan,) = decode._executor.plans.values()
         assert "index_put_.default(" in plan.source
+
+
+@pytest.mark.parametrize("pipeline", [None, "canonicalize,newton{iters=2,chunk=2}"], ids=["default", "newton"])
+def test_char_gpt_static_decode_writes_its_caches_in_place_with_one_plan(pipeline: str | None) -> None:
+    """lamina's own decode path: StaticDecode writes each token's keys and values into preallocated
+    caches in place (no concatenation, no copy back), one plan for the whole generation, and the
+    tokens equal the concatenating decode's; also with newton (iters = chunk: exact), where the
+    updates are made out of place and copied back."""
+    from lamina.models.char_gpt import Decode, Prefill, StaticDecode, greedy, greedy_static, make_char_gpt, static_caches
+
+    model, (idx,) = make_char_gpt(n_layers=4, seq=8)
+    prefill, decode, static = Prefill(model).eval(), Decode(model).eval(), StaticDecode(model).eval()
+    steps, max_len = 20, 32
+    with torch.no_grad():
+        want = greedy(prefill, decode, idx, steps)
+        assert torch.equal(greedy_static(prefill, static, idx, steps, max_len), want)
+        _, keys, values = prefill(idx)
+        example = (idx[:, -1:], torch.tensor([idx.shape[1]]), *static_caches(keys, values, max_len))
+        options = {"pipeline": pipeline} if pipeline else {}
+        compiled = lamina.compile(static, example, poison=True, **options)
+        got = greedy_static(lamina.compile(prefill, (idx,)), compiled, idx, steps, max_len)
+    assert torch.equal(got, want)
+    assert compiled.plan_cache.builds == 1
+    (plan,) = compiled._executor.plans.values()
+    if pipeline is None:  # newton's chunks compute the updates inside their loop: those are copied back
+        assert plan.source.count("index_put_.default(") == 2 * len(model.h)
