@@ -116,7 +116,7 @@ class CompiledModule:
                     f"{self.model_name} was compiled for {_describe(expected)} but was called with "
                     f"{_describe(spec)}; call it as it was traced or compile again")
         inputs: list[Any] = [None] * len(self.graph.inputs)
-        weights = dict(self._weights)
+        weights, moved = self._weights, False
         for position, (role, value) in enumerate(zip(self.imported.roles, flat)):
             if isinstance(role, ConstRole):
                 if value != role.value:
@@ -126,11 +126,15 @@ class CompiledModule:
             elif not isinstance(value, torch.Tensor):
                 raise InputMismatchError(f"argument {position} of {self.model_name} must be a tensor, got "
                                          f"{type(value).__name__}")
-            elif isinstance(role, ParamRole):
-                weights[role.key] = value.detach()
+            elif isinstance(role, ParamRole):  # dynamo passes the module's weights on every call
+                held = weights.get(role.key)
+                if held is None or not _same_memory(held, value):  # a new Parameter, or new .data
+                    weights[role.key], moved = value.detach(), True
             elif isinstance(role, InputRole):
                 inputs[role.index] = self._check(role.index, value)
         self._check_signature(inputs)
+        if moved and hasattr(self._executor, "forget_plans"):
+            self._executor.forget_plans()  # plans hold views of the weights they were built with
         outputs = self._executor(inputs, weights)
         if self._mutations:
             outputs = self._write_back(outputs, flat, weights)

@@ -208,6 +208,13 @@ class Executor:
             self.updates = dict(updates)
             self.plans.clear()
 
+    def forget_plans(self) -> None:
+        """Drop every plan (and the weights' snapshots): the next call plans with the weights it is
+        given. For a caller whose weights are new tensors (dynamo passes a replaced Parameter)."""
+        with self.lock:
+            self.plans.clear()
+            self.hoisted.clear()
+
     def sources(self) -> dict[str, str]:
         return {ck.kernel.name: ck.source for ck in self.kernels.values()}
 

@@ -62,3 +62,37 @@ def test_newton_stacked_weights_follow_the_layer_weights() -> None:
             if name.startswith("h."):
                 p.mul_(0.9)
         assert rel_error(compiled(*args), model(*args)) <= 1e-4
+
+
+def test_torch_compile_sees_a_replaced_parameter_and_new_data() -> None:
+    """dynamo passes the module's weights on every call: a Parameter replaced by a new tensor, or given
+    new ``.data``, is what the next call computes with (the plans built with the old one are dropped)."""
+    from torch import nn
+
+    from lamina.dynamo import LaminaBackend
+
+    model = nn.Sequential(nn.Linear(8, 8), nn.GELU(), nn.Linear(8, 4)).eval()
+    compiled = torch.compile(model, backend=LaminaBackend())
+    x = torch.randn(3, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), model(x), rtol=1e-5, atol=1e-6)
+        model[0].weight = nn.Parameter(torch.randn(8, 8))
+        torch.testing.assert_close(compiled(x), model(x), rtol=1e-5, atol=1e-6)
+        model[2].weight.data = torch.randn(4, 8)
+        torch.testing.assert_close(compiled(x), model(x), rtol=1e-5, atol=1e-6)
+
+
+def test_two_instances_sharing_one_dynamo_graph_each_get_their_weights() -> None:
+    from torch import nn
+
+    from lamina.dynamo import LaminaBackend
+
+    torch.manual_seed(0)
+    first, second = (nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 4)).eval() for _ in range(2))
+    backend = LaminaBackend()
+    a, b = torch.compile(first, backend=backend), torch.compile(second, backend=backend)
+    x = torch.randn(3, 8)
+    with torch.no_grad():
+        for _ in range(3):  # alternating calls
+            torch.testing.assert_close(a(x), first(x), rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(b(x), second(x), rtol=1e-5, atol=1e-6)
