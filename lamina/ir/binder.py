@@ -15,12 +15,16 @@ import numpy as np
 import sympy
 
 from .interpreter import bind_symbols
-from .size_code import NotPrintable, python_code, size_variable
+from .size_code import NotPrintable, python_code, size_tuple, size_variable
+
+
+class ShapeMismatch(ValueError):
+    """Input shapes that do not fit the graph's input types."""
 
 
 class ShapeBinder:
-    """``binder(shapes)``: the values of ``binder.symbols`` for these input shapes; ValueError
-    (naming the expected and the actual shape) when the shapes do not fit the types."""
+    """``binder(shapes)``: the values of ``binder.symbols`` for these input shapes; ShapeMismatch (a
+    ValueError naming the expected and the actual shape) when the shapes do not fit the types."""
 
     def __init__(self, types: Sequence[Any]) -> None:
         self.types = tuple(types)
@@ -39,8 +43,11 @@ class ShapeBinder:
             # shapes only: broadcast views of one element, whatever the sizes
             arrays = [np.broadcast_to(np.empty((), dtype=bool), tuple(s)) for s in shapes]
             if len(arrays) != len(self.types):
-                raise ValueError(f"expected {len(self.types)} inputs, got {len(arrays)}")
-            bindings = bind_symbols(self.types, arrays)
+                raise ShapeMismatch(f"expected {len(self.types)} inputs, got {len(arrays)}")
+            try:
+                bindings = bind_symbols(self.types, arrays)
+            except ValueError as e:
+                raise ShapeMismatch(str(e)) from None
             values = tuple(bindings[s] for s in self.symbols)
         return values
 
@@ -71,6 +78,5 @@ class ShapeBinder:
                         return None
         if checks:
             lines += ["if (" + "\n        or ".join(checks) + "):", "    return None"]
-        values = "".join(f"{size_variable(s)}, " for s in self.symbols)
-        lines.append(f"return ({values})")
+        lines.append(f"return ({size_tuple(self.symbols)})")
         return "def bind(shapes):\n" + "\n".join("    " + line for line in lines) + "\n"

@@ -138,3 +138,8 @@ def nondecreasing(expr: Any) -> bool:
 def size_variable(symbol: Any) -> str:
     """The Python name a generated function gives a size symbol."""
     return "sz_" + re.sub(r"\W", "_", str(symbol))
+
+
+def size_tuple(symbols: Any) -> str:
+    """The size variables of ``symbols`` as a tuple's items (``sz_B, sz_T, ``): to unpack or to return."""
+    return "".join(f"{size_variable(s)}, " for s in symbols)

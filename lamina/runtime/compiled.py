@@ -12,7 +12,7 @@ from ..errors import InputMismatchError
 from ..frontends.fx import ConstRole, Imported, InputRole, ParamRole
 from ..ir.core import Graph
 from ..ir.dtypes import to_torch
-from ..ir.binder import ShapeBinder
+from ..ir.binder import ShapeBinder, ShapeMismatch
 from ..ir.interpreter import bind_symbols
 from ..backends import backend
 from ..options import CompileOptions
@@ -64,7 +64,8 @@ class CompiledModule:
         self.model_name = model_name
         self._executor = executor
         self._weights = {k: v.detach() for k, v in imported.weights.items()}
-        self._binder = ShapeBinder([v.type for v in graph.inputs])  # checks each call's shapes, no SymPy
+        # each call's shapes are checked without SymPy: by the executor when it binds sizes itself
+        self._binder = None if hasattr(executor, "binder") else ShapeBinder([v.type for v in graph.inputs])
         self._dtypes = [to_torch(v.type.dtype) for v in graph.inputs]
         self._mutations = imported.mutations
         self._user_outputs = len(graph.outputs) - len(imported.mutations)
@@ -92,7 +93,7 @@ class CompiledModule:
                 and all(isinstance(a, torch.Tensor) for a in args):
             inputs = [self._check(i, a) for i, a in enumerate(args)]
             self._check_signature(inputs)
-            outputs = self._executor(inputs, self._weights)
+            outputs = self._run(inputs, self._weights)
             if self._mutations:
                 outputs = self._write_back(outputs, args, self._weights)
             return outputs[0] if self._single_output else pytree.tree_unflatten(list(outputs), self.imported.out_spec)
@@ -135,7 +136,7 @@ class CompiledModule:
         self._check_signature(inputs)
         if moved and hasattr(self._executor, "forget_plans"):
             self._executor.forget_plans()  # plans hold views of the weights they were built with
-        outputs = self._executor(inputs, weights)
+        outputs = self._run(inputs, weights)
         if self._mutations:
             outputs = self._write_back(outputs, flat, weights)
         if self._flat_output is not None:
@@ -166,8 +167,17 @@ class CompiledModule:
                           "torch.compile(model, backend='lamina'), which runs autograd graphs in PyTorch",
                           RuntimeWarning, stacklevel=3)
 
+    def _run(self, inputs: Sequence[torch.Tensor], weights: Mapping[str, torch.Tensor]) -> list[torch.Tensor]:
+        try:
+            return self._executor(inputs, weights)
+        except ShapeMismatch:  # the executor binds the sizes itself: name the input and the shapes
+            if self.options.check_inputs:
+                self._check_shapes(inputs)
+            raise
+
     def _check_signature(self, inputs: Sequence[torch.Tensor]) -> None:
-        if self.options.check_inputs:
+        """Shapes against the graph's types, unless the executor binds them itself (then ``_run`` reports)."""
+        if self.options.check_inputs and self._binder is not None:
             try:
                 self._binder([x.shape for x in inputs])
             except ValueError:

@@ -33,7 +33,7 @@ from ..ir.dtypes import DType, to_torch
 from ..ir.errors import LaminaError
 from ..ir.binder import ShapeBinder
 from ..ir.shapes import evaluate, numel
-from ..ir.size_code import NotPrintable, Size, SizeCode, is_static, nondecreasing, python_code, size_variable
+from ..ir.size_code import NotPrintable, Size, SizeCode, is_static, nondecreasing, python_code, size_tuple, size_variable
 from ..ir.ops import category, lookup
 from ..passes.memory import Lifetime, MemoryPlan, plan_memory
 from .growing_arena import GrowingArena
@@ -319,6 +319,11 @@ def _in_consumer_order(shape: tuple[Size, ...], users: Sequence[Op]) -> str:
     return f".view({tuple(shape)})"
 
 
+def _poison(v: Value) -> str:
+    """The code of the value a poisoned buffer of ``v`` is filled with: NaN, or -7 for integers."""
+    return "float('nan')" if v.type.dtype.is_float else "-7"
+
+
 def distinct_inputs(inputs: Sequence[torch.Tensor]) -> bool:
     """Whether no two inputs share memory (then an input may be updated in place)."""
     return len({x.untyped_storage().data_ptr() for x in inputs}) == len(inputs)
@@ -365,6 +370,8 @@ class _PlanBuilder(PlanContext):
         self.growing: GrowingArena | None = None
         self.owned: set[int] = set()        # values a library call made this call: returned as they are
         self.in_place: dict[int, int] = {}  # index_put op -> the graph input it may update in place
+        self.readers: dict[Value, list[Op]] = {}  # of the graph's values (set by build)
+        self.producer: dict[Value, Op] = {}
 
     def fresh(self, prefix: str) -> str:
         self.counter += 1
@@ -428,10 +435,11 @@ class _PlanBuilder(PlanContext):
     def build(self) -> Plan:
         """Plan the arenas, bind every value to a name, then emit and compile the wrapper."""
         steps = list(self.g.ops)
+        self.readers, self.producer = users(steps), producers(steps)
         self.in_place = self.in_place_updates(steps)
         memory, fixed, growing = self.plan_arena(steps)
-        poison = self.place_in_arena(memory, fixed, steps)
-        self.place_in_growing_arena(growing, steps)
+        poison = self.place_in_arena(memory, fixed)
+        self.place_in_growing_arena(growing)
         self.bind_inputs_and_weights()
         source, launches = self.emit_wrapper(steps)
         namespace = dict(self.glb)
@@ -464,27 +472,25 @@ class _PlanBuilder(PlanContext):
                 last_use[view_base[v]] = len(steps)
         placed = [(v, i, last_use.get(v, i)) for i, op in enumerate(steps) if self.writes_into_out(op)
                   for v in op.results if v not in outputs]
-        fixed = [(v, i, end) for v, i, end in placed if is_static(*self.shape(v))]
+        fixed, growing = [], []
+        for item in placed:
+            (fixed if is_static(*self.shape(item[0])) else growing).append(item)
         lifetimes = [Lifetime(str(id(v)), self.nbytes(v), i, end) for v, i, end in fixed]
-        return plan_memory(lifetimes), [v for v, _, _ in fixed], [x for x in placed if x not in fixed]
+        return plan_memory(lifetimes), [v for v, _, _ in fixed], growing
 
-    def place_in_arena(self, memory: MemoryPlan, values: Sequence[Value], steps: Sequence[Op]) -> list[torch.Tensor]:
+    def place_in_arena(self, memory: MemoryPlan, values: Sequence[Value]) -> list[torch.Tensor]:
         """Allocate the static arena and name each planned value's view of it; the views (to poison)."""
         self.arena = arena = torch.empty(max(memory.peak, 1), dtype=torch.uint8, device=self.device)
-        readers, producer = users(steps), producers(steps)
         views = []
         for v in values:
             off = memory.offsets[str(id(v))]
             raw = arena[off: off + self.nbytes(v)].view(to_torch(v.type.dtype))
-            # native kernels take strided outputs; generated kernels and GEMMs write contiguous ones
-            suffix = _in_consumer_order(self.shape(v), readers.get(v, [])) if id(producer[v]) in self.ex.natives \
-                else f".view({self.shape(v)})"
-            t = eval(f"raw{suffix}", {"raw": raw})  # noqa: S307 - our own generated code
+            t = eval(f"raw{self.layout(v)}", {"raw": raw})  # noqa: S307 - our own generated code
             self.name[id(v)] = self.static(t, "A")
             views.append(t)
         return views
 
-    def place_in_growing_arena(self, placed: Sequence[tuple[Value, int, int]], steps: Sequence[Op]) -> None:
+    def place_in_growing_arena(self, placed: Sequence[tuple[Value, int, int]]) -> None:
         """Values whose size changes per call: a ``GrowingArena`` laid out for a capacity of each size,
         and wrapper lines that view it per call (poisoned per call when asked)."""
         if not placed:
@@ -492,23 +498,26 @@ class _PlanBuilder(PlanContext):
         sizes = [self.nbytes_expr(v) for v, _, _ in placed]
         codes = [python_code(n, size_variable) for n in sizes]
         scope: dict[str, Any] = {}
-        unpack = "".join(f"{size_variable(s)}, " for s in self.ex.binder.symbols)
-        exec(f"def nbytes(sizes):\n    {unpack} = sizes\n    return ({''.join(c + ', ' for c in codes)})\n", scope)  # noqa: S102
+        exec(f"def nbytes(sizes):\n    {size_tuple(self.ex.binder.symbols)}= sizes\n    return ({''.join(c + ', ' for c in codes)})\n", scope)  # noqa: S102
         self.growing = GrowingArena(scope["nbytes"], [(start, end) for _, start, end in placed], self.device,
                                     all(nondecreasing(n) for n in sizes))
         self.glb["_growing"] = self.growing
         self.arena_lines.append("_dyn, _off = _growing.fit(sizes)")
-        readers, producer = users(steps), producers(steps)
         for k, ((v, _, _), code) in enumerate(zip(placed, codes)):
             name = self.fresh("a")
-            suffix = _in_consumer_order(self.shape(v), readers.get(v, [])) if id(producer[v]) in self.ex.natives \
-                else f".view({self.shape(v)})"
-            self.arena_lines.append(f"{name} = _dyn[_off[{k}]:_off[{k}] + {code}].view({to_torch(v.type.dtype)}){suffix}")
+            self.arena_lines.append(f"{name} = _dyn[_off[{k}]:_off[{k}] + {code}]"
+                                    f".view({to_torch(v.type.dtype)}){self.layout(v)}")
             if self.ex.poison:
-                fill = "float('nan')" if v.type.dtype.is_float else "-7"
-                self.arena_lines.append(f"{name}.fill_({fill})")
+                self.arena_lines.append(f"{name}.fill_({_poison(v)})")
             self.name[id(v)] = name
             self.dynamic.add(id(v))
+
+    def layout(self, v: Value) -> str:
+        """The view suffix giving an arena buffer ``v``'s shape: native kernels take strided outputs (laid
+        out in their reader's order, see ``_in_consumer_order``); kernels and GEMMs write contiguous ones."""
+        if id(self.producer[v]) in self.ex.natives:
+            return _in_consumer_order(self.shape(v), self.readers.get(v, []))
+        return f".view({self.shape(v)})"
 
     def bind_inputs_and_weights(self) -> None:
         for i, v in enumerate(self.g.inputs):
@@ -526,7 +535,7 @@ class _PlanBuilder(PlanContext):
         symbols = self.ex.binder.symbols if self.generic else ()
         self.lines = self.ex.target.prologue() + [f"x{i} = inputs[{i}]" for i in range(len(self.g.inputs))]
         if symbols:
-            self.lines.append(f"{''.join(size_variable(s) + ', ' for s in symbols)}= sizes")
+            self.lines.append(f"{size_tuple(symbols)}= sizes")
         self.lines += self.arena_lines
         snapshots_at = len(self.lines)  # where the refresh goes, once every snapshot is known
         if self.ex.loops:
@@ -564,8 +573,7 @@ class _PlanBuilder(PlanContext):
                 self.lines.append(f"{name} = torch.empty({self.shape(v)}, dtype={to_torch(v.type.dtype)}, "
                                   f"device={self.device!r})")
                 if self.ex.poison:  # unwritten elements show as NaN / -7
-                    fill = "float('nan')" if v.type.dtype.is_float else "-7"
-                    self.lines.append(f"{name}.fill_({fill})")
+                    self.lines.append(f"{name}.fill_({_poison(v)})")
                 self.name[id(v)] = name
                 self.dynamic.add(id(v))
                 fresh.add(v)
@@ -701,7 +709,7 @@ class _PlanBuilder(PlanContext):
         the op's result is that input's new value, nothing reads the old value (or a view of it) after
         the op, and the op does not read it through another operand."""
         position = {id(op): i for i, op in enumerate(steps)}
-        readers = users(steps)
+        readers = self.readers
         found: dict[int, int] = {}
         for i, x in enumerate(self.g.inputs):
             if i not in self.ex.updates:
