@@ -87,11 +87,12 @@ def instrumented(plan: Any, kernels: list[float], library: list[float]) -> Calla
     return namespace["run"]
 
 
-def decode_step_table(steps: int) -> None:
-    """The tiny Llama's decode step: total, kernels, library calls, lamina's own; eager and inductor."""
+def decode_step_table(steps: int, size: str = "tiny") -> None:
+    """A Llama's decode step (``size`` of decode.py): total, kernels, library calls, lamina's own; eager and
+    inductor."""
     from decode import make_llama
 
-    model = make_llama("tiny")
+    model = make_llama(size)
     prompt = torch.randint(1, 32000, (1, 32))
     with torch.no_grad():
         out = model(prompt)
@@ -153,7 +154,7 @@ def decode_step_table(steps: int) -> None:
     k_us, lib_us = sorted(instrumented_split)[len(instrumented_split) // 2]
     run_us = sorted(wrapper)[len(wrapper) // 2]
     own, module = run_us - k_us - lib_us, median["lamina.compile"] - run_us
-    print(f"\ntiny Llama decode step ({steps} steps, cache lengths 32..{31 + steps}; medians of 5 interleaved rounds)")
+    print(f"\n{size} Llama decode step ({steps} steps, cache lengths 32..{31 + steps}; medians of 5 interleaved rounds)")
     print("lamina's own = the executor's call (binding sizes, views, allocation, the wrapper's Python) minus its")
     print("kernels and library calls; module = the CompiledModule around it (input checks, the pytree of")
     print("transformers' DynamicCache in and out, outputs rebuilt)")
@@ -173,6 +174,8 @@ def _copy_cache(cache: Any) -> Any:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--model", default="tiny", choices=("tiny", "medium", "large"),
+                        help="the Llama of benchmarks/decode.py whose decode step is split")
     ns = parser.parse_args()
     print(f"machine: {machine()}")
     model, x = Tiny(), torch.randn(8)
@@ -188,7 +191,7 @@ def main() -> None:
         ("eager: torch.exp(x) * 2.0", per_call_us(lambda: model(x))),
     ]
     print_table(["layer", "us per call"], [(name, f"{us:.2f}") for name, us in rows])
-    decode_step_table(ns.steps)
+    decode_step_table(ns.steps, ns.model)
 
 
 if __name__ == "__main__":
