@@ -705,6 +705,8 @@ NOT_EXPORTED = {
     "newton": "lower it first with the newton-expand pass (e.g. --pipeline 'canonicalize,newton{iters=2},newton-expand')",
     "iterate": "a loop with an early exit (newton with tol > 0); " + _LATER,
     **{name: _LATER for name in ("pad", "slice_scatter", "as_strided", "topk", "sort", "histc", "index_put")},
+    **{name: "packed quantized weights have no MLIR form here; export the graph before the quantize pass"
+       for name in ("quantize", "qlinear")},
 }
 
 

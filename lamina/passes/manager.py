@@ -19,6 +19,7 @@ from .canonicalize import canonicalize
 from .fusion import fuse, wrap_loose_ops
 from .newton import NewtonOptions, newton
 from .newton_expand import newton_expand
+from .quantize import QuantizeOptions, quantize
 
 
 class PipelineError(LaminaError, ValueError):
@@ -40,6 +41,7 @@ PASSES: Mapping[str, PassInfo] = MappingProxyType({
     "fuse": PassInfo("fuse", fuse, None, fuse.__doc__ or ""),
     "newton": PassInfo("newton", newton, NewtonOptions, newton.__doc__ or ""),
     "newton-expand": PassInfo("newton-expand", newton_expand, None, newton_expand.__doc__ or ""),
+    "quantize": PassInfo("quantize", quantize, QuantizeOptions, quantize.__doc__ or ""),
     "wrap": PassInfo("wrap", wrap_loose_ops, None, wrap_loose_ops.__doc__ or ""),
 })
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -16,7 +17,9 @@ from ..ir.core import Graph, Op
 from ..errors import InputMismatchError
 from ..ir.dtypes import DType
 from ..ir.size_code import Size, is_static
+from ..ir.targets import OpTable
 from .library import attention_expr
+from .qlinear_cpu import qlinear_lines
 from .program import BackendError, CompiledKernel, Executor, PlanContext, Target, work
 
 __all__ = ["BackendError", "CpuExecutor", "CpuTarget"]
@@ -50,6 +53,97 @@ def cpu_kernel_source(kernel: Kernel) -> str:
     return numba_source(use_scratch_rows(kernel), parallel=work(kernel) >= PARALLEL_THRESHOLD)
 
 
+def _attention_kernel(target: "CpuTarget", op: Op) -> Callable[[], Any] | None:
+    """Fused attention (``codegen/attention_cpu.py``) for 4-d float32/float64 attention."""
+    if op.results[0].type.rank != 4:
+        return None
+    dtype = op.results[0].type.dtype
+    if dtype not in (DType.f32, DType.f64):
+        return None
+    mask = None if len(op.operands) == 3 else "bool" if op.operands[3].type.dtype is DType.bool else "add"
+    variant = AttentionVariant(op.attrs["causal"], mask, dtype is DType.f32)
+    return lambda: getattr(target.cache.load(variant.name, MODULE_HEADER + attention_source(variant)), variant.name)
+
+
+def _attention_lines(target: "CpuTarget", kernel: Callable[[], Any], op: Op, args: Sequence[str], out: str,
+                     plan: PlanContext) -> list[str]:
+    """q, k, v, mask and out as flat arrays with strides, made once where they are fixed for the plan.
+    Which of the row kernel and torch's runs is decided by the sizes: now, or per call when the
+    plan is generic in them."""
+    lines: list[str] = []
+    b, h, t, d = (plan.size(x) for x in op.operands[0].type.shape)
+    hk, s, dv = plan.size(op.operands[1].type.shape[1]), plan.size(op.operands[1].type.shape[2]), \
+        plan.size(op.operands[2].type.shape[3])
+    pairs = [(plan.size(op.operands[2].type.shape[2]), s), (plan.size(op.operands[1].type.shape[3]), d)]
+    if any(is_static(x, y) and x != y for x, y in pairs):
+        raise InputMismatchError(f"{op.describe()}: keys {[plan.size(x) for x in op.operands[1].type.shape]} and "
+                                 f"values {[plan.size(x) for x in op.operands[2].type.shape]} disagree in length "
+                                 "or head size for these inputs")
+    scale = op.attrs["scale"] if op.attrs["scale"] is not None else 1.0 / math.sqrt(d) if is_static(d) else None
+    rows = b * h * t
+    work = rows * s * (d + dv)
+    target = plan.value_of(out)
+    library = [f"{out}.copy_({attention_expr(op, args)})"]
+    if (is_static(work) and work > NATIVE_ATTENTION_WORK) or (target is not None and _copies(target, True)):
+        # torch's blocked flash kernel wins (or the output's head dim is strided): copy its result
+        return library
+
+    def strided(name: str, suffix: str = "", unit_last: bool = True) -> tuple[str, list[str]]:
+        """The flat view and strides of ``name + suffix``: made once when the tensor is fixed for the
+        plan and no copy is needed (a copy made now would be stale by the time the kernel reads it:
+        an arena buffer is written later, a weight may be updated in place), else on every call."""
+        tensor = plan.value_of(name)
+        if tensor is not None and (not suffix or is_static(b, h, t, s)):  # the mask's expand may be per call
+            view = eval(f"t{suffix}", {"t": tensor})  # noqa: S307 - our own code
+            if not _copies(view, unit_last):
+                flat, strides = flat_strided(view, unit_last)
+                return plan.static(flat, "N"), [str(x) for x in strides]
+        flat, st = plan.fresh("n"), plan.fresh("s")
+        lines.append(f"{flat}, {st} = flat_strided({name}{suffix}, {unit_last})")
+        return flat, [f"{st}[{i}]" for i in range(4)]
+
+    (fq, sq), (fk, sk), (fv, sv), (fo, so) = (strided(a) for a in (args[0], args[1], args[2], out))
+    # the mask is read with all four strides: a mask broadcast along the keys has stride 0 there
+    fm, sm = strided(args[3], f".expand({(b, h, t, s)})", unit_last=False) if len(args) == 4 else (fq, ["0"] * 4)
+    strides = ", ".join(", ".join(x[:3]) for x in (sq, sk, sv, so))
+    fn = plan.static(kernel(), "N")
+    scale_code = repr(scale) if scale is not None else f"1.0 / math.sqrt({d})"
+    checks = [f"{x} != {y}" for x, y in pairs if not is_static(x, y) and str(x) != str(y)]
+    if checks:
+        lines[:0] = [f"if {' or '.join(checks)}:",
+                     f"    raise InputMismatchError({op.describe() + ': keys and values disagree in length or head size'!r})"]
+    lines.append(f"{fn}({fq}, {fk}, {fv}, {fm}, {fo}, {scale_code}, 0, {rows}, {h}, {t}, {d}, "
+                 f"{hk}, {s}, {dv}, {strides}, {', '.join(sm)})")
+    if is_static(work):
+        return lines
+    return [f"if {work} > {NATIVE_ATTENTION_WORK}:", *("    " + x for x in library), "else:",
+            *("    " + x for x in lines)]
+
+
+def _qlinear_kernel(target: "CpuTarget", op: Op) -> Callable[[], Any] | None:
+    """``qlinear`` (``runtime/qlinear_cpu.py``): its kernels compile on first use, per row count."""
+    return lambda: None
+
+
+def _qlinear_lines(target: "CpuTarget", kernel: Callable[[], Any], op: Op, args: Sequence[str], out: str,
+                   plan: PlanContext) -> list[str]:
+    return qlinear_lines(op, list(args), out, plan, target.cache)
+
+
+@dataclass(frozen=True)
+class NativeKernel:
+    """A kernel of the cpu target's own for a library op: ``load(target, op)`` gives a loader (or None:
+    use the library call), ``lines(...)`` the wrapper lines that run it."""
+
+    load: Callable[["CpuTarget", Op], Callable[[], Any] | None]
+    lines: Callable[..., list[str]]
+
+
+NATIVE: OpTable[NativeKernel] = OpTable("cpu", "native kernel")
+NATIVE.register("attention")(NativeKernel(_attention_kernel, _attention_lines))
+NATIVE.register("qlinear")(NativeKernel(_qlinear_kernel, _qlinear_lines))
+
+
 class CpuTarget(Target):
     name = "cpu"
     device = "cpu"
@@ -71,69 +165,12 @@ class CpuTarget(Target):
             ck.fn = loaded[key]
 
     def native(self, op: Op) -> Callable[[], Any] | None:
-        """Fused attention (``codegen/attention_cpu.py``) for 4-d float32/float64 attention."""
-        if op.name != "attention" or op.results[0].type.rank != 4:
-            return None
-        dtype = op.results[0].type.dtype
-        if dtype not in (DType.f32, DType.f64):
-            return None
-        mask = None if len(op.operands) == 3 else "bool" if op.operands[3].type.dtype is DType.bool else "add"
-        variant = AttentionVariant(op.attrs["causal"], mask, dtype is DType.f32)
-        return lambda: getattr(self.cache.load(variant.name, MODULE_HEADER + attention_source(variant)), variant.name)
+        """The cpu target's own kernels for library ops (``NATIVE``): fused attention, quantized linear."""
+        return NATIVE.get(op.name).load(self, op) if op.name in NATIVE else None
 
     def native_lines(self, kernel: Callable[[], Any], op: Op, args: Sequence[str], out: str,
                      plan: PlanContext) -> list[str]:
-        """q, k, v, mask and out as flat arrays with strides, made once where they are fixed for the plan.
-        Which of the row kernel and torch's runs is decided by the sizes: now, or per call when the
-        plan is generic in them."""
-        lines: list[str] = []
-        b, h, t, d = (plan.size(x) for x in op.operands[0].type.shape)
-        hk, s, dv = plan.size(op.operands[1].type.shape[1]), plan.size(op.operands[1].type.shape[2]), \
-            plan.size(op.operands[2].type.shape[3])
-        pairs = [(plan.size(op.operands[2].type.shape[2]), s), (plan.size(op.operands[1].type.shape[3]), d)]
-        if any(is_static(x, y) and x != y for x, y in pairs):
-            raise InputMismatchError(f"{op.describe()}: keys {[plan.size(x) for x in op.operands[1].type.shape]} and "
-                                     f"values {[plan.size(x) for x in op.operands[2].type.shape]} disagree in length "
-                                     "or head size for these inputs")
-        scale = op.attrs["scale"] if op.attrs["scale"] is not None else 1.0 / math.sqrt(d) if is_static(d) else None
-        rows = b * h * t
-        work = rows * s * (d + dv)
-        target = plan.value_of(out)
-        library = [f"{out}.copy_({attention_expr(op, args)})"]
-        if (is_static(work) and work > NATIVE_ATTENTION_WORK) or (target is not None and _copies(target, True)):
-            # torch's blocked flash kernel wins (or the output's head dim is strided): copy its result
-            return library
-
-        def strided(name: str, suffix: str = "", unit_last: bool = True) -> tuple[str, list[str]]:
-            """The flat view and strides of ``name + suffix``: made once when the tensor is fixed for the
-            plan and no copy is needed (a copy made now would be stale by the time the kernel reads it:
-            an arena buffer is written later, a weight may be updated in place), else on every call."""
-            tensor = plan.value_of(name)
-            if tensor is not None and (not suffix or is_static(b, h, t, s)):  # the mask's expand may be per call
-                view = eval(f"t{suffix}", {"t": tensor})  # noqa: S307 - our own code
-                if not _copies(view, unit_last):
-                    flat, strides = flat_strided(view, unit_last)
-                    return plan.static(flat, "N"), [str(x) for x in strides]
-            flat, st = plan.fresh("n"), plan.fresh("s")
-            lines.append(f"{flat}, {st} = flat_strided({name}{suffix}, {unit_last})")
-            return flat, [f"{st}[{i}]" for i in range(4)]
-
-        (fq, sq), (fk, sk), (fv, sv), (fo, so) = (strided(a) for a in (args[0], args[1], args[2], out))
-        # the mask is read with all four strides: a mask broadcast along the keys has stride 0 there
-        fm, sm = strided(args[3], f".expand({(b, h, t, s)})", unit_last=False) if len(args) == 4 else (fq, ["0"] * 4)
-        strides = ", ".join(", ".join(x[:3]) for x in (sq, sk, sv, so))
-        fn = plan.static(kernel(), "N")
-        scale_code = repr(scale) if scale is not None else f"1.0 / math.sqrt({d})"
-        checks = [f"{x} != {y}" for x, y in pairs if not is_static(x, y) and str(x) != str(y)]
-        if checks:
-            lines[:0] = [f"if {' or '.join(checks)}:",
-                         f"    raise InputMismatchError({op.describe() + ': keys and values disagree in length or head size'!r})"]
-        lines.append(f"{fn}({fq}, {fk}, {fv}, {fm}, {fo}, {scale_code}, 0, {rows}, {h}, {t}, {d}, "
-                     f"{hk}, {s}, {dv}, {strides}, {', '.join(sm)})")
-        if is_static(work):
-            return lines
-        return [f"if {work} > {NATIVE_ATTENTION_WORK}:", *("    " + x for x in library), "else:",
-                *("    " + x for x in lines)]
+        return NATIVE.get(op.name).lines(self, kernel, op, args, out, plan)
 
     def namespace(self) -> dict[str, Any]:
         return {"flat_strided": flat_strided, "math": math, "InputMismatchError": InputMismatchError}

@@ -14,6 +14,7 @@ from typing import Any
 
 from ..ir.core import Op
 from ..ir.dtypes import to_torch
+from ..ir.quant_format import QuantFormat
 from ..ir.targets import OpTable
 
 
@@ -83,6 +84,24 @@ def _linear(op: Op, a: list[str], out: str | None, results: Sequence[str], deriv
 @library_call("matmul", writes_into_out=True)
 def _matmul(op: Op, a: list[str], out: str | None, results: Sequence[str], derive: Derived) -> str:
     return f"torch.matmul({a[0]}, {a[1]}, out={out})" if out else f"{results[0]} = torch.matmul({a[0]}, {a[1]})"
+
+
+def _format_expr(op: Op) -> str:
+    fmt = QuantFormat.of(op.attrs)
+    return f"quant_format.QuantFormat({fmt.bits}, {fmt.group}, {fmt.scheme!r})"
+
+
+@library_call("quantize", hoisted_when_static=True)
+def _quantize(op: Op, a: list[str], out: str | None, results: Sequence[str], derive: Derived) -> str:
+    return f"{', '.join(results)} = quant_format.quantize({a[0]}, {_format_expr(op)})"
+
+
+@library_call("qlinear")
+def _qlinear(op: Op, a: list[str], out: str | None, results: Sequence[str], derive: Derived) -> str:
+    """Any device: the weight dequantized on each call (the cpu target runs its own kernels instead)."""
+    zeros = a[3] if len(a) == 4 else "None"
+    return (f"{results[0]} = torch.nn.functional.linear({a[0]}, quant_format.dequantize({a[1]}, {a[2]}, {zeros}, "
+            f"{_format_expr(op)}))")
 
 
 @library_call("attention")

@@ -28,6 +28,7 @@ import torch
 
 from ..codegen.kernel import Const, Kernel
 from ..codegen.lower import lower_kernels
+from ..ir import quant_format
 from ..ir.core import Graph, Op, Value, producers, region_graph, users
 from ..ir.dtypes import DType, to_torch
 from ..ir.errors import LaminaError
@@ -302,10 +303,10 @@ def _evaluate_expr(e: Any, bound: Mapping[sympy.Symbol, int]) -> int:
     return {"add": a + b, "mul": a * b, "floordiv": a // b, "mod": a % b, "sub": a - b}[e.op]
 
 
-def _evaluate_line(line: str, scope: dict[str, Any]) -> Any:
-    """The value ``_r`` a generated wrapper line assigns, run in ``scope``."""
+def _evaluate_line(line: str, scope: dict[str, Any], result: str) -> Any:
+    """The value ``result`` a generated wrapper line assigns, run in ``scope``."""
     exec(line, scope)  # noqa: S102 - our own generated code
-    return scope["_r"]
+    return scope[result]
 
 
 def _in_consumer_order(shape: tuple[Size, ...], users: Sequence[Op]) -> str:
@@ -355,6 +356,7 @@ class _PlanBuilder(PlanContext):
         self.bindings = dict(zip(ex.binder.symbols, sizes or ()))
         self.sizes: dict[Any, Size] = {}    # dim -> its int or per-call code (memo)
         self.glb: dict[str, Any] = {"torch": torch, "np": np, "check_assumption": check_assumption,
+                                    "quant_format": quant_format,
                                     **ex.target.namespace()}
         self.device = ex.target.device
         self.lines: list[str] = []
@@ -653,9 +655,12 @@ class _PlanBuilder(PlanContext):
             return self.loop(op, args)
         if id(op) in self.ex.hoisted_ops:  # computed now, once: its operands are fixed for the plan
             key = (id(op), *(self.glb[a].data_ptr() for a in args))
-            if key not in self.ex.hoisted:
-                compute = functools.partial(_evaluate_line, call_line(op, args, [], ["_r"]), dict(self.glb))
-                self.ex.hoisted[key] = [Snapshot.of([self.glb[a] for a in args], compute)]
+            if key not in self.ex.hoisted:  # one snapshot per result (quantize packs a weight into several)
+                names = [f"_r{i}" for i in range(len(op.results))]
+                line = call_line(op, args, [], names)
+                self.ex.hoisted[key] = [Snapshot.of([self.glb[a] for a in args],
+                                                    functools.partial(_evaluate_line, line, dict(self.glb), name))
+                                        for name in names]
             for v, snap in zip(op.results, self.ex.hoisted[key]):
                 self.snapshots.append(snap)  # shared by the plans of all shapes; refreshed by whichever runs
                 self.name[id(v)] = self.static(snap.target, "H")

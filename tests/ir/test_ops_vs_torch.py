@@ -140,12 +140,32 @@ CASES = [
          {"pattern": [0, 1, 0]}),
     Case("batch_norm", [r(2, 3, 4, 4), r(3), pos(3), r(3), r(3)],
          lambda x, m, v, w, b: F.batch_norm(x, m, v, w, b, training=False, eps=1e-3), {"eps": 1e-3}, tol=1e-5),
+    # quantized weights, unpacked here independently of lamina's format code
+    Case("qlinear", [r(3, 64), torch.randint(-127, 128, (5, 64), dtype=torch.int8), pos(5, 2)],
+         lambda x, q, s: F.linear(x, q.float() * s.repeat_interleave(32, 1)), {"bits": 8, "group": 32}, tol=1e-5),
+    Case("qlinear", [r(3, 64), torch.randint(0, 256, (5, 32), dtype=torch.uint8), pos(5, 1), torch.full((5, 1), 7.0)],
+         lambda x, q, s, z: F.linear(x, (_nibbles(q) - z) * s), {"bits": 4, "group": 0, "scheme": "asym"}, tol=1e-5),
 ]
+
+
+def _nibbles(q: torch.Tensor) -> torch.Tensor:
+    """4-bit values packed in 16-byte blocks (byte j: value j low, j + 16 high) as float, [N, 2 * bytes]."""
+    out = torch.empty(q.shape[0], q.shape[1] * 2)
+    for b in range(q.shape[1] // 16):
+        block = q[:, 16 * b:16 * b + 16].int()
+        out[:, 32 * b:32 * b + 16], out[:, 32 * b + 16:32 * b + 32] = block & 15, block >> 4
+    return out
+
+
+def _int8_per_channel(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    scale = w.abs().amax(1, keepdim=True) / 127
+    return torch.round(w / scale).clamp(-128, 127).to(torch.int8), scale
 
 MULTI_RESULT = {"split": (r(4, 10), lambda x: torch.split(x, [3, 7], 1), {"sizes": [3, 7], "dim": 1}),
                 "topk": (r(4, 10), lambda x: torch.topk(x, 3, 1, largest=False), {"k": 3, "dim": 1, "largest": False}),
                 "sort": (ints(4, 3, 10), lambda x: torch.sort(x, dim=1, descending=True, stable=True),
-                         {"dim": 1, "descending": True})}
+                         {"dim": 1, "descending": True}),
+                "quantize": (r(6, 40), _int8_per_channel, {"bits": 8, "group": 0})}
 
 
 def _run(op: str, inputs: list[torch.Tensor], attrs: dict) -> list[np.ndarray]:

@@ -1,0 +1,164 @@
+"""Quantized batch-1 decoding of a transformers Llama: eager fp32, torch's int8 weight-only kernel, lamina
+fp32 / int8 / int4, ms per token, weight bytes streamed and GB/s against a measured copy bandwidth.
+
+Usage: ``python benchmarks/quant.py [--model large] [--new-tokens 64] [--repeats 3]``
+
+Every contender decodes the same prompt greedily with transformers' dynamic cache, one token per step
+(lamina: ``lamina.compile``'s prefill and decode modules, the pipeline ``quantize{...},fuse`` for the
+quantized rows). Rounds are interleaved and the table gives medians. "torch int8" replaces each
+``nn.Linear`` but the LM head by ``torch._weight_int8pack_mm`` over per-channel int8 weights (torch's
+CPU kernel for weight-only int8; torchao is not installed with this torch); "same tokens" compares with
+eager fp32 (quantized rows may differ: they compute with other weights). The prefill rows time one
+forward of 4 x 128 tokens.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from common import machine, print_table  # noqa: E402
+from decode import SIZES, copy_bandwidth_gbs, lamina_loop, make_llama  # noqa: E402
+
+PIPELINES = {
+    "lamina fp32": "canonicalize,fuse",
+    "lamina int8": "canonicalize,quantize{bits=8},fuse",
+    "lamina int4 g32": "canonicalize,quantize{bits=4,group=32},fuse",
+}
+
+
+class Int8Linear(nn.Module):
+    """A bias-free linear layer through ``torch._weight_int8pack_mm`` (per-channel symmetric int8)."""
+
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__()
+        w = linear.weight.detach()
+        scale = w.abs().amax(1) / 127
+        self.register_buffer("q", torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8))
+        self.register_buffer("scale", scale)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.reshape(-1, x.shape[-1])
+        return torch._weight_int8pack_mm(rows, self.q, self.scale).reshape(*x.shape[:-1], -1)
+
+
+def torch_int8(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` whose linear layers but the LM head run ``Int8Linear``."""
+    import copy
+
+    out = copy.deepcopy(model)
+    for name, module in list(out.named_modules()):
+        for child_name, child in list(module.named_children()):
+            if isinstance(child, nn.Linear) and child.bias is None and "lm_head" not in f"{name}.{child_name}":
+                setattr(module, child_name, Int8Linear(child))
+    return out
+
+
+def eager_loop(model: nn.Module) -> Callable[[torch.Tensor, int], torch.Tensor]:
+    def run(ids: torch.Tensor, new: int) -> torch.Tensor:
+        out = model(ids)
+        tokens, cache = [out.logits[:, -1:].argmax(-1)], out.past_key_values
+        for _ in range(new - 1):
+            out = model(tokens[-1], past_key_values=cache)
+            cache = out.past_key_values
+            tokens.append(out.logits[:, -1:].argmax(-1))
+        return torch.cat([ids, *tokens], 1)
+
+    return run
+
+
+def streamed_bytes(model: nn.Module, bits: int | None, group: int) -> float:
+    """Bytes of weights one decode step reads: quantized linears at ``bits`` (+ scales), the rest float."""
+    total = 0.0
+    table = model.get_input_embeddings().weight
+    for name, p in model.named_parameters():
+        if p is table:
+            continue
+        if bits is not None and p.dim() == 2 and "lm_head" not in name:
+            k = p.shape[1]
+            total += p.numel() * bits / 8 + p.shape[0] * (k // (group or k)) * 4
+        else:
+            total += p.numel() * p.element_size()
+    return total
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="large", choices=sorted(SIZES))
+    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=3)
+    ns = parser.parse_args()
+    torch.set_num_threads(2)
+    model = make_llama(ns.model)
+    bandwidth = copy_bandwidth_gbs()
+    print(f"machine: {machine()}; copy bandwidth {bandwidth:.1f} GB/s; model {ns.model}, {ns.new_tokens} new tokens")
+    prompt = torch.randint(1, 32000, (1, 32), generator=torch.Generator().manual_seed(0))
+    contenders: dict[str, tuple[Callable, float]] = {
+        "eager fp32": (eager_loop(model), streamed_bytes(model, None, 0)),
+        "torch int8 (_weight_int8pack_mm)": (eager_loop(torch_int8(model)), streamed_bytes(model, 8, 0)),
+    }
+    for name, pipeline in PIPELINES.items():
+        bits = None if "fp32" in name else (8 if "int8" in name else 4)
+        contenders[name] = (lamina_loop(model, pipeline), streamed_bytes(model, bits, 32 if bits == 4 else 0))
+    times: dict[str, list[float]] = {name: [] for name in contenders}
+    tokens: dict[str, torch.Tensor] = {}
+    with torch.inference_mode():
+        for name, (run, _) in contenders.items():  # warm: compiles
+            tokens[name] = run(prompt, 4)
+        for _ in range(ns.repeats):
+            for name, (run, _) in contenders.items():
+                start = time.perf_counter()
+                first = run(prompt, 1)
+                prefill = time.perf_counter() - start
+                start = time.perf_counter()
+                tokens[name] = run(prompt, ns.new_tokens)
+                total = time.perf_counter() - start
+                times[name].append((total - prefill) / (ns.new_tokens - 1) * 1e3)
+                del first
+    base = sorted(times["lamina fp32"])[len(times["lamina fp32"]) // 2]
+    rows = []
+    for name, (_, nbytes) in contenders.items():
+        ms = sorted(times[name])[len(times[name]) // 2]
+        gbs = nbytes / ms / 1e6
+        same = (tokens[name] == tokens["eager fp32"]).float().mean().item()
+        rows.append((name, f"{ms:.2f}", f"{base / ms:.2f}x", f"{nbytes / 1e6:.0f}", f"{gbs:.1f}",
+                     f"{gbs / bandwidth:.0%}", f"{same:.0%}"))
+    print_table(["contender", "ms/token", "vs lamina fp32", "weights MB", "GB/s", "of copy bw", "same tokens"], rows)
+    prefill_table(model)
+
+
+def prefill_table(model: nn.Module) -> None:
+    """One forward of 4 x 128 tokens: lamina fp32, int8, int4 (medians of 5)."""
+    import lamina
+
+    ids = torch.randint(1, 32000, (4, 128), generator=torch.Generator().manual_seed(1))
+    rows = []
+    with torch.inference_mode():
+        compiled = {name: lamina.compile(model, (ids,), pipeline=pipeline, fallback=False)
+                    for name, pipeline in PIPELINES.items()}
+        times: dict[str, list[float]] = {name: [] for name in compiled}
+        for fn in compiled.values():
+            fn(ids)
+        for _ in range(5):
+            for name, fn in compiled.items():
+                start = time.perf_counter()
+                fn(ids)
+                times[name].append((time.perf_counter() - start) * 1e3)
+    base = sorted(times["lamina fp32"])[2]
+    for name in compiled:
+        ms = sorted(times[name])[2]
+        rows.append((name, f"{ms:.1f}", f"{base / ms:.2f}x"))
+    print("\nprefill, 4 x 128 tokens")
+    print_table(["contender", "ms", "vs lamina fp32"], rows)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,89 @@
+"""``qlinear`` on the CPU: a dequantize-in-the-loop kernel for few rows, blocked dequantize + GEMM for many.
+
+Which path runs is decided per call by the number of input rows M (tokens times batch):
+
+- M = 1 (decoding): the one-row kernel of ``codegen/qlinear_cpu.py``, reading the packed weight once;
+- 1 < M <= ``KERNEL_ROWS``: its several-row variant, still reading the weight once;
+- M > ``KERNEL_ROWS`` (prefill): GEMM-bound, so the weight is dequantized ``DEQUANT_BLOCK_BYTES`` of
+  float at a time (blocks of output channels that stay in cache) and each block multiplied with
+  torch.mm; the float weight never exists whole.
+
+``QLinearCpu.describe()`` says which; ``lamina dump`` and ``compiled.quantization`` print it.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..codegen.cache import KernelCache, content_key
+from ..codegen.cpu_numba import MODULE_HEADER
+from ..codegen.qlinear_cpu import QLinearVariant, qlinear_source
+from ..ir.quant_format import QuantFormat, dequantize
+
+KERNEL_ROWS = 16
+DEQUANT_BLOCK_BYTES = 1 << 20
+
+
+def load_kernel(variant: QLinearVariant, cache: KernelCache) -> Callable[..., None]:
+    """The compiled kernel of ``variant`` (its cache key carries the source's hash)."""
+    source = MODULE_HEADER + qlinear_source(variant)
+    module = cache.load(f"{variant.name}_{content_key(source)[:10]}", source)
+    return getattr(module, variant.name)
+
+
+@dataclass
+class QLinearCpu:
+    """``out = x @ dequantize(qweight, scales, zeros)^T`` for one layer's format and sizes."""
+
+    fmt: QuantFormat
+    k: int
+    n: int
+    cache: KernelCache
+    kernels: dict[bool, Callable[..., None]] = field(default_factory=dict)
+
+    def kernel(self, one_row: bool) -> Callable[..., None]:
+        if one_row not in self.kernels:  # compiled on first use: a prefill-only plan never needs the GEMV
+            self.kernels[one_row] = load_kernel(QLinearVariant(self.fmt, self.k, one_row), self.cache)
+        return self.kernels[one_row]
+
+    def describe(self) -> str:
+        return (f"numba dequantize-in-the-loop kernel for up to {KERNEL_ROWS} rows, else blocked dequantize + "
+                "torch.mm")
+
+    def __call__(self, x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None,
+                 out: torch.Tensor) -> None:
+        rows = x.numel() // self.k
+        if rows == 0:
+            return
+        x2 = x.reshape(rows, self.k).contiguous()
+        target = out if out.is_contiguous() else torch.empty(out.shape, dtype=out.dtype)
+        out2 = target.view(rows, self.n)
+        if rows <= KERNEL_ROWS:
+            v = QLinearVariant(self.fmt, self.k, rows == 1)
+            self.kernel(rows == 1)(x2.numpy().reshape(rows, v.blocks, v.block_values),
+                                   qweight.numpy().reshape(self.n, v.blocks, v.block_bytes), scales.numpy(),
+                                   (zeros if zeros is not None else scales).numpy(), out2.numpy(), rows, self.n)
+        else:
+            self.blocked(x2, qweight, scales, zeros, out2)
+        if target is not out:
+            out.copy_(target)
+
+    def blocked(self, x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None,
+                out: torch.Tensor) -> None:
+        step = max(1, DEQUANT_BLOCK_BYTES // (4 * self.k))
+        for lo in range(0, self.n, step):
+            hi = min(self.n, lo + step)
+            w = dequantize(qweight[lo:hi], scales[lo:hi], zeros[lo:hi] if zeros is not None else None, self.fmt)
+            out[:, lo:hi] = torch.mm(x, w.t())
+
+
+def qlinear_lines(op: Any, args: list[str], out: str, plan: Any, cache: KernelCache) -> list[str]:
+    """The wrapper line calling a ``QLinearCpu`` for ``op`` (x, qweight, scales[, zeros]) into ``out``."""
+    fmt = QuantFormat.of(op.attrs)
+    k, n = op.operands[0].type.shape[-1], op.results[0].type.shape[-1]
+    fn = plan.static(QLinearCpu(fmt, k, n, cache), "Q")
+    zeros = args[3] if len(args) == 4 else "None"
+    return [f"{fn}({args[0]}, {args[1]}, {args[2]}, {zeros}, {out})"]

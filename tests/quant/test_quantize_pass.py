@@ -1,0 +1,82 @@
+"""The quantize pass: which linears it rewrites, the IR it leaves, and its errors."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import lamina
+from lamina.ir.interpreter import interpret
+from lamina.passes.manager import PipelineError, run_pipeline
+from lamina.passes.quantize import QuantizeError
+
+
+class Net(nn.Module):
+    def __init__(self, k: int = 64) -> None:
+        super().__init__()
+        self.up = nn.Linear(k, 128)
+        self.down = nn.Linear(128, 64, bias=False)
+        self.lm_head = nn.Linear(64, 32, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lm_head(self.down(torch.relu(self.up(x))))
+
+
+def _traced(k: int = 64):
+    torch.manual_seed(0)
+    model = Net(k).eval()
+    return model, lamina.trace(model, (torch.randn(2, k),))
+
+
+def test_linears_become_qlinear_and_the_lm_head_stays_float() -> None:
+    model, g = _traced()
+    q = run_pipeline(g, "quantize{bits=4,group=32}")
+    names = [op.name for op in q.ops]
+    assert names.count("qlinear") == 2 and names.count("quantize") == 2 and names.count("linear") == 1
+    (lm,) = [op for op in q.ops if op.name == "linear"]
+    assert lm.loc.module == "lm_head"
+    assert any(op.name == "add" and op.loc.module == "up" for op in q.ops)  # the bias, after qlinear
+    x = np.random.default_rng(1).standard_normal((2, 64), np.float32)
+    params = {k: v.detach().numpy() for k, v in model.state_dict().items()}
+    (exact,), (approx,) = interpret(g, [x], params), interpret(q, [x], params)
+    error = np.linalg.norm(exact - approx) / np.linalg.norm(exact)
+    assert 0 < error < 0.3  # 4-bit weights: close (about 10% per layer), not equal
+
+
+def test_layers_and_keep_select_by_module_path() -> None:
+    _, g = _traced()
+    only_up = run_pipeline(g, "quantize{bits=8,layers=up}")
+    assert [op.loc.module for op in only_up.ops if op.name == "qlinear"] == ["up"]
+    everything = run_pipeline(g, "quantize{bits=8,keep=none}")
+    assert len([op for op in everything.ops if op.name == "qlinear"]) == 3
+    two = run_pipeline(g, "quantize{bits=8,keep=up|lm_head}")
+    assert [op.loc.module for op in two.ops if op.name == "qlinear"] == ["down"]
+
+
+@pytest.mark.parametrize("pipeline, error, words", [
+    ("quantize{bits=3}", QuantizeError, "bits=3"),
+    ("quantize{bits=8,scheme=nf4}", QuantizeError, "scheme='nf4'"),
+    ("quantize{bits=4,group=40}", QuantizeError, "multiples of 32"),
+    ("quantize{bits=8,group=48}", QuantizeError, "group=48 does not divide the input size 64;.*layer up"),
+    ("quantize{bits=8,layers=nothing*}", QuantizeError, "nothing to quantize"),
+    ("quantize{bitz=8}", PipelineError, "no option 'bitz'"),
+])
+def test_bad_options_are_clear_errors(pipeline: str, error: type, words: str) -> None:
+    _, g = _traced()
+    with pytest.raises(error, match=words):
+        run_pipeline(g, pipeline)
+
+
+def test_a_model_without_linears_is_an_error() -> None:
+    g = lamina.trace(nn.ReLU(), (torch.randn(3),))
+    with pytest.raises(QuantizeError, match="no float32 linear layer"):
+        run_pipeline(g, "quantize{bits=8}")
+
+
+def test_mlir_export_refuses_packed_weights_clearly() -> None:
+    from lamina.ir.mlir import MLIRExportError, to_mlir
+
+    _, g = _traced()
+    with pytest.raises(MLIRExportError, match="quantize at up: packed quantized weights .* before the quantize pass"):
+        to_mlir(run_pipeline(g, "quantize{bits=8}"))
