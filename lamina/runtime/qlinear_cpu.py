@@ -20,6 +20,7 @@ import torch
 
 from ..codegen.cache import KernelCache, content_key
 from ..codegen.cpu_numba import MODULE_HEADER
+from ..codegen.prefetch import SOURCE as PREFETCH_SOURCE
 from ..codegen.qlinear_cpu import QLinearVariant, qlinear_source
 from ..ir.quant_format import QuantFormat, dequantize
 
@@ -29,7 +30,7 @@ DEQUANT_BLOCK_BYTES = 1 << 20
 
 def load_kernel(variant: QLinearVariant, cache: KernelCache) -> Callable[..., None]:
     """The compiled kernel of ``variant`` (its cache key carries the source's hash)."""
-    source = MODULE_HEADER + qlinear_source(variant)
+    source = MODULE_HEADER + PREFETCH_SOURCE + qlinear_source(variant)
     module = cache.load(f"{variant.name}_{content_key(source)[:10]}", source)
     return getattr(module, variant.name)
 
@@ -63,8 +64,9 @@ class QLinearCpu:
         out2 = target.view(rows, self.n)
         if rows <= KERNEL_ROWS:
             v = QLinearVariant(self.fmt, self.k, rows == 1)
+            packed = qweight.numpy()
             self.kernel(rows == 1)(x2.numpy().reshape(rows, v.blocks, v.block_values),
-                                   qweight.numpy().reshape(self.n, v.blocks, v.block_bytes), scales.numpy(),
+                                   packed.reshape(self.n, v.blocks, v.block_bytes), packed.reshape(-1), scales.numpy(),
                                    (zeros if zeros is not None else scales).numpy(), out2.numpy(), rows, self.n)
         else:
             self.blocked(x2, qweight, scales, zeros, out2)
