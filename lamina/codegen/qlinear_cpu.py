@@ -128,3 +128,31 @@ def {v.name}(x, q, qflat, s, z, out, M, N):
                     r += acc[m, j]
 {correction}                out[m, n] = r
 '''
+
+
+def dequantize_source(v: QLinearVariant) -> str:
+    """Numba source of ``v.name + '_dequantize'(q, s, z, out, N)``: the float32 weight rows [N, blocks,
+    block values] of packed rows q [N, blocks, block bytes], in one parallel pass (the prefill path
+    multiplies such blocks with torch.mm; the same arithmetic as the interpreter's dequantize)."""
+    f = v.fmt
+    groups, per_group, lanes = v.k // v.group, v.group // v.block_values, v.block_bytes
+    offset = "z[n, gi]" if f.scheme == "asym" else f"np.float32({f.offset})"
+    if f.bits == 4:
+        store = ("                    w = np.float32(q[n, b, j])\n"
+                 "                    hi = np.float32(np.int32(w * np.float32(0.0625)))\n"
+                 "                    out[n, b, j] = (w - hi * np.float32(16.0) - off) * sc\n"
+                 "                    out[n, b, j + 16] = (hi - off) * sc\n")
+    else:
+        store = "                    out[n, b, j] = (np.float32(q[n, b, j]) - off) * sc\n"
+    return f'''
+@numba.njit(parallel={{'prange': True}}, cache=True, nogil=True, error_model='numpy', boundscheck=False)
+def {v.name}_dequantize(q, s, z, out, N):
+    for n in numba.prange(N):
+        prefer_wide_vectors()
+        for gi in range({groups}):
+            sc = s[n, gi]
+            off = {offset}
+            for bb in range({per_group}):
+                b = gi * {per_group} + bb
+                for j in range({lanes}):
+{store}'''

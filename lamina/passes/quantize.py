@@ -23,7 +23,7 @@ import fnmatch
 from dataclasses import dataclass
 
 from ..ir.builder import OpEmitter
-from ..ir.core import Graph, Op, Value
+from ..ir.core import Graph, Op, Value, walk_ops
 from ..ir.dtypes import DType
 from ..ir.errors import LaminaError
 from ..ir.quant_format import QuantFormat, QuantFormatError
@@ -76,6 +76,13 @@ def quantize(graph: Graph, options: QuantizeOptions = QuantizeOptions()) -> Grap
             continue
         values[op.result] = _quantized(op, fmt, out)
         count += 1
+    reads_params = any(op.name == "linear" and op.operands[1] in keys for op in graph.ops)
+    after_newton = any(step.startswith("newton") for step in graph.history) or \
+        any(op.name == "linear" for top in graph.ops for region in top.regions for op in walk_ops(region.ops))
+    if count == 0 and not reads_params and after_newton:
+        raise QuantizeError(f"quantize: no linear layer of graph @{graph.name} reads its weight parameter directly "
+                            "(newton stacks layer weights); put quantize{...} before newton in the pipeline: "
+                            "newton stacks the quantized weights")
     if count == 0:
         raise QuantizeError(f"quantize: graph @{graph.name} has no float32 linear layer with a weight parameter "
                             f"that layers={options.layers!r} selects and keep={options.keep!r} does not keep; "

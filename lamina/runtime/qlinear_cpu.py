@@ -5,8 +5,9 @@ Which path runs is decided per call by the number of input rows M (tokens times 
 - M = 1 (decoding): the one-row kernel of ``codegen/qlinear_cpu.py``, reading the packed weight once;
 - 1 < M <= ``KERNEL_ROWS``: its several-row variant, still reading the weight once;
 - M > ``KERNEL_ROWS`` (prefill): GEMM-bound, so the weight is dequantized ``DEQUANT_BLOCK_BYTES`` of
-  float at a time (blocks of output channels that stay in cache) and each block multiplied with
-  torch.mm; the float weight never exists whole.
+  float at a time (blocks of output channels, one parallel pass of a generated kernel into a
+  buffer reused for every block) and each block multiplied with torch.mm; the float weight
+  never exists whole.
 
 ``QLinearCpu.describe()`` says which; ``lamina dump`` and ``compiled.quantization`` print it.
 """
@@ -21,18 +22,20 @@ import torch
 from ..codegen.cache import KernelCache, content_key
 from ..codegen.cpu_numba import MODULE_HEADER
 from ..codegen.prefetch import SOURCE as PREFETCH_SOURCE
-from ..codegen.qlinear_cpu import QLinearVariant, qlinear_source
-from ..ir.quant_format import QuantFormat, dequantize
+from ..codegen.qlinear_cpu import QLinearVariant, dequantize_source, qlinear_source
+from ..ir.quant_format import QuantFormat
 
 KERNEL_ROWS = 16
-DEQUANT_BLOCK_BYTES = 1 << 20
+DEQUANT_BLOCK_BYTES = 4 << 20
 
 
-def load_kernel(variant: QLinearVariant, cache: KernelCache) -> Callable[..., None]:
-    """The compiled kernel of ``variant`` (its cache key carries the source's hash)."""
-    source = MODULE_HEADER + PREFETCH_SOURCE + qlinear_source(variant)
-    module = cache.load(f"{variant.name}_{content_key(source)[:10]}", source)
-    return getattr(module, variant.name)
+def load_kernel(variant: QLinearVariant, cache: KernelCache, dequantize: bool = False) -> Callable[..., None]:
+    """The compiled GEMV/GEMM of ``variant`` (or, with ``dequantize``, its dequantizer); the cache key
+    carries the source's hash."""
+    name = f"{variant.name}_dequantize" if dequantize else variant.name
+    source = MODULE_HEADER + PREFETCH_SOURCE + (dequantize_source if dequantize else qlinear_source)(variant)
+    module = cache.load(f"{name}_{content_key(source)[:10]}", source)
+    return getattr(module, name)
 
 
 @dataclass
@@ -43,12 +46,21 @@ class QLinearCpu:
     k: int
     n: int
     cache: KernelCache
-    kernels: dict[bool, Callable[..., None]] = field(default_factory=dict)
+    kernels: dict[str, Callable[..., None]] = field(default_factory=dict)
+    blocks: int = field(init=False)       # the kernels' view of a row: blocks of values / of bytes
+    block_values: int = field(init=False)
+    block_bytes: int = field(init=False)
 
-    def kernel(self, one_row: bool) -> Callable[..., None]:
-        if one_row not in self.kernels:  # compiled on first use: a prefill-only plan never needs the GEMV
-            self.kernels[one_row] = load_kernel(QLinearVariant(self.fmt, self.k, one_row), self.cache)
-        return self.kernels[one_row]
+    def __post_init__(self) -> None:
+        v = QLinearVariant(self.fmt, self.k, True)
+        self.blocks, self.block_values, self.block_bytes = v.blocks, v.block_values, v.block_bytes
+
+    def kernel(self, kind: str) -> Callable[..., None]:
+        """``gemv``, ``gemm`` or ``dequantize``, compiled on first use (a prefill-only plan never needs the GEMV)."""
+        if kind not in self.kernels:
+            variant = QLinearVariant(self.fmt, self.k, kind == "gemv")
+            self.kernels[kind] = load_kernel(variant, self.cache, dequantize=kind == "dequantize")
+        return self.kernels[kind]
 
     def describe(self) -> str:
         return (f"numba dequantize-in-the-loop kernel for up to {KERNEL_ROWS} rows, else blocked dequantize + "
@@ -63,11 +75,11 @@ class QLinearCpu:
         target = out if out.is_contiguous() else torch.empty(out.shape, dtype=out.dtype)
         out2 = target.view(rows, self.n)
         if rows <= KERNEL_ROWS:
-            v = QLinearVariant(self.fmt, self.k, rows == 1)
             packed = qweight.numpy()
-            self.kernel(rows == 1)(x2.numpy().reshape(rows, v.blocks, v.block_values),
-                                   packed.reshape(self.n, v.blocks, v.block_bytes), packed.reshape(-1), scales.numpy(),
-                                   (zeros if zeros is not None else scales).numpy(), out2.numpy(), rows, self.n)
+            self.kernel("gemv" if rows == 1 else "gemm")(
+                x2.numpy().reshape(rows, self.blocks, self.block_values),
+                packed.reshape(self.n, self.blocks, self.block_bytes), packed.reshape(-1), scales.numpy(),
+                (zeros if zeros is not None else scales).numpy(), out2.numpy(), rows, self.n)
         else:
             self.blocked(x2, qweight, scales, zeros, out2)
         if target is not out:
@@ -76,9 +88,16 @@ class QLinearCpu:
     def blocked(self, x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None,
                 out: torch.Tensor) -> None:
         step = max(1, DEQUANT_BLOCK_BYTES // (4 * self.k))
+        block = torch.empty(min(step, self.n), self.k)
+        dequantize = self.kernel("dequantize")
+        packed = qweight.numpy().reshape(self.n, self.blocks, self.block_bytes)
+        z = (zeros if zeros is not None else scales).numpy()
+        s = scales.numpy()
         for lo in range(0, self.n, step):
             hi = min(self.n, lo + step)
-            w = dequantize(qweight[lo:hi], scales[lo:hi], zeros[lo:hi] if zeros is not None else None, self.fmt)
+            w = block[:hi - lo]
+            dequantize(packed[lo:hi], s[lo:hi], z[lo:hi], w.numpy().reshape(hi - lo, self.blocks, self.block_values),
+                        hi - lo)
             out[:, lo:hi] = torch.mm(x, w.t())
 
 

@@ -80,3 +80,17 @@ def test_mlir_export_refuses_packed_weights_clearly() -> None:
     _, g = _traced()
     with pytest.raises(MLIRExportError, match="quantize at up: packed quantized weights .* before the quantize pass"):
         to_mlir(run_pipeline(g, "quantize{bits=8}"))
+
+
+def test_quantize_then_newton_stacks_quantized_weights_and_the_other_order_says_why_not() -> None:
+    from lamina.models import make_gpt2_stack
+
+    model, args = make_gpt2_stack(n_layers=4)
+    plain = lamina.compile(model, args, pipeline="canonicalize,quantize{bits=8,keep=none},fuse", fallback=False)
+    stacked = lamina.compile(model, args, pipeline="canonicalize,quantize{bits=8,keep=none},newton{iters=4,chunk=4},fuse",
+                             fallback=False, poison=True)
+    assert any(op.name == "layer_scan" for op in stacked.graph.walk())  # newton ran
+    with torch.no_grad():
+        torch.testing.assert_close(stacked(*args), plain(*args), rtol=1e-5, atol=1e-5)
+    with pytest.raises(QuantizeError, match="put quantize.* before newton"):
+        lamina.compile(model, args, pipeline="canonicalize,newton{iters=4,chunk=4},quantize{bits=8},fuse")
