@@ -3,6 +3,7 @@
     import lamina
     fast = lamina.compile(model, example_inputs)   # CompiledModule, called like the model
     graph = lamina.trace(model, example_inputs)    # the IR; print(graph) shows its text form
+    stats = lamina.calibrate(model, batches)       # per-layer statistics (quantize{budget=...})
 """
 from __future__ import annotations
 
@@ -16,10 +17,13 @@ _WHERE = {
     "compile": ".api", "trace": ".api", "InputMismatchError": ".errors", "LaminaError": ".errors",
     "UnsupportedOpsError": ".errors", "Graph": ".ir", "parse": ".ir", "CompileOptions": ".options",
     "default_pipeline": ".passes.manager", "run_pipeline": ".passes.manager", "CompiledModule": ".runtime.compiled",
+    "calibrate": ".calibration", "Calibration": ".calibration", "QuantFormat": ".ir.quant_format",
 }
 
 if TYPE_CHECKING:
     from .api import compile, trace
+    from .calibration import Calibration, calibrate
+    from .ir.quant_format import QuantFormat
     from .errors import InputMismatchError, LaminaError, UnsupportedOpsError
     from .ir import Graph, parse
     from .options import CompileOptions
@@ -50,6 +54,6 @@ def _register_dynamo_backend() -> None:
 _register_dynamo_backend()
 
 __all__ = [
-    "CompileOptions", "CompiledModule", "Graph", "InputMismatchError", "LaminaError", "UnsupportedOpsError",
-    "compile", "default_pipeline", "parse", "run_pipeline", "trace", "__version__",
+    "Calibration", "CompileOptions", "CompiledModule", "Graph", "InputMismatchError", "LaminaError", "QuantFormat",
+    "UnsupportedOpsError", "calibrate", "compile", "default_pipeline", "parse", "run_pipeline", "trace", "__version__",
 ]

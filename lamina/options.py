@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .backends import backend
 
@@ -19,6 +20,7 @@ class CompileOptions:
     check_inputs: bool = True
     poison: bool = False
     kernel_language: str = "cuda_c"
+    calibration: Any = None  # a lamina.calibrate result, for passes that choose per layer (quantize{budget=})
 
     def __post_init__(self) -> None:
         backend(self.backend)  # an unknown name raises, listing the known ones

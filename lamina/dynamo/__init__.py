@@ -28,7 +28,7 @@ from ..log import logger
 from ..options import CompileOptions
 from .graph_args import NotTensorDerived, TensorArgs, arg_map, dynamic_dims
 
-OPTION_KEYS = ("target", "pipeline", "dump_dir", "fallback", "kernel_language", "poison")
+OPTION_KEYS = ("target", "pipeline", "dump_dir", "fallback", "kernel_language", "poison", "calibration")
 
 
 @dataclass
@@ -56,7 +56,8 @@ def compile_options(options: Mapping[str, Any] | None) -> CompileOptions:
     dump = options.get("dump_dir", os.environ.get("LAMINA_DUMP_DIR"))
     return CompileOptions(backend=options.get("target", "cpu"), pipeline=options.get("pipeline"),
                           fallback=options.get("fallback", True), dump_dir=Path(dump) if dump else None,
-                          poison=options.get("poison", False), kernel_language=options.get("kernel_language", "cuda_c"))
+                          poison=options.get("poison", False), kernel_language=options.get("kernel_language", "cuda_c"),
+                          calibration=options.get("calibration"))
 
 
 class LaminaBackend:

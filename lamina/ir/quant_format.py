@@ -69,6 +69,11 @@ class QuantFormat:
     def of(cls, attrs: Mapping[str, Any]) -> "QuantFormat":
         return cls(attrs["bits"], attrs["group"], attrs["scheme"])
 
+    @property
+    def label(self) -> str:
+        """``int4 g32 sym``, ``int8 per-channel asym``: how reports and calibration name the format."""
+        return f"int{self.bits} {f'g{self.group}' if self.group else 'per-channel'} {self.scheme}"
+
     def attrs(self) -> dict[str, Any]:
         return {"bits": self.bits, "group": self.group, "scheme": self.scheme}
 

@@ -34,6 +34,7 @@ class PassInfo:
     run: Callable[..., Graph]
     options: type | None = None
     doc: str = ""
+    context: tuple[str, ...] = ()  # what else it reads from the compile call (``calibration``), by keyword
 
 
 PASSES: Mapping[str, PassInfo] = MappingProxyType({
@@ -41,7 +42,7 @@ PASSES: Mapping[str, PassInfo] = MappingProxyType({
     "fuse": PassInfo("fuse", fuse, None, fuse.__doc__ or ""),
     "newton": PassInfo("newton", newton, NewtonOptions, newton.__doc__ or ""),
     "newton-expand": PassInfo("newton-expand", newton_expand, None, newton_expand.__doc__ or ""),
-    "quantize": PassInfo("quantize", quantize, QuantizeOptions, quantize.__doc__ or ""),
+    "quantize": PassInfo("quantize", quantize, QuantizeOptions, quantize.__doc__ or "", ("calibration",)),
     "wrap": PassInfo("wrap", wrap_loose_ops, None, wrap_loose_ops.__doc__ or ""),
 })
 
@@ -143,8 +144,11 @@ _OPTION_TYPES: Mapping[str, Any] = MappingProxyType({"int": int, "float": (int, 
 
 
 def run_steps(graph: Graph, steps: Sequence[PassStep], *, dump_dir: str | Path | None = None,
-              dump_before: Sequence[str] = (), dump_after: Sequence[str] = (), check: bool = True) -> PipelineResult:
-    """Run passes in order; verify after each; write dumps; stamp each pass's name and time on the graph."""
+              dump_before: Sequence[str] = (), dump_after: Sequence[str] = (), check: bool = True,
+              calibration: Any = None) -> PipelineResult:
+    """Run passes in order; verify after each; write dumps; stamp each pass's name and time on the graph.
+    ``calibration`` (a ``lamina.calibrate`` result) goes to the passes that read it."""
+    context = {"calibration": calibration}
     timings = []
     directory = Path(dump_dir) if dump_dir else None
     if directory:
@@ -156,10 +160,11 @@ def run_steps(graph: Graph, steps: Sequence[PassStep], *, dump_dir: str | Path |
             print(f"// ----- IR before {step} -----\n{print_graph(graph)}")
         before = len(graph.ops)
         start = time.perf_counter()
+        extra = {name: context[name] for name in step.info.context}
         if step.info.options is not None:
-            result = step.info.run(graph, step.info.options(**step.options))
+            result = step.info.run(graph, step.info.options(**step.options), **extra)
         else:
-            result = step.info.run(graph)
+            result = step.info.run(graph, **extra)
         seconds = time.perf_counter() - start
         if check:
             try:

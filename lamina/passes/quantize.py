@@ -16,17 +16,29 @@ not divide, a 4-bit layer whose input is not a multiple of 32) is an error namin
 and the option, never a silent skip; ``keep`` it or pick another group. A graph with no
 linear layer to quantize is an error too, so a pipeline never claims a quantization it did
 not do.
+
+``budget=B`` (average bits per weight over the selected layers: 4, 8 or 32 each; scales and zero
+points are not counted, ``compiled.quantization`` reports them in bytes; e.g. 5.0) chooses
+per layer among 4-bit (``group``, default 32), 8-bit per channel and float32, the least estimated
+loss that fits (``passes/bit_budget.py``). The estimate comes from a ``lamina.calibrate`` result the
+caller passes (``lamina.compile(..., calibration=...)``): each format's quantization error weighted by
+the layer's input second moments (a diagonal-Hessian estimate of the loss it adds), times the
+layer's importance (how much its residual block changes the stream, and its share of high-impact
+weights). ``rank=reversed|position`` reorders the choice for comparisons. Each ``quantize`` op
+carries the layer's importance as ``score``; ``compiled.quantization`` lists the choices.
 """
 from __future__ import annotations
 
 import fnmatch
 from dataclasses import dataclass
+from typing import Any
 
 from ..ir.builder import OpEmitter
 from ..ir.core import Graph, Op, Value, walk_ops
 from ..ir.dtypes import DType
 from ..ir.errors import LaminaError
 from ..ir.quant_format import QuantFormat, QuantFormatError
+from .bit_budget import RANKS, BudgetError, Candidate, Option, assign
 from .toolkit import ValueMap
 
 
@@ -37,18 +49,29 @@ class QuantizeError(LaminaError, ValueError):
 @dataclass(frozen=True)
 class QuantizeOptions:
     """bits: 8 or 4; group: input elements per scale (0: per output channel; -1: 0 for 8-bit, 32 for
-    4-bit); scheme: sym or asym; layers / keep: |-separated module-path patterns."""
+    4-bit); scheme: sym or asym; layers / keep: |-separated module-path patterns; budget: average bits
+    per weight (0: every layer at ``bits``); rank: score, reversed or position (with a budget)."""
 
     bits: int = 8
     group: int = -1
     scheme: str = "sym"
     layers: str = "*"
     keep: str = "*lm_head*"
+    budget: float = 0.0
+    rank: str = "score"
 
-    def format(self) -> QuantFormat:
-        group = self.group if self.group != -1 else (0 if self.bits == 8 else 32)
+    def __post_init__(self) -> None:
+        if self.budget < 0:
+            raise QuantizeError(f"quantize: budget={self.budget} must be positive (average bits per weight), or 0 "
+                                "for no budget")
+        if self.rank not in RANKS:
+            raise QuantizeError(f"quantize: rank={self.rank!r} is not one of {', '.join(RANKS)}")
+
+    def format(self, bits: int | None = None) -> QuantFormat:
+        bits = bits or self.bits
+        group = self.group if self.group != -1 else (0 if bits == 8 else 32)
         try:
-            return QuantFormat(self.bits, group, self.scheme)
+            return QuantFormat(bits, group, self.scheme)
         except QuantFormatError as e:
             raise QuantizeError(str(e)) from None
 
@@ -57,45 +80,85 @@ def _matches(patterns: str, names: tuple[str, ...]) -> bool:
     return any(fnmatch.fnmatchcase(name, p.strip()) for p in patterns.split("|") if p.strip() for name in names if name)
 
 
-def quantize(graph: Graph, options: QuantizeOptions = QuantizeOptions()) -> Graph:
+def quantize(graph: Graph, options: QuantizeOptions = QuantizeOptions(), calibration: Any = None) -> Graph:
     """Rewrite the chosen float32 ``linear`` layers of ``graph`` to ``qlinear`` (see module doc)."""
-    fmt = options.format()
     keys = {p.value: p.key for p in graph.params}
+    selected = [op for op in graph.ops if _selected(op, keys, options)]
+    if not selected:
+        _nothing_to_quantize(graph, keys, options)
+    if options.budget:
+        formats = _budget_formats(selected, keys, options, calibration)
+    else:
+        fmt = options.format()
+        formats = {id(op): fmt for op in selected}
+    scores = {id(op): calibration.importance(keys[op.operands[1]]) for op in selected} if options.budget else {}
     out = OpEmitter()
     values = ValueMap()
-    count = 0
-    for op in graph.ops:
-        op = values.op(op)
-        weight = op.operands[1] if op.name == "linear" else None
-        if weight is None or weight not in keys or weight.type.dtype is not DType.f32:
+    for original in graph.ops:
+        op = values.op(original)
+        fmt = formats.get(id(original))
+        if fmt is None:
             out.append(op)
-            continue
-        names = (op.loc.module, keys[weight])
-        if not _matches(options.layers, names) or _matches(options.keep, names):
-            out.append(op)
-            continue
-        values[op.result] = _quantized(op, fmt, out)
-        count += 1
-    reads_params = any(op.name == "linear" and op.operands[1] in keys for op in graph.ops)
-    after_newton = any(step.startswith("newton") for step in graph.history) or \
-        any(op.name == "linear" for top in graph.ops for region in top.regions for op in walk_ops(region.ops))
-    if count == 0 and not reads_params and after_newton:
-        raise QuantizeError(f"quantize: no linear layer of graph @{graph.name} reads its weight parameter directly "
-                            "(newton stacks layer weights); put quantize{...} before newton in the pipeline: "
-                            "newton stacks the quantized weights")
-    if count == 0:
-        raise QuantizeError(f"quantize: graph @{graph.name} has no float32 linear layer with a weight parameter "
-                            f"that layers={options.layers!r} selects and keep={options.keep!r} does not keep; "
-                            "nothing to quantize")
+        else:
+            values[op.result] = _quantized(op, fmt, out, scores.get(id(original)))
     return graph.replace(ops=tuple(out.ops), outputs=values.values(graph.outputs))
 
 
-def _quantized(op: Op, fmt: QuantFormat, out: OpEmitter) -> Value:
+def _selected(op: Op, keys: dict[Value, str], options: QuantizeOptions) -> bool:
+    if op.name != "linear" or op.operands[1] not in keys or op.operands[1].type.dtype is not DType.f32:
+        return False
+    names = (op.loc.module, keys[op.operands[1]])
+    return _matches(options.layers, names) and not _matches(options.keep, names)
+
+
+def _nothing_to_quantize(graph: Graph, keys: dict[Value, str], options: QuantizeOptions) -> None:
+    reads_params = any(op.name == "linear" and op.operands[1] in keys for op in graph.ops)
+    after_newton = any(step.startswith("newton") for step in graph.history) or \
+        any(op.name == "linear" for top in graph.ops for region in top.regions for op in walk_ops(region.ops))
+    if not reads_params and after_newton:
+        raise QuantizeError(f"quantize: no linear layer of graph @{graph.name} reads its weight parameter directly "
+                            "(newton stacks layer weights); put quantize{...} before newton in the pipeline: "
+                            "newton stacks the quantized weights")
+    raise QuantizeError(f"quantize: graph @{graph.name} has no float32 linear layer with a weight parameter "
+                        f"that layers={options.layers!r} selects and keep={options.keep!r} does not keep; "
+                        "nothing to quantize")
+
+
+def _budget_formats(selected: list[Op], keys: dict[Value, str], options: QuantizeOptions,
+                    calibration: Any) -> dict[int, QuantFormat | None]:
+    """Each selected layer's format (None: float) under ``options.budget``, from ``calibration``."""
+    if calibration is None:
+        raise QuantizeError(f"quantize: budget={options.budget:g} needs calibration statistics: "
+                            "lamina.compile(model, inputs, pipeline=..., calibration=lamina.calibrate(model, batches))")
+    candidates = []
+    for op in selected:
+        key, k = keys[op.operands[1]], op.operands[1].type.shape[1]
+        options_of_layer = [Option(None, 32.0, 0.0)]
+        for bits in (8, 4):
+            fmt = options.format(bits)
+            try:
+                fmt.group_size(k)
+            except QuantFormatError:
+                continue  # this layer cannot take the format: it keeps the others
+            try:
+                options_of_layer.append(Option(fmt, float(bits), calibration.estimated_loss(key, fmt)))
+            except KeyError as e:
+                raise QuantizeError(f"quantize: {e.args[0]}") from None
+        candidates.append(Candidate(key, int(op.operands[1].type.shape[0]) * k, tuple(options_of_layer)))
+    try:
+        chosen = assign(candidates, options.budget, options.rank)
+    except BudgetError as e:
+        raise QuantizeError(f"quantize: {e}") from None
+    return {id(op): chosen[keys[op.operands[1]]].fmt for op in selected}
+
+
+def _quantized(op: Op, fmt: QuantFormat, out: OpEmitter, score: float | None) -> Value:
     x, w = op.operands[0], op.operands[1]
     try:
         fmt.group_size(w.type.shape[1])
     except QuantFormatError as e:
         raise QuantizeError(f"{e} (layer {op.loc.module or op.describe()}; leave it in float with keep=)") from None
-    stored = out.emit_op("quantize", [w], fmt.attrs(), op.loc).results
+    attrs = fmt.attrs() if score is None else {**fmt.attrs(), "score": float(score)}
+    stored = out.emit_op("quantize", [w], attrs, op.loc).results
     y = out.emit("qlinear", x, *stored, loc=op.loc, **fmt.attrs())
     return out.emit("add", y, op.operands[2], loc=op.loc) if len(op.operands) == 3 else y

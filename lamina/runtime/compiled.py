@@ -217,6 +217,14 @@ class CompiledModule:
         return list(getattr(self._executor, "iterations", []))
 
     @property
+    def quantization(self) -> list[Any]:
+        """Per linear layer: its format (or float32), the bit budget's score, bytes, and the kernel that
+        runs it (``passes/quant_report.py``); ``print(*compiled.quantization, sep="\n")`` shows them."""
+        from ..passes.quant_report import quantization_report
+
+        return quantization_report(self.graph, self.options.backend)
+
+    @property
     def plan_cache(self) -> Any:
         """The executor's plans (a ``PlanCacheInfo``: kept, limit, built in all, arena bytes), or None for
         the reference backend, which plans nothing."""

@@ -40,7 +40,7 @@ def test_qlinear_is_dequantize_then_linear_exactly(fmt: QuantFormat) -> None:
 def test_text_form_round_trips() -> None:
     g = _graph(QuantFormat(4, 32, "asym"))
     text = str(g)
-    assert 'quantize(%w) {bits=4, group=32, scheme="asym"} : u8[12,32], f32[12,2], f32[12,2]' in text
+    assert 'quantize(%w) {bits=4, group=32, scheme="asym", score=none} : u8[12,32], f32[12,2], f32[12,2]' in text
     assert str(parse(text)) == text
 
 

@@ -77,8 +77,9 @@ def _qlinear_ref(a: Sequence[np.ndarray], attrs: Mapping[str, Any]) -> np.ndarra
 DEFS = [
     OpDef("quantize", ("weight",), _quantize_infer, _quantize_ref, Category.LIBRARY,
           "a float32 weight [out, in] packed as (qweight, scales[, zeros]) in the format the attributes name "
-          "(bits 8|4, group of the input dim per scale, 0 = per output channel; scheme sym|asym)",
-          FORMAT_ATTRS),
+          "(bits 8|4, group of the input dim per scale, 0 = per output channel; scheme sym|asym); score: the "
+          "layer's importance where a bit budget chose the format (informational)",
+          {**FORMAT_ATTRS, "score": AttrSpec("float?", None)}),
     OpDef("qlinear", ("x", "qweight", "scales", "zeros?"), _qlinear_infer, _qlinear_ref, Category.LIBRARY,
           "x @ dequantize(qweight, scales, zeros)^T: a linear layer whose weight is stored quantized "
           "(zeros only with scheme=asym)", FORMAT_ATTRS),
