@@ -36,7 +36,7 @@ from .ir.quant_format import QuantFormat, QuantFormatError, dequantize, quantize
 from .log import logger
 
 CACHE_VERSION = 1
-DEFAULT_FORMATS = (QuantFormat(8, 0), QuantFormat(4, 32), QuantFormat(4, 64), QuantFormat(4, 128),
+DEFAULT_FORMATS = (QuantFormat(8, 0), QuantFormat(4, 32), QuantFormat(4, 64), QuantFormat(4, 128), QuantFormat(4, 0),
                    QuantFormat(8, 0, "asym"), QuantFormat(4, 32, "asym"))
 OUTLIER_SIGMAS = 3.0
 

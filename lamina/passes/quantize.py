@@ -19,7 +19,7 @@ not do.
 
 ``budget=B`` (average bits per weight over the selected layers: 4, 8 or 32 each; scales and zero
 points are not counted, ``compiled.quantization`` reports them in bytes; e.g. 5.0) chooses
-per layer among 4-bit (``group``, default 32), 8-bit per channel and float32, the least estimated
+per layer among 4-bit (in ``group``, default 32), 8-bit per channel and float32, the least estimated
 loss that fits (``passes/bit_budget.py``). The estimate comes from a ``lamina.calibrate`` result the
 caller passes (``lamina.compile(..., calibration=...)``): each format's quantization error weighted by
 the layer's input second moments (a diagonal-Hessian estimate of the loss it adds), times the
@@ -134,8 +134,8 @@ def _budget_formats(selected: list[Op], keys: dict[Value, str], options: Quantiz
     for op in selected:
         key, k = keys[op.operands[1]], op.operands[1].type.shape[1]
         options_of_layer = [Option(None, 32.0, 0.0)]
-        for bits in (8, 4):
-            fmt = options.format(bits)
+        for bits in (8, 4):  # 8-bit per output channel; ``group`` is the 4-bit option's
+            fmt = QuantFormat(8, 0, options.scheme) if bits == 8 else options.format(4)
             try:
                 fmt.group_size(k)
             except QuantFormatError:
