@@ -18,12 +18,14 @@ _WHERE = {
     "UnsupportedOpsError": ".errors", "Graph": ".ir", "parse": ".ir", "CompileOptions": ".options",
     "default_pipeline": ".passes.manager", "run_pipeline": ".passes.manager", "CompiledModule": ".runtime.compiled",
     "calibrate": ".calibration", "Calibration": ".calibration", "QuantFormat": ".ir.quant_format",
+    "load": ".saved",
 }
 
 if TYPE_CHECKING:
     from .api import compile, trace
     from .calibration import Calibration, calibrate
     from .ir.quant_format import QuantFormat
+    from .saved import load
     from .errors import InputMismatchError, LaminaError, UnsupportedOpsError
     from .ir import Graph, parse
     from .options import CompileOptions
@@ -55,5 +57,6 @@ _register_dynamo_backend()
 
 __all__ = [
     "Calibration", "CompileOptions", "CompiledModule", "Graph", "InputMismatchError", "LaminaError", "QuantFormat",
-    "UnsupportedOpsError", "calibrate", "compile", "default_pipeline", "parse", "run_pipeline", "trace", "__version__",
+    "UnsupportedOpsError", "calibrate", "compile", "default_pipeline", "load", "parse", "run_pipeline", "trace",
+    "__version__",
 ]

@@ -79,6 +79,17 @@ def compile_imported(imported: Imported, options: CompileOptions, model_name: st
     return CompiledModule(imported, result.graph, executor, options, result.timings, model_name)
 
 
+def compile_lowered(imported: Imported, backend: str, model_name: str = "model") -> CompiledModule:
+    """A CompiledModule of a graph the pipeline already lowered (``lamina.load``): no passes run."""
+    from .ir.verifier import verify
+
+    verify(imported.graph)
+    options = CompileOptions(backend=backend)
+    entry(backend).check()
+    executor = entry(backend).make_executor(imported.graph, options)
+    return CompiledModule(imported, imported.graph, executor, options, (), model_name)
+
+
 def _eager_fallback(model: torch.nn.Module, error: UnsupportedOpsError) -> Any:
     import warnings
 
@@ -88,4 +99,4 @@ def _eager_fallback(model: torch.nn.Module, error: UnsupportedOpsError) -> Any:
     return model
 
 
-__all__ = ["compile", "compile_imported", "default_pipeline", "run_pipeline", "trace", "Imported"]
+__all__ = ["compile", "compile_imported", "compile_lowered", "default_pipeline", "run_pipeline", "trace", "Imported"]

@@ -33,14 +33,18 @@ class LayerQuantization:
 
 
 def quantization_report(graph: Graph, backend: str = "cpu") -> list[LayerQuantization]:
-    """The linear layers of ``graph`` (those reading a weight parameter, quantized or not), in order."""
+    """The linear layers of ``graph`` (those reading a weight parameter, quantized or not), in order. A
+    quantized layer's weight is packed by a ``quantize`` op, or already packed (a loaded module)."""
     keys = {p.value: p.key for p in graph.params}
+    packed_by = {v: op for op in graph.ops if op.name == "quantize" for v in op.results}
     rows = []
     for op in graph.ops:
-        if op.name == "quantize":
-            nbytes = sum(_nbytes(v.type) for v in op.results)
-            rows.append(LayerQuantization(op.loc.module, keys.get(op.operands[0], ""), QuantFormat.of(op.attrs),
-                                          op.attrs.get("score"), nbytes, KERNELS.get(backend, backend)))
+        if op.name == "qlinear":
+            packer = packed_by.get(op.operands[1])
+            weight = keys.get(packer.operands[0], "") if packer else keys.get(op.operands[1], "").rsplit(".", 1)[0]
+            score = packer.attrs.get("score") if packer else None
+            rows.append(LayerQuantization(op.loc.module, weight, QuantFormat.of(op.attrs), score,
+                                          sum(_nbytes(v.type) for v in op.operands[1:]), KERNELS.get(backend, backend)))
         elif op.name == "linear" and op.operands[1] in keys:
             rows.append(LayerQuantization(op.loc.module, keys[op.operands[1]], None, None,
                                           _nbytes(op.operands[1].type), "torch.mm"))

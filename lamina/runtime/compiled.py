@@ -216,6 +216,13 @@ class CompiledModule:
         """Iterations each early-stopping Newton chunk ran in the last call (``newton{tol=...}``), in order."""
         return list(getattr(self._executor, "iterations", []))
 
+    def save(self, path: Any) -> None:
+        """Write this module to one safetensors file that ``lamina.load(path)`` runs without the model
+        (``lamina/saved.py``): its lowered graph, its weights (quantized layers packed), its call signature."""
+        from ..saved import save
+
+        save(self, path)
+
     @property
     def quantization(self) -> list[Any]:
         """Per linear layer: its format (or float32), the bit budget's score, bytes, and the kernel that

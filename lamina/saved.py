@@ -1,0 +1,158 @@
+"""A compiled module as one safetensors file: ``compiled.save(path)``, ``lamina.load(path)``.
+
+The file holds the weights the compiled graph reads (quantized layers as their packed integers, scales
+and zero points: the float weights they came from are not saved) and, in the safetensors header's
+metadata, the graph's text form, how call arguments and results map onto it (torch pytree specs as
+JSON), the backend, and a SHA-256 of every tensor's bytes. No pickle: loading runs no code from the
+file. ``lamina.load`` parses the graph, checks the tensors against it and the checksum, and builds the
+executor without tracing, so the model's Python class is not needed (the classes of its arguments and
+results are: torch's pytree serializes them by name, as transformers registers its outputs and caches).
+A result type that torch's pytree cannot serialize is an error ``save`` names.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.utils._pytree as pytree
+
+from .errors import LaminaError
+from .ir import quant_format
+from .ir.builder import OpEmitter
+from .ir.core import Graph, Param, Value
+from .ir.errors import IRParseError
+
+FORMAT = "lamina-compiled-module"
+VERSION = "1"
+
+
+class SaveError(LaminaError, ValueError):
+    """A compiled module that cannot be saved, or a file that cannot be loaded; the message says why."""
+
+
+def save(compiled: Any, path: str | Path) -> None:
+    """Write ``compiled`` (a CompiledModule) to ``path`` (see the module doc)."""
+    from .ir.printer import print_graph
+    from safetensors.torch import save_file
+
+    imported = compiled.imported
+    graph, weights = fold_quantized_weights(compiled.graph, compiled._weights)
+    try:
+        specs = {"in_spec": pytree.treespec_dumps(imported.in_spec), "out_spec": pytree.treespec_dumps(imported.out_spec)}
+    except Exception as e:  # noqa: BLE001 - torch raises several kinds for unserializable node types
+        raise SaveError(f"cannot save {compiled.model_name}: its arguments or results are not only tensors, tuples, "
+                        f"lists, dicts and types registered with torch's pytree under a serialized name ({e}); "
+                        "compile a wrapper that takes and returns tensors") from None
+    roles = [_role_json(r) for r in imported.roles]
+    tensors = {key: weights[key].detach().contiguous().clone() for key in (p.key for p in graph.params)}
+    metadata = {
+        "format": FORMAT, "version": VERSION, "ir": print_graph(graph), "backend": compiled.options.backend,
+        "model_name": compiled.model_name, "roles": json.dumps(roles), **specs,
+        "mutations": json.dumps([asdict(m) for m in imported.mutations]), "keywords": json.dumps(imported.keywords),
+        "checksum": _checksum(tensors),
+    }
+    save_file(tensors, str(path), metadata)
+
+
+def load(path: str | Path, backend: str | None = None) -> Any:
+    """The CompiledModule saved at ``path``, on its saved backend or ``backend``."""
+    from safetensors import safe_open
+
+    from .api import compile_lowered
+    from .frontends.fx import Imported, Mutation
+    from .ir.parser import parse
+
+    path = Path(path)
+    if not path.is_file():
+        raise SaveError(f"lamina.load: {path} does not exist")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+            tensors = {key: f.get_tensor(key) for key in f.keys()}
+    except Exception as e:  # noqa: BLE001 - safetensors reports damage as several error types
+        raise SaveError(f"lamina.load: {path} is damaged or not a safetensors file ({type(e).__name__}: {e}); "
+                        "save the module again") from None
+    if metadata.get("format") != FORMAT:
+        raise SaveError(f"lamina.load: {path} is a safetensors file but not a saved lamina module")
+    if metadata.get("version") != VERSION:
+        raise SaveError(f"lamina.load: {path} was written by another version of lamina (format version "
+                        f"{metadata.get('version')}, this one reads {VERSION}); save it again")
+    if _checksum(tensors) != metadata.get("checksum"):
+        raise SaveError(f"lamina.load: the weights in {path} do not match its checksum (the file is damaged); "
+                        "save the module again")
+    try:
+        graph = parse(metadata["ir"], filename=f"{path} (saved graph)")
+    except IRParseError as e:
+        raise SaveError(f"lamina.load: the graph in {path} does not parse: {e}") from None
+    for p in graph.params:
+        t = tensors.get(p.key)
+        if t is None or tuple(t.shape) != tuple(p.value.type.shape):
+            raise SaveError(f"lamina.load: weight {p.key} in {path} is {'missing' if t is None else list(t.shape)}, "
+                            f"the graph needs {p.value.type}")
+    imported = Imported(graph, tensors, tuple(_role(r) for r in json.loads(metadata["roles"])),
+                        pytree.treespec_loads(metadata["in_spec"]), pytree.treespec_loads(metadata["out_spec"]),
+                        tuple(Mutation(**m) for m in json.loads(metadata["mutations"])),
+                        keywords=tuple(json.loads(metadata["keywords"])))
+    return compile_lowered(imported, backend or metadata["backend"], metadata.get("model_name", "model"))
+
+
+def fold_quantized_weights(graph: Graph, weights: Mapping[str, torch.Tensor]) -> tuple[Graph, dict[str, torch.Tensor]]:
+    """``graph`` with each ``quantize`` of a weight replaced by new parameters holding its results
+    (``KEY.qweight``, ``KEY.scales``, ``KEY.zeros``), and the weights those need; float weights read
+    only by ``quantize`` are dropped."""
+    keys = {p.value: p.key for p in graph.params}
+    replaced: dict[Value, Value] = {}
+    params = list(graph.params)
+    folded = dict(weights)
+    out = OpEmitter()
+    for op in graph.ops:
+        if op.name == "quantize" and op.operands[0] in keys:
+            key = keys[op.operands[0]]
+            stored = quant_format.quantize(weights[key], quant_format.QuantFormat.of(op.attrs))
+            for name, value, tensor in zip(("qweight", "scales", "zeros"), op.results, stored):
+                new = Value(value.type, f"{key}.{name}")
+                params.append(Param(f"{key}.{name}", new))
+                folded[f"{key}.{name}"] = tensor
+                replaced[value] = new
+            continue
+        out.append(op.replace(operands=tuple(replaced.get(v, v) for v in op.operands)))
+    used = {v for op in out.ops for v in op.operands} | set(graph.outputs)
+    params = [p for p in params if p.value in used]
+    return graph.replace(params=tuple(params), ops=tuple(out.ops)), {p.key: folded[p.key] for p in params}
+
+
+def _checksum(tensors: Mapping[str, torch.Tensor]) -> str:
+    digest = hashlib.sha256()
+    for key in sorted(tensors):
+        t = tensors[key]
+        digest.update(f"{key}:{t.dtype}:{tuple(t.shape)};".encode())
+        digest.update(t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _role_json(role: Any) -> dict[str, Any]:
+    from .frontends.fx import ConstRole, InputRole, ParamRole
+
+    if isinstance(role, InputRole):
+        return {"input": role.index}
+    if isinstance(role, ParamRole):
+        return {"param": role.key}
+    if isinstance(role, ConstRole) and (role.value is None or isinstance(role.value, (bool, int, float, str))):
+        return {"const": role.value}
+    raise SaveError(f"cannot save a module traced with the constant argument {role!r}; only None, numbers and "
+                    "strings are saved")
+
+
+def _role(data: Mapping[str, Any]) -> Any:
+    from .frontends.fx import ConstRole, InputRole, ParamRole
+
+    if "input" in data:
+        return InputRole(data["input"])
+    if "param" in data:
+        return ParamRole(data["param"])
+    return ConstRole(data["const"])
