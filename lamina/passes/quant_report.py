@@ -9,7 +9,7 @@ from ..ir.types import TensorType
 
 KERNELS = {
     "cpu": "numba dequantize-in-the-loop GEMV for up to 16 rows, else blocked dequantize + torch.mm",
-    "cuda": "dequantize per call + torch linear (no CUDA kernel yet)",
+    "cuda": "CUDA C warp-per-channel GEMV for up to 16 rows, else dequantize + cuBLAS",
     "reference": "interpreter: dequantize then linear",
 }
 

@@ -16,12 +16,14 @@ from ..codegen.cache import KernelCache
 from ..codegen.cuda_c import cuda_source, launch_config, launch_dims, vectorizable
 from ..codegen.cuda_numba import BLOCK, MODULE_HEADER, cuda_numba_source
 from ..codegen.kernel import Kernel
-from ..ir.core import Graph
+from ..ir.core import Graph, Op
 from ..ir.dtypes import DType
 from ..ir.size_code import Size, is_static
-from .program import BackendError, CompiledKernel, Executor, Target
+from .program import BackendError, CompiledKernel, Executor, PlanContext, Target
+from .qlinear_cuda import qlinear_cuda_lines
 
 LANGUAGES = ("cuda_c", "numba")
+NATIVE_OPS = frozenset({"qlinear"})  # ops the target runs with kernels of its own (CUDA C, either language)
 
 
 def require_gpu() -> None:
@@ -95,6 +97,13 @@ class CudaTarget(Target):
             values = list(args[:n_buffers]) + [f"np.int64({a})" for a in args[n_buffers:]]
             return f"{fn}(({block_code},), ({thread_code},), ({', '.join(values)},))"
         return f"{fn}[{block_code}, {thread_code}, _nstream]({', '.join(args)})"
+
+    def native(self, op: Op) -> Any:
+        """The cuda target's own kernel for ``qlinear`` (``runtime/qlinear_cuda.py``), compiled when planned."""
+        return (lambda: None) if op.name in NATIVE_OPS else None
+
+    def native_lines(self, kernel: Any, op: Op, args: Sequence[str], out: str, plan: PlanContext) -> list[str]:
+        return qlinear_cuda_lines(op, list(args), out, plan, self.cp)
 
     def namespace(self) -> dict[str, Any]:
         if self.language == "numba":

@@ -1,0 +1,60 @@
+"""``qlinear`` on the cuda target: the warp-per-channel GEMV of ``codegen/qlinear_cuda.py`` for up to
+``KERNEL_ROWS`` input rows (decoding); for more (prefill), the weight dequantized on the GPU and one
+cuBLAS GEMM (``torch.mm``), as the GEMV would read the packed weight once per row."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..codegen.qlinear_cpu import QLinearVariant
+from ..codegen.qlinear_cuda import WARPS, qlinear_cuda_name, qlinear_cuda_source
+from ..ir.quant_format import QuantFormat, dequantize
+
+KERNEL_ROWS = 16
+GRID_Y = 65535
+
+
+@dataclass
+class QLinearCuda:
+    """``out = x @ dequantize(qweight, scales, zeros)^T`` on the GPU for one layer's format and sizes."""
+
+    fmt: QuantFormat
+    k: int
+    n: int
+    cp: Any  # the cupy module
+    kernel: Any = field(default=None)
+
+    def __post_init__(self) -> None:
+        v = QLinearVariant(self.fmt, self.k, True)
+        self.kernel = self.cp.RawKernel(qlinear_cuda_source(v), qlinear_cuda_name(v), options=("-std=c++17",))
+
+    def __call__(self, x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None,
+                 out: torch.Tensor) -> None:
+        rows = x.numel() // self.k
+        if rows == 0:
+            return
+        x2 = x.reshape(rows, self.k).contiguous()
+        target = out if out.is_contiguous() else torch.empty(out.shape, dtype=out.dtype, device=out.device)
+        if rows <= KERNEL_ROWS:
+            cp = self.cp
+            z = zeros if zeros is not None else scales
+            self.kernel(((self.n + WARPS - 1) // WARPS, min(rows, GRID_Y)), (32 * WARPS,),
+                        (cp.from_dlpack(x2.reshape(-1)), cp.from_dlpack(qweight.reshape(-1)),
+                         cp.from_dlpack(scales.reshape(-1)), cp.from_dlpack(z.reshape(-1)),
+                         cp.from_dlpack(target.reshape(-1)), np.int64(rows), np.int64(self.n)))
+        else:
+            torch.mm(x2, dequantize(qweight, scales, zeros, self.fmt).t(), out=target.view(rows, self.n))
+        if target is not out:
+            out.copy_(target)
+
+
+def qlinear_cuda_lines(op: Any, args: list[str], out: str, plan: Any, cp: Any) -> list[str]:
+    """The wrapper line calling a ``QLinearCuda`` for ``op`` (x, qweight, scales[, zeros]) into ``out``."""
+    fmt = QuantFormat.of(op.attrs)
+    k, n = op.operands[0].type.shape[-1], op.results[0].type.shape[-1]
+    fn = plan.static(QLinearCuda(fmt, k, n, cp), "Q")
+    zeros = args[3] if len(args) == 4 else "None"
+    return [f"{fn}({args[0]}, {args[1]}, {args[2]}, {zeros}, {out})"]
