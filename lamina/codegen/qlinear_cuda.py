@@ -36,38 +36,25 @@ def qlinear_cuda_source(v: QLinearVariant) -> str:
     row_bytes = k // 2 if f.bits == 4 else k
     offset = "z[n * NG + grp]" if f.scheme == "asym" else f"{float(f.offset)}f"
     signed = f.bits == 8 and f.scheme == "sym"
-    if f.bits == 4:
+    if vector_path(f, k):  # a chunk: 16 bytes, holding 32 values (4-bit) or 16 (8-bit)
+        values = 32 if f.bits == 4 else 16
+        if f.bits == 4:
+            term = "((float)(w & 15u) - off) * xc[b] + ((float)(w >> 4) - off) * xc[b + 16]"
+        else:
+            term = f"((float)({'(signed char)' if signed else ''}w) - off) * xc[b]"
         body = f"""
-        for (int c = lane; c < {row_bytes // 16}; c += 32) {{  // a chunk: 16 bytes, one block of 32 values
+        for (int c = lane; c < {row_bytes // 16}; c += 32) {{
             const uint4 v = *reinterpret_cast<const uint4*>(qr + (long long)c * 16);
-            const int grp = (c * 32) / G;
+            const int grp = (c * {values}) / G;
             const float sc = s[n * NG + grp];
             const float off = {offset};
             const unsigned int words[4] = {{v.x, v.y, v.z, v.w}};
-            const float* xc = xr + (long long)c * 32;
+            const float* xc = xr + (long long)c * {values};
             float part = 0.f;
             #pragma unroll
             for (int b = 0; b < 16; ++b) {{
                 const unsigned int w = (words[b >> 2] >> (8 * (b & 3))) & 0xffu;
-                part += ((float)(w & 15u) - off) * xc[b] + ((float)(w >> 4) - off) * xc[b + 16];
-            }}
-            acc += part * sc;
-        }}"""
-    elif vector_path(f, k):
-        cast = "(signed char)" if signed else ""
-        body = f"""
-        for (int c = lane; c < {row_bytes // 16}; c += 32) {{  // a chunk: 16 bytes, 16 values
-            const uint4 v = *reinterpret_cast<const uint4*>(qr + (long long)c * 16);
-            const int grp = (c * 16) / G;
-            const float sc = s[n * NG + grp];
-            const float off = {offset};
-            const unsigned int words[4] = {{v.x, v.y, v.z, v.w}};
-            const float* xc = xr + (long long)c * 16;
-            float part = 0.f;
-            #pragma unroll
-            for (int b = 0; b < 16; ++b) {{
-                const unsigned int w = (words[b >> 2] >> (8 * (b & 3))) & 0xffu;
-                part += ((float)({cast}w) - off) * xc[b];
+                part += {term};
             }}
             acc += part * sc;
         }}"""

@@ -19,7 +19,8 @@ from ..ir.dtypes import DType
 from ..ir.size_code import Size, is_static
 from ..ir.targets import OpTable
 from .library import attention_expr
-from .qlinear_cpu import qlinear_lines
+from .qlinear_call import qlinear_lines
+from .qlinear_cpu import QLinearCpu
 from .program import BackendError, CompiledKernel, Executor, PlanContext, Target, work
 
 __all__ = ["BackendError", "CpuExecutor", "CpuTarget"]
@@ -127,7 +128,7 @@ def _qlinear_kernel(target: "CpuTarget", op: Op) -> Callable[[], Any] | None:
 
 def _qlinear_lines(target: "CpuTarget", kernel: Callable[[], Any], op: Op, args: Sequence[str], out: str,
                    plan: PlanContext) -> list[str]:
-    return qlinear_lines(op, list(args), out, plan, target.cache)
+    return qlinear_lines(op, list(args), out, plan, lambda fmt, k, n: QLinearCpu(fmt, k, n, target.cache))
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,8 @@ from ..ir.core import Graph, Op
 from ..ir.dtypes import DType
 from ..ir.size_code import Size, is_static
 from .program import BackendError, CompiledKernel, Executor, PlanContext, Target
-from .qlinear_cuda import qlinear_cuda_lines
+from .qlinear_call import qlinear_lines
+from .qlinear_cuda import QLinearCuda
 
 LANGUAGES = ("cuda_c", "numba")
 NATIVE_OPS = frozenset({"qlinear"})  # ops the target runs with kernels of its own (CUDA C, either language)
@@ -103,7 +104,7 @@ class CudaTarget(Target):
         return (lambda: None) if op.name in NATIVE_OPS else None
 
     def native_lines(self, kernel: Any, op: Op, args: Sequence[str], out: str, plan: PlanContext) -> list[str]:
-        return qlinear_cuda_lines(op, list(args), out, plan, self.cp)
+        return qlinear_lines(op, list(args), out, plan, lambda fmt, k, n: QLinearCuda(fmt, k, n, self.cp))
 
     def namespace(self) -> dict[str, Any]:
         if self.language == "numba":

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 
@@ -99,12 +98,3 @@ class QLinearCpu:
             dequantize(packed[lo:hi], s[lo:hi], z[lo:hi], w.numpy().reshape(hi - lo, self.blocks, self.block_values),
                         hi - lo)
             out[:, lo:hi] = torch.mm(x, w.t())
-
-
-def qlinear_lines(op: Any, args: list[str], out: str, plan: Any, cache: KernelCache) -> list[str]:
-    """The wrapper line calling a ``QLinearCpu`` for ``op`` (x, qweight, scales[, zeros]) into ``out``."""
-    fmt = QuantFormat.of(op.attrs)
-    k, n = op.operands[0].type.shape[-1], op.results[0].type.shape[-1]
-    fn = plan.static(QLinearCpu(fmt, k, n, cache), "Q")
-    zeros = args[3] if len(args) == 4 else "None"
-    return [f"{fn}({args[0]}, {args[1]}, {args[2]}, {zeros}, {out})"]

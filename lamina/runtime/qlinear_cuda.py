@@ -49,12 +49,3 @@ class QLinearCuda:
             torch.mm(x2, dequantize(qweight, scales, zeros, self.fmt).t(), out=target.view(rows, self.n))
         if target is not out:
             out.copy_(target)
-
-
-def qlinear_cuda_lines(op: Any, args: list[str], out: str, plan: Any, cp: Any) -> list[str]:
-    """The wrapper line calling a ``QLinearCuda`` for ``op`` (x, qweight, scales[, zeros]) into ``out``."""
-    fmt = QuantFormat.of(op.attrs)
-    k, n = op.operands[0].type.shape[-1], op.results[0].type.shape[-1]
-    fn = plan.static(QLinearCuda(fmt, k, n, cp), "Q")
-    zeros = args[3] if len(args) == 4 else "None"
-    return [f"{fn}({args[0]}, {args[1]}, {args[2]}, {zeros}, {out})"]
