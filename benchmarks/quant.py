@@ -10,7 +10,9 @@ quantized rows). Rounds are interleaved and the table gives medians. "torch int8
 CPU kernel for weight-only int8; torchao is not installed with this torch); "same tokens" compares with
 eager fp32 (quantized rows may differ: they compute with other weights). "head too" rows quantize the
 LM head as well (``keep=none``); by default it stays float32 and, with a 32000-token vocabulary, is
-most of what an int4 step reads. The prefill rows time one forward of 4 x 128 tokens.
+most of what an int4 step reads. "W8A8" also quantizes each layer's input per token (``act=int8``):
+the same GEMV when decoding, ``torch._int_mm`` (integer GEMM) for prefill. The prefill rows time one
+forward of 4 x 128 tokens.
 """
 from __future__ import annotations
 
@@ -35,8 +37,9 @@ PIPELINES = {
     "lamina int4 g32": "canonicalize,quantize{bits=4,group=32},fuse",
     "lamina int8, head too": "canonicalize,quantize{bits=8,keep=none},fuse",
     "lamina int4 g32, head too": "canonicalize,quantize{bits=4,group=32,keep=none},fuse",
+    "lamina int8 W8A8": "canonicalize,quantize{bits=8,act=int8},fuse",
 }
-PREFILL = ("lamina fp32", "lamina int8", "lamina int4 g32")
+PREFILL = ("lamina fp32", "lamina int8", "lamina int4 g32", "lamina int8 W8A8")
 
 
 class Int8Linear(nn.Module):
@@ -111,7 +114,7 @@ def main() -> None:
         "torch int8 (_weight_int8pack_mm)": (eager_loop(torch_int8(model)), streamed_bytes(model, 8, 0)),
     }
     for name, pipeline in PIPELINES.items():
-        bits = None if "fp32" in name else (8 if "int8" in name else 4)
+        bits = None if "fp32" in name else (8 if "int8" in name else 4)  # W8A8 reads int8 weights too
         contenders[name] = (lamina_loop(model, pipeline),
                             streamed_bytes(model, bits, 32 if bits == 4 else 0, head="head too" in name))
     times: dict[str, list[float]] = {name: [] for name in contenders}

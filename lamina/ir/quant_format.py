@@ -21,6 +21,9 @@ x[j] and x[j + 16] as two contiguous runs. 4-bit groups are therefore multiples 
 per-channel 4-bit needs K a multiple of 32); a group that does not divide K is an error,
 never padding.
 
+``act=int8`` (W8A8) also quantizes the activations per row to int8 at run time (``quantize_rows``),
+for 8-bit per-channel symmetric weights only: the products are then integers (``int8_product``).
+
 Rounding is half to even; ``sym`` maps the group's largest magnitude to 127 (8-bit) or 7
 (4-bit); ``asym`` maps [min(w, 0), max(w, 0)] onto 0..255 or 0..15. An all-zero group gets
 scale 0 and dequantizes to zeros. ``quantize`` and ``dequantize`` here are the one
@@ -156,6 +159,21 @@ def dequantize(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor 
     g = fmt.group_size(k)
     offset = zeros[..., None] if zeros is not None else fmt.offset
     return ((v.reshape(n, k // g, g).to(torch.float32) - offset) * scales[..., None]).reshape(n, k)
+
+
+def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Activations quantized per row (per token), symmetric int8: (values, float32 scales [..., 1]);
+    ``act=int8``'s dynamic quantization. An all-zero row gets scale 0."""
+    scale = x.abs().amax(-1, keepdim=True) / 127
+    return torch.round(x / _nonzero(scale)).clamp(-127, 127).to(torch.int8), scale
+
+
+def int8_product(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """``act=int8``'s meaning: x [..., K] quantized per row, times int8 per-channel weights [N, K] with
+    scales [N, 1], the integer products summed exactly (in float64) and scaled back to float32."""
+    xq, sx = quantize_rows(x)
+    exact = xq.to(torch.float64) @ qweight.to(torch.float64).t()
+    return (exact * sx.to(torch.float64) * scales.reshape(-1).to(torch.float64)).to(torch.float32)
 
 
 def _nonzero(scale: torch.Tensor) -> torch.Tensor:

@@ -1,6 +1,6 @@
 """quantize: linear layers whose weight is a parameter become ``qlinear`` over a packed weight.
 
-``quantize{bits=8|4,group=G,scheme=sym|asym,layers=PATTERNS,keep=PATTERNS}`` rewrites each
+``quantize{bits=8|4,group=G,scheme=sym|asym,act=none|int8,layers=PATTERNS,keep=PATTERNS}`` rewrites each
 ``linear(x, w[, b])`` whose ``w`` is a graph parameter into::
 
     %q, %s = quantize(%w) {bits=4, group=32, scheme="sym"}   # once per plan: w is a weight
@@ -11,7 +11,8 @@
 module path (``model.layers.0.mlp.down_proj``) and its weight's key: ``layers`` picks the
 layers to quantize (default all), ``keep`` leaves some in float (default the LM head:
 ``*lm_head*``). ``group=0`` is one scale per output channel; the default group is 0 for
-8-bit and 32 for 4-bit. A layer that the format cannot hold (an input size the group does
+8-bit and 32 for 4-bit. ``act=int8`` (8-bit per-channel symmetric weights only) also quantizes each layer's input per
+token at run time, so prefill runs integer GEMMs. A layer that the format cannot hold (an input size the group does
 not divide, a 4-bit layer whose input is not a multiple of 32) is an error naming the layer
 and the option, never a silent skip; ``keep`` it or pick another group. A graph with no
 linear layer to quantize is an error too, so a pipeline never claims a quantization it did
@@ -50,7 +51,8 @@ class QuantizeError(LaminaError, ValueError):
 class QuantizeOptions:
     """bits: 8 or 4; group: input elements per scale (0: per output channel; -1: 0 for 8-bit, 32 for
     4-bit); scheme: sym or asym; layers / keep: |-separated module-path patterns; budget: average bits
-    per weight (0: every layer at ``bits``); rank: score, reversed or position (with a budget)."""
+    per weight (0: every layer at ``bits``); rank: score, reversed or position (with a budget); act: none,
+    or int8 to quantize activations per token too (W8A8: integer GEMMs for prefill)."""
 
     bits: int = 8
     group: int = -1
@@ -59,8 +61,15 @@ class QuantizeOptions:
     keep: str = "*lm_head*"
     budget: float = 0.0
     rank: str = "score"
+    act: str = "none"
 
     def __post_init__(self) -> None:
+        if self.act not in ("none", "int8"):
+            raise QuantizeError(f"quantize: act={self.act!r} is not supported; use act=none or act=int8")
+        if self.act == "int8" and (self.bits, self.group if self.group != -1 else 0, self.scheme, self.budget) != \
+                (8, 0, "sym", 0.0):
+            raise QuantizeError("quantize: act=int8 (W8A8) needs bits=8, group=0 (per channel) and scheme=sym, "
+                                "and no budget")
         if self.budget < 0:
             raise QuantizeError(f"quantize: budget={self.budget} must be positive (average bits per weight), or 0 "
                                 "for no budget")
@@ -100,7 +109,7 @@ def quantize(graph: Graph, options: QuantizeOptions = QuantizeOptions(), calibra
         if fmt is None:
             out.append(op)
         else:
-            values[op.result] = _quantized(op, fmt, out, scores.get(id(original)))
+            values[op.result] = _quantized(op, fmt, out, scores.get(id(original)), options.act)
     return graph.replace(ops=tuple(out.ops), outputs=values.values(graph.outputs))
 
 
@@ -152,7 +161,7 @@ def _budget_formats(selected: list[Op], keys: dict[Value, str], options: Quantiz
     return {id(op): chosen[keys[op.operands[1]]].fmt for op in selected}
 
 
-def _quantized(op: Op, fmt: QuantFormat, out: OpEmitter, score: float | None) -> Value:
+def _quantized(op: Op, fmt: QuantFormat, out: OpEmitter, score: float | None, act: str = "none") -> Value:
     x, w = op.operands[0], op.operands[1]
     try:
         fmt.group_size(w.type.shape[1])
@@ -160,5 +169,5 @@ def _quantized(op: Op, fmt: QuantFormat, out: OpEmitter, score: float | None) ->
         raise QuantizeError(f"{e} (layer {op.loc.module or op.describe()}; leave it in float with keep=)") from None
     attrs = fmt.attrs() if score is None else {**fmt.attrs(), "score": float(score)}
     stored = out.emit_op("quantize", [w], attrs, op.loc).results
-    y = out.emit("qlinear", x, *stored, loc=op.loc, **fmt.attrs())
+    y = out.emit("qlinear", x, *stored, loc=op.loc, act=act, **fmt.attrs())
     return out.emit("add", y, op.operands[2], loc=op.loc) if len(op.operands) == 3 else y

@@ -128,7 +128,7 @@ def _qlinear_kernel(target: "CpuTarget", op: Op) -> Callable[[], Any] | None:
 
 def _qlinear_lines(target: "CpuTarget", kernel: Callable[[], Any], op: Op, args: Sequence[str], out: str,
                    plan: PlanContext) -> list[str]:
-    return qlinear_lines(op, list(args), out, plan, lambda fmt, k, n: QLinearCpu(fmt, k, n, target.cache))
+    return qlinear_lines(op, list(args), out, plan, lambda fmt, k, n, act: QLinearCpu(fmt, k, n, target.cache, act))
 
 
 @dataclass(frozen=True)

@@ -104,7 +104,7 @@ class CudaTarget(Target):
         return (lambda: None) if op.name in NATIVE_OPS else None
 
     def native_lines(self, kernel: Any, op: Op, args: Sequence[str], out: str, plan: PlanContext) -> list[str]:
-        return qlinear_lines(op, list(args), out, plan, lambda fmt, k, n: QLinearCuda(fmt, k, n, self.cp))
+        return qlinear_lines(op, list(args), out, plan, lambda fmt, k, n, act: QLinearCuda(fmt, k, n, self.cp, act))
 
     def namespace(self) -> dict[str, Any]:
         if self.language == "numba":

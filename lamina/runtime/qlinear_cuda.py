@@ -11,7 +11,7 @@ import torch
 
 from ..codegen.qlinear_cpu import QLinearVariant
 from ..codegen.qlinear_cuda import WARPS, qlinear_cuda_name, qlinear_cuda_source
-from ..ir.quant_format import QuantFormat, dequantize
+from ..ir.quant_format import QuantFormat, dequantize, quantize_rows
 
 KERNEL_ROWS = 16
 GRID_Y = 65535
@@ -25,6 +25,7 @@ class QLinearCuda:
     k: int
     n: int
     cp: Any  # the cupy module
+    act: str = "none"
     kernel: Any = field(default=None)
 
     def __post_init__(self) -> None:
@@ -38,6 +39,15 @@ class QLinearCuda:
             return
         x2 = x.reshape(rows, self.k).contiguous()
         target = out if out.is_contiguous() else torch.empty(out.shape, dtype=out.dtype, device=out.device)
+        if self.act == "int8":
+            xq, sx = quantize_rows(x2)
+            if rows > KERNEL_ROWS:  # the integer products as a float32 GEMM (cuBLAS)
+                product = xq.to(torch.float32) @ qweight.to(torch.float32).t()
+                torch.mul(product, sx * scales.reshape(1, -1), out=target.view(rows, self.n))
+                if target is not out:
+                    out.copy_(target)
+                return
+            x2 = xq.to(torch.float32) * sx
         if rows <= KERNEL_ROWS:
             cp = self.cp
             z = zeros if zeros is not None else scales

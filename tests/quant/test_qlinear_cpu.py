@@ -89,3 +89,29 @@ def test_torch_compile_runs_the_quantize_pipeline() -> None:
         got, want, exact = compiled(x), ref(x), model(x)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     assert (got - exact).abs().max() > 1e-4  # it did quantize
+
+
+@pytest.mark.parametrize("rows", [1, 3, 40], ids=lambda r: f"rows{r}")
+def test_w8a8_matches_the_interpreter(rows: int) -> None:
+    torch.manual_seed(6)
+    _check(Layer(128, 37), torch.randn(rows, 128), "quantize{bits=8,act=int8,keep=none},fuse")
+
+
+def test_w8a8_is_integer_products_of_per_token_int8_activations() -> None:
+    from lamina.ir.quant_format import QuantFormat, int8_product, quantize
+
+    torch.manual_seed(7)
+    x, w = torch.randn(5, 64), torch.randn(16, 64)
+    qw, sw = quantize(w, QuantFormat(8, 0))
+    xq = torch.round(x / (x.abs().amax(1, keepdim=True) / 127)).clamp(-127, 127)
+    want = (xq.double() @ qw.double().t()) * (x.abs().amax(1, keepdim=True).double() / 127) * sw.double().t()
+    torch.testing.assert_close(int8_product(x, qw, sw), want.float(), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("options", ["bits=4,act=int8", "bits=8,group=32,act=int8", "bits=8,scheme=asym,act=int8",
+                                     "bits=8,act=int4"])
+def test_w8a8_needs_per_channel_int8_weights(options: str) -> None:
+    from lamina.passes.quantize import QuantizeError
+
+    with pytest.raises(QuantizeError, match="act="):
+        lamina.compile(Layer(64, 8), (torch.randn(2, 64),), pipeline=f"quantize{{{options}}},fuse")

@@ -14,7 +14,7 @@ import torch
 
 from ..dtypes import DType
 from ..opdef import AttrSpec, Category, InferenceError, OpDef
-from ..quant_format import QuantFormat, QuantFormatError, dequantize, quantize
+from ..quant_format import QuantFormat, QuantFormatError, dequantize, int8_product, quantize
 from ..types import TensorType
 
 FORMAT_ATTRS = {"bits": AttrSpec("int"), "group": AttrSpec("int", 0), "scheme": AttrSpec("str", "sym")}
@@ -64,12 +64,19 @@ def _qlinear_infer(types: Sequence[TensorType], attrs: Mapping[str, Any]) -> lis
                                  f"an input of {k} needs {expected}")
     if want is None:
         raise InferenceError(f"qlinear: qweight must be [out, packed in] of static size, got {stored[0]}")
+    if attrs["act"] not in ("none", "int8"):
+        raise InferenceError(f"qlinear: act={attrs['act']!r} is not supported; use act=none or act=int8")
+    if attrs["act"] == "int8" and (fmt.bits, fmt.group_size(k), fmt.scheme) != (8, k, "sym"):
+        raise InferenceError(f"qlinear: act=int8 needs 8-bit per-channel symmetric weights (bits=8, group=0, "
+                             f"scheme=sym), got {fmt.label}")
     return [TensorType(x.shape[:-1] + (n,), DType.f32)]
 
 
 def _qlinear_ref(a: Sequence[np.ndarray], attrs: Mapping[str, Any]) -> np.ndarray:
     fmt = QuantFormat.of(attrs)
     stored = [torch.from_numpy(np.ascontiguousarray(t)) for t in a[1:]]
+    if attrs["act"] == "int8":
+        return int8_product(torch.from_numpy(np.ascontiguousarray(a[0])), stored[0], stored[1]).numpy()
     w = dequantize(stored[0], stored[1], stored[2] if len(stored) == 3 else None, fmt).numpy()
     return np.matmul(a[0], w.T)
 
@@ -82,5 +89,6 @@ DEFS = [
           {**FORMAT_ATTRS, "score": AttrSpec("float?", None)}),
     OpDef("qlinear", ("x", "qweight", "scales", "zeros?"), _qlinear_infer, _qlinear_ref, Category.LIBRARY,
           "x @ dequantize(qweight, scales, zeros)^T: a linear layer whose weight is stored quantized "
-          "(zeros only with scheme=asym)", FORMAT_ATTRS),
+          "(zeros only with scheme=asym); act=int8 also quantizes x per row (W8A8, integer products)",
+          {**FORMAT_ATTRS, "act": AttrSpec("str", "none")}),
 ]
