@@ -106,22 +106,25 @@ def hf_generate(model: torch.nn.Module, forward: Callable, cache: str,
     return run
 
 
-def lamina_loop(model: torch.nn.Module, pipeline: str | None = None) -> Callable[[torch.Tensor, int], torch.Tensor]:
+def lamina_loop(model: torch.nn.Module, pipeline: str | None = None,
+                calibration: object = None) -> Callable[[torch.Tensor, int], torch.Tensor]:
     """Greedy decoding with lamina.compile's modules: one prefill, one decode module for all lengths
-    (``pipeline``: lamina's passes, None for the default)."""
+    (``pipeline``: lamina's passes, None for the default; ``calibration`` for those that read it)."""
     import lamina
 
     modules: dict[str, object] = {}
 
     def run(ids: torch.Tensor, new: int) -> torch.Tensor:
         if "prefill" not in modules:
-            modules["prefill"] = lamina.compile(model, (ids,), pipeline=pipeline, fallback=False)
+            modules["prefill"] = lamina.compile(model, (ids,), pipeline=pipeline, calibration=calibration,
+                                                fallback=False)
         out = modules["prefill"](ids)
         token = out.logits[:, -1:].argmax(-1)
         tokens, cache = [token], out.past_key_values
         if "decode" not in modules:
             modules["decode"] = lamina.compile(model, (token,), example_kwargs={"past_key_values": cache},
-                                               pipeline=pipeline, dynamic_shapes="auto", fallback=False)
+                                               pipeline=pipeline, calibration=calibration, dynamic_shapes="auto",
+                                               fallback=False)
         for _ in range(new - 1):
             out = modules["decode"](tokens[-1], past_key_values=cache)
             cache = out.past_key_values

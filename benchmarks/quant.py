@@ -10,7 +10,8 @@ quantized rows). Rounds are interleaved and the table gives medians. "torch int8
 CPU kernel for weight-only int8; torchao is not installed with this torch); "same tokens" compares with
 eager fp32 (quantized rows may differ: they compute with other weights). "head too" rows quantize the
 LM head as well (``keep=none``); by default it stays float32 and, with a 32000-token vocabulary, is
-most of what an int4 step reads. "W8A8" also quantizes each layer's input per token (``act=int8``):
+most of what an int4 step reads. "mixed" gives each layer 4 or 8 bits (or float) under an average of
+5 bits per weight, from ``lamina.calibrate`` on four batches of 4 x 64 random tokens. "W8A8" also quantizes each layer's input per token (``act=int8``):
 the same GEMV when decoding, ``torch._int_mm`` (integer GEMM) for prefill. The prefill rows time one
 forward of 4 x 128 tokens.
 """
@@ -38,6 +39,7 @@ PIPELINES = {
     "lamina int8, head too": "canonicalize,quantize{bits=8,keep=none},fuse",
     "lamina int4 g32, head too": "canonicalize,quantize{bits=4,group=32,keep=none},fuse",
     "lamina int8 W8A8": "canonicalize,quantize{bits=8,act=int8},fuse",
+    "lamina mixed, budget 5": "canonicalize,quantize{budget=5.0},fuse",
 }
 PREFILL = ("lamina fp32", "lamina int8", "lamina int4 g32", "lamina int8 W8A8")
 
@@ -104,6 +106,8 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
     ns = parser.parse_args()
+    import lamina
+
     torch.set_num_threads(2)
     model = make_llama(ns.model)
     bandwidth = copy_bandwidth_gbs()
@@ -113,7 +117,17 @@ def main() -> None:
         "eager fp32": (eager_loop(model), streamed_bytes(model, None, 0)),
         "torch int8 (_weight_int8pack_mm)": (eager_loop(torch_int8(model)), streamed_bytes(model, 8, 0)),
     }
+    batches = [torch.randint(1, 32000, (4, 64), generator=torch.Generator().manual_seed(i)) for i in range(4)]
+    stats = lamina.calibrate(model, batches)
     for name, pipeline in PIPELINES.items():
+        if "budget" in pipeline:
+            loop = lamina_loop(model, pipeline, stats)
+            probe = lamina.compile(model, (prompt,), pipeline=pipeline, calibration=stats, fallback=False)
+            nbytes = streamed_bytes(model, None, 0) - sum(
+                stats.linears[r.weight].out_features * stats.linears[r.weight].in_features * 4 - r.nbytes
+                for r in probe.quantization if r.fmt is not None)
+            contenders[name] = (loop, nbytes)
+            continue
         bits = None if "fp32" in name else (8 if "int8" in name else 4)  # W8A8 reads int8 weights too
         contenders[name] = (lamina_loop(model, pipeline),
                             streamed_bytes(model, bits, 32 if bits == 4 else 0, head="head too" in name))

@@ -74,7 +74,7 @@ def cmd_dump(ns: argparse.Namespace) -> int:
     if ns.kernels or ns.wrapper:
         text = _kernels_and_wrapper(graph, ns)
     elif ns.format == "text":
-        text = print_graph(graph, history=ns.history)
+        text = print_graph(graph, history=ns.history) + _quantization_comment(graph, ns.backend)
     elif ns.format == "dot":
         text = to_dot(graph)
     else:
@@ -87,6 +87,17 @@ def cmd_dump(ns: argparse.Namespace) -> int:
     else:
         sys.stdout.write(text)
     return 0
+
+
+def _quantization_comment(graph: Any, backend: str) -> str:
+    """For a graph with quantized layers: what each linear layer became and which kernel runs it, as
+    ``//`` comments the parser skips."""
+    from .passes.quant_report import quantization_report
+
+    if not any(op.name == "qlinear" for op in graph.ops):
+        return ""
+    rows = quantization_report(graph, backend)
+    return f"// quantization ({backend} backend):\n" + "".join(f"//   {row}\n" for row in rows)
 
 
 def _kernels_and_wrapper(graph: Any, ns: argparse.Namespace) -> str:

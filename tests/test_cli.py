@@ -131,3 +131,14 @@ def test_binary_files_are_not_ir_text(tmp_path, capsys) -> None:
     for argv in (["opt", str(path), "-p", "fuse"], ["dump", str(path)]):
         assert main(argv) == 2
         assert "is not IR text: byte 0 is not UTF-8" in capsys.readouterr().err
+
+
+def test_dump_after_quantize_reports_each_layer_and_still_parses(capsys, tmp_path) -> None:
+    from lamina.ir import parse
+
+    assert main(["dump", GPT2, "--pipeline", "canonicalize,quantize{bits=4,group=32}", "--after", "quantize"]) == 0
+    text = capsys.readouterr().out
+    assert 'quantize(%h.0.attn.c_attn.weight) {bits=4, group=32, scheme="sym", score=none}' in text
+    assert "// quantization (cpu backend):" in text
+    assert "//   h.0.mlp.c_fc: int4 g32 sym, " in text and "numba dequantize-in-the-loop GEMV" in text
+    parse(text)  # the report is comments

@@ -29,7 +29,8 @@ class LayerQuantization:
     def __str__(self) -> str:
         fmt = self.fmt.label if self.fmt else "float32"
         score = f", score {self.score:.3g}" if self.score is not None else ""
-        return f"{self.module or self.weight}: {fmt}{score}, {self.nbytes / 1e6:.2f} MB, {self.kernel}"
+        size = f"{self.nbytes / 1e6:.2f} MB" if self.nbytes >= 1e6 else f"{self.nbytes / 1e3:.1f} KB"
+        return f"{self.module or self.weight}: {fmt}{score}, {size}, {self.kernel}"
 
 
 def quantization_report(graph: Graph, backend: str = "cpu") -> list[LayerQuantization]:
