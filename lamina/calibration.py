@@ -7,7 +7,7 @@ next):
   mean cosine similarity of its input and output over all tokens, and the mean relative update
   ``||out - in|| / ||in||``. A block whose output is close to its input changes little and matters
   less (Layer-Wise Quantization's first importance measure).
-- per ``nn.Linear`` (keyed by its weight's state-dict key): the mean square of each input channel
+- per ``nn.Linear`` (and transformers' ``Conv1D``; keyed by its weight's state-dict key): the mean square of each input channel
   over all tokens, ``h = diag(X^T X) / tokens`` (the diagonal of the layer's Hessian for a squared
   loss on its output); from it, for each candidate format, the quantization error weighted as a
   second-order estimate of the loss it adds, ``sum_k h_k sum_n (w_nk - q(w)_nk)^2``; and the share of
@@ -152,7 +152,7 @@ def calibrate(model: nn.Module, batches: Iterable[Any], *, formats: Sequence[Qua
 
 def _measure(model: nn.Module, batches: list[Any], formats: Sequence[QuantFormat], key: str,
              progress: bool) -> Calibration:
-    linears = {name: m for name, m in model.named_modules() if isinstance(m, nn.Linear)}
+    linears = {name: m for name, m in model.named_modules() if isinstance(m, nn.Linear) or _is_conv1d(m)}
     squares: dict[str, torch.Tensor] = {}
     counts: dict[str, int] = {}
     blocks: dict[str, list[float]] = {}
@@ -208,11 +208,18 @@ def _measure(model: nn.Module, batches: list[Any], formats: Sequence[QuantFormat
             print(f"\rlamina.calibrate: layer errors {n + 1}/{len(linears)}   ", end="", file=sys.stderr, flush=True)
         tokens = max(tokens, counts[name])
         h = (squares[name] / counts[name]).to(torch.float32)
-        stats[f"{name}.weight"] = _linear_stats(f"{name}.weight", module.weight.detach().to(torch.float32), h, formats)
+        weight = module.weight.detach().to(torch.float32)
+        weight = weight.t() if _is_conv1d(module) else weight  # as [out, in], as quantize packs it
+        stats[f"{name}.weight"] = _linear_stats(f"{name}.weight", weight, h, formats)
     if progress:
         print(file=sys.stderr)
     block_stats = {p: BlockStats(p, s[0] / s[2], s[1] / s[2]) for p, s in blocks.items() if s[2]}
     return Calibration(stats, block_stats, len(batches), tokens, key, tuple(f.label for f in formats))
+
+
+def _is_conv1d(module: nn.Module) -> bool:
+    """transformers' ``Conv1D`` (GPT-2's linear layers): ``x @ weight + bias`` with weight [in, out]."""
+    return type(module).__name__ == "Conv1D" and getattr(module, "weight", None) is not None and module.weight.dim() == 2
 
 
 def _linear_stats(key: str, w: torch.Tensor, h: torch.Tensor, formats: Sequence[QuantFormat]) -> LinearStats:

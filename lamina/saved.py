@@ -26,6 +26,7 @@ from .ir import quant_format
 from .ir.builder import OpEmitter
 from .ir.core import Graph, Param, Value
 from .ir.errors import IRParseError
+from .passes.rewrite import remove_dead
 
 FORMAT = "lamina-compiled-module"
 VERSION = "1"
@@ -106,14 +107,18 @@ def fold_quantized_weights(graph: Graph, weights: Mapping[str, torch.Tensor]) ->
     (``KEY.qweight``, ``KEY.scales``, ``KEY.zeros``), and the weights those need; float weights read
     only by ``quantize`` are dropped."""
     keys = {p.value: p.key for p in graph.params}
+    transposed = {op.results[0]: keys[op.operands[0]] for op in graph.ops  # [in, out] weights, as [out, in]
+                  if op.name == "permute" and op.operands[0] in keys and list(op.attrs["dims"]) == [1, 0]}
     replaced: dict[Value, Value] = {}
     params = list(graph.params)
     folded = dict(weights)
     out = OpEmitter()
     for op in graph.ops:
-        if op.name == "quantize" and op.operands[0] in keys:
-            key = keys[op.operands[0]]
-            stored = quant_format.quantize(weights[key], quant_format.QuantFormat.of(op.attrs))
+        source = op.operands[0] if op.name == "quantize" else None
+        if source is not None and (source in keys or source in transposed):
+            key = keys.get(source) or transposed[source]
+            weight = weights[key] if source in keys else weights[key].t()
+            stored = quant_format.quantize(weight, quant_format.QuantFormat.of(op.attrs))
             for name, value, tensor in zip(("qweight", "scales", "zeros"), op.results, stored):
                 new = Value(value.type, f"{key}.{name}")
                 params.append(Param(f"{key}.{name}", new))
@@ -121,9 +126,10 @@ def fold_quantized_weights(graph: Graph, weights: Mapping[str, torch.Tensor]) ->
                 replaced[value] = new
             continue
         out.append(op.replace(operands=tuple(replaced.get(v, v) for v in op.operands)))
-    used = {v for op in out.ops for v in op.operands} | set(graph.outputs)
+    ops = remove_dead(out.ops, graph.outputs)  # the transposing views the folded quantize ops read
+    used = {v for op in ops for v in op.operands} | set(graph.outputs)
     params = [p for p in params if p.value in used]
-    return graph.replace(params=tuple(params), ops=tuple(out.ops)), {p.key: folded[p.key] for p in params}
+    return graph.replace(params=tuple(params), ops=tuple(ops)), {p.key: folded[p.key] for p in params}
 
 
 def _checksum(tensors: Mapping[str, torch.Tensor]) -> str:

@@ -37,6 +37,9 @@ def quantization_report(graph: Graph, backend: str = "cpu") -> list[LayerQuantiz
     """The linear layers of ``graph`` (those reading a weight parameter, quantized or not), in order. A
     quantized layer's weight is packed by a ``quantize`` op, or already packed (a loaded module)."""
     keys = {p.value: p.key for p in graph.params}
+    for op in graph.ops:  # a transposed weight (a matmul's [in, out] parameter) is named by its parameter
+        if op.name == "permute" and op.operands[0] in keys:
+            keys[op.results[0]] = keys[op.operands[0]]
     packed_by = {v: op for op in graph.ops if op.name == "quantize" for v in op.results}
     rows = []
     for op in graph.ops:
@@ -46,7 +49,7 @@ def quantization_report(graph: Graph, backend: str = "cpu") -> list[LayerQuantiz
             score = packer.attrs.get("score") if packer else None
             rows.append(LayerQuantization(op.loc.module, weight, QuantFormat.of(op.attrs), score,
                                           sum(_nbytes(v.type) for v in op.operands[1:]), KERNELS.get(backend, backend)))
-        elif op.name == "linear" and op.operands[1] in keys:
+        elif op.name in ("linear", "matmul") and op.operands[1] in keys and op.operands[1].type.rank == 2:
             rows.append(LayerQuantization(op.loc.module, keys[op.operands[1]], None, None,
                                           _nbytes(op.operands[1].type), "torch.mm"))
     return rows

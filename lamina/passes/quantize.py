@@ -1,7 +1,8 @@
 """quantize: linear layers whose weight is a parameter become ``qlinear`` over a packed weight.
 
 ``quantize{bits=8|4,group=G,scheme=sym|asym,act=none|int8,layers=PATTERNS,keep=PATTERNS}`` rewrites each
-``linear(x, w[, b])`` whose ``w`` is a graph parameter into::
+``linear(x, w[, b])`` whose ``w`` is a graph parameter (and each ``matmul(x, w)`` by a 2-d parameter
+``w`` [in, out], as transformers' Conv1D layers compute; ``w`` is then quantized as its transpose) into::
 
     %q, %s = quantize(%w) {bits=4, group=32, scheme="sym"}   # once per plan: w is a weight
     %y = qlinear(%x, %q, %s) {bits=4, group=32, scheme="sym"}
@@ -114,10 +115,20 @@ def quantize(graph: Graph, options: QuantizeOptions = QuantizeOptions(), calibra
 
 
 def _selected(op: Op, keys: dict[Value, str], options: QuantizeOptions) -> bool:
-    if op.name != "linear" or op.operands[1] not in keys or op.operands[1].type.dtype is not DType.f32:
+    """A float32 ``linear`` whose weight is a parameter, or a ``matmul`` by a 2-d parameter (a [in, out]
+    weight, as transformers' Conv1D), that the patterns select."""
+    if op.name not in ("linear", "matmul") or op.operands[1] not in keys or op.operands[1].type.dtype is not DType.f32:
+        return False
+    if op.name == "matmul" and op.operands[1].type.rank != 2:
         return False
     names = (op.loc.module, keys[op.operands[1]])
     return _matches(options.layers, names) and not _matches(options.keep, names)
+
+
+def _out_in(op: Op) -> tuple[int, int]:
+    """A selected layer's weight as [out, in]: a ``matmul``'s parameter is [in, out]."""
+    rows, cols = op.operands[1].type.shape
+    return (cols, rows) if op.name == "matmul" else (rows, cols)
 
 
 def _nothing_to_quantize(graph: Graph, keys: dict[Value, str], options: QuantizeOptions) -> None:
@@ -141,7 +152,7 @@ def _budget_formats(selected: list[Op], keys: dict[Value, str], options: Quantiz
                             "lamina.compile(model, inputs, pipeline=..., calibration=lamina.calibrate(model, batches))")
     candidates = []
     for op in selected:
-        key, k = keys[op.operands[1]], op.operands[1].type.shape[1]
+        key, (n, k) = keys[op.operands[1]], _out_in(op)
         options_of_layer = [Option(None, 32.0, 0.0)]
         for bits in (8, 4):  # 8-bit per output channel; ``group`` is the 4-bit option's
             fmt = QuantFormat(8, 0, options.scheme) if bits == 8 else options.format(4)
@@ -153,7 +164,7 @@ def _budget_formats(selected: list[Op], keys: dict[Value, str], options: Quantiz
                 options_of_layer.append(Option(fmt, float(bits), calibration.estimated_loss(key, fmt)))
             except KeyError as e:
                 raise QuantizeError(f"quantize: {e.args[0]}") from None
-        candidates.append(Candidate(key, int(op.operands[1].type.shape[0]) * k, tuple(options_of_layer)))
+        candidates.append(Candidate(key, int(n) * k, tuple(options_of_layer)))
     try:
         chosen = assign(candidates, options.budget, options.rank)
     except BudgetError as e:
@@ -164,9 +175,11 @@ def _budget_formats(selected: list[Op], keys: dict[Value, str], options: Quantiz
 def _quantized(op: Op, fmt: QuantFormat, out: OpEmitter, score: float | None, act: str = "none") -> Value:
     x, w = op.operands[0], op.operands[1]
     try:
-        fmt.group_size(w.type.shape[1])
+        fmt.group_size(_out_in(op)[1])
     except QuantFormatError as e:
         raise QuantizeError(f"{e} (layer {op.loc.module or op.describe()}; leave it in float with keep=)") from None
+    if op.name == "matmul":  # an [in, out] weight: quantized as its transpose (a view, packed once per plan)
+        w = out.emit("permute", w, dims=[1, 0], loc=op.loc)
     attrs = fmt.attrs() if score is None else {**fmt.attrs(), "score": float(score)}
     stored = out.emit_op("quantize", [w], attrs, op.loc).results
     y = out.emit("qlinear", x, *stored, loc=op.loc, act=act, **fmt.attrs())

@@ -94,3 +94,26 @@ def test_quantize_then_newton_stacks_quantized_weights_and_the_other_order_says_
         torch.testing.assert_close(stacked(*args), plain(*args), rtol=1e-5, atol=1e-5)
     with pytest.raises(QuantizeError, match="put quantize.* before newton"):
         lamina.compile(model, args, pipeline="canonicalize,newton{iters=4,chunk=4},quantize{bits=8},fuse")
+
+
+def test_transformers_gpt2_conv1d_layers_quantize_calibrate_and_save(tmp_path) -> None:
+    from lamina.ir.interpreter import interpret
+    from lamina.models.hf import make_hf_gpt2
+
+    model, args, *kwargs = make_hf_gpt2()
+    kwargs = kwargs[0] if kwargs else {}
+    stats = lamina.calibrate(model, [args[0]], cache_dir=tmp_path, progress=False)
+    assert "transformer.h.0.attn.c_attn.weight" in stats.linears  # Conv1D, weight [in, out]
+    assert stats.linears["transformer.h.0.attn.c_attn.weight"].out_features == 192
+    compiled = lamina.compile(model, args, example_kwargs=kwargs, pipeline="canonicalize,quantize{budget=6.0},fuse",
+                              calibration=stats, fallback=False, poison=True)
+    rows = {r.weight: r for r in compiled.quantization}
+    assert rows["transformer.h.0.mlp.c_fc.weight"].fmt is not None
+    params = {k: v.detach().numpy() for k, v in model.state_dict().items()}
+    (want, *_) = interpret(compiled.graph, [a.numpy() for a in args], params)
+    with torch.no_grad():
+        got = compiled(*args, **kwargs).logits.numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+    compiled.save(tmp_path / "gpt2.safetensors")
+    keys = {p.key for p in lamina.load(tmp_path / "gpt2.safetensors").graph.params}
+    assert "transformer.h.0.mlp.c_fc.weight.qweight" in keys and "transformer.h.0.mlp.c_fc.weight" not in keys
