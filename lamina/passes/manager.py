@@ -20,6 +20,7 @@ from .fusion import fuse, wrap_loose_ops
 from .newton import NewtonOptions, newton
 from .newton_expand import newton_expand
 from .quantize import QuantizeOptions, quantize
+from .skip import SkipOptions, skip
 
 
 class PipelineError(LaminaError, ValueError):
@@ -43,6 +44,7 @@ PASSES: Mapping[str, PassInfo] = MappingProxyType({
     "newton": PassInfo("newton", newton, NewtonOptions, newton.__doc__ or ""),
     "newton-expand": PassInfo("newton-expand", newton_expand, None, newton_expand.__doc__ or ""),
     "quantize": PassInfo("quantize", quantize, QuantizeOptions, quantize.__doc__ or "", ("calibration",)),
+    "skip": PassInfo("skip", skip, SkipOptions, skip.__doc__ or "", ("calibration",)),
     "wrap": PassInfo("wrap", wrap_loose_ops, None, wrap_loose_ops.__doc__ or ""),
 })
 
@@ -171,7 +173,8 @@ def run_steps(graph: Graph, steps: Sequence[PassStep], *, dump_dir: str | Path |
                 verify(result)
             except LaminaError as e:
                 raise LaminaError(f"pass {step} produced invalid IR: {e}") from e
-        result = result.replace(history=graph.history + (f"{step}: {seconds * 1e3:.2f} ms",))
+        notes = result.history[len(graph.history):] if result.history[:len(graph.history)] == graph.history else ()
+        result = result.replace(history=graph.history + (f"{step}: {seconds * 1e3:.2f} ms",) + notes)  # and its notes
         timings.append(PassTiming(str(step), seconds, before, len(result.ops), sum(1 for _ in result.walk())))
         if directory:
             (directory / f"{i:02d}-{name}.lamina").write_text(print_graph(result, history=True))

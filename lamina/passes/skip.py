@@ -1,0 +1,158 @@
+"""skip: remove residual layers from a model's layer stack, by a calibrated or an even schedule.
+
+``skip{policy=unified,speedup=S}`` (Unified Layer Skipping) removes evenly spaced middle layers of
+the longest residual chain (``passes/layers.py``, whole blocks; the first and last layer are
+always kept) until the stack's cost falls by ``S``: the cost of a layer is the weight elements its
+matrix products read (decoding streams them; prefill multiplies by them), and the cost of the rest
+of the graph (the LM head) counts too, so ``S`` is the predicted speedup of the whole step.
+``speedup=1`` removes nothing.
+
+``skip{policy=similarity,drop=block:N}`` (What Matters in Transformers / LLM-Drop) removes the N
+blocks whose output is most similar to their input on calibration data (``lamina.calibrate``'s
+per-block cosine; pass ``calibration=`` to ``lamina.compile``). Dropping attention or MLP sublayers
+alone (``attn:N``, ``mlp:N``) needs per-sublayer statistics that ``lamina.calibrate`` does not
+record yet: asking for them is an error.
+
+A removed layer is gone from the graph: its output is its input, its ops and weights are dropped,
+so no plan reads them. The graph's history records which layers went and the weight bytes saved
+(``lamina dump --history``). A layer that exports values (its new keys and values for a KV cache)
+is not removed: a cache-aware schedule comes with self-speculative decoding; asking for it is an
+error that says so.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ..ir.core import Graph, Value
+from ..ir.errors import LaminaError
+from .layers import Chain, Layer, find_chains
+from .rewrite import remove_dead
+from .toolkit import ValueMap
+
+POLICIES = ("unified", "similarity")
+
+
+class SkipError(LaminaError, ValueError):
+    """A schedule the skip pass cannot build; the message names the option."""
+
+
+@dataclass(frozen=True)
+class SkipOptions:
+    """policy: unified or similarity; speedup: unified's target (>= 1); drop: similarity's ``block:N``."""
+
+    policy: str = "unified"
+    speedup: float = 1.0
+    drop: str = ""
+
+    def __post_init__(self) -> None:
+        if self.policy not in POLICIES:
+            raise SkipError(f"skip: policy={self.policy!r} is not one of {', '.join(POLICIES)}")
+        if self.speedup < 1:
+            raise SkipError(f"skip: speedup={self.speedup:g} must be at least 1 (1 removes nothing)")
+        if self.policy == "similarity" and not self.drop:
+            raise SkipError("skip: policy=similarity needs drop=block:N (the number of blocks to remove)")
+
+
+def skip(graph: Graph, options: SkipOptions = SkipOptions(), calibration: Any = None) -> Graph:
+    """Remove the layers ``options`` schedules from ``graph``'s longest residual chain (see module doc)."""
+    chains = find_chains(graph, "block", min_layers=1)
+    if not chains:
+        raise SkipError(f"skip: graph @{graph.name} has no residual layer stack (h + f(h) chains) to skip layers of")
+    chain = max(chains, key=lambda c: len(c.layers))
+    if options.policy == "unified":
+        removed = _unified(graph, chain, options.speedup)
+    else:
+        removed = _by_similarity(chain, options.drop, calibration)
+    if not removed:
+        return graph
+    for layer in removed:
+        if layer.exports:
+            raise SkipError(f"skip: layer {layer.module or '?'} exports values (a KV cache's new entries); skipping "
+                            "layers of a model with a cache needs a cache-aware schedule, not built yet: compile "
+                            "the model without its cache (use_cache=False) to skip layers")
+    values = ValueMap()
+    gone = {id(op) for layer in removed for op in layer.ops}
+    for layer in removed:
+        values[layer.out] = values[layer.stream]
+    ops = [values.op(op) for op in graph.ops if id(op) not in gone]
+    outputs = values.values(graph.outputs)
+    ops = remove_dead(ops, outputs)
+    read = {v for op in ops for v in op.operands} | set(outputs)
+    params = tuple(p for p in graph.params if p.value in read)
+    saved = sum(_nbytes(p.value) for p in graph.params if p.value not in read)
+    note = (f"skip: removed {len(removed)} of {len(chain.layers)} layers "
+            f"({', '.join(layer.module or '?' for layer in removed)}), {saved / 1e6:.2f} MB of weights")
+    return graph.replace(ops=tuple(ops), outputs=outputs, params=params, history=graph.history + (note,))
+
+
+def _unified(graph: Graph, chain: Chain, speedup: float) -> list[Layer]:
+    layers = chain.layers
+    weights = _weights(graph)
+    costs = [_cost(layer.ops, weights) for layer in layers]
+    inside = {id(op) for layer in layers for op in layer.ops}
+    total = sum(costs) + _cost([op for op in graph.ops if id(op) not in inside], weights)
+    if speedup == 1 or total == 0:
+        return []
+    middle = len(layers) - 2
+    for n in range(1, middle + 1):
+        picked = _evenly(n, middle)
+        if total / (total - sum(costs[i] for i in picked)) >= speedup - 1e-9:
+            return [layers[i] for i in picked]
+    best = total / (total - sum(costs[1:-1])) if middle > 0 else 1.0
+    raise SkipError(f"skip: speedup={speedup:g} needs more than the {max(middle, 0)} middle layers of "
+                    f"{len(layers)} (the first and last are kept; removing all middle ones gives {best:.2f}x)")
+
+
+def _evenly(n: int, middle: int) -> list[int]:
+    """``n`` indices among the middle layers 1..middle, spread evenly (centred in equal slices)."""
+    return sorted({1 + min(middle - 1, int((i + 0.5) * middle / n)) for i in range(n)})
+
+
+def _by_similarity(chain: Chain, drop: str, calibration: Any) -> list[Layer]:
+    kind, _, count = drop.partition(":")
+    if kind in ("attn", "mlp"):
+        raise SkipError(f"skip: drop={drop} needs per-sublayer statistics, which lamina.calibrate does not record "
+                        "yet; use drop=block:N")
+    if kind != "block" or not count.isdigit():
+        raise SkipError(f"skip: drop={drop!r} must be block:N")
+    n = int(count)
+    if calibration is None:
+        raise SkipError("skip: policy=similarity needs calibration statistics: lamina.compile(model, inputs, "
+                        "pipeline=..., calibration=lamina.calibrate(model, batches))")
+    if n >= len(chain.layers):
+        raise SkipError(f"skip: drop=block:{n} would remove every one of the {len(chain.layers)} layers; keep at "
+                        "least one")
+    missing = [layer.module for layer in chain.layers if layer.module not in calibration.blocks]
+    if missing:
+        raise SkipError(f"skip: the calibration has no statistics for layers {', '.join(missing[:3])}; calibrate "
+                        "the model this graph was traced from")
+    ranked = sorted(chain.layers, key=lambda layer: -calibration.blocks[layer.module].cosine)
+    chosen = {id(layer) for layer in ranked[:n]}
+    return [layer for layer in chain.layers if id(layer) in chosen]
+
+
+def _weights(graph: Graph) -> dict[Value, int]:
+    """Weight elements of each matrix parameter, and of views of one (a transposed LM head)."""
+    out = {p.value: _elements(p.value) for p in graph.params if p.value.type.rank >= 2}
+    for op in graph.walk():
+        if op.name in ("permute", "reshape") and op.operands and op.operands[0] in out:
+            out[op.results[0]] = out[op.operands[0]]
+    return out
+
+
+def _cost(ops: Any, weights: dict[Value, int]) -> int:
+    """Weight elements the matrix products among ``ops`` read: what a step streams."""
+    return sum(weights.get(op.operands[1], 0) for op in ops
+               if op.name in ("linear", "matmul", "qlinear") and len(op.operands) > 1)
+
+
+def _elements(v: Value) -> int:
+    n = 1
+    for d in v.type.shape:
+        n *= d if isinstance(d, int) else 1
+    return n
+
+
+def _nbytes(v: Value) -> int:
+    return _elements(v) * v.type.dtype.numpy.itemsize

@@ -1,0 +1,99 @@
+"""The skip pass: unified and similarity schedules remove whole residual blocks, exactly as eager would."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import lamina
+from lamina.models.char_gpt import CharGPT
+from lamina.passes.manager import run_pipeline
+from lamina.passes.skip import SkipError
+
+
+def _model(layers: int = 8) -> CharGPT:
+    torch.manual_seed(0)
+    return CharGPT(96, 64, 4, layers, max_len=32).eval()
+
+
+def _without(model: CharGPT, removed: list[int]) -> CharGPT:
+    """The eager model with blocks ``removed`` taken out: what skipping them means."""
+    out = copy.deepcopy(model)
+    out.h = nn.ModuleList(b for i, b in enumerate(out.h) if i not in removed)
+    return out
+
+
+X = torch.randint(0, 96, (2, 16), generator=torch.Generator().manual_seed(1))
+
+
+def test_speedup_one_is_the_identity() -> None:
+    g = lamina.trace(_model(), (X,))
+    plain = run_pipeline(g, "canonicalize")
+    skipped = run_pipeline(g, "canonicalize,skip{speedup=1.0}")
+    assert str(skipped) == str(plain)
+
+
+@pytest.mark.parametrize("speedup, removed", [(1.25, [2, 5]), (1.5, [2, 4, 6]), (2.0, [1, 2, 4, 5, 6])])
+def test_unified_removes_evenly_spaced_middle_blocks(speedup: float, removed: list[int]) -> None:
+    model = _model()
+    compiled = lamina.compile(model, (X,), pipeline=f"canonicalize,skip{{speedup={speedup}}},fuse", poison=True)
+    note = next(h for h in compiled.graph.history if h.startswith("skip: removed"))
+    assert note.startswith(f"skip: removed {len(removed)} of 8 layers ({', '.join(f'h.{i}' for i in removed)})")
+    keys = {p.key for p in compiled.graph.params}
+    assert not any(k.startswith(tuple(f"h.{i}." for i in removed)) for k in keys)
+    assert "h.0.c_attn.weight" in keys and "h.7.c_out.weight" in keys
+    plan = compiled._executor.plan_for([X], compiled._weights)
+    held = {t.untyped_storage().data_ptr() for t in plan.run.__globals__.values() if isinstance(t, torch.Tensor)}
+    gone = [w for k, w in compiled._weights.items() if k.startswith(tuple(f"h.{i}." for i in removed))]
+    assert gone and not any(w.untyped_storage().data_ptr() in held for w in gone)  # the plan holds none of them
+    assert compiled._weights["h.0.c_attn.weight"].untyped_storage().data_ptr() in held  # but the kept ones
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(X), _without(model, removed)(X), rtol=1e-5, atol=1e-5)
+
+
+def test_similarity_removes_the_blocks_that_change_the_stream_least(tmp_path) -> None:
+    model = _model()
+    with torch.no_grad():  # two blocks made nearly the identity: their residual updates shrunk
+        for i in (3, 5):
+            for layer in (model.h[i].c_proj, model.h[i].c_out):
+                layer.weight.mul_(1e-3)
+                layer.bias.zero_()
+    stats = lamina.calibrate(model, [X], cache_dir=tmp_path, progress=False)
+    compiled = lamina.compile(model, (X,), pipeline="canonicalize,skip{policy=similarity,drop=block:2},fuse",
+                              calibration=stats, poison=True)
+    assert any("(h.3, h.5)" in h for h in compiled.graph.history)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(X), _without(model, [3, 5])(X), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("pipeline, words", [
+    ("skip{speedup=0.5}", "speedup=0.5 must be at least 1"),
+    ("skip{speedup=50}", "speedup=50 needs more than the 6 middle layers of 8"),
+    ("skip{policy=similarity,drop=block:2}", "needs calibration statistics"),
+    ("skip{policy=similarity}", "needs drop=block:N"),
+    ("skip{policy=similarity,drop=attn:2}", "per-sublayer statistics"),
+    ("skip{policy=random}", "policy='random' is not one of unified, similarity"),
+])
+def test_bad_schedules_name_the_option(pipeline: str, words: str) -> None:
+    with pytest.raises(SkipError, match=words):
+        run_pipeline(lamina.trace(_model(), (X,)), f"canonicalize,{pipeline}")
+
+
+def test_removing_every_block_is_an_error(tmp_path) -> None:
+    model = _model(4)
+    stats = lamina.calibrate(model, [X], cache_dir=tmp_path, progress=False)
+    with pytest.raises(SkipError, match="would remove every one of the 4 layers"):
+        lamina.compile(model, (X,), pipeline="canonicalize,skip{policy=similarity,drop=block:4}", calibration=stats)
+
+
+def test_no_layer_stack_and_cache_exports_are_clear_errors() -> None:
+    with pytest.raises(SkipError, match="no residual layer stack"):
+        run_pipeline(lamina.trace(nn.Linear(4, 4), (torch.randn(2, 4),)), "skip{speedup=1.5}")
+    from lamina.models.hf import make_hf_llama
+
+    model, args, _ = make_hf_llama(layers=4)
+    with pytest.raises(SkipError, match="exports values .*use_cache=False"):
+        lamina.compile(model, args, example_kwargs={"use_cache": True}, pipeline="canonicalize,skip{speedup=1.3}",
+                       fallback=False)
