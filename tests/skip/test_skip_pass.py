@@ -97,3 +97,13 @@ def test_no_layer_stack_and_cache_exports_are_clear_errors() -> None:
     with pytest.raises(SkipError, match="exports values .*use_cache=False"):
         lamina.compile(model, args, example_kwargs={"use_cache": True}, pipeline="canonicalize,skip{speedup=1.3}",
                        fallback=False)
+
+
+def test_skip_then_quantize_then_newton_compose() -> None:
+    model = _model()
+    pipeline = "canonicalize,skip{speedup=1.5},quantize{bits=8,keep=none},newton{iters=5,chunk=5},fuse"
+    stacked = lamina.compile(model, (X,), pipeline=pipeline, poison=True, fallback=False)
+    plain = lamina.compile(model, (X,), pipeline="canonicalize,skip{speedup=1.5},quantize{bits=8,keep=none},fuse")
+    assert any(op.name == "layer_scan" for op in stacked.graph.walk())
+    with torch.no_grad():
+        torch.testing.assert_close(stacked(X), plain(X), rtol=1e-5, atol=1e-5)
