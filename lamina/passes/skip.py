@@ -16,8 +16,9 @@ record yet: asking for them is an error.
 A removed layer is gone from the graph: its output is its input, its ops and weights are dropped,
 so no plan reads them. The graph's history records which layers went and the weight bytes saved
 (``lamina dump --history``). A layer that exports values (its new keys and values for a KV cache)
-is not removed: a cache-aware schedule comes with self-speculative decoding; asking for it is an
-error that says so.
+keeps the ops those need, computed from its input (the stream as the layers before it left it):
+its cache stays filled, so the same caches serve the skipped and the full model (a full model
+verifying a skipped one's drafts recomputes those entries anyway); the rest of its body goes.
 """
 from __future__ import annotations
 
@@ -66,23 +67,19 @@ def skip(graph: Graph, options: SkipOptions = SkipOptions(), calibration: Any = 
         removed = _by_similarity(chain, options.drop, calibration)
     if not removed:
         return graph
-    for layer in removed:
-        if layer.exports:
-            raise SkipError(f"skip: layer {layer.module or '?'} exports values (a KV cache's new entries); skipping "
-                            "layers of a model with a cache needs a cache-aware schedule, not built yet: compile "
-                            "the model without its cache (use_cache=False) to skip layers")
     values = ValueMap()
-    gone = {id(op) for layer in removed for op in layer.ops}
     for layer in removed:
         values[layer.out] = values[layer.stream]
-    ops = [values.op(op) for op in graph.ops if id(op) not in gone]
+    ops = [values.op(op) for op in graph.ops]
     outputs = values.values(graph.outputs)
-    ops = remove_dead(ops, outputs)
+    ops = remove_dead(ops, outputs)  # a removed layer's body goes, but for what its exports need
     read = {v for op in ops for v in op.operands} | set(outputs)
     params = tuple(p for p in graph.params if p.value in read)
     saved = sum(_nbytes(p.value) for p in graph.params if p.value not in read)
+    exporting = sum(1 for layer in removed if layer.exports)
     note = (f"skip: removed {len(removed)} of {len(chain.layers)} layers "
-            f"({', '.join(layer.module or '?' for layer in removed)}), {saved / 1e6:.2f} MB of weights")
+            f"({', '.join(layer.module or '?' for layer in removed)}), {saved / 1e6:.2f} MB of weights"
+            + (f"; {exporting} of them still compute their cache entries" if exporting else ""))
     return graph.replace(ops=tuple(ops), outputs=outputs, params=params, history=graph.history + (note,))
 
 

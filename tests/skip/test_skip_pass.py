@@ -88,15 +88,36 @@ def test_removing_every_block_is_an_error(tmp_path) -> None:
         lamina.compile(model, (X,), pipeline="canonicalize,skip{policy=similarity,drop=block:4}", calibration=stats)
 
 
-def test_no_layer_stack_and_cache_exports_are_clear_errors() -> None:
+def test_no_layer_stack_is_a_clear_error() -> None:
     with pytest.raises(SkipError, match="no residual layer stack"):
         run_pipeline(lamina.trace(nn.Linear(4, 4), (torch.randn(2, 4),)), "skip{speedup=1.5}")
-    from lamina.models.hf import make_hf_llama
 
-    model, args, _ = make_hf_llama(layers=4)
-    with pytest.raises(SkipError, match="exports values .*use_cache=False"):
-        lamina.compile(model, args, example_kwargs={"use_cache": True}, pipeline="canonicalize,skip{speedup=1.3}",
-                       fallback=False)
+
+def test_decoding_with_a_cache_skips_blocks_and_keeps_their_cache_entries() -> None:
+    from lamina.models.char_gpt import Decode, Prefill
+
+    model = _model()
+    with torch.no_grad():
+        _, keys, values = Prefill(model)(X)
+        token = X[:, -1:]
+        compiled = lamina.compile(Decode(model), (token, keys, values), pipeline="canonicalize,skip{speedup=1.5},fuse",
+                                  poison=True, fallback=False)
+        note = next(h for h in compiled.graph.history if h.startswith("skip: removed"))
+        assert "(model.h.2, model.h.4, model.h.6)" in note and "3 of them still compute their cache entries" in note
+        logits, new_k, new_v = compiled(token, keys, values)
+        eager = Decode(_without(model, [2, 4, 6]))
+        kept = [0, 1, 3, 5, 7]
+        want_logits, want_k, want_v = eager(token, keys[kept], values[kept])
+        torch.testing.assert_close(logits, want_logits, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(new_k[kept], want_k, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(new_v[kept], want_v, rtol=1e-5, atol=1e-5)
+        # a skipped block's entries: its keys of the stream the blocks before it left
+        stream = model.embed(token, keys.shape[3])
+        for i in (0, 1):
+            stream = model.h[i](stream, keys[i], values[i])[0]
+        torch.testing.assert_close(new_k[2], model.h[2].qkv(stream)[1], rtol=1e-5, atol=1e-5)
+    keys_read = {p.key for p in compiled.graph.params}
+    assert "model.h.2.c_attn.weight" in keys_read and "model.h.2.c_fc.weight" not in keys_read  # what the cache needs
 
 
 def test_skip_then_quantize_then_newton_compose() -> None:
