@@ -49,6 +49,7 @@ class QLinearCpu:
     cache: KernelCache
     act: str = "none"
     kernels: dict[str, Callable[..., None]] = field(default_factory=dict)
+    views: dict = field(default_factory=dict)
     blocks: int = field(init=False)       # the kernels' view of a row: blocks of values / of bytes
     block_values: int = field(init=False)
     block_bytes: int = field(init=False)
@@ -85,15 +86,25 @@ class QLinearCpu:
                 return
             x2 = xq.to(torch.float32) * sx  # the GEMV kernel on the quantized activations
         if rows <= KERNEL_ROWS:
-            packed = qweight.numpy()
             self.kernel("gemv" if rows == 1 else "gemm")(
-                x2.numpy().reshape(rows, self.blocks, self.block_values),
-                packed.reshape(self.n, self.blocks, self.block_bytes), packed.reshape(-1), scales.numpy(),
-                (zeros if zeros is not None else scales).numpy(), out2.numpy(), rows, self.n)
+                x2.numpy().reshape(rows, self.blocks, self.block_values), *self.weight_views(qweight, scales, zeros),
+                out2.numpy(), rows, self.n)
         else:
             self.blocked(x2, qweight, scales, zeros, out2)
         if target is not out:
             out.copy_(target)
+
+    def weight_views(self, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None) -> tuple:
+        """The kernels' NumPy views of a layer's packed weight (as blocks and flat), scales and zero points;
+        made once per weight tensor (a plan's packed weights keep their memory when repacked in place)."""
+        key = (qweight.data_ptr(), scales.data_ptr(), zeros.data_ptr() if zeros is not None else 0)
+        views = self.views.get(key)
+        if views is None:
+            packed = qweight.numpy()
+            views = (packed.reshape(self.n, self.blocks, self.block_bytes), packed.reshape(-1), scales.numpy(),
+                     (zeros if zeros is not None else scales).numpy())
+            self.views = {key: views}  # one layer's weights at a time: a new tensor replaces the old views
+        return views
 
     def blocked(self, x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None,
                 out: torch.Tensor) -> None:
