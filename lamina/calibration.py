@@ -77,8 +77,19 @@ class Calibration:
     key: str = ""
     formats: tuple[str, ...] = field(default_factory=tuple)
 
+    def linear(self, key: str) -> LinearStats | None:
+        """The statistics of weight ``key``, also when the compiled module wraps the calibrated one (its
+        keys then carry a prefix: ``model.h.0.c_fc.weight`` for ``h.0.c_fc.weight``)."""
+        return _lookup(self.linears, key)
+
+    def block(self, path: str) -> BlockStats | None:
+        """The statistics of block ``path`` (a prefixed path as for ``linear``)."""
+        return _lookup(self.blocks, path)
+
     def block_of(self, key: str) -> BlockStats | None:
         """The residual block a weight belongs to (the longest block path prefixing its key)."""
+        stats = self.linear(key)
+        key = stats.key if stats is not None else key
         best = None
         for path, block in self.blocks.items():
             if key.startswith(path + ".") and (best is None or len(path) > len(best.path)):
@@ -95,12 +106,13 @@ class Calibration:
         by_block = (1 - block.cosine) / mean_change if block is not None and mean_change > 0 else 1.0
         outliers = [s.outlier_fraction for s in self.linears.values()]
         mean_outliers = sum(outliers) / len(outliers) if outliers else 0.0
-        share = self.linears[key].outlier_fraction / mean_outliers if mean_outliers > 0 else 1.0
+        stats = self.linear(key)
+        share = stats.outlier_fraction / mean_outliers if stats is not None and mean_outliers > 0 else 1.0
         return by_block * (1 + share) / 2
 
     def estimated_loss(self, key: str, fmt: QuantFormat) -> float:
         """The loss quantizing weight ``key`` in ``fmt`` adds, by this calibration (0 for float)."""
-        stats = self.linears.get(key)
+        stats = self.linear(key)
         if stats is None:
             raise KeyError(f"the calibration has no linear layer with weight {key!r}; calibrate the model this "
                            "graph was traced from")
@@ -121,6 +133,14 @@ class Calibration:
         return cls(linears={k: LinearStats(**v) for k, v in data["linears"].items()},
                    blocks={k: BlockStats(**v) for k, v in data["blocks"].items()}, batches=data["batches"],
                    tokens=data["tokens"], key=data["key"], formats=tuple(data["formats"]))
+
+
+def _lookup(table: Mapping[str, Any], name: str) -> Any:
+    """``table[name]``, or the one entry ``name`` ends with after a dot (a wrapper's prefix)."""
+    if name in table:
+        return table[name]
+    found = [v for k, v in table.items() if name.endswith("." + k)]
+    return found[0] if len(found) == 1 else None
 
 
 def calibrate(model: nn.Module, batches: Iterable[Any], *, formats: Sequence[QuantFormat] = DEFAULT_FORMATS,

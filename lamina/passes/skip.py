@@ -62,9 +62,9 @@ def skip(graph: Graph, options: SkipOptions = SkipOptions(), calibration: Any = 
         raise SkipError(f"skip: graph @{graph.name} has no residual layer stack (h + f(h) chains) to skip layers of")
     chain = max(chains, key=lambda c: len(c.layers))
     if options.policy == "unified":
-        removed = _unified(graph, chain, options.speedup)
+        removed, predicted = _unified(graph, chain, options.speedup)
     else:
-        removed = _by_similarity(chain, options.drop, calibration)
+        removed, predicted = _by_similarity(chain, options.drop, calibration), None
     if not removed:
         return graph
     values = ValueMap()
@@ -79,23 +79,26 @@ def skip(graph: Graph, options: SkipOptions = SkipOptions(), calibration: Any = 
     exporting = sum(1 for layer in removed if layer.exports)
     note = (f"skip: removed {len(removed)} of {len(chain.layers)} layers "
             f"({', '.join(layer.module or '?' for layer in removed)}), {saved / 1e6:.2f} MB of weights"
+            + (f", predicted speedup {predicted:.2f}x" if predicted else "")
             + (f"; {exporting} of them still compute their cache entries" if exporting else ""))
     return graph.replace(ops=tuple(ops), outputs=outputs, params=params, history=graph.history + (note,))
 
 
-def _unified(graph: Graph, chain: Chain, speedup: float) -> list[Layer]:
+def _unified(graph: Graph, chain: Chain, speedup: float) -> tuple[list[Layer], float]:
+    """The evenly spaced middle layers to remove, and the speedup the cost model predicts."""
     layers = chain.layers
     weights = _weights(graph)
     costs = [_cost(layer.ops, weights) for layer in layers]
     inside = {id(op) for layer in layers for op in layer.ops}
     total = sum(costs) + _cost([op for op in graph.ops if id(op) not in inside], weights)
     if speedup == 1 or total == 0:
-        return []
+        return [], 1.0
     middle = len(layers) - 2
     for n in range(1, middle + 1):
         picked = _evenly(n, middle)
-        if total / (total - sum(costs[i] for i in picked)) >= speedup - 1e-9:
-            return [layers[i] for i in picked]
+        predicted = total / (total - sum(costs[i] for i in picked))
+        if predicted >= speedup - 1e-9:
+            return [layers[i] for i in picked], predicted
     best = total / (total - sum(costs[1:-1])) if middle > 0 else 1.0
     raise SkipError(f"skip: speedup={speedup:g} needs more than the {max(middle, 0)} middle layers of "
                     f"{len(layers)} (the first and last are kept; removing all middle ones gives {best:.2f}x)")
@@ -120,11 +123,11 @@ def _by_similarity(chain: Chain, drop: str, calibration: Any) -> list[Layer]:
     if n >= len(chain.layers):
         raise SkipError(f"skip: drop=block:{n} would remove every one of the {len(chain.layers)} layers; keep at "
                         "least one")
-    missing = [layer.module for layer in chain.layers if layer.module not in calibration.blocks]
+    missing = [layer.module for layer in chain.layers if calibration.block(layer.module) is None]
     if missing:
         raise SkipError(f"skip: the calibration has no statistics for layers {', '.join(missing[:3])}; calibrate "
                         "the model this graph was traced from")
-    ranked = sorted(chain.layers, key=lambda layer: -calibration.blocks[layer.module].cosine)
+    ranked = sorted(chain.layers, key=lambda layer: -calibration.block(layer.module).cosine)
     chosen = {id(layer) for layer in ranked[:n]}
     return [layer for layer in chain.layers if id(layer) in chosen]
 

@@ -128,3 +128,19 @@ def test_skip_then_quantize_then_newton_compose() -> None:
     assert any(op.name == "layer_scan" for op in stacked.graph.walk())
     with torch.no_grad():
         torch.testing.assert_close(stacked(X), plain(X), rtol=1e-5, atol=1e-5)
+
+
+def test_statistics_of_the_calibrated_model_serve_a_wrapper_around_it(tmp_path) -> None:
+    from lamina.models.char_gpt import Decode, Prefill
+
+    model = _model()
+    with torch.no_grad():
+        for layer in (model.h[4].c_proj, model.h[4].c_out):
+            layer.weight.mul_(1e-3)
+            layer.bias.zero_()
+        _, keys, values = Prefill(model)(X)
+    stats = lamina.calibrate(model, [X], cache_dir=tmp_path, progress=False)  # keys h.4...; the wrapper's model.h.4...
+    compiled = lamina.compile(Decode(model), (X[:, -1:], keys, values), calibration=stats, fallback=False,
+                              pipeline="canonicalize,skip{policy=similarity,drop=block:1},quantize{budget=6.0},fuse")
+    assert any("(model.h.4)" in h for h in compiled.graph.history)
+    assert any(r.score is not None for r in compiled.quantization)
