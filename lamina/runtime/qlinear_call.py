@@ -1,11 +1,41 @@
-"""The wrapper line that runs ``qlinear`` through a per-layer dispatcher object (cpu or cuda)."""
+"""What the cpu and cuda ``qlinear`` dispatchers share: the wrapper line that calls one, and the choice
+of path by the number of input rows."""
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
 
+import torch
+
 from ..ir.core import Op
-from ..ir.quant_format import QuantFormat
+from ..ir.quant_format import QuantFormat, quantize_rows
+
+KERNEL_ROWS = 16  # up to this many input rows the target's own kernel runs; past it a GEMM
+
+Path = Callable[[torch.Tensor, torch.Tensor], None]  # (x [rows, K] contiguous, out [rows, N] contiguous)
+
+
+def run_by_rows(x: torch.Tensor, out: torch.Tensor, k: int, n: int, act: str, few: Path, many: Path,
+                int8_many: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None]) -> None:
+    """``few`` for up to ``KERNEL_ROWS`` rows of ``x``, else ``many``; with ``act=int8`` the rows are
+    quantized first, and past ``KERNEL_ROWS`` go to ``int8_many(values, row scales, out)`` (an integer
+    GEMM). A non-contiguous ``out`` is written through a contiguous buffer."""
+    rows = x.numel() // k
+    if rows == 0:
+        return
+    x2 = x.reshape(rows, k).contiguous()
+    target = out if out.is_contiguous() else torch.empty(out.shape, dtype=out.dtype, device=out.device)
+    out2 = target.view(rows, n)
+    if act == "int8":
+        xq, sx = quantize_rows(x2)
+        if rows > KERNEL_ROWS:
+            int8_many(xq, sx, out2)
+        else:
+            few(xq.to(torch.float32) * sx, out2)  # the kernel on the quantized activations
+    else:
+        (few if rows <= KERNEL_ROWS else many)(x2, out2)
+    if target is not out:
+        out.copy_(target)
 
 
 def qlinear_lines(op: Op, args: list[str], out: str, plan: Any,

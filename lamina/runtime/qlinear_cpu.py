@@ -24,9 +24,9 @@ from ..codegen.cache import KernelCache, content_key
 from ..codegen.cpu_numba import MODULE_HEADER
 from ..codegen.prefetch import SOURCE as PREFETCH_SOURCE
 from ..codegen.qlinear_cpu import QLinearVariant, dequantize_source, qlinear_source
-from ..ir.quant_format import QuantFormat, quantize_rows
+from ..ir.quant_format import QuantFormat
+from .qlinear_call import KERNEL_ROWS, run_by_rows
 
-KERNEL_ROWS = 16
 DEQUANT_BLOCK_BYTES = 4 << 20
 
 
@@ -71,28 +71,20 @@ class QLinearCpu:
 
     def __call__(self, x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None,
                  out: torch.Tensor) -> None:
-        rows = x.numel() // self.k
-        if rows == 0:
-            return
-        x2 = x.reshape(rows, self.k).contiguous()
-        target = out if out.is_contiguous() else torch.empty(out.shape, dtype=out.dtype)
-        out2 = target.view(rows, self.n)
-        if self.act == "int8":
-            xq, sx = quantize_rows(x2)
-            if rows > KERNEL_ROWS:  # the integer GEMM (AMX/VNNI through oneDNN where the CPU has them)
-                torch.mul(torch._int_mm(xq, qweight.t()).to(torch.float32), sx * scales.reshape(1, -1), out=out2)
-                if target is not out:
-                    out.copy_(target)
-                return
-            x2 = xq.to(torch.float32) * sx  # the GEMV kernel on the quantized activations
-        if rows <= KERNEL_ROWS:
+        def few(x2: torch.Tensor, out2: torch.Tensor) -> None:
+            rows = x2.shape[0]
             self.kernel("gemv" if rows == 1 else "gemm")(
                 x2.numpy().reshape(rows, self.blocks, self.block_values), *self.weight_views(qweight, scales, zeros),
                 out2.numpy(), rows, self.n)
-        else:
+
+        def int8_many(xq: torch.Tensor, sx: torch.Tensor, out2: torch.Tensor) -> None:
+            # the integer GEMM (AMX/VNNI through oneDNN where the CPU has them)
+            torch.mul(torch._int_mm(xq, qweight.t()).to(torch.float32), sx * scales.reshape(1, -1), out=out2)
+
+        def many(x2: torch.Tensor, out2: torch.Tensor) -> None:
             self.blocked(x2, qweight, scales, zeros, out2)
-        if target is not out:
-            out.copy_(target)
+
+        run_by_rows(x, out, self.k, self.n, self.act, few, many, int8_many)
 
     def weight_views(self, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None) -> tuple:
         """The kernels' NumPy views of a layer's packed weight (as blocks and flat), scales and zero points;

@@ -11,9 +11,9 @@ import torch
 
 from ..codegen.qlinear_cpu import QLinearVariant
 from ..codegen.qlinear_cuda import WARPS, qlinear_cuda_name, qlinear_cuda_source
-from ..ir.quant_format import QuantFormat, dequantize, quantize_rows
+from ..ir.quant_format import QuantFormat, dequantize
+from .qlinear_call import run_by_rows
 
-KERNEL_ROWS = 16
 GRID_Y = 65535
 
 
@@ -34,28 +34,20 @@ class QLinearCuda:
 
     def __call__(self, x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None,
                  out: torch.Tensor) -> None:
-        rows = x.numel() // self.k
-        if rows == 0:
-            return
-        x2 = x.reshape(rows, self.k).contiguous()
-        target = out if out.is_contiguous() else torch.empty(out.shape, dtype=out.dtype, device=out.device)
-        if self.act == "int8":
-            xq, sx = quantize_rows(x2)
-            if rows > KERNEL_ROWS:  # the integer products as a float32 GEMM (cuBLAS)
-                product = xq.to(torch.float32) @ qweight.to(torch.float32).t()
-                torch.mul(product, sx * scales.reshape(1, -1), out=target.view(rows, self.n))
-                if target is not out:
-                    out.copy_(target)
-                return
-            x2 = xq.to(torch.float32) * sx
-        if rows <= KERNEL_ROWS:
-            cp = self.cp
-            z = zeros if zeros is not None else scales
+        cp, z = self.cp, (zeros if zeros is not None else scales)
+
+        def few(x2: torch.Tensor, out2: torch.Tensor) -> None:
+            rows = x2.shape[0]
             self.kernel(((self.n + WARPS - 1) // WARPS, min(rows, GRID_Y)), (32 * WARPS,),
                         (cp.from_dlpack(x2.reshape(-1)), cp.from_dlpack(qweight.reshape(-1)),
                          cp.from_dlpack(scales.reshape(-1)), cp.from_dlpack(z.reshape(-1)),
-                         cp.from_dlpack(target.reshape(-1)), np.int64(rows), np.int64(self.n)))
-        else:
-            torch.mm(x2, dequantize(qweight, scales, zeros, self.fmt).t(), out=target.view(rows, self.n))
-        if target is not out:
-            out.copy_(target)
+                         cp.from_dlpack(out2.reshape(-1)), np.int64(rows), np.int64(self.n)))
+
+        def many(x2: torch.Tensor, out2: torch.Tensor) -> None:
+            torch.mm(x2, dequantize(qweight, scales, zeros, self.fmt).t(), out=out2)
+
+        def int8_many(xq: torch.Tensor, sx: torch.Tensor, out2: torch.Tensor) -> None:
+            # the integer products as a float32 GEMM (cuBLAS)
+            torch.mul(xq.to(torch.float32) @ qweight.to(torch.float32).t(), sx * scales.reshape(1, -1), out=out2)
+
+        run_by_rows(x, out, self.k, self.n, self.act, few, many, int8_many)
