@@ -303,10 +303,20 @@ def _evaluate_expr(e: Any, bound: Mapping[sympy.Symbol, int]) -> int:
     return {"add": a + b, "mul": a * b, "floordiv": a // b, "mod": a % b, "sub": a - b}[e.op]
 
 
-def _evaluate_line(line: str, scope: dict[str, Any], result: str) -> Any:
-    """The value ``result`` a generated wrapper line assigns, run in ``scope``."""
-    exec(line, scope)  # noqa: S102 - our own generated code
-    return scope[result]
+class _LineResults:
+    """A generated wrapper line assigning several results, run in ``scope`` once per change of its
+    ``sources`` (their version counters): the snapshots of its results share one run."""
+
+    def __init__(self, line: str, scope: dict[str, Any], sources: Sequence[torch.Tensor]) -> None:
+        self.line, self.scope, self.sources = line, scope, tuple(sources)
+        self.versions: list[int] | None = None
+
+    def result(self, name: str) -> Any:
+        versions = [s._version for s in self.sources]
+        if versions != self.versions:
+            exec(self.line, self.scope)  # noqa: S102 - our own generated code
+            self.versions = versions
+        return self.scope[name]
 
 
 def _in_consumer_order(shape: tuple[Size, ...], users: Sequence[Op]) -> str:
@@ -657,10 +667,9 @@ class _PlanBuilder(PlanContext):
             key = (id(op), *(self.glb[a].data_ptr() for a in args))
             if key not in self.ex.hoisted:  # one snapshot per result (quantize packs a weight into several)
                 names = [f"_r{i}" for i in range(len(op.results))]
-                line = call_line(op, args, [], names)
-                self.ex.hoisted[key] = [Snapshot.of([self.glb[a] for a in args],
-                                                    functools.partial(_evaluate_line, line, dict(self.glb), name))
-                                        for name in names]
+                sources = [self.glb[a] for a in args]
+                line = _LineResults(call_line(op, args, [], names), dict(self.glb), sources)
+                self.ex.hoisted[key] = [Snapshot.of(sources, functools.partial(line.result, name)) for name in names]
             for v, snap in zip(op.results, self.ex.hoisted[key]):
                 self.snapshots.append(snap)  # shared by the plans of all shapes; refreshed by whichever runs
                 self.name[id(v)] = self.static(snap.target, "H")

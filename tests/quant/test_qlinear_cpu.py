@@ -115,3 +115,20 @@ def test_w8a8_needs_per_channel_int8_weights(options: str) -> None:
 
     with pytest.raises(QuantizeError, match="act="):
         lamina.compile(Layer(64, 8), (torch.randn(2, 64),), pipeline=f"quantize{{{options}}},fuse")
+
+
+def test_a_weight_is_packed_once_per_plan_and_once_per_change(monkeypatch: pytest.MonkeyPatch) -> None:
+    from lamina.ir import quant_format
+
+    calls: list[int] = []
+    original = quant_format.quantize
+    monkeypatch.setattr(quant_format, "quantize", lambda *a: calls.append(1) or original(*a))
+    model, x = Layer(64, 16), torch.randn(1, 64)
+    compiled = lamina.compile(model, (x,), pipeline="quantize{bits=4,scheme=asym,keep=none},fuse")
+    with torch.no_grad():
+        compiled(x)
+        compiled(x)
+        assert len(calls) == 1  # three results (qweight, scales, zeros), one packing
+        model.fc.weight.mul_(2.0)
+        compiled(x)
+    assert len(calls) == 2
