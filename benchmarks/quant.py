@@ -12,8 +12,9 @@ eager fp32 (quantized rows may differ: they compute with other weights). "head t
 LM head as well (``keep=none``); by default it stays float32 and, with a 32000-token vocabulary, is
 most of what an int4 step reads. "mixed" gives each layer 4 or 8 bits (or float) under an average of
 5 bits per weight, from ``lamina.calibrate`` on four batches of 4 x 64 random tokens. "W8A8" also quantizes each layer's input per token (``act=int8``):
-the same GEMV when decoding, ``torch._int_mm`` (integer GEMM) for prefill. The prefill rows time one
-forward of 4 x 128 tokens.
+integer dot products when decoding (AVX-512 VNNI), ``torch._int_mm`` (integer GEMM) for 8-bit
+per-channel prefill; "W4A8" the same with 4-bit weights. The prefill rows time one forward of 4 x 128
+tokens. ``--only a,b`` keeps the contenders whose names contain one of the strings (lamina fp32 always).
 """
 from __future__ import annotations
 
@@ -39,9 +40,12 @@ PIPELINES = {
     "lamina int8, head too": "canonicalize,quantize{bits=8,keep=none},fuse",
     "lamina int4 g32, head too": "canonicalize,quantize{bits=4,group=32,keep=none},fuse",
     "lamina int8 W8A8": "canonicalize,quantize{bits=8,act=int8},fuse",
+    "lamina int4 g32 W4A8": "canonicalize,quantize{bits=4,group=32,act=int8},fuse",
+    "lamina int8 W8A8, head too": "canonicalize,quantize{bits=8,act=int8,keep=none},fuse",
+    "lamina int4 g32 W4A8, head too": "canonicalize,quantize{bits=4,group=32,act=int8,keep=none},fuse",
     "lamina mixed, budget 5": "canonicalize,quantize{budget=5.0},fuse",
 }
-PREFILL = ("lamina fp32", "lamina int8", "lamina int4 g32", "lamina int8 W8A8")
+PREFILL = ("lamina fp32", "lamina int8", "lamina int4 g32", "lamina int8 W8A8", "lamina int4 g32 W4A8")
 
 
 class Int8Linear(nn.Module):
@@ -105,7 +109,13 @@ def main() -> None:
     parser.add_argument("--model", default="large", choices=sorted(SIZES))
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--only", default="", help="comma-separated substrings of contender names to run")
     ns = parser.parse_args()
+    wanted = [w for w in ns.only.split(",") if w]
+
+    def keep(name: str) -> bool:
+        return not wanted or name == "lamina fp32" or any(w in name for w in wanted)
+
     import lamina
 
     torch.set_num_threads(2)
@@ -113,14 +123,15 @@ def main() -> None:
     bandwidth = copy_bandwidth_gbs()
     print(f"machine: {machine()}; copy bandwidth {bandwidth:.1f} GB/s; model {ns.model}, {ns.new_tokens} new tokens")
     prompt = torch.randint(1, 32000, (1, 32), generator=torch.Generator().manual_seed(0))
-    contenders: dict[str, tuple[Callable, float]] = {
-        "eager fp32": (eager_loop(model), streamed_bytes(model, None, 0)),
-        "torch int8 (_weight_int8pack_mm)": (eager_loop(torch_int8(model)), streamed_bytes(model, 8, 0)),
-    }
-    batches = [torch.randint(1, 32000, (4, 64), generator=torch.Generator().manual_seed(i)) for i in range(4)]
-    stats = lamina.calibrate(model, batches)
+    contenders: dict[str, tuple[Callable, float]] = {"eager fp32": (eager_loop(model), streamed_bytes(model, None, 0))}
+    if keep("torch int8"):
+        contenders["torch int8 (_weight_int8pack_mm)"] = (eager_loop(torch_int8(model)), streamed_bytes(model, 8, 0))
     for name, pipeline in PIPELINES.items():
+        if not keep(name):
+            continue
         if "budget" in pipeline:
+            batches = [torch.randint(1, 32000, (4, 64), generator=torch.Generator().manual_seed(i)) for i in range(4)]
+            stats = lamina.calibrate(model, batches)
             loop = lamina_loop(model, pipeline, stats)
             probe = lamina.compile(model, (prompt,), pipeline=pipeline, calibration=stats, fallback=False)
             nbytes = streamed_bytes(model, None, 0) - sum(
@@ -155,17 +166,17 @@ def main() -> None:
         rows.append((name, f"{ms:.2f}", f"{base / ms:.2f}x", f"{nbytes / 1e6:.0f}", f"{gbs:.1f}",
                      f"{gbs / bandwidth:.0%}", f"{same:.0%}"))
     print_table(["contender", "ms/token", "vs lamina fp32", "weights MB", "GB/s", "of copy bw", "same tokens"], rows)
-    prefill_table(model)
+    prefill_table(model, [name for name in PREFILL if keep(name)])
 
 
-def prefill_table(model: nn.Module) -> None:
+def prefill_table(model: nn.Module, names: list[str]) -> None:
     """One forward of 4 x 128 tokens: lamina fp32, int8, int4 (medians of 5)."""
     import lamina
 
     ids = torch.randint(1, 32000, (4, 128), generator=torch.Generator().manual_seed(1))
     rows = []
     with torch.inference_mode():
-        compiled = {name: lamina.compile(model, (ids,), pipeline=PIPELINES[name], fallback=False) for name in PREFILL}
+        compiled = {name: lamina.compile(model, (ids,), pipeline=PIPELINES[name], fallback=False) for name in names}
         times: dict[str, list[float]] = {name: [] for name in compiled}
         for fn in compiled.values():
             fn(ids)

@@ -21,8 +21,10 @@ x[j] and x[j + 16] as two contiguous runs. 4-bit groups are therefore multiples 
 per-channel 4-bit needs K a multiple of 32); a group that does not divide K is an error,
 never padding.
 
-``act=int8`` (W8A8) also quantizes the activations per row to int8 at run time (``quantize_rows``),
-for 8-bit per-channel symmetric weights only: the products are then integers (``int8_product``).
+``act=int8`` (W8A8, W4A8) also quantizes the activations per row to int8 at run time
+(``quantize_rows``), for every weight format: each group's products are then integers
+(``int8_product`` is the reference: the exact sum in float64 of the int8 activations times the
+dequantized weight, scaled by the row's scale and rounded once to float32).
 
 Rounding is half to even; ``sym`` maps the group's largest magnitude to 127 (8-bit) or 7
 (4-bit); ``asym`` maps [min(w, 0), max(w, 0)] onto 0..255 or 0..15. An all-zero group gets
@@ -168,12 +170,18 @@ def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.round(x / _nonzero(scale)).clamp(-127, 127).to(torch.int8), scale
 
 
-def int8_product(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
-    """``act=int8``'s meaning: x [..., K] quantized per row, times int8 per-channel weights [N, K] with
-    scales [N, 1], the integer products summed exactly (in float64) and scaled back to float32."""
+def int8_product(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None,
+                 fmt: QuantFormat) -> torch.Tensor:
+    """``act=int8``'s meaning: x [..., K] quantized per row (``quantize_rows``) times the weight the stored
+    tensors mean, ``sum_k xq[k] * (v[n, k] - offset[n, g]) * scale[n, g]`` summed in float64 (exactly, for
+    any K a float32 model has), times the row's scale, rounded once to float32."""
     xq, sx = quantize_rows(x)
-    exact = xq.to(torch.float64) @ qweight.to(torch.float64).t()
-    return (exact * sx.to(torch.float64) * scales.reshape(-1).to(torch.float64)).to(torch.float32)
+    v = unpack(qweight, fmt).to(torch.float64)
+    n, k = v.shape
+    g = fmt.group_size(k)
+    offset = zeros.to(torch.float64)[..., None] if zeros is not None else fmt.offset
+    w = ((v.reshape(n, k // g, g) - offset) * scales.to(torch.float64)[..., None]).reshape(n, k)
+    return ((xq.to(torch.float64) @ w.t()) * sx.to(torch.float64)).to(torch.float32)
 
 
 def _nonzero(scale: torch.Tensor) -> torch.Tensor:

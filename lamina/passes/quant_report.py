@@ -8,10 +8,18 @@ from ..ir.quant_format import QuantFormat
 from ..ir.types import TensorType
 
 KERNELS = {
-    "cpu": "numba dequantize-in-the-loop GEMV for up to 16 rows, else blocked dequantize + torch.mm",
     "cuda": "CUDA C warp-per-channel GEMV for up to 16 rows, else dequantize + cuBLAS",
     "reference": "interpreter: dequantize then linear",
 }
+
+
+def kernel_description(backend: str, fmt: QuantFormat, k: int, act: str) -> str:
+    """What runs a ``qlinear`` of this format on ``backend`` (the cpu backend's choice depends on the CPU)."""
+    if backend == "cpu":
+        from ..runtime.qlinear_cpu import describe
+
+        return describe(fmt, k, act)
+    return KERNELS.get(backend, backend) + (" (act=int8: on int8-quantized rows)" if act == "int8" else "")
 
 
 @dataclass(frozen=True)
@@ -47,8 +55,10 @@ def quantization_report(graph: Graph, backend: str = "cpu") -> list[LayerQuantiz
             packer = packed_by.get(op.operands[1])
             weight = keys.get(packer.operands[0], "") if packer else keys.get(op.operands[1], "").rsplit(".", 1)[0]
             score = packer.attrs.get("score") if packer else None
-            rows.append(LayerQuantization(op.loc.module, weight, QuantFormat.of(op.attrs), score,
-                                          sum(_nbytes(v.type) for v in op.operands[1:]), KERNELS.get(backend, backend)))
+            fmt = QuantFormat.of(op.attrs)
+            kernel = kernel_description(backend, fmt, op.operands[0].type.shape[-1], op.attrs["act"])
+            rows.append(LayerQuantization(op.loc.module, weight, fmt, score,
+                                          sum(_nbytes(v.type) for v in op.operands[1:]), kernel))
         elif op.name in ("linear", "matmul") and op.operands[1] in keys and op.operands[1].type.rank == 2:
             rows.append(LayerQuantization(op.loc.module, keys[op.operands[1]], None, None,
                                           _nbytes(op.operands[1].type), "torch.mm"))

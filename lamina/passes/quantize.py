@@ -12,8 +12,9 @@
 module path (``model.layers.0.mlp.down_proj``) and its weight's key: ``layers`` picks the
 layers to quantize (default all), ``keep`` leaves some in float (default the LM head:
 ``*lm_head*``). ``group=0`` is one scale per output channel; the default group is 0 for
-8-bit and 32 for 4-bit. ``act=int8`` (8-bit per-channel symmetric weights only) also quantizes each layer's input per
-token at run time, so prefill runs integer GEMMs. A layer that the format cannot hold (an input size the group does
+8-bit and 32 for 4-bit. ``act=int8`` also quantizes each layer's input per
+token to int8 at run time (W8A8, W4A8): the products are integers, so decoding runs integer dot
+products (AVX-512 VNNI where the CPU has it) and 8-bit per-channel symmetric prefill integer GEMMs. A layer that the format cannot hold (an input size the group does
 not divide, a 4-bit layer whose input is not a multiple of 32) is an error naming the layer
 and the option, never a silent skip; ``keep`` it or pick another group. A graph with no
 linear layer to quantize is an error too, so a pipeline never claims a quantization it did
@@ -53,7 +54,7 @@ class QuantizeOptions:
     """bits: 8 or 4; group: input elements per scale (0: per output channel; -1: 0 for 8-bit, 32 for
     4-bit); scheme: sym or asym; layers / keep: |-separated module-path patterns; budget: average bits
     per weight (0: every layer at ``bits``); rank: score, reversed or position (with a budget); act: none,
-    or int8 to quantize activations per token too (W8A8: integer GEMMs for prefill)."""
+    or int8 to quantize activations per token too (integer products, any weight format)."""
 
     bits: int = 8
     group: int = -1
@@ -67,10 +68,6 @@ class QuantizeOptions:
     def __post_init__(self) -> None:
         if self.act not in ("none", "int8"):
             raise QuantizeError(f"quantize: act={self.act!r} is not supported; use act=none or act=int8")
-        if self.act == "int8" and (self.bits, self.group if self.group != -1 else 0, self.scheme, self.budget) != \
-                (8, 0, "sym", 0.0):
-            raise QuantizeError("quantize: act=int8 (W8A8) needs bits=8, group=0 (per channel) and scheme=sym, "
-                                "and no budget")
         if self.budget < 0:
             raise QuantizeError(f"quantize: budget={self.budget} must be positive (average bits per weight), or 0 "
                                 "for no budget")

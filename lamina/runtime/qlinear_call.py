@@ -12,26 +12,37 @@ from ..ir.quant_format import QuantFormat, quantize_rows
 
 KERNEL_ROWS = 16  # up to this many input rows the target's own kernel runs; past it a GEMM
 
+
+def integer_gemm_format(fmt: QuantFormat, k: int) -> bool:
+    """Whether ``act=int8`` rows can go to one integer GEMM: 8-bit per-channel symmetric weights (a
+    scale per group would need a GEMM per group)."""
+    return (fmt.bits, fmt.group_size(k), fmt.scheme) == (8, k, "sym")
+
 Path = Callable[[torch.Tensor, torch.Tensor], None]  # (x [rows, K] contiguous, out [rows, N] contiguous)
 
 
 def run_by_rows(x: torch.Tensor, out: torch.Tensor, k: int, n: int, act: str, few: Path, many: Path,
-                int8_many: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None]) -> None:
-    """``few`` for up to ``KERNEL_ROWS`` rows of ``x``, else ``many``; with ``act=int8`` the rows are
-    quantized first, and past ``KERNEL_ROWS`` go to ``int8_many(values, row scales, out)`` (an integer
-    GEMM). A non-contiguous ``out`` is written through a contiguous buffer."""
+                int8_few: Path | None = None,
+                int8_many: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None] | None = None) -> None:
+    """``few`` for up to ``KERNEL_ROWS`` rows of ``x``, else ``many``. With ``act=int8``: ``int8_few`` (a
+    kernel that quantizes the rows itself) for few rows where the target has one, and past
+    ``KERNEL_ROWS`` ``int8_many(values, row scales, out)`` (an integer GEMM) where the format allows;
+    otherwise the rows are quantized here and ``few`` / ``many`` run on their dequantized values.
+    A non-contiguous ``out`` is written through a contiguous buffer."""
     rows = x.numel() // k
     if rows == 0:
         return
     x2 = x.reshape(rows, k).contiguous()
     target = out if out.is_contiguous() else torch.empty(out.shape, dtype=out.dtype, device=out.device)
     out2 = target.view(rows, n)
-    if act == "int8":
+    if act == "int8" and rows <= KERNEL_ROWS and int8_few is not None:
+        int8_few(x2, out2)
+    elif act == "int8":
         xq, sx = quantize_rows(x2)
-        if rows > KERNEL_ROWS:
+        if rows > KERNEL_ROWS and int8_many is not None:
             int8_many(xq, sx, out2)
-        else:
-            few(xq.to(torch.float32) * sx, out2)  # the kernel on the quantized activations
+        else:  # the float kernels on the quantized activations
+            (few if rows <= KERNEL_ROWS else many)(xq.to(torch.float32) * sx, out2)
     else:
         (few if rows <= KERNEL_ROWS else many)(x2, out2)
     if target is not out:

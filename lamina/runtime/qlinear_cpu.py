@@ -4,8 +4,12 @@ Which path runs is decided per call by the number of input rows M (tokens times 
 
 - M = 1 (decoding): the one-row kernel of ``codegen/qlinear_cpu.py``, reading the packed weight once;
 - 1 < M <= ``KERNEL_ROWS``: its several-row variant, still reading the weight once;
-- with ``act=int8`` the rows are quantized to int8 first; past ``KERNEL_ROWS`` the product is
-  ``torch._int_mm`` (an integer GEMM, about 3.7x torch.mm's float32 speed on the project's CPU);
+- with ``act=int8``, up to ``KERNEL_ROWS`` rows: on a CPU with AVX-512 VNNI the integer kernel of
+  ``codegen/qlinear_vnni_cpu.py`` (rows quantized and dotted with the packed bytes as integers,
+  for every format whose group fits its 64-byte chunks); elsewhere the rows are quantized and
+  the float kernel runs on their values. Past ``KERNEL_ROWS``, 8-bit per-channel symmetric
+  weights go to ``torch._int_mm`` (an integer GEMM, about 3.7x torch.mm's float32 speed on the
+  project's CPU), other formats to the blocked path on the quantized rows;
 - M > ``KERNEL_ROWS`` (prefill): GEMM-bound, so the weight is dequantized ``DEQUANT_BLOCK_BYTES`` of
   float at a time (blocks of output channels, one parallel pass of a generated kernel into a
   buffer reused for every block) and each block multiplied with torch.mm; the float weight
@@ -24,8 +28,11 @@ from ..codegen.cache import KernelCache, content_key
 from ..codegen.cpu_numba import MODULE_HEADER
 from ..codegen.prefetch import SOURCE as PREFETCH_SOURCE
 from ..codegen.qlinear_cpu import QLinearVariant, dequantize_source, qlinear_source
+from ..codegen.qlinear_vnni_cpu import HEADER as VNNI_HEADER
+from ..codegen.qlinear_vnni_cpu import vnni_source
+from ..codegen.vnni_dot import VnniDot, host_has_vnni
 from ..ir.quant_format import QuantFormat
-from .qlinear_call import KERNEL_ROWS, run_by_rows
+from .qlinear_call import KERNEL_ROWS, integer_gemm_format, run_by_rows
 
 DEQUANT_BLOCK_BYTES = 4 << 20
 
@@ -39,6 +46,20 @@ def load_kernel(variant: QLinearVariant, cache: KernelCache, dequantize: bool = 
     return getattr(module, name)
 
 
+def describe(fmt: QuantFormat, k: int, act: str, integer_kernels: bool | None = None) -> str:
+    """Which kernels a layer of this format, input size and ``act`` runs on the cpu backend (for reports)."""
+    if act != "int8":
+        return f"numba dequantize-in-the-loop kernel for up to {KERNEL_ROWS} rows, else blocked dequantize + torch.mm"
+    dot = VnniDot(fmt, k)
+    why_not = dot.unsupported() or ("" if host_has_vnni() else "no AVX-512 VNNI on this CPU")
+    if integer_kernels is not None and not integer_kernels and not why_not:
+        why_not = "integer kernels off"
+    few = (f"numba dequantize-in-the-loop kernel on int8-quantized rows ({why_not})" if why_not else
+           "integer dot products (AVX-512 VNNI, LLVM IR in numba)")
+    many = ("torch._int_mm" if integer_gemm_format(fmt, k) else "blocked dequantize + torch.mm on int8-quantized rows")
+    return f"{few} for up to {KERNEL_ROWS} rows, else {many}"
+
+
 @dataclass
 class QLinearCpu:
     """``out = x @ dequantize(qweight, scales, zeros)^T`` for one layer's format and sizes."""
@@ -48,6 +69,7 @@ class QLinearCpu:
     n: int
     cache: KernelCache
     act: str = "none"
+    integer_kernels: bool = field(default_factory=host_has_vnni)  # act=int8's VNNI kernel where it can run
     kernels: dict[str, Callable[..., None]] = field(default_factory=dict)
     views: dict = field(default_factory=dict)
     blocks: int = field(init=False)       # the kernels' view of a row: blocks of values / of bytes
@@ -57,17 +79,23 @@ class QLinearCpu:
     def __post_init__(self) -> None:
         v = QLinearVariant(self.fmt, self.k, True)
         self.blocks, self.block_values, self.block_bytes = v.blocks, v.block_values, v.block_bytes
+        self.dot = VnniDot(self.fmt, self.k)
+        self.integer_kernels = self.integer_kernels and self.act == "int8" and self.dot.unsupported() is None
 
     def kernel(self, kind: str) -> Callable[..., None]:
         """``gemv``, ``gemm`` or ``dequantize``, compiled on first use (a prefill-only plan never needs the GEMV)."""
         if kind not in self.kernels:
-            variant = QLinearVariant(self.fmt, self.k, kind == "gemv")
-            self.kernels[kind] = load_kernel(variant, self.cache, dequantize=kind == "dequantize")
+            if kind == "vnni":
+                source = MODULE_HEADER + VNNI_HEADER + vnni_source(self.dot)
+                module = self.cache.load(f"{self.dot.name}_{content_key(source)[:10]}", source)
+                self.kernels[kind] = getattr(module, self.dot.name)
+            else:
+                variant = QLinearVariant(self.fmt, self.k, kind == "gemv")
+                self.kernels[kind] = load_kernel(variant, self.cache, dequantize=kind == "dequantize")
         return self.kernels[kind]
 
     def describe(self) -> str:
-        return (f"numba dequantize-in-the-loop kernel for up to {KERNEL_ROWS} rows, else blocked dequantize + "
-                "torch.mm")
+        return describe(self.fmt, self.k, self.act, self.integer_kernels)
 
     def __call__(self, x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None,
                  out: torch.Tensor) -> None:
@@ -84,7 +112,12 @@ class QLinearCpu:
         def many(x2: torch.Tensor, out2: torch.Tensor) -> None:
             self.blocked(x2, qweight, scales, zeros, out2)
 
-        run_by_rows(x, out, self.k, self.n, self.act, few, many, int8_many)
+        def int8_few(x2: torch.Tensor, out2: torch.Tensor) -> None:
+            _, q, s, z = self.weight_views(qweight, scales, zeros)
+            self.kernel("vnni")(x2.numpy(), q.reshape(self.n, -1), s, z, out2.numpy(), x2.shape[0], self.n)
+
+        run_by_rows(x, out, self.k, self.n, self.act, few, many, int8_few if self.integer_kernels else None,
+                    int8_many if integer_gemm_format(self.fmt, self.k) else None)
 
     def weight_views(self, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None) -> tuple:
         """The kernels' NumPy views of a layer's packed weight (as blocks and flat), scales and zero points;

@@ -12,7 +12,7 @@ import torch
 from ..codegen.qlinear_cpu import QLinearVariant
 from ..codegen.qlinear_cuda import WARPS, qlinear_cuda_name, qlinear_cuda_source
 from ..ir.quant_format import QuantFormat, dequantize
-from .qlinear_call import run_by_rows
+from .qlinear_call import integer_gemm_format, run_by_rows
 
 GRID_Y = 65535
 
@@ -50,4 +50,5 @@ class QLinearCuda:
             # the integer products as a float32 GEMM (cuBLAS)
             torch.mul(xq.to(torch.float32) @ qweight.to(torch.float32).t(), sx * scales.reshape(1, -1), out=out2)
 
-        run_by_rows(x, out, self.k, self.n, self.act, few, many, int8_many)
+        run_by_rows(x, out, self.k, self.n, self.act, few, many, None,
+                    int8_many if integer_gemm_format(self.fmt, self.k) else None)

@@ -66,9 +66,6 @@ def _qlinear_infer(types: Sequence[TensorType], attrs: Mapping[str, Any]) -> lis
         raise InferenceError(f"qlinear: qweight must be [out, packed in] of static size, got {stored[0]}")
     if attrs["act"] not in ("none", "int8"):
         raise InferenceError(f"qlinear: act={attrs['act']!r} is not supported; use act=none or act=int8")
-    if attrs["act"] == "int8" and (fmt.bits, fmt.group_size(k), fmt.scheme) != (8, k, "sym"):
-        raise InferenceError(f"qlinear: act=int8 needs 8-bit per-channel symmetric weights (bits=8, group=0, "
-                             f"scheme=sym), got {fmt.label}")
     return [TensorType(x.shape[:-1] + (n,), DType.f32)]
 
 
@@ -76,7 +73,8 @@ def _qlinear_ref(a: Sequence[np.ndarray], attrs: Mapping[str, Any]) -> np.ndarra
     fmt = QuantFormat.of(attrs)
     stored = [torch.from_numpy(np.ascontiguousarray(t)) for t in a[1:]]
     if attrs["act"] == "int8":
-        return int8_product(torch.from_numpy(np.ascontiguousarray(a[0])), stored[0], stored[1]).numpy()
+        return int8_product(torch.from_numpy(np.ascontiguousarray(a[0])), stored[0], stored[1],
+                            stored[2] if len(stored) == 3 else None, fmt).numpy()
     w = dequantize(stored[0], stored[1], stored[2] if len(stored) == 3 else None, fmt).numpy()
     return np.matmul(a[0], w.T)
 
@@ -89,6 +87,6 @@ DEFS = [
           {**FORMAT_ATTRS, "score": AttrSpec("float?", None)}),
     OpDef("qlinear", ("x", "qweight", "scales", "zeros?"), _qlinear_infer, _qlinear_ref, Category.LIBRARY,
           "x @ dequantize(qweight, scales, zeros)^T: a linear layer whose weight is stored quantized "
-          "(zeros only with scheme=asym); act=int8 also quantizes x per row (W8A8, integer products)",
+          "(zeros only with scheme=asym); act=int8 also quantizes x per row to int8 (integer products, any weight format)",
           {**FORMAT_ATTRS, "act": AttrSpec("str", "none")}),
 ]
