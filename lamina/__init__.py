@@ -4,6 +4,7 @@
     fast = lamina.compile(model, example_inputs)   # CompiledModule, called like the model
     graph = lamina.trace(model, example_inputs)    # the IR; print(graph) shows its text form
     stats = lamina.calibrate(model, batches)       # per-layer statistics (quantize{budget=...})
+    lamina.generate(model, ids, 64, draft="skip{speedup=1.5}")  # self-speculative greedy decoding
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ _WHERE = {
     "UnsupportedOpsError": ".errors", "Graph": ".ir", "parse": ".ir", "CompileOptions": ".options",
     "default_pipeline": ".passes.manager", "run_pipeline": ".passes.manager", "CompiledModule": ".runtime.compiled",
     "calibrate": ".calibration", "Calibration": ".calibration", "QuantFormat": ".ir.quant_format",
-    "load": ".saved",
+    "load": ".saved", "generate": ".speculative", "SpeculativeDecoder": ".speculative",
 }
 
 if TYPE_CHECKING:
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
     from .calibration import Calibration, calibrate
     from .ir.quant_format import QuantFormat
     from .saved import load
+    from .speculative import SpeculativeDecoder, generate
     from .errors import InputMismatchError, LaminaError, UnsupportedOpsError
     from .ir import Graph, parse
     from .options import CompileOptions
@@ -57,6 +59,7 @@ _register_dynamo_backend()
 
 __all__ = [
     "Calibration", "CompileOptions", "CompiledModule", "Graph", "InputMismatchError", "LaminaError", "QuantFormat",
-    "UnsupportedOpsError", "calibrate", "compile", "default_pipeline", "load", "parse", "run_pipeline", "trace",
+    "SpeculativeDecoder", "UnsupportedOpsError", "calibrate", "compile", "default_pipeline", "generate", "load",
+    "parse", "run_pipeline", "trace",
     "__version__",
 ]

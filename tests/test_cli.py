@@ -140,5 +140,5 @@ def test_dump_after_quantize_reports_each_layer_and_still_parses(capsys, tmp_pat
     text = capsys.readouterr().out
     assert 'quantize(%h.0.attn.c_attn.weight) {bits=4, group=32, scheme="sym", score=none}' in text
     assert "// quantization (cpu backend):" in text
-    assert "//   h.0.mlp.c_fc: int4 g32 sym, " in text and "numba dequantize-in-the-loop GEMV" in text
+    assert "//   h.0.mlp.c_fc: int4 g32 sym, " in text and "numba dequantize-in-the-loop kernel" in text
     parse(text)  # the report is comments

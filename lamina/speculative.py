@@ -1,0 +1,159 @@
+"""Self-speculative greedy decoding: the model under a skip schedule drafts tokens, the full model verifies them.
+
+LayerSkip's scheme (Elhoushi et al. 2024) with lamina's two compilations of one model:
+
+1. the *draft* is the model compiled with a ``skip{...}`` pass: removed blocks compute only their KV-cache
+   entries, so its cache has the full model's layout and both run on the same cache object;
+2. from a verified prefix of length L, the draft proposes ``lookahead`` tokens one at a time;
+3. the cache is cut back to L (the draft's entries are not the full model's) and the full model runs once
+   on the last verified token and the k drafted ones (k + 1 positions), giving its own greedy choice
+   after each;
+4. the drafted tokens are accepted while they equal the full model's choice; the full model's choice at
+   the first disagreement (or after the last draft) is appended too, and the cache is cut to the
+   accepted positions.
+
+Every emitted token is the full model's greedy choice given the tokens before it, so the output equals
+plain greedy decoding with the full model (up to the float rounding of a k + 1-token forward against
+one-token forwards, which can flip an exact tie). The modules are transformers causal LMs with their
+``DynamicCache`` (anything whose forward takes ``past_key_values`` and returns ``logits`` and
+``past_key_values``, with a cache that ``get_seq_length`` and ``crop`` can measure and cut).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from .errors import LaminaError
+
+
+class SpeculativeError(LaminaError, ValueError):
+    """Bad options or inputs for self-speculative decoding."""
+
+
+@dataclass
+class SpeculativeResult:
+    """The tokens (prompt and new ones, [1, prompt + new]) and how the drafts fared."""
+
+    tokens: torch.Tensor
+    new_tokens: int
+    drafted: int
+    accepted: int
+    full_forwards: int
+    seconds: float
+
+    @property
+    def acceptance(self) -> float:
+        """The share of drafted tokens the full model agreed with."""
+        return self.accepted / self.drafted if self.drafted else 0.0
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.new_tokens / self.seconds if self.seconds > 0 else float("inf")
+
+
+@dataclass
+class SpeculativeDecoder:
+    """Compiles the full model and its skipped draft on first use (the modules are kept for later calls).
+
+    ``draft``: a skip pass (``"skip{speedup=1.5}"``, ``"skip{policy=similarity,drop=block:2}"``), placed in
+    ``pipeline`` before its last pass (``pipeline``: lamina's, default ``canonicalize,fuse``), or a whole
+    pipeline (it contains a comma). ``lookahead``: tokens drafted per verification (at least 1).
+    ``calibration``: for the skip policies that read it."""
+
+    model: torch.nn.Module
+    draft: str
+    lookahead: int = 4
+    pipeline: str = "canonicalize,fuse"
+    calibration: Any = None
+    modules: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.lookahead, int) or self.lookahead < 1:
+            raise SpeculativeError(f"generate: lookahead={self.lookahead!r} must be a positive number of tokens to "
+                                   "draft per verification (1 to about 8)")
+        if "skip" not in self.draft:
+            raise SpeculativeError(f"generate: draft={self.draft!r} has no skip pass; pass a skip schedule such as "
+                                   "draft='skip{speedup=1.5}'")
+
+    @property
+    def draft_pipeline(self) -> str:
+        if "," in self.draft:
+            return self.draft
+        passes = self.pipeline.split(",")
+        return ",".join([*passes[:-1], self.draft, passes[-1]] if len(passes) > 1 else [self.draft, *passes])
+
+    def generate(self, input_ids: torch.Tensor, max_new_tokens: int) -> SpeculativeResult:
+        """Greedy continuation of ``input_ids`` [1, T] by ``max_new_tokens`` tokens."""
+        if input_ids.dim() != 2 or input_ids.shape[0] != 1:
+            raise SpeculativeError(f"generate: input_ids must be [1, tokens] (one sequence: each row would accept "
+                                   f"a different number of drafts), got shape {list(input_ids.shape)}")
+        if max_new_tokens < 1:
+            raise SpeculativeError(f"generate: max_new_tokens={max_new_tokens} must be at least 1")
+        with torch.inference_mode():
+            start = time.perf_counter()
+            out = self._module("prefill", input_ids)(input_ids)
+            cache = out.past_key_values
+            tokens = [out.logits[:, -1:].argmax(-1)]
+            drafted = accepted = forwards = 0
+            while len(tokens) < max_new_tokens:
+                base = _length(cache)
+                proposal = [tokens[-1]]
+                for _ in range(self.lookahead):  # the draft, one token at a time on the shared cache
+                    out = self._module("draft", proposal[-1], cache)(proposal[-1], past_key_values=cache)
+                    cache = out.past_key_values
+                    proposal.append(out.logits[:, -1:].argmax(-1))
+                _truncate(cache, base)
+                window = torch.cat(proposal, 1)  # the last verified token and the drafts
+                out = self._module("verify", window, cache)(window, past_key_values=cache)
+                cache, forwards = out.past_key_values, forwards + 1
+                choice = out.logits[0].argmax(-1)  # the full model's token after each position
+                agree = 0
+                while agree < self.lookahead and int(window[0, agree + 1]) == int(choice[agree]):
+                    agree += 1
+                drafted, accepted = drafted + self.lookahead, accepted + agree
+                tokens += [window[:, i + 1:i + 2] for i in range(agree)] + [choice[agree].reshape(1, 1)]
+                _truncate(cache, base + agree + 1)  # the verified positions: the last token and the accepted
+            seconds = time.perf_counter() - start
+        new = torch.cat(tokens, 1)[:, :max_new_tokens]
+        return SpeculativeResult(torch.cat([input_ids, new], 1), new.shape[1], drafted, accepted, forwards, seconds)
+
+    def _module(self, role: str, ids: torch.Tensor, cache: Any = None) -> Any:
+        """The compiled module for ``role``: prefill (full model, no cache), draft (skipped, one token with a
+        cache) or verify (full model, lookahead + 1 tokens with a cache)."""
+        from .api import compile
+
+        if role not in self.modules:
+            pipeline = self.draft_pipeline if role == "draft" else self.pipeline
+            kwargs = {} if cache is None else {"example_kwargs": {"past_key_values": cache}, "dynamic_shapes": "auto"}
+            self.modules[role] = compile(self.model, (ids,), pipeline=pipeline, calibration=self.calibration,
+                                         fallback=False, **kwargs)
+        return self.modules[role]
+
+
+def generate(model: torch.nn.Module, input_ids: torch.Tensor, max_new_tokens: int, *, draft: str,
+             lookahead: int = 4, pipeline: str = "canonicalize,fuse", calibration: Any = None) -> SpeculativeResult:
+    """Greedy decoding of a transformers causal LM with self-speculation (see the module docstring): the same
+    tokens as full greedy decoding, most of them paid at the cost of the skipped ``draft`` schedule. For
+    repeated calls keep a ``SpeculativeDecoder`` (it compiles once)."""
+    decoder = SpeculativeDecoder(model, draft, lookahead, pipeline, calibration)
+    return decoder.generate(input_ids, max_new_tokens)
+
+
+def _length(cache: Any) -> int:
+    return int(cache.get_seq_length())
+
+
+def _truncate(cache: Any, length: int) -> None:
+    """Cut the cache back to its first ``length`` positions (transformers 5: ``crop(-removed)``)."""
+    removed = _length(cache) - length
+    if removed < 0:
+        raise SpeculativeError(f"generate: the cache holds {_length(cache)} positions, fewer than the {length} "
+                               "verified ones")
+    if removed:
+        cache.crop(-removed)
+    if _length(cache) != length:
+        raise SpeculativeError(f"generate: cutting the cache to {length} positions left {_length(cache)}; this "
+                               "cache type cannot be rolled back")
