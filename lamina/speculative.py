@@ -14,9 +14,14 @@ LayerSkip's scheme (Elhoushi et al. 2024) with lamina's two compilations of one 
 
 Every emitted token is the full model's greedy choice given the tokens before it, so the output equals
 plain greedy decoding with the full model (up to the float rounding of a k + 1-token forward against
-one-token forwards, which can flip an exact tie). The modules are transformers causal LMs with their
-``DynamicCache`` (anything whose forward takes ``past_key_values`` and returns ``logits`` and
-``past_key_values``, with a cache that ``get_seq_length`` and ``crop`` can measure and cut).
+one-token forwards, which can flip an exact tie).
+
+Two kinds of model, each with its cache (a *session*: compiled modules, the cache, its length and cut):
+
+- transformers causal LMs with their ``DynamicCache`` (``HFSession``: the forward takes
+  ``past_key_values`` and returns ``logits`` and ``past_key_values``; the cache is cut with ``crop``);
+- lamina's ``CharGPT`` (``CharGPTSession``: ``Prefill`` and ``Decode`` modules, the stacked keys and values
+  grown by concatenation and cut by slicing).
 """
 from __future__ import annotations
 
@@ -92,45 +97,128 @@ class SpeculativeDecoder:
                                    f"a different number of drafts), got shape {list(input_ids.shape)}")
         if max_new_tokens < 1:
             raise SpeculativeError(f"generate: max_new_tokens={max_new_tokens} must be at least 1")
+        session = self._session()
         with torch.inference_mode():
             start = time.perf_counter()
-            out = self._module("prefill", input_ids)(input_ids)
-            cache = out.past_key_values
-            tokens = [out.logits[:, -1:].argmax(-1)]
+            tokens = [session.prefill(input_ids)[:, -1:].argmax(-1)]
             drafted = accepted = forwards = 0
             while len(tokens) < max_new_tokens:
-                base = _length(cache)
+                base = session.length()
                 proposal = [tokens[-1]]
                 for _ in range(self.lookahead):  # the draft, one token at a time on the shared cache
-                    out = self._module("draft", proposal[-1], cache)(proposal[-1], past_key_values=cache)
-                    cache = out.past_key_values
-                    proposal.append(out.logits[:, -1:].argmax(-1))
-                _truncate(cache, base)
+                    proposal.append(session.step("draft", proposal[-1])[:, -1:].argmax(-1))
+                session.truncate(base)
                 window = torch.cat(proposal, 1)  # the last verified token and the drafts
-                out = self._module("verify", window, cache)(window, past_key_values=cache)
-                cache, forwards = out.past_key_values, forwards + 1
-                choice = out.logits[0].argmax(-1)  # the full model's token after each position
+                choice = session.step("verify", window)[0].argmax(-1)  # the full model's token after each position
+                forwards += 1
                 agree = 0
                 while agree < self.lookahead and int(window[0, agree + 1]) == int(choice[agree]):
                     agree += 1
                 drafted, accepted = drafted + self.lookahead, accepted + agree
                 tokens += [window[:, i + 1:i + 2] for i in range(agree)] + [choice[agree].reshape(1, 1)]
-                _truncate(cache, base + agree + 1)  # the verified positions: the last token and the accepted
+                session.truncate(base + agree + 1)  # the verified positions: the last token and the accepted
             seconds = time.perf_counter() - start
         new = torch.cat(tokens, 1)[:, :max_new_tokens]
         return SpeculativeResult(torch.cat([input_ids, new], 1), new.shape[1], drafted, accepted, forwards, seconds)
 
-    def _module(self, role: str, ids: torch.Tensor, cache: Any = None) -> Any:
-        """The compiled module for ``role``: prefill (full model, no cache), draft (skipped, one token with a
-        cache) or verify (full model, lookahead + 1 tokens with a cache)."""
+    def _session(self) -> "HFSession | CharGPTSession":
+        from .models.char_gpt import CharGPT
+
+        kind = CharGPTSession if isinstance(self.model, CharGPT) else HFSession
+        return kind(self)
+
+    def compiled(self, role: str, module: torch.nn.Module, args: tuple, kwargs: dict | None = None,
+                 dynamic: Any = "auto") -> Any:
+        """The module compiled for ``role`` (prefill, draft or verify; the draft under the skip schedule),
+        on first use for inputs like ``args`` and ``kwargs``, ``dynamic``: torch.export's dynamic shapes."""
         from .api import compile
 
         if role not in self.modules:
             pipeline = self.draft_pipeline if role == "draft" else self.pipeline
-            kwargs = {} if cache is None else {"example_kwargs": {"past_key_values": cache}, "dynamic_shapes": "auto"}
-            self.modules[role] = compile(self.model, (ids,), pipeline=pipeline, calibration=self.calibration,
-                                         fallback=False, **kwargs)
+            self.modules[role] = compile(module, args, pipeline=pipeline, calibration=self.calibration,
+                                         fallback=False, example_kwargs=kwargs, dynamic_shapes=dynamic)
         return self.modules[role]
+
+
+@dataclass
+class HFSession:
+    """A transformers causal LM and its ``DynamicCache`` (cut with ``crop``)."""
+
+    decoder: SpeculativeDecoder
+    cache: Any = None
+
+    def prefill(self, ids: torch.Tensor) -> torch.Tensor:
+        out = self.decoder.compiled("prefill", self.decoder.model, (ids,))(ids)
+        self.cache = out.past_key_values
+        return out.logits
+
+    def step(self, role: str, ids: torch.Tensor) -> torch.Tensor:
+        """Logits of ``ids`` after the cache (which grows by them), by the draft or the full model."""
+        module = self.decoder.compiled(role, self.decoder.model, (ids,), {"past_key_values": self.cache})
+        out = module(ids, past_key_values=self.cache)
+        self.cache = out.past_key_values
+        return out.logits
+
+    def length(self) -> int:
+        return int(self.cache.get_seq_length())
+
+    def truncate(self, length: int) -> None:
+        """Cut the cache back to its first ``length`` positions (transformers 5: ``crop(-removed)``)."""
+        removed = self.length() - length
+        _check_cut(self.length(), length)
+        if removed:
+            self.cache.crop(-removed)
+        if self.length() != length:
+            raise SpeculativeError(f"generate: cutting the cache to {length} positions left {self.length()}; "
+                                   "this cache type cannot be rolled back")
+
+
+@dataclass
+class CharGPTSession:
+    """lamina's CharGPT: stacked keys and values [layers, batch, heads, positions, head dim]."""
+
+    decoder: SpeculativeDecoder
+    keys: torch.Tensor | None = None
+    values: torch.Tensor | None = None
+
+    def prefill(self, ids: torch.Tensor) -> torch.Tensor:
+        from torch.export import Dim
+
+        from .models.char_gpt import Prefill
+
+        dynamic = ({1: Dim("tokens")},)
+        prefill = self.decoder.compiled("prefill", Prefill(self.decoder.model), (ids,), dynamic=dynamic)
+        logits, keys, values = prefill(ids)
+        self.keys, self.values = keys.contiguous(), values.contiguous()  # plain strides: export guards on them
+        return logits
+
+    def step(self, role: str, ids: torch.Tensor) -> torch.Tensor:
+        from torch.export import Dim
+
+        from .models.char_gpt import Decode
+
+        past = Dim("past")
+        window = {1: Dim("window", min=2)} if role == "verify" else None  # one verify module for every lookahead
+        module = self.decoder.compiled(role, Decode(self.decoder.model), (ids, self.keys, self.values),
+                                       dynamic=(window, {3: past}, {3: past}))
+        logits, k, v = module(ids, self.keys, self.values)
+        self.keys, self.values = torch.cat([self.keys, k], 3), torch.cat([self.values, v], 3)
+        return logits
+
+    def length(self) -> int:
+        assert self.keys is not None
+        return self.keys.shape[3]
+
+    def truncate(self, length: int) -> None:
+        _check_cut(self.length(), length)
+        assert self.keys is not None and self.values is not None
+        self.keys = self.keys[:, :, :, :length].contiguous()
+        self.values = self.values[:, :, :, :length].contiguous()
+
+
+def _check_cut(held: int, length: int) -> None:
+    if length > held:
+        raise SpeculativeError(f"generate: the cache holds {held} positions, fewer than the {length} verified ones")
 
 
 def generate(model: torch.nn.Module, input_ids: torch.Tensor, max_new_tokens: int, *, draft: str,
@@ -140,20 +228,3 @@ def generate(model: torch.nn.Module, input_ids: torch.Tensor, max_new_tokens: in
     repeated calls keep a ``SpeculativeDecoder`` (it compiles once)."""
     decoder = SpeculativeDecoder(model, draft, lookahead, pipeline, calibration)
     return decoder.generate(input_ids, max_new_tokens)
-
-
-def _length(cache: Any) -> int:
-    return int(cache.get_seq_length())
-
-
-def _truncate(cache: Any, length: int) -> None:
-    """Cut the cache back to its first ``length`` positions (transformers 5: ``crop(-removed)``)."""
-    removed = _length(cache) - length
-    if removed < 0:
-        raise SpeculativeError(f"generate: the cache holds {_length(cache)} positions, fewer than the {length} "
-                               "verified ones")
-    if removed:
-        cache.crop(-removed)
-    if _length(cache) != length:
-        raise SpeculativeError(f"generate: cutting the cache to {length} positions left {_length(cache)}; this "
-                               "cache type cannot be rolled back")

@@ -36,8 +36,14 @@ class Block(nn.Module):
         q, k, v = self.qkv(x)
         if past_k is None:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        else:  # one new token per row: it sees the whole cache and itself
+        elif x.shape[1] == 1:  # one new token per row: it sees the whole cache and itself
             y = F.scaled_dot_product_attention(q, torch.cat([past_k, k], 2), torch.cat([past_v, v], 2))
+        else:  # several new tokens (a speculative verification): each sees the cache and the new ones up to it
+            t, past = x.shape[1], past_k.shape[2]
+            positions = torch.arange(past + t, device=x.device)
+            visible = positions[None, :] <= positions[past:, None]
+            y = F.scaled_dot_product_attention(q, torch.cat([past_k, k], 2), torch.cat([past_v, v], 2),
+                                               attn_mask=visible)
         return self.rest(x, y), k, v
 
     def forward_static(self, x: torch.Tensor, cache_k: torch.Tensor, cache_v: torch.Tensor, pos: torch.Tensor,
@@ -109,8 +115,9 @@ class Prefill(nn.Module):
 
 
 class Decode(nn.Module):
-    """One token per row after a cache of ``past_k.shape[3]`` positions: ``(logits, new keys, new values)``
-    (and the final hidden state with ``with_hidden``)."""
+    """New tokens per row after a cache of ``past_k.shape[3]`` positions: ``(logits, new keys, new values)``
+    (and the final hidden state with ``with_hidden``); one token when decoding, several (each attending to
+    the cache and the new ones before it) when verifying drafted tokens."""
 
     def __init__(self, model: CharGPT, with_hidden: bool = False) -> None:
         super().__init__()

@@ -31,6 +31,39 @@ def test_tokens_equal_full_greedy_decoding_for_every_lookahead(arch: str) -> Non
     assert len(decoder.modules) == 3  # prefill, draft and verify compiled once for every lookahead
 
 
+def test_char_gpt_tokens_equal_its_greedy_decoding_for_every_lookahead() -> None:
+    from lamina.models.char_gpt import CharGPT, Decode, Prefill, greedy
+
+    torch.manual_seed(4)
+    model = CharGPT(d_model=64, n_heads=4, n_layers=6, max_len=128).eval()
+    ids = torch.randint(0, 96, (1, 9), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        want = torch.cat([ids, greedy(Prefill(model), Decode(model), ids, NEW)], 1)
+    decoder = SpeculativeDecoder(model, "skip{speedup=1.5}", lookahead=1)
+    for k in range(1, 7):
+        decoder.lookahead = k
+        assert torch.equal(decoder.generate(ids, NEW).tokens, want), f"lookahead {k}"
+
+
+def test_verifying_several_char_gpt_tokens_equals_decoding_them_one_by_one() -> None:
+    """Decode with several new tokens (the verification) attends causally within them."""
+    from lamina.models.char_gpt import CharGPT, Decode, Prefill
+
+    torch.manual_seed(5)
+    model = CharGPT(d_model=32, n_heads=2, n_layers=2, max_len=64).eval()
+    ids = torch.randint(0, 96, (1, 12))
+    with torch.no_grad():
+        _, keys, values = Prefill(model)(ids[:, :8])
+        together, k4, v4 = Decode(model)(ids[:, 8:], keys, values)
+        one_by_one = []
+        for i in range(8, 12):
+            logits, k, v = Decode(model)(ids[:, i:i + 1], keys, values)
+            keys, values = torch.cat([keys, k], 3), torch.cat([values, v], 3)
+            one_by_one.append(logits)
+    torch.testing.assert_close(together, torch.cat(one_by_one, 1), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(k4, keys[:, :, :, 8:], rtol=1e-5, atol=1e-6)
+
+
 def test_a_draft_that_always_agrees_is_fully_accepted() -> None:
     """A draft pipeline whose skip removes nothing (speedup 1) is the full model: every draft is accepted, and
     a verification emits lookahead + 1 tokens."""
@@ -48,15 +81,15 @@ def test_the_cache_keeps_only_verified_positions(monkeypatch: pytest.MonkeyPatch
     from lamina import speculative
 
     lengths: list[tuple[int, int]] = []
-    original = speculative._truncate
+    original = speculative.HFSession.truncate
 
-    def watch(cache: object, length: int) -> None:
-        original(cache, length)
-        keys = [layer.keys for layer in cache.layers]  # type: ignore[attr-defined]
+    def watch(session: speculative.HFSession, length: int) -> None:
+        original(session, length)
+        keys = [layer.keys for layer in session.cache.layers]
         assert all(k.shape[-2] == length for k in keys)  # every layer cut: no stale positions at the end
         lengths.append((length, keys[0].shape[-2]))
 
-    monkeypatch.setattr(speculative, "_truncate", watch)
+    monkeypatch.setattr(speculative.HFSession, "truncate", watch)
     model = tiny_hf_model("llama", layers=4)
     ids = torch.randint(1, 128, (1, 6), generator=torch.Generator().manual_seed(3))
     result = lamina.generate(model, ids, 10, draft="skip{speedup=1.3}", lookahead=4)
