@@ -6,7 +6,7 @@ Two character-level transformers Llamas (8 layers, d_model 128, the standard lib
 trained here, one plainly and one with ``lamina.skip.LayerDropRegularizer`` (cached under
 ``~/.cache/lamina/bench``). For each, batch-1 greedy continuation of held-out prompts: eager
 ``model.generate``, lamina's full decode (prefill and decode modules of ``lamina.compile``), and
-self-speculative decoding with the draft schedules ``skip{speedup=S}``; tokens/s (medians of interleaved
+self-speculative decoding with the draft schedules of ``--drafts`` (early exit and unified); tokens/s (medians of interleaved
 rounds), the draft acceptance rate and whether the tokens equal eager greedy decoding.
 """
 from __future__ import annotations
@@ -76,6 +76,13 @@ def trained(data: torch.Tensor, steps: int, regularized: bool) -> torch.nn.Modul
     return model
 
 
+def eager_generate(model: torch.nn.Module, prompt: torch.Tensor, new: int) -> torch.Tensor:
+    """transformers' greedy ``generate``; the attention mask given, since the space character is token 0 (the
+    pad token), which ``generate`` would otherwise mask out of the prompt."""
+    return model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=new, min_new_tokens=new,
+                          do_sample=False)
+
+
 @torch.no_grad()
 def perplexity(model: torch.nn.Module, data: torch.Tensor, seq: int = 128) -> float:
     n = (len(data) - 1) // seq
@@ -90,7 +97,8 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--lookahead", type=int, default=4)
-    parser.add_argument("--speedups", default="1.5,2")
+    parser.add_argument("--drafts", default="skip{policy=exit,speedup=2};skip{policy=exit,speedup=3};skip{speedup=1.5}",
+                        help="draft schedules, separated by ';'")
     ns = parser.parse_args()
     import lamina
     from lamina.models.char_training import encode, stdlib_corpus
@@ -105,14 +113,13 @@ def main() -> None:
         name = "LayerDrop" if regularized else "plain"
         model = trained(data, ns.steps, regularized)
         contenders = {"eager generate": None, "lamina full": lamina_loop(model)}
-        for s in ns.speedups.split(","):
-            contenders[f"lamina speculative, skip{{speedup={s}}}"] = lamina.SpeculativeDecoder(
-                model, f"skip{{speedup={s}}}", lookahead=ns.lookahead)
+        for draft in ns.drafts.split(";"):
+            contenders[f"lamina speculative, {draft}"] = lamina.SpeculativeDecoder(model, draft,
+                                                                                  lookahead=ns.lookahead)
         want = {}
         with torch.no_grad():
             for i, p in enumerate(prompts):
-                want[i] = model.generate(p, max_new_tokens=ns.new_tokens, min_new_tokens=ns.new_tokens,
-                                         do_sample=False)
+                want[i] = eager_generate(model, p, ns.new_tokens)
         times: dict[str, list[float]] = {c: [] for c in contenders}
         same: dict[str, bool] = {c: True for c in contenders}
         accept: dict[str, list[float]] = {c: [] for c in contenders}
@@ -122,8 +129,7 @@ def main() -> None:
                     start = time.perf_counter()
                     with torch.inference_mode():
                         if run is None:
-                            got = model.generate(p, max_new_tokens=ns.new_tokens, min_new_tokens=ns.new_tokens,
-                                                 do_sample=False)
+                            got = eager_generate(model, p, ns.new_tokens)
                         elif isinstance(run, lamina.SpeculativeDecoder):
                             result = run.generate(p, ns.new_tokens)
                             got = result.tokens

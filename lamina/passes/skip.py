@@ -5,7 +5,10 @@ the longest residual chain (``passes/layers.py``, whole blocks; the first and la
 always kept) until the stack's cost falls by ``S``: the cost of a layer is the weight elements its
 matrix products read (decoding streams them; prefill multiplies by them), and the cost of the rest
 of the graph (the LM head) counts too, so ``S`` is the predicted speedup of the whole step.
-``speedup=1`` removes nothing.
+``speedup=1`` removes nothing. ``skip{policy=exit,speedup=S}`` (LayerSkip's early exit) removes the
+last layers instead (the first is kept): the draft of self-speculative decoding for a model trained
+with layer dropout rising with depth (``lamina.skip.LayerDropRegularizer``), whose later layers are
+the ones it learned to do without.
 
 ``skip{policy=similarity,drop=block:N}`` (What Matters in Transformers / LLM-Drop) removes the N
 blocks whose output is most similar to their input on calibration data (``lamina.calibrate``'s
@@ -31,7 +34,7 @@ from .layers import Chain, Layer, find_chains
 from .rewrite import remove_dead
 from .toolkit import ValueMap
 
-POLICIES = ("unified", "similarity")
+POLICIES = ("unified", "exit", "similarity")
 
 
 class SkipError(LaminaError, ValueError):
@@ -40,7 +43,8 @@ class SkipError(LaminaError, ValueError):
 
 @dataclass(frozen=True)
 class SkipOptions:
-    """policy: unified or similarity; speedup: unified's target (>= 1); drop: similarity's ``block:N``."""
+    """policy: unified, exit or similarity; speedup: unified's and exit's target (>= 1); drop: similarity's
+    ``block:N``."""
 
     policy: str = "unified"
     speedup: float = 1.0
@@ -61,8 +65,8 @@ def skip(graph: Graph, options: SkipOptions = SkipOptions(), calibration: Any = 
     if not chains:
         raise SkipError(f"skip: graph @{graph.name} has no residual layer stack (h + f(h) chains) to skip layers of")
     chain = max(chains, key=lambda c: len(c.layers))
-    if options.policy == "unified":
-        removed, predicted = _unified(graph, chain, options.speedup)
+    if options.policy in ("unified", "exit"):
+        removed, predicted = _by_cost(graph, chain, options.speedup, options.policy)
     else:
         removed, predicted = _by_similarity(chain, options.drop, calibration), None
     if not removed:
@@ -84,8 +88,9 @@ def skip(graph: Graph, options: SkipOptions = SkipOptions(), calibration: Any = 
     return graph.replace(ops=tuple(ops), outputs=outputs, params=params, history=graph.history + (note,))
 
 
-def _unified(graph: Graph, chain: Chain, speedup: float) -> tuple[list[Layer], float]:
-    """The evenly spaced middle layers to remove, and the speedup the cost model predicts."""
+def _by_cost(graph: Graph, chain: Chain, speedup: float, policy: str) -> tuple[list[Layer], float]:
+    """The fewest layers to remove for ``speedup`` by the cost model, and the speedup it predicts: evenly
+    spaced middle ones (unified: the first and last kept) or the last ones (exit: the first kept)."""
     layers = chain.layers
     weights = _weights(graph)
     costs = [_cost(layer.ops, weights) for layer in layers]
@@ -93,15 +98,16 @@ def _unified(graph: Graph, chain: Chain, speedup: float) -> tuple[list[Layer], f
     total = sum(costs) + _cost([op for op in graph.ops if id(op) not in inside], weights)
     if speedup == 1 or total == 0:
         return [], 1.0
-    middle = len(layers) - 2
-    for n in range(1, middle + 1):
-        picked = _evenly(n, middle)
+    removable = len(layers) - (2 if policy == "unified" else 1)
+    for n in range(1, removable + 1):
+        picked = _evenly(n, removable) if policy == "unified" else list(range(len(layers) - n, len(layers)))
         predicted = total / (total - sum(costs[i] for i in picked))
         if predicted >= speedup - 1e-9:
             return [layers[i] for i in picked], predicted
-    best = total / (total - sum(costs[1:-1])) if middle > 0 else 1.0
-    raise SkipError(f"skip: speedup={speedup:g} needs more than the {max(middle, 0)} middle layers of "
-                    f"{len(layers)} (the first and last are kept; removing all middle ones gives {best:.2f}x)")
+    kept = "the first and last are kept" if policy == "unified" else "the first is kept"
+    best = total / (total - sum(costs[1:1 + removable])) if removable > 0 else 1.0
+    raise SkipError(f"skip: speedup={speedup:g} needs more than the {max(removable, 0)} removable layers of "
+                    f"{len(layers)} ({kept}; removing all of them gives {best:.2f}x)")
 
 
 def _evenly(n: int, middle: int) -> list[int]:

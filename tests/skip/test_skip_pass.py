@@ -53,6 +53,17 @@ def test_unified_removes_evenly_spaced_middle_blocks(speedup: float, removed: li
         torch.testing.assert_close(compiled(X), _without(model, removed)(X), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("speedup, removed", [(1.25, [6, 7]), (2.0, [3, 4, 5, 6, 7])])
+def test_exit_removes_the_last_blocks(speedup: float, removed: list[int]) -> None:
+    model = _model()
+    compiled = lamina.compile(model, (X,), pipeline=f"canonicalize,skip{{policy=exit,speedup={speedup}}},fuse",
+                              poison=True)
+    note = next(h for h in compiled.graph.history if h.startswith("skip: removed"))
+    assert note.startswith(f"skip: removed {len(removed)} of 8 layers ({', '.join(f'h.{i}' for i in removed)})")
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(X), _without(model, removed)(X), rtol=1e-5, atol=1e-5)
+
+
 def test_similarity_removes_the_blocks_that_change_the_stream_least(tmp_path) -> None:
     model = _model()
     with torch.no_grad():  # two blocks made nearly the identity: their residual updates shrunk
@@ -70,11 +81,11 @@ def test_similarity_removes_the_blocks_that_change_the_stream_least(tmp_path) ->
 
 @pytest.mark.parametrize("pipeline, words", [
     ("skip{speedup=0.5}", "speedup=0.5 must be at least 1"),
-    ("skip{speedup=50}", "speedup=50 needs more than the 6 middle layers of 8"),
+    ("skip{speedup=50}", "speedup=50 needs more than the 6 removable layers of 8"),
     ("skip{policy=similarity,drop=block:2}", "needs calibration statistics"),
     ("skip{policy=similarity}", "needs drop=block:N"),
     ("skip{policy=similarity,drop=attn:2}", "per-sublayer statistics"),
-    ("skip{policy=random}", "policy='random' is not one of unified, similarity"),
+    ("skip{policy=random}", "policy='random' is not one of unified, exit, similarity"),
 ])
 def test_bad_schedules_name_the_option(pipeline: str, words: str) -> None:
     with pytest.raises(SkipError, match=words):
