@@ -6,7 +6,11 @@ next):
 - per residual block (each member of an ``nn.ModuleList`` whose output has its input's shape): the
   mean cosine similarity of its input and output over all tokens, and the mean relative update
   ``||out - in|| / ||in||``. A block whose output is close to its input changes little and matters
-  less (Layer-Wise Quantization's first importance measure).
+  less (Layer-Wise Quantization's first importance measure). The same per sublayer where the block's
+  attention output can be found (a child module named like ``attn`` / ``self_attn`` / ``attention``,
+  or else a linear ``c_proj`` / ``o_proj`` / ``out_proj`` directly in the block): the attention
+  sublayer maps ``h`` to ``h + attn``, the MLP sublayer ``h + attn`` to the block's output
+  (What Matters in Transformers: attention sublayers are the most similar, the first to drop).
 - per ``nn.Linear`` (and transformers' ``Conv1D``; keyed by its weight's state-dict key): the mean square of each input channel
   over all tokens, ``h = diag(X^T X) / tokens`` (the diagonal of the layer's Hessian for a squared
   loss on its output); from it, for each candidate format, the quantization error weighted as a
@@ -35,7 +39,7 @@ from torch import nn
 from .ir.quant_format import QuantFormat, QuantFormatError, dequantize, quantize
 from .log import logger
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 DEFAULT_FORMATS = (QuantFormat(8, 0), QuantFormat(4, 32), QuantFormat(4, 64), QuantFormat(4, 128), QuantFormat(4, 0),
                    QuantFormat(8, 0, "asym"), QuantFormat(4, 32, "asym"))
 OUTLIER_SIGMAS = 3.0
@@ -64,6 +68,12 @@ class BlockStats:
     path: str
     cosine: float
     update_norm: float
+    attn_cosine: float | None = None  # the attention sublayer's input/output cosine (None: not found)
+    mlp_cosine: float | None = None
+
+    def sublayer_cosine(self, kind: str) -> float | None:
+        """``attn`` or ``mlp``: that sublayer's mean input/output cosine."""
+        return self.attn_cosine if kind == "attn" else self.mlp_cosine
 
 
 @dataclass(frozen=True)
@@ -185,19 +195,33 @@ def _measure(model: nn.Module, batches: list[Any], formats: Sequence[QuantFormat
             counts[name] = counts.get(name, 0) + x.shape[0]
         return hook
 
+    attention: dict[str, torch.Tensor] = {}  # per block path: its attention sublayer's output, this forward
+
+    def attention_hook(path: str) -> Any:
+        def hook(module: nn.Module, args: tuple, output: Any) -> None:
+            a = output[0] if isinstance(output, (tuple, list)) else output
+            if isinstance(a, torch.Tensor):
+                attention[path] = a.detach()
+        return hook
+
     def block_hook(path: str) -> Any:
         def hook(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
             x = args[0] if args else kwargs.get("hidden_states")
             y = output[0] if isinstance(output, (tuple, list)) else output
+            a = attention.pop(path, None)
             if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor) or x.shape != y.shape:
                 return
-            x2, y2 = x.detach().reshape(-1, x.shape[-1]).double(), y.detach().reshape(-1, y.shape[-1]).double()
-            cosine = torch.nn.functional.cosine_similarity(x2, y2, dim=-1)
+            x2, y2 = _rows(x), _rows(y)
             update = (y2 - x2).norm(dim=-1) / x2.norm(dim=-1).clamp_min(1e-30)
-            sums = blocks.setdefault(path, [0.0, 0.0, 0.0])
-            sums[0] += float(cosine.sum())
+            sums = blocks.setdefault(path, [0.0] * 6)
+            sums[0] += float(_cosines(x2, y2).sum())
             sums[1] += float(update.sum())
             sums[2] += x2.shape[0]
+            if a is not None and a.shape == x.shape:
+                mid = x2 + _rows(a)
+                sums[3] += float(_cosines(x2, mid).sum())
+                sums[4] += float(_cosines(mid, y2).sum())
+                sums[5] += x2.shape[0]
         return hook
 
     for name, module in linears.items():
@@ -207,6 +231,9 @@ def _measure(model: nn.Module, batches: list[Any], formats: Sequence[QuantFormat
             for i, child in enumerate(module):
                 path = f"{name}.{i}" if name else str(i)
                 hooks.append(child.register_forward_hook(block_hook(path), with_kwargs=True))
+                found = _attention_output(child)
+                if found is not None:
+                    hooks.append(found.register_forward_hook(attention_hook(path)))
     tokens = 0
     try:
         with torch.inference_mode():
@@ -233,8 +260,30 @@ def _measure(model: nn.Module, batches: list[Any], formats: Sequence[QuantFormat
         stats[f"{name}.weight"] = _linear_stats(f"{name}.weight", weight, h, formats)
     if progress:
         print(file=sys.stderr)
-    block_stats = {p: BlockStats(p, s[0] / s[2], s[1] / s[2]) for p, s in blocks.items() if s[2]}
+    block_stats = {p: BlockStats(p, s[0] / s[2], s[1] / s[2], s[3] / s[5] if s[5] else None,
+                                 s[4] / s[5] if s[5] else None) for p, s in blocks.items() if s[2]}
     return Calibration(stats, block_stats, len(batches), tokens, key, tuple(f.label for f in formats))
+
+
+def _rows(t: torch.Tensor) -> torch.Tensor:
+    return t.detach().reshape(-1, t.shape[-1]).double()
+
+
+def _cosines(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.cosine_similarity(a, b, dim=-1)
+
+
+ATTENTION_CHILDREN = ("self_attn", "attn", "attention")
+ATTENTION_PROJECTIONS = ("c_proj", "o_proj", "out_proj")
+
+
+def _attention_output(block: nn.Module) -> nn.Module | None:
+    """The module of ``block`` whose output is the attention sublayer's update (see the module doc)."""
+    children = dict(block.named_children())
+    for name in (*ATTENTION_CHILDREN, *ATTENTION_PROJECTIONS):
+        if name in children and (name in ATTENTION_CHILDREN or isinstance(children[name], nn.Linear)):
+            return children[name]
+    return None
 
 
 def _is_conv1d(module: nn.Module) -> bool:

@@ -4,8 +4,8 @@ One call does what ``act=int8`` means (``ir/quant_format.int8_product``) for M r
 
 1. each row is quantized to int8 (its scale ``max|x| / 127``, values rounded half to even, the
    same float32 arithmetic as ``quantize_rows``) and written in the byte layout the dot product
-   reads (``vnni_dot.py``): the 4-bit chunk order, or x + 128 for 8-bit sym; the per-lane offset
-   corrections (4-bit sym) and per-group sums of x (asym) are made in the same pass;
+   reads (``vnni_dot.py``): the 4-bit chunk order; the per-lane offset corrections (sym) and
+   per-group sums of x (asym) are made in the same pass;
 2. output channels are split over threads in chunks, and each channel's row of packed bytes is
    dotted with every x row while it is in L1 (the LLVM IR function, linked in by the intrinsic
    ``_vnni_dot``), less the asymmetric zero points' ``sum_g scale_g zero_g xsum_g``; the result
@@ -41,16 +41,21 @@ def vnni_source(dot: VnniDot) -> str:
                  "            for j in range(16):\n"
                  "                xb[m, c * 128 + h * 64 + b * 16 + j] = np.uint8(qx[c * 128 + b * 32 + h * 16 + j] & 255)")
     else:
-        bias = " + 128" if f.scheme == "sym" else ""
-        place = f"for kk in range({k}):\n    xb[m, kk] = np.uint8((qx[kk]{bias}) & 255)"
-    if dot.uses_init:  # lane b*4 + j//4 of chunk c multiplies x values c*128 + b*32 + (j//4)*4 + (0..3, 16..19)
+        place = f"for kk in range({k}):\n    xb[m, kk] = np.uint8(qx[kk] & 255)"
+    if dot.uses_init and f.bits == 4:  # lane l of chunk c: x values c*128 + l//4*32 + l%4*4 + (0..3, 16..19)
         place += (f"\nfor c in range({chunks}):\n"
                   "    for lane in range(16):\n"
                   "        base = c * 128 + lane // 4 * 32 + lane % 4 * 4\n"
                   "        t = np.int32(0)\n"
                   "        for u in range(4):\n"
                   "            t += qx[base + u] + qx[base + 16 + u]\n"
-                  f"        init[m, c * {LANES} + lane] = -8 * t")
+                  f"        init[m, c * {LANES} + lane] = -{dot.bias} * t")
+    elif dot.uses_init:  # lane l of chunk c: x values c*64 + 4l + (0..3)
+        place += (f"\nfor c in range({chunks * LANES}):\n"
+                  "    t = np.int32(0)\n"
+                  "    for u in range(4):\n"
+                  "        t += qx[c * 4 + u]\n"
+                  f"    init[m, c] = -{dot.bias} * t")
     if f.scheme == "asym":
         place += (f"\nfor g in range({groups}):\n"
                   "    t = np.int32(0)\n"

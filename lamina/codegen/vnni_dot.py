@@ -11,12 +11,14 @@ The loop walks one weight row in chunks of 64 bytes: 128 values for 4-bit (four 
 ``ir/quant_format.py``), 64 for 8-bit. ``vpdpbusd`` needs one unsigned operand:
 
 - 4-bit: the nibbles (0..15) times x; the activation row is laid out per chunk as the low halves
-  of its four blocks, then the high halves (``x_layout``), so the low and the high nibbles of 64
-  bytes meet their x in two plain loads. A symmetric format's offset 8 is taken out exactly per
-  lane: each chunk's accumulator starts from ``init`` = ``-8 * (sum of the x bytes of that lane)``;
+  of its four blocks, then the high halves, so the low and the high nibbles of 64 bytes meet their
+  x in two plain loads;
 - 8-bit asym: the stored bytes (0..255) times x;
-- 8-bit sym: x + 128 (as unsigned bytes) times the signed weight, minus 128 times the weight
-  (a second ``vpdpbusd`` with bytes of 128): exact, and nothing precomputed from the weight.
+- 8-bit sym: the weight with its sign bit flipped (w + 128, unsigned) times x.
+
+A symmetric format's offset (``bias``: 8 or 128) is taken out exactly per lane: each chunk's
+accumulator starts from ``init`` = ``-bias * (sum of the x bytes of that lane)``, made once per call
+from x alone, so nothing is precomputed from the weight.
 
 Per channel (one scale per row) the int32 lanes accumulate over the whole row and are scaled
 once; with groups each chunk's lanes are converted to float and multiplied by their group's
@@ -60,8 +62,14 @@ class VnniDot:
 
     @property
     def uses_init(self) -> bool:
-        """Whether each chunk starts from the caller's per-lane offsets (4-bit sym)."""
-        return self.fmt.bits == 4 and self.fmt.scheme == "sym"
+        """Whether each chunk starts from the caller's per-lane offsets (the symmetric formats)."""
+        return self.fmt.scheme == "sym"
+
+    @property
+    def bias(self) -> int:
+        """What the unsigned operand adds to each weight: 8 (4-bit sym's stored offset), 128 (8-bit sym's
+        flipped sign bit), 0 (asym: the zero points are the caller's)."""
+        return 0 if self.fmt.scheme == "asym" else 8 if self.fmt.bits == 4 else 128
 
     @property
     def name(self) -> str:
@@ -122,16 +130,11 @@ class VnniDot:
                 "  %d = call <16 x i32> @llvm.x86.avx512.vpdpbusd.512(<16 x i32> %d0, <16 x i32> %hi32, <16 x i32> %x1)",
             ]
         else:
-            lines.append("  %w32 = bitcast <64 x i8> %w to <16 x i32>")
-            if signed_weight:  # (x + 128) w - 128 w, both exact in int32
-                lines += [f"  %xw = call <16 x i32> @llvm.x86.avx512.vpdpbusd.512(<16 x i32> {start}, "
-                          "<16 x i32> %x0, <16 x i32> %w32)",
-                          "  %bw = call <16 x i32> @llvm.x86.avx512.vpdpbusd.512(<16 x i32> zeroinitializer, "
-                          "<16 x i32> splat (i32 -2139062144), <16 x i32> %w32)",  # bytes 0x80 = 128
-                          "  %d = sub <16 x i32> %xw, %bw"]
-            else:
-                lines.append(f"  %d = call <16 x i32> @llvm.x86.avx512.vpdpbusd.512(<16 x i32> {start}, "
-                             "<16 x i32> %w32, <16 x i32> %x0)")
+            if signed_weight:  # w + 128 as unsigned bytes (flipping the sign bit); init takes 128 x out
+                lines.append("  %wu = xor <64 x i8> %w, splat (i8 -128)")
+            lines.append(f"  %w32 = bitcast <64 x i8> {'%wu' if signed_weight else '%w'} to <16 x i32>")
+            lines.append(f"  %d = call <16 x i32> @llvm.x86.avx512.vpdpbusd.512(<16 x i32> {start}, "
+                         "<16 x i32> %w32, <16 x i32> %x0)")
         if self.per_channel:
             lines.append("  %acc1 = add <16 x i32> %d, zeroinitializer")
         else:

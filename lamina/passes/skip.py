@@ -12,9 +12,9 @@ the ones it learned to do without.
 
 ``skip{policy=similarity,drop=block:N}`` (What Matters in Transformers / LLM-Drop) removes the N
 blocks whose output is most similar to their input on calibration data (``lamina.calibrate``'s
-per-block cosine; pass ``calibration=`` to ``lamina.compile``). Dropping attention or MLP sublayers
-alone (``attn:N``, ``mlp:N``) needs per-sublayer statistics that ``lamina.calibrate`` does not
-record yet: asking for them is an error.
+per-block cosine; pass ``calibration=`` to ``lamina.compile``); ``drop=attn:N`` and ``drop=mlp:N``
+remove the N attention (the sublayers with an ``attention`` op) or MLP sublayers whose output is most
+similar to their input (its per-sublayer cosines), the rest of their blocks kept.
 
 A removed layer is gone from the graph: its output is its input, its ops and weights are dropped,
 so no plan reads them. The graph's history records which layers went and the weight bytes saved
@@ -61,7 +61,8 @@ class SkipOptions:
 
 def skip(graph: Graph, options: SkipOptions = SkipOptions(), calibration: Any = None) -> Graph:
     """Remove the layers ``options`` schedules from ``graph``'s longest residual chain (see module doc)."""
-    chains = find_chains(graph, "block", min_layers=1)
+    granularity = "sublayer" if options.drop.startswith(("attn:", "mlp:")) else "block"
+    chains = find_chains(graph, granularity, min_layers=1)
     if not chains:
         raise SkipError(f"skip: graph @{graph.name} has no residual layer stack (h + f(h) chains) to skip layers of")
     chain = max(chains, key=lambda c: len(c.layers))
@@ -81,8 +82,11 @@ def skip(graph: Graph, options: SkipOptions = SkipOptions(), calibration: Any = 
     params = tuple(p for p in graph.params if p.value in read)
     saved = sum(_nbytes(p.value) for p in graph.params if p.value not in read)
     exporting = sum(1 for layer in removed if layer.exports)
-    note = (f"skip: removed {len(removed)} of {len(chain.layers)} layers "
-            f"({', '.join(layer.module or '?' for layer in removed)}), {saved / 1e6:.2f} MB of weights"
+    unit = "sublayers" if granularity == "sublayer" else "layers"
+    names = [(layer.module or "?") + ("" if unit == "layers" else " attn" if _is_attention(layer) else " mlp")
+             for layer in removed]
+    note = (f"skip: removed {len(removed)} of {len(chain.layers)} {unit} "
+            f"({', '.join(names)}), {saved / 1e6:.2f} MB of weights"
             + (f", predicted speedup {predicted:.2f}x" if predicted else "")
             + (f"; {exporting} of them still compute their cache entries" if exporting else ""))
     return graph.replace(ops=tuple(ops), outputs=outputs, params=params, history=graph.history + (note,))
@@ -116,26 +120,42 @@ def _evenly(n: int, middle: int) -> list[int]:
 
 
 def _by_similarity(chain: Chain, drop: str, calibration: Any) -> list[Layer]:
+    """The N blocks (or attention / MLP sublayers) of ``chain`` whose input and output are most similar."""
     kind, _, count = drop.partition(":")
-    if kind in ("attn", "mlp"):
-        raise SkipError(f"skip: drop={drop} needs per-sublayer statistics, which lamina.calibrate does not record "
-                        "yet; use drop=block:N")
-    if kind != "block" or not count.isdigit():
-        raise SkipError(f"skip: drop={drop!r} must be block:N")
+    if kind not in ("block", "attn", "mlp") or not count.isdigit():
+        raise SkipError(f"skip: drop={drop!r} must be block:N, attn:N or mlp:N")
     n = int(count)
     if calibration is None:
         raise SkipError("skip: policy=similarity needs calibration statistics: lamina.compile(model, inputs, "
                         "pipeline=..., calibration=lamina.calibrate(model, batches))")
-    if n >= len(chain.layers):
-        raise SkipError(f"skip: drop=block:{n} would remove every one of the {len(chain.layers)} layers; keep at "
+    if kind == "block":
+        candidates = list(chain.layers)
+    else:
+        candidates = [layer for layer in chain.layers if _is_attention(layer) == (kind == "attn")]
+    if kind == "block" and n >= len(candidates):
+        raise SkipError(f"skip: drop=block:{n} would remove every one of the {len(candidates)} layers; keep at "
                         "least one")
-    missing = [layer.module for layer in chain.layers if calibration.block(layer.module) is None]
+    if n > len(candidates):
+        raise SkipError(f"skip: drop={drop} asks for more than the {len(candidates)} {kind} sublayers there are")
+    missing = [layer.module for layer in candidates if _similarity(calibration, layer, kind) is None]
     if missing:
-        raise SkipError(f"skip: the calibration has no statistics for layers {', '.join(missing[:3])}; calibrate "
+        what = "statistics" if kind == "block" else f"{kind} sublayer statistics (its attention output not found)"
+        raise SkipError(f"skip: the calibration has no {what} for layers {', '.join(missing[:3])}; calibrate "
                         "the model this graph was traced from")
-    ranked = sorted(chain.layers, key=lambda layer: -calibration.block(layer.module).cosine)
+    ranked = sorted(candidates, key=lambda layer: -_similarity(calibration, layer, kind))
     chosen = {id(layer) for layer in ranked[:n]}
     return [layer for layer in chain.layers if id(layer) in chosen]
+
+
+def _is_attention(layer: Layer) -> bool:
+    return any(op.name == "attention" for op in layer.ops)
+
+
+def _similarity(calibration: Any, layer: Layer, kind: str) -> float | None:
+    block = calibration.block(layer.module)
+    if block is None:
+        return None
+    return block.cosine if kind == "block" else block.sublayer_cosine(kind)
 
 
 def _weights(graph: Graph) -> dict[Value, int]:

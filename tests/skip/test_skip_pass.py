@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import re
 
 import pytest
 import torch
@@ -84,12 +85,68 @@ def test_similarity_removes_the_blocks_that_change_the_stream_least(tmp_path) ->
     ("skip{speedup=50}", "speedup=50 needs more than the 6 removable layers of 8"),
     ("skip{policy=similarity,drop=block:2}", "needs calibration statistics"),
     ("skip{policy=similarity}", "needs drop=block:N"),
-    ("skip{policy=similarity,drop=attn:2}", "per-sublayer statistics"),
+    ("skip{policy=similarity,drop=attn:2}", "needs calibration statistics"),
+    ("skip{policy=similarity,drop=heads:2}", "must be block:N, attn:N or mlp:N"),
     ("skip{policy=random}", "policy='random' is not one of unified, exit, similarity"),
 ])
 def test_bad_schedules_name_the_option(pipeline: str, words: str) -> None:
     with pytest.raises(SkipError, match=words):
         run_pipeline(lamina.trace(_model(), (X,)), f"canonicalize,{pipeline}")
+
+
+def _silenced(model: CharGPT, blocks: list[int], sublayer: str) -> CharGPT:
+    """The eager model with the attention (or MLP) sublayer of ``blocks`` adding nothing: what removing it means."""
+    out = copy.deepcopy(model)
+    with torch.no_grad():
+        for i in blocks:
+            layer = out.h[i].c_proj if sublayer == "attn" else out.h[i].c_out
+            layer.weight.zero_()
+            layer.bias.zero_()
+    return out
+
+
+@pytest.mark.parametrize("sublayer, shrunk", [("attn", [2, 6]), ("mlp", [1, 4])])
+def test_similarity_drops_the_sublayers_that_change_the_stream_least(tmp_path, sublayer: str,
+                                                                      shrunk: list[int]) -> None:
+    model = _model()
+    with torch.no_grad():  # two sublayers made nearly the identity
+        for i in shrunk:
+            layer = model.h[i].c_proj if sublayer == "attn" else model.h[i].c_out
+            layer.weight.mul_(1e-3)
+            layer.bias.zero_()
+    stats = lamina.calibrate(model, [X], cache_dir=tmp_path, progress=False)
+    assert all(b.attn_cosine is not None and b.mlp_cosine is not None for b in stats.blocks.values())
+    compiled = lamina.compile(model, (X,), pipeline=f"canonicalize,skip{{policy=similarity,drop={sublayer}:2}},fuse",
+                              calibration=stats, poison=True)
+    assert any(f"removed 2 of 16 sublayers (h.{shrunk[0]} {sublayer}, h.{shrunk[1]} {sublayer})" in h
+               for h in compiled.graph.history)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(X), _silenced(model, shrunk, sublayer)(X), rtol=1e-5, atol=1e-5)
+
+
+def test_a_dropped_attention_sublayer_keeps_its_cache_entries(tmp_path) -> None:
+    from lamina.models.char_gpt import Decode, Prefill
+
+    model = _model()
+    stats = lamina.calibrate(model, [X], cache_dir=tmp_path, progress=False)
+    token = X[:1, :1]
+    with torch.no_grad():
+        _, keys, values = Prefill(model)(X[:1])
+        compiled = lamina.compile(Decode(model), (token, keys, values), calibration=stats, poison=True,
+                                  pipeline="canonicalize,skip{policy=similarity,drop=attn:3},fuse")
+        note = next(h for h in compiled.graph.history if h.startswith("skip: removed"))
+        dropped = [int(i) for i in re.findall(r"h\.(\d+) attn", note)]
+        assert len(dropped) == 3
+        want = Decode(_silenced(model, dropped, "attn"))(token, keys, values)
+        for got, expected in zip(compiled(token, keys, values), want):
+            torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_more_sublayers_than_there_are_is_an_error(tmp_path) -> None:
+    model = _model(4)
+    stats = lamina.calibrate(model, [X], cache_dir=tmp_path, progress=False)
+    with pytest.raises(SkipError, match="more than the 4 mlp sublayers"):
+        lamina.compile(model, (X,), pipeline="canonicalize,skip{policy=similarity,drop=mlp:5}", calibration=stats)
 
 
 def test_removing_every_block_is_an_error(tmp_path) -> None:
