@@ -8,7 +8,8 @@ Decode: batch 1, one token after a 48-position cache, ``lamina.compile`` of ``ch
 the schedule's pipeline; medians of interleaved rounds of 200 steps. Perplexity and agreement: the
 next 64K characters, 64-character windows, through ``lamina.compile`` of the whole model. "similarity"
 removes as many blocks as the unified schedule of the same row, the ones ``lamina.calibrate`` finds
-closest to the identity.
+closest to the identity; "similarity, N attn / mlp" removes N attention or MLP sublayers alone; "exit S"
+removes the last blocks (early exit) for a predicted speedup S.
 """
 from __future__ import annotations
 
@@ -90,6 +91,17 @@ def main() -> None:
             schedules[similar] = f"canonicalize,skip{{policy=similarity,drop=block:{n}}},fuse"
             decoders[similar] = lamina.compile(Decode(model), (token, keys, values), pipeline=schedules[similar],
                                                calibration=stats, fallback=False)
+    for kind in ("attn", "mlp"):  # sublayers alone (What Matters in Transformers): a third and half of them
+        for n in (ns.layers // 3, ns.layers // 2):
+            name = f"similarity, {n} {kind}"
+            schedules[name] = f"canonicalize,skip{{policy=similarity,drop={kind}:{n}}},fuse"
+            decoders[name] = lamina.compile(Decode(model), (token, keys, values), pipeline=schedules[name],
+                                            calibration=stats, fallback=False)
+    for s in (1.5, 2.0):
+        name = f"exit {s:g}"
+        schedules[name] = f"canonicalize,skip{{policy=exit,speedup={s}}},fuse"
+        decoders[name] = lamina.compile(Decode(model), (token, keys, values), pipeline=schedules[name],
+                                        fallback=False)
     times: dict[str, list[float]] = {name: [] for name in decoders}
     with torch.inference_mode():
         for fn in decoders.values():
@@ -106,12 +118,12 @@ def main() -> None:
     for name, pipeline in schedules.items():
         us = sorted(times[name])[len(times[name]) // 2]
         ppl, top1 = (full_ppl, full_top1) if name == "full" else evaluate(model, pipeline, stats, held_out, full_top1)
-        target = name.split()[1] + "x" if name.startswith("unified") else ""
+        target = name.split()[1] + "x" if name.startswith(("unified", "exit")) else ""
         rows.append((name, str(removed_count(decoders[name])), target, predicted(decoders[name]), f"{us:.0f}",
                      f"{base / us:.2f}x", f"{ppl:.3f}",
                      f"{(ppl / full_ppl - 1) * 100:+.1f}%", f"{(top1 == full_top1).float().mean().item():.1%}"))
     print(f"\nCharGPT {ns.layers} layers, d_model {ns.d_model}; decode: batch 1 after a 48-position cache")
-    print_table(["schedule", "blocks removed", "target", "predicted", "us/step", "measured", "perplexity", "vs full",
+    print_table(["schedule", "removed", "target", "predicted", "us/step", "measured", "perplexity", "vs full",
                  "top-1 = full"],
                 rows)
 
