@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -90,19 +91,22 @@ class SpeculativeDecoder:
         passes = self.pipeline.split(",")
         return ",".join([*passes[:-1], self.draft, passes[-1]] if len(passes) > 1 else [self.draft, *passes])
 
-    def generate(self, input_ids: torch.Tensor, max_new_tokens: int) -> SpeculativeResult:
-        """Greedy continuation of ``input_ids`` [1, T] by ``max_new_tokens`` tokens."""
+    def generate(self, input_ids: torch.Tensor, max_new_tokens: int,
+                 eos_token_id: int | Sequence[int] | None = None) -> SpeculativeResult:
+        """Greedy continuation of ``input_ids`` [1, T] by ``max_new_tokens`` tokens, ending after an end-of-sequence
+        token as transformers' ``generate`` does (``eos_token_id``; default: the model's generation config's)."""
         if input_ids.dim() != 2 or input_ids.shape[0] != 1:
             raise SpeculativeError(f"generate: input_ids must be [1, tokens] (one sequence: each row would accept "
                                    f"a different number of drafts), got shape {list(input_ids.shape)}")
         if max_new_tokens < 1:
             raise SpeculativeError(f"generate: max_new_tokens={max_new_tokens} must be at least 1")
         session = self._session()
+        stops = _stop_tokens(self.model, eos_token_id)
         with torch.inference_mode():
             start = time.perf_counter()
             tokens = [session.prefill(input_ids)[:, -1:].argmax(-1)]
             drafted = accepted = forwards = 0
-            while len(tokens) < max_new_tokens:
+            while len(tokens) < max_new_tokens and not stops.intersection(int(t) for t in tokens):
                 base = session.length()
                 proposal = [tokens[-1]]
                 for _ in range(self.lookahead):  # the draft, one token at a time on the shared cache
@@ -119,6 +123,8 @@ class SpeculativeDecoder:
                 session.truncate(base + agree + 1)  # the verified positions: the last token and the accepted
             seconds = time.perf_counter() - start
         new = torch.cat(tokens, 1)[:, :max_new_tokens]
+        ended = [i for i, t in enumerate(new[0].tolist()) if t in stops]
+        new = new[:, :ended[0] + 1] if ended else new
         return SpeculativeResult(torch.cat([input_ids, new], 1), new.shape[1], drafted, accepted, forwards, seconds)
 
     def _session(self) -> "HFSession | CharGPTSession":
@@ -222,9 +228,20 @@ def _check_cut(held: int, length: int) -> None:
 
 
 def generate(model: torch.nn.Module, input_ids: torch.Tensor, max_new_tokens: int, *, draft: str,
-             lookahead: int = 4, pipeline: str = "canonicalize,fuse", calibration: Any = None) -> SpeculativeResult:
-    """Greedy decoding of a transformers causal LM with self-speculation (see the module docstring): the same
-    tokens as full greedy decoding, most of them paid at the cost of the skipped ``draft`` schedule. For
-    repeated calls keep a ``SpeculativeDecoder`` (it compiles once)."""
+             lookahead: int = 4, pipeline: str = "canonicalize,fuse", calibration: Any = None,
+             eos_token_id: int | Sequence[int] | None = None) -> SpeculativeResult:
+    """Greedy decoding of a transformers causal LM (or lamina's CharGPT) with self-speculation (see the module
+    docstring): the same tokens as full greedy decoding, most of them paid at the cost of the skipped ``draft``
+    schedule. For repeated calls keep a ``SpeculativeDecoder`` (it compiles once)."""
     decoder = SpeculativeDecoder(model, draft, lookahead, pipeline, calibration)
-    return decoder.generate(input_ids, max_new_tokens)
+    return decoder.generate(input_ids, max_new_tokens, eos_token_id)
+
+
+def _stop_tokens(model: torch.nn.Module, eos_token_id: int | Sequence[int] | None) -> set[int]:
+    """The end-of-sequence tokens: those given, else the model's generation config's (none for CharGPT)."""
+    if eos_token_id is None:
+        config = getattr(model, "generation_config", None)
+        eos_token_id = getattr(config, "eos_token_id", None)
+    if eos_token_id is None:
+        return set()
+    return {int(eos_token_id)} if isinstance(eos_token_id, int) else {int(t) for t in eos_token_id}

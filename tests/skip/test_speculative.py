@@ -97,6 +97,21 @@ def test_the_cache_keeps_only_verified_positions(monkeypatch: pytest.MonkeyPatch
     assert lengths and lengths[0][0] == 6
 
 
+def test_generation_ends_after_the_end_of_sequence_token_as_generate_does() -> None:
+    """Without min_new_tokens, generate stops at the model's EOS token; so does the speculative decoder."""
+    model = tiny_hf_model("gpt2", layers=4)
+    ids = torch.randint(1, 128, (1, 6), generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        plain = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=NEW, do_sample=False)
+    stop = int(plain[0, 6 + 2])  # a token greedy decoding produces early, taken as the end of sequence
+    with torch.no_grad():
+        want = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=NEW, do_sample=False,
+                              eos_token_id=stop)
+    got = lamina.generate(model, ids, NEW, draft="skip{speedup=1.3}", lookahead=3, eos_token_id=stop)
+    assert want.shape[1] < ids.shape[1] + NEW
+    assert torch.equal(got.tokens, want)
+
+
 @pytest.mark.parametrize("kwargs, message", [
     (dict(draft="skip{speedup=1.5}", lookahead=0), "lookahead=0"),
     (dict(draft="canonicalize,fuse", lookahead=2), "no skip pass"),
