@@ -100,3 +100,23 @@ def test_a_transformers_llama_trains_with_it() -> None:
             opt.step()
             losses.append(loss.item())
     assert losses[-1] < losses[0] - 1.0
+
+
+def test_blocks_returning_tuples_keep_their_other_outputs() -> None:
+    """CharGPT's blocks return (h, keys, values): a dropped block passes h through and keeps its keys and values,
+    and a whole training forward gives the early-exit loss."""
+    from lamina.models.char_gpt import CharGPT
+
+    torch.manual_seed(4)
+    model = CharGPT(d_model=32, n_heads=2, n_layers=3, max_len=16).train()
+    x = torch.randint(0, 96, (64, 8))
+    h = model.embed(x)
+    with LayerDropRegularizer(model.h, model.head, max_drop=0.9, exit_weight=0.5) as reg:
+        out, k, v = model.h[2](h)  # the last block: dropped for about 90% of the sequences
+        dropped = (out - h).abs().amax((1, 2)) == 0
+        assert 0.7 < dropped.float().mean().item() < 1.0
+        assert k.shape == v.shape == (64, 2, 8, 16)
+        logits = model(x)
+        loss = F.cross_entropy(logits.flatten(0, 1), x.flatten()) + reg.loss(x)
+    loss.backward()
+    assert model.h[0].c_fc.weight.grad is not None
