@@ -105,8 +105,9 @@ class SpeculativeDecoder:
         with torch.inference_mode():
             start = time.perf_counter()
             tokens = [session.prefill(input_ids)[:, -1:].argmax(-1)]
+            ended = int(tokens[0]) in stops
             drafted = accepted = forwards = 0
-            while len(tokens) < max_new_tokens and not stops.intersection(int(t) for t in tokens):
+            while len(tokens) < max_new_tokens and not ended:
                 base = session.length()
                 proposal = [tokens[-1]]
                 for _ in range(self.lookahead):  # the draft, one token at a time on the shared cache
@@ -119,12 +120,14 @@ class SpeculativeDecoder:
                 while agree < self.lookahead and int(window[0, agree + 1]) == int(choice[agree]):
                     agree += 1
                 drafted, accepted = drafted + self.lookahead, accepted + agree
-                tokens += [window[:, i + 1:i + 2] for i in range(agree)] + [choice[agree].reshape(1, 1)]
+                added = [window[:, i + 1:i + 2] for i in range(agree)] + [choice[agree].reshape(1, 1)]
+                tokens += added
+                ended = any(int(t) in stops for t in added)
                 session.truncate(base + agree + 1)  # the verified positions: the last token and the accepted
             seconds = time.perf_counter() - start
         new = torch.cat(tokens, 1)[:, :max_new_tokens]
-        ended = [i for i, t in enumerate(new[0].tolist()) if t in stops]
-        new = new[:, :ended[0] + 1] if ended else new
+        stopped = [i for i, t in enumerate(new[0].tolist()) if t in stops]
+        new = new[:, :stopped[0] + 1] if stopped else new
         return SpeculativeResult(torch.cat([input_ids, new], 1), new.shape[1], drafted, accepted, forwards, seconds)
 
     def _session(self) -> "HFSession | CharGPTSession":

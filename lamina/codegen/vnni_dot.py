@@ -23,10 +23,12 @@ from x alone, so nothing is precomputed from the weight.
 Per channel (one scale per row) the int32 lanes accumulate over the whole row and are scaled
 once; with groups each chunk's lanes are converted to float and multiplied by their group's
 scale (a chunk holds 1, 2 or 4 groups, or lies inside one). The function returns a double:
-``sum_g scale_g * dot_g``; the asymmetric zero points' correction is left to the caller. Each chunk prefetches the bytes ``PREFETCH_BYTES`` ahead (the next rows).
+``sum_g scale_g * dot_g``; the asymmetric zero points' correction is left to the caller. Each chunk
+prefetches the bytes ``PREFETCH_BYTES`` ahead (the next rows).
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from ..ir.quant_format import QuantFormat
@@ -89,8 +91,9 @@ class VnniDot:
 
     def source(self) -> str:
         """``double @name(ptr q, ptr x, ptr scales, ptr init)``: q the row's packed bytes, x the row of
-        activation bytes (``x_layout``), scales the row's group scales, init int32 [chunks, 16]."""
+        activation bytes (laid out as the module doc says), scales the row's group scales, init int32 [chunks, 16]."""
         nibbles = self.fmt.bits == 4
+        dot = "%acc1" if self.per_channel else "%d"  # per channel the chunk's dot is the next accumulator
         x_step = 2 * CHUNK_BYTES if nibbles else CHUNK_BYTES
         signed_weight = self.fmt.bits == 8 and self.fmt.scheme == "sym"
         lines = [
@@ -127,17 +130,16 @@ class VnniDot:
                 "  %x1 = load <16 x i32>, ptr %xp2, align 1",
                 f"  %d0 = call <16 x i32> @llvm.x86.avx512.vpdpbusd.512(<16 x i32> {start}, <16 x i32> %lo32, "
                 "<16 x i32> %x0)",
-                "  %d = call <16 x i32> @llvm.x86.avx512.vpdpbusd.512(<16 x i32> %d0, <16 x i32> %hi32, <16 x i32> %x1)",
+                f"  {dot} = call <16 x i32> @llvm.x86.avx512.vpdpbusd.512(<16 x i32> %d0, <16 x i32> %hi32, "
+                "<16 x i32> %x1)",
             ]
         else:
             if signed_weight:  # w + 128 as unsigned bytes (flipping the sign bit); init takes 128 x out
                 lines.append("  %wu = xor <64 x i8> %w, splat (i8 -128)")
             lines.append(f"  %w32 = bitcast <64 x i8> {'%wu' if signed_weight else '%w'} to <16 x i32>")
-            lines.append(f"  %d = call <16 x i32> @llvm.x86.avx512.vpdpbusd.512(<16 x i32> {start}, "
+            lines.append(f"  {dot} = call <16 x i32> @llvm.x86.avx512.vpdpbusd.512(<16 x i32> {start}, "
                          "<16 x i32> %w32, <16 x i32> %x0)")
-        if self.per_channel:
-            lines.append("  %acc1 = add <16 x i32> %d, zeroinitializer")
-        else:
+        if not self.per_channel:
             lines += ["  %df = sitofp <16 x i32> %d to <16 x float>", *self._scale_vector(),
                       "  %acc1 = call <16 x float> @llvm.fma.v16f32(<16 x float> %df, <16 x float> %sv, "
                       "<16 x float> %acc)"]
@@ -189,6 +191,7 @@ DECLARATIONS = [
 ]
 
 
+@functools.cache  # a property of the machine (about 0.1 ms to ask LLVM)
 def host_has_vnni() -> bool:
     """Whether this CPU runs ``vpdpbusd`` on 512-bit vectors (AVX-512 BW and VNNI), per LLVM's host query."""
     import llvmlite.binding as llvm

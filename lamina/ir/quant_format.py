@@ -154,13 +154,13 @@ def unpack(qweight: torch.Tensor, fmt: QuantFormat) -> torch.Tensor:
 
 
 def dequantize(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None,
-               fmt: QuantFormat) -> torch.Tensor:
-    """The float32 weight [N, K] the stored tensors mean."""
+               fmt: QuantFormat, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The weight [N, K] the stored tensors mean, computed in ``dtype`` (float64: exactly)."""
     v = unpack(qweight, fmt)
     n, k = v.shape
     g = fmt.group_size(k)
-    offset = zeros[..., None] if zeros is not None else fmt.offset
-    return ((v.reshape(n, k // g, g).to(torch.float32) - offset) * scales[..., None]).reshape(n, k)
+    offset = zeros.to(dtype)[..., None] if zeros is not None else fmt.offset
+    return ((v.reshape(n, k // g, g).to(dtype) - offset) * scales.to(dtype)[..., None]).reshape(n, k)
 
 
 def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -176,11 +176,7 @@ def int8_product(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, z
     tensors mean, ``sum_k xq[k] * (v[n, k] - offset[n, g]) * scale[n, g]`` summed in float64 (exactly, for
     any K a float32 model has), times the row's scale, rounded once to float32."""
     xq, sx = quantize_rows(x)
-    v = unpack(qweight, fmt).to(torch.float64)
-    n, k = v.shape
-    g = fmt.group_size(k)
-    offset = zeros.to(torch.float64)[..., None] if zeros is not None else fmt.offset
-    w = ((v.reshape(n, k // g, g) - offset) * scales.to(torch.float64)[..., None]).reshape(n, k)
+    w = dequantize(qweight, scales, zeros, fmt, torch.float64)
     return ((xq.to(torch.float64) @ w.t()) * sx.to(torch.float64)).to(torch.float32)
 
 

@@ -18,6 +18,7 @@ def integer_gemm_format(fmt: QuantFormat, k: int) -> bool:
     scale per group would need a GEMM per group)."""
     return (fmt.bits, fmt.group_size(k), fmt.scheme) == (8, k, "sym")
 
+
 Path = Callable[[torch.Tensor, torch.Tensor], None]  # (x [rows, K] contiguous, out [rows, N] contiguous)
 
 
