@@ -60,12 +60,15 @@ def evaluate(model: torch.nn.Module, pipeline: str, stats: object, held_out: tor
     return math.exp(total / (n * 64)), torch.cat(tops)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--layers", type=int, default=6)
-    parser.add_argument("--d-model", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=1200)
+def setup(description: str, layers: int, d_model: int, steps: int) -> tuple:
+    """Parsed options (``--layers --d-model --steps --rounds`` and ``extra`` ones), the trained model, the
+    held-out text and its calibration (8 batches of 16 training windows of 64 characters)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--layers", type=int, default=layers)
+    parser.add_argument("--d-model", type=int, default=d_model)
+    parser.add_argument("--steps", type=int, default=steps)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--windows", type=int, default=32, help="held-out windows (skip_runtime.py)")
     ns = parser.parse_args()
     torch.set_num_threads(2)
     text = stdlib_corpus(1_064_000)
@@ -74,7 +77,11 @@ def main() -> None:
     model = trained_model(ns.layers, ns.d_model, ns.steps, data)
     g = torch.Generator().manual_seed(7)
     batches = [torch.stack([data[i: i + 64] for i in row]) for row in torch.randint(0, len(data) - 65, (8, 16), generator=g)]
-    stats = lamina.calibrate(model, batches)
+    return ns, model, held_out, lamina.calibrate(model, batches)
+
+
+def main() -> None:
+    ns, model, held_out, stats = setup(__doc__.splitlines()[0], 6, 128, 1200)
     prompt = held_out[:48].view(1, 48)  # the trained model has 64 positions
     with torch.inference_mode():
         _, keys, values = Prefill(model)(prompt)

@@ -19,7 +19,7 @@ _WHERE = {
     "UnsupportedOpsError": ".errors", "Graph": ".ir", "parse": ".ir", "CompileOptions": ".options",
     "default_pipeline": ".passes.manager", "run_pipeline": ".passes.manager", "CompiledModule": ".runtime.compiled",
     "calibrate": ".calibration", "Calibration": ".calibration", "QuantFormat": ".ir.quant_format",
-    "load": ".saved", "generate": ".speculative", "SpeculativeDecoder": ".speculative",
+    "load": ".saved", "ProgramState": ".runtime.state", "generate": ".speculative", "SpeculativeDecoder": ".speculative",
 }
 
 if TYPE_CHECKING:
@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from .options import CompileOptions
     from .passes.manager import default_pipeline, run_pipeline
     from .runtime.compiled import CompiledModule
+    from .runtime.state import ProgramState
 
 
 def __getattr__(name: str) -> Any:

@@ -34,7 +34,7 @@ def trace(model: torch.nn.Module, example_inputs: Sequence[Any] | torch.Tensor,
 def compile(model: torch.nn.Module, example_inputs: Sequence[Any] | torch.Tensor, *, backend: str = "cpu",
             pipeline: str | None = None, fallback: bool = True, example_kwargs: Mapping[str, Any] | None = None,
             dynamic_shapes: Any = None, dump_dir: str | None = None, poison: bool = False,
-            kernel_language: str = "cuda_c", calibration: Any = None) -> CompiledModule:
+            kernel_language: str = "cuda_c", calibration: Any = None, state: Any = None) -> CompiledModule:
     """Compile ``model`` for inputs like ``example_inputs``; the result is called like the model.
 
     ``pipeline`` is a pass-pipeline string (``None``: ``default_pipeline(backend)``).
@@ -48,6 +48,9 @@ def compile(model: torch.nn.Module, example_inputs: Sequence[Any] | torch.Tensor
     ``poison`` fills every buffer with NaN (or -7) before each run, so unwritten elements show (for tests).
     ``calibration`` (``lamina.calibrate(model, batches)``) feeds the passes that choose per layer, such as
     ``quantize{budget=5.0}``.
+    ``state`` (a ``lamina.ProgramState``): where a program whose passes keep tensors between calls
+    (``skip{policy=router|temporal}``) keeps them; give the prefill and the decode module of one model the
+    same one, and ``reset()`` it before new sequences. Default: the compiled module's own (``.state``).
 
     The model is traced in the mode it is in: in training mode, dropout (p > 0) and batch norm (which
     updates its running statistics) are unsupported ops, so call ``model.eval()`` first. The compiled
@@ -57,7 +60,7 @@ def compile(model: torch.nn.Module, example_inputs: Sequence[Any] | torch.Tensor
 
     options = CompileOptions(backend=backend, pipeline=pipeline, fallback=fallback,
                              dump_dir=Path(dump_dir) if dump_dir else None, poison=poison,
-                             kernel_language=kernel_language, calibration=calibration)
+                             kernel_language=kernel_language, calibration=calibration, state=state)
     backend_pipeline(pipeline, backend)  # bad pipelines and backends fail first
     entry(backend).check()  # a backend the machine cannot run (no GPU) fails before tracing, with the reason
     model_name = type(model).__name__
@@ -70,11 +73,19 @@ def compile(model: torch.nn.Module, example_inputs: Sequence[Any] | torch.Tensor
     return compile_imported(imported, options, model_name)
 
 
-def compile_imported(imported: Imported, options: CompileOptions, model_name: str = "model") -> CompiledModule:
-    """Run the pipeline on a translated model and build its executor."""
+def compile_imported(imported: Imported, options: CompileOptions, model_name: str = "model",
+                     stateful: bool = True) -> CompiledModule:
+    """Run the pipeline on a translated model and build its executor; ``stateful`` false refuses a program
+    that keeps tensors between calls (torch.compile's graphs: dynamo may recompile, and the state with it)."""
     steps = backend_pipeline(options.pipeline, options.backend)
     result = run_steps(imported.graph, steps, dump_dir=options.dump_dir, check=options.verify,
                        calibration=options.calibration)
+    if result.graph.states and not stateful:
+        from .errors import LaminaError
+
+        raise LaminaError(f"pipeline {options.pipeline!r} makes a program that keeps tensors between calls "
+                          f"({', '.join(s.key for s in result.graph.states)}), which torch.compile's graphs cannot "
+                          "hold; use lamina.compile(model, inputs, pipeline=..., state=lamina.ProgramState()) instead")
     executor = entry(options.backend).make_executor(result.graph, options)
     return CompiledModule(imported, result.graph, executor, options, result.timings, model_name)
 

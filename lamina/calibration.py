@@ -11,6 +11,10 @@ next):
   or else a linear ``c_proj`` / ``o_proj`` / ``out_proj`` directly in the block): the attention
   sublayer maps ``h`` to ``h + attn``, the MLP sublayer ``h + attn`` to the block's output
   (What Matters in Transformers: attention sublayers are the most similar, the first to drop).
+- per block whose input is [batch, tokens, features], a router for ``skip{policy=router}`` (FiRST's
+  per-sequence decisions): a ridge-regression probe from a sequence's input averaged over its tokens to
+  the block's mean input/output cosine on that sequence, fitted on the calibration sequences, and its
+  predictions on them (the pass picks thresholds among these).
 - per ``nn.Linear`` (and transformers' ``Conv1D``; keyed by its weight's state-dict key): the mean square of each input channel
   over all tokens, ``h = diag(X^T X) / tokens`` (the diagonal of the layer's Hessian for a squared
   loss on its output); from it, for each candidate format, the quantization error weighted as a
@@ -39,7 +43,7 @@ from torch import nn
 from .ir.quant_format import QuantFormat, QuantFormatError, dequantize, quantize
 from .log import logger
 
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 DEFAULT_FORMATS = (QuantFormat(8, 0), QuantFormat(4, 32), QuantFormat(4, 64), QuantFormat(4, 128), QuantFormat(4, 0),
                    QuantFormat(8, 0, "asym"), QuantFormat(4, 32, "asym"))
 OUTLIER_SIGMAS = 3.0
@@ -70,6 +74,8 @@ class BlockStats:
     update_norm: float
     attn_cosine: float | None = None  # the attention sublayer's input/output cosine (None: not found)
     mlp_cosine: float | None = None
+    router: tuple[float, ...] = ()  # a probe w (then b): w . mean over tokens of the input + b ~ this sequence's cosine
+    router_scores: tuple[float, ...] = ()  # the probe's predictions on the calibration sequences
 
     def sublayer_cosine(self, kind: str) -> float | None:
         """``attn`` or ``mlp``: that sublayer's mean input/output cosine."""
@@ -140,8 +146,9 @@ class Calibration:
         data = json.loads(text)
         if data.pop("version", None) != CACHE_VERSION:
             raise ValueError("written by another version of lamina")
-        return cls(linears={k: LinearStats(**v) for k, v in data["linears"].items()},
-                   blocks={k: BlockStats(**v) for k, v in data["blocks"].items()}, batches=data["batches"],
+        blocks = {k: BlockStats(**{**v, "router": tuple(v["router"]), "router_scores": tuple(v["router_scores"])})
+                  for k, v in data["blocks"].items()}
+        return cls(linears={k: LinearStats(**v) for k, v in data["linears"].items()}, blocks=blocks, batches=data["batches"],
                    tokens=data["tokens"], key=data["key"], formats=tuple(data["formats"]))
 
 
@@ -186,6 +193,7 @@ def _measure(model: nn.Module, batches: list[Any], formats: Sequence[QuantFormat
     squares: dict[str, torch.Tensor] = {}
     counts: dict[str, int] = {}
     blocks: dict[str, list[float]] = {}
+    sequences: dict[str, tuple[list[torch.Tensor], list[torch.Tensor]]] = {}  # per block: mean inputs, cosines
     hooks = []
 
     def linear_hook(name: str) -> Any:
@@ -214,7 +222,12 @@ def _measure(model: nn.Module, batches: list[Any], formats: Sequence[QuantFormat
             x2, y2 = _rows(x), _rows(y)
             update = (y2 - x2).norm(dim=-1) / x2.norm(dim=-1).clamp_min(1e-30)
             sums = blocks.setdefault(path, [0.0] * 6)
-            sums[0] += float(_cosines(x2, y2).sum())
+            cosines = _cosines(x2, y2)
+            sums[0] += float(cosines.sum())
+            if x.dim() == 3:  # per sequence, for its router
+                means, targets = sequences.setdefault(path, ([], []))
+                means.append(x.detach().double().mean(1))
+                targets.append(cosines.reshape(x.shape[0], x.shape[1]).mean(1))
             sums[1] += float(update.sum())
             sums[2] += x2.shape[0]
             if a is not None and a.shape == x.shape:
@@ -261,8 +274,25 @@ def _measure(model: nn.Module, batches: list[Any], formats: Sequence[QuantFormat
     if progress:
         print(file=sys.stderr)
     block_stats = {p: BlockStats(p, s[0] / s[2], s[1] / s[2], s[3] / s[5] if s[5] else None,
-                                 s[4] / s[5] if s[5] else None) for p, s in blocks.items() if s[2]}
+                                 s[4] / s[5] if s[5] else None, *_router(*sequences.get(p, ([], []))))
+                   for p, s in blocks.items() if s[2]}
     return Calibration(stats, block_stats, len(batches), tokens, key, tuple(f.label for f in formats))
+
+
+def _router(means: list[torch.Tensor], targets: list[torch.Tensor],
+            ridge: float = 1e-2) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """A linear probe (w, then b) from sequences' mean inputs to their cosines by ridge regression (the penalty
+    ``ridge`` times the inputs' mean square, so it does not depend on their scale), and its predictions."""
+    if not means:
+        return (), ()
+    x, y = torch.cat(means), torch.cat(targets)
+    centre, offset = x.mean(0), y.mean()
+    xc = x - centre
+    gram = xc.T @ xc
+    penalty = ridge * float(gram.diagonal().mean()) + 1e-12
+    w = torch.linalg.solve(gram + penalty * torch.eye(x.shape[1], dtype=x.dtype), xc.T @ (y - offset))
+    b = offset - centre @ w
+    return tuple(float(v) for v in (*w, b)), tuple(float(v) for v in x @ w + b)
 
 
 def _rows(t: torch.Tensor) -> torch.Tensor:

@@ -21,6 +21,7 @@ class CompileOptions:
     poison: bool = False
     kernel_language: str = "cuda_c"
     calibration: Any = None  # a lamina.calibrate result, for passes that choose per layer (quantize{budget=})
+    state: Any = None  # a runtime.state.ProgramState shared with other compiled modules (prefill and decode)
 
     def __post_init__(self) -> None:
         backend(self.backend)  # an unknown name raises, listing the known ones

@@ -165,7 +165,7 @@ class _GraphRunner:
             with _inference():
                 imported = import_graph_module(self.gm, example_inputs, module=self.module,
                                                positions=amap.tensor_positions, dynamic_shapes=dynamic)
-            compiled = compile_imported(imported, self.options, "GraphModule")
+            compiled = compile_imported(imported, self.options, "GraphModule", stateful=False)
         except ExportError as e:  # the graph does not trace (data-dependent shapes): PyTorch runs all of it
             if not self.options.fallback:
                 raise

@@ -69,7 +69,7 @@ class LazyPiece(torch.nn.Module):
                 logger("fallback").info("%s at %s (%s): %s; runs in PyTorch", op.target, op.module or "top level",
                                         op.node, op.reason)
             return self.gm
-        compiled = compile_imported(imported, self.options, self.piece)
+        compiled = compile_imported(imported, self.options, self.piece, stateful=False)
         self.on_compiled(f"piece {self.piece}", compiled, start)
         return compiled
 

@@ -89,8 +89,24 @@ class Param:
 
 
 @dataclass(frozen=True, eq=False)
+class State:
+    """A tensor the compiled program keeps between calls (a layer-skip decision, a cached output).
+
+    It is one of the graph's last inputs (``value``), and the output in the same place among the
+    graph's last outputs is its new value; the runtime holds it under ``key`` (so the prefill and the
+    decode program of one model can share it), filled with ``init`` before the first call."""
+
+    key: str
+    value: Value
+    init: float
+
+
+@dataclass(frozen=True, eq=False)
 class Graph:
-    """A function of tensors: inputs, named parameters, ops in order, outputs."""
+    """A function of tensors: inputs, named parameters, ops in order, outputs.
+
+    ``states``: the last ``len(states)`` inputs are tensors the runtime keeps between calls, and the
+    last ``len(states)`` outputs their new values, in the same order (see ``State``)."""
 
     name: str
     inputs: tuple[Value, ...]
@@ -98,6 +114,7 @@ class Graph:
     ops: tuple[Op, ...]
     outputs: tuple[Value, ...]
     history: tuple[str, ...] = ()
+    states: tuple[State, ...] = ()
 
     def __str__(self) -> str:
         from .printer import print_graph
@@ -112,6 +129,16 @@ class Graph:
             if p.key == key:
                 return p
         raise KeyError(f"graph @{self.name} has no parameter {key!r}")
+
+    @property
+    def user_inputs(self) -> tuple[Value, ...]:
+        """The inputs a caller passes: all but the states."""
+        return self.inputs[:len(self.inputs) - len(self.states)]
+
+    @property
+    def user_outputs(self) -> tuple[Value, ...]:
+        """The outputs a caller receives: all but the states' new values."""
+        return self.outputs[:len(self.outputs) - len(self.states)]
 
     def walk(self) -> Iterator[Op]:
         """Every op, nested region ops included, in program order."""

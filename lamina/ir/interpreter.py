@@ -123,6 +123,15 @@ class Interpreter:
         self.iterations.append(count)
         return [*carried, np.array(count, dtype=np.int64)]
 
+    @REGION_SEMANTICS.register("route")
+    def run_route(self, op: Op, args: list[np.ndarray]) -> list[np.ndarray]:
+        """``route``: the region's results when the decision holds, else the ``otherwise`` inputs (or zeros)."""
+        if bool(args[0]):
+            return self.run_region(op.regions[0], args[1:])
+        shapes = [tuple(_concrete(d, self.bindings) for d in v.type.shape) for v in op.results]
+        return [args[1 + i] if i >= 0 else np.zeros(shape, v.type.dtype.numpy)
+                for i, shape, v in zip(op.attrs["otherwise"], shapes, op.results)]
+
     def run_op(self, op: Op, args: list[np.ndarray]) -> list[np.ndarray]:
         opdef = REGISTRY[op.name]
         try:

@@ -280,6 +280,14 @@ class Lowering:
         a = op.attrs
         return self.fill(a["value"], a["shape"], a["dtype"])
 
+    @MLIR.register("constant")
+    def op_constant(self, op: Op) -> T:
+        a = op.attrs
+        shape, dtype = tuple(a["shape"]), a["dtype"]
+        values = np.array(a["value"], dtype=dtype.numpy).reshape(shape)
+        dense = self.ir.DenseElementsAttr.get(values, type=self.ttype(shape, dtype))
+        return T(self.arith.ConstantOp(self.ttype(shape, dtype), dense).result, shape, dtype)
+
     @MLIR.register("arange")
     def op_arange(self, op: Op) -> T:
         a, out = op.attrs, op.result.type
@@ -704,6 +712,7 @@ _LATER = "not supported yet: export the graph before the pass or frontend that m
 NOT_EXPORTED = {
     "newton": "lower it first with the newton-expand pass (e.g. --pipeline 'canonicalize,newton{iters=2},newton-expand')",
     "iterate": "a loop with an early exit (newton with tol > 0); " + _LATER,
+    "route": "a layer run or skipped at run time (skip{policy=router|temporal}); " + _LATER,
     **{name: _LATER for name in ("pad", "slice_scatter", "as_strided", "topk", "sort", "histc", "index_put")},
     **{name: "packed quantized weights have no MLIR form here; export the graph before the quantize pass"
        for name in ("quantize", "qlinear")},

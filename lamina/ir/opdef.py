@@ -73,6 +73,7 @@ _ATTR_CHECKS: dict[str, Callable[[Any], bool]] = {
     "str": lambda v: isinstance(v, str),
     "dtype": lambda v: isinstance(v, DType),
     "ints": lambda v: isinstance(v, list) and all(_is_int(x) for x in v),
+    "floats": lambda v: isinstance(v, list) and all(_is_float(x) for x in v),
     "dims": lambda v: isinstance(v, list) and all(_is_dim(x) for x in v),
     "dim": _is_dim,
     "scalar": lambda v: isinstance(v, (bool, int, float)),

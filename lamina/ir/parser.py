@@ -10,7 +10,7 @@ from typing import Any
 import lark
 import sympy
 
-from .core import Graph, Loc, Op, Param, Region, Value
+from .core import Graph, Loc, Op, Param, Region, State, Value
 from .dtypes import DType
 from .errors import IRParseError, VerifyError
 from .ops import REGISTRY
@@ -90,7 +90,7 @@ class _Reader:
     def graph(self, node: lark.Tree) -> Graph:
         name_tok, *rest = node.children
         scope: dict[str, Value] = {}
-        inputs, params, ops = [], [], []
+        inputs, params, ops, states = [], [], [], []
         outputs: tuple[Value, ...] = ()
         for child in rest:
             if child is None:
@@ -108,11 +108,19 @@ class _Reader:
                     value = Value(self.type(type_node), key)
                     self.define(scope, tok, value)
                     params.append(Param(key, value))
+            elif child.data == "states":
+                for node in child.children:
+                    tok, init_node, key_tok = node.children
+                    init = self.value(init_node)
+                    if not isinstance(init, (int, float)) or isinstance(init, bool):
+                        raise self.error(f"state {tok} needs a number as its initial value", tok)
+                    key = json.loads(key_tok) if key_tok is not None else str(tok)[1:]
+                    states.append(State(key, self.use(scope, tok), float(init)))
             elif child.data == "op":
                 ops.append(self.op(child, scope))
             elif child.data == "ret":
                 outputs = tuple(self.use(scope, t) for t in child.children if t is not None)
-        graph = Graph(str(name_tok), tuple(inputs), tuple(params), tuple(ops), outputs)
+        graph = Graph(str(name_tok), tuple(inputs), tuple(params), tuple(ops), outputs, states=tuple(states))
         self.verify(graph)
         return graph
 

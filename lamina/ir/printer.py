@@ -126,6 +126,10 @@ def print_graph(graph: Graph, history: bool = False) -> str:
             key = "" if name(p.value)[1:] == p.key else f" {json.dumps(p.key)}"
             lines.append(f"{_INDENT * 2}{name(p.value)}: {p.value.type}{key}")
         header += " params(\n" + ",\n".join(lines) + "\n)"
+    if graph.states:  # the last inputs, kept by the runtime between calls; the last outputs are their new values
+        lines = [f"{_INDENT * 2}{name(s.value)} = {format_attr(s.init)}"
+                 + ("" if name(s.value)[1:] == s.key else f" {json.dumps(s.key)}") for s in graph.states]
+        header += " states(\n" + ",\n".join(lines) + "\n)"
     out.append(header + " {")
     for op in graph.ops:
         _print_op(op, name, 1, out)

@@ -47,6 +47,25 @@ class _Checker:
         for v in self.graph.outputs:
             if id(v) not in self.defined:
                 raise VerifyError(f"graph @{self.graph.name}: return uses {self.name(v)}, which is not defined")
+        self.states()
+
+    def states(self) -> None:
+        """States are the last inputs, in order, and the last outputs are their new values, of their types."""
+        g, n = self.graph, len(self.graph.states)
+        if not n:
+            return
+        keys = [s.key for s in g.states]
+        if len(set(keys)) != n:
+            raise VerifyError(f"graph @{g.name}: a state key is declared twice ({', '.join(keys)})")
+        if n > len(g.inputs) or n > len(g.outputs):
+            raise VerifyError(f"graph @{g.name}: {n} states need as many last inputs and outputs")
+        for s, v, new in zip(g.states, g.inputs[len(g.inputs) - n:], g.outputs[len(g.outputs) - n:]):
+            if s.value is not v:
+                raise VerifyError(f"graph @{g.name}: state {s.key!r} must be one of the last {n} inputs, in the "
+                                  "order of the states")
+            if new.type != v.type:
+                raise VerifyError(f"graph @{g.name}: state {s.key!r} is {v.type} but its new value (output "
+                                  f"{len(g.outputs) - n + keys.index(s.key)}) is {new.type}")
 
     def block(self, ops: tuple[Op, ...], visible: set[int], terminator: str | None) -> None:
         for i, op in enumerate(ops):
@@ -131,6 +150,23 @@ class _Checker:
             raise InferenceError(f"iterate region must yield the carried types ({', '.join(map(str, carried))}) "
                                  f"then a float scalar, got ({', '.join(map(str, yields))})")
         return tuple(region_result_types("iterate", op.regions, attrs))
+
+    @REGION_TYPING.register("route")
+    def route(self, op: Op, attrs: dict) -> tuple:
+        """A bool scalar decision; per result, an input of its type (or -1: zeros) to give when not taken."""
+        decision = op.operands[0].type
+        if decision.rank != 0 or decision.dtype.name != "bool":
+            raise InferenceError(f"route decision must be a bool scalar, got {decision}")
+        yields = self.region(op, op.regions[0])
+        inputs = op.operands[1:]
+        if len(attrs["otherwise"]) != len(yields):
+            raise InferenceError(f"route has {len(yields)} results but otherwise names {len(attrs['otherwise'])}")
+        for j, (i, t) in enumerate(zip(attrs["otherwise"], yields)):
+            if not -1 <= i < len(inputs):
+                raise InferenceError(f"route otherwise[{j}]={i} is not an input (0..{len(inputs) - 1}) or -1 (zeros)")
+            if i >= 0 and inputs[i].type != t:
+                raise InferenceError(f"route result {j} is {t} but otherwise gives input {i} of type {inputs[i].type}")
+        return yields
 
     def region(self, op: Op, region: Region, index: int = 0) -> tuple:
         arg_types = tuple(a.type for a in region.args)

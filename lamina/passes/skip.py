@@ -16,6 +16,10 @@ per-block cosine; pass ``calibration=`` to ``lamina.compile``); ``drop=attn:N`` 
 remove the N attention (the sublayers with an ``attention`` op) or MLP sublayers whose output is most
 similar to their input (its per-sublayer cosines), the rest of their blocks kept.
 
+``skip{policy=router,speedup=S}`` (FiRST) and ``skip{policy=temporal,period=P}`` (LoRA-Drop) skip at run
+time instead: the layers they choose become ``route`` ops, decided per sequence by a calibrated probe or
+every P calls, with state tensors the compiled program keeps between calls (``passes/skip_route.py``).
+
 A removed layer is gone from the graph: its output is its input, its ops and weights are dropped,
 so no plan reads them. The graph's history records which layers went and the weight bytes saved
 (``lamina dump --history``). A layer that exports values (its new keys and values for a KV cache)
@@ -32,9 +36,10 @@ from ..ir.core import Graph, Value
 from ..ir.errors import LaminaError
 from .layers import Chain, Layer, find_chains
 from .rewrite import remove_dead
+from .skip_route import route_layers, router_block, temporal_layer, thresholds
 from .toolkit import ValueMap
 
-POLICIES = ("unified", "exit", "similarity")
+POLICIES = ("unified", "exit", "similarity", "router", "temporal")
 
 
 class SkipError(LaminaError, ValueError):
@@ -43,12 +48,14 @@ class SkipError(LaminaError, ValueError):
 
 @dataclass(frozen=True)
 class SkipOptions:
-    """policy: unified, exit or similarity; speedup: unified's and exit's target (>= 1); drop: similarity's
-    ``block:N``."""
+    """policy: unified, exit, similarity, router or temporal; speedup: the target of unified, exit and router
+    (>= 1); drop: similarity's ``block:N``, ``attn:N`` or ``mlp:N`` (optional for temporal); period: temporal's
+    refresh period in calls (>= 1)."""
 
     policy: str = "unified"
     speedup: float = 1.0
     drop: str = ""
+    period: int = 0
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
@@ -57,6 +64,11 @@ class SkipOptions:
             raise SkipError(f"skip: speedup={self.speedup:g} must be at least 1 (1 removes nothing)")
         if self.policy == "similarity" and not self.drop:
             raise SkipError("skip: policy=similarity needs drop=block:N (the number of blocks to remove)")
+        if self.policy == "temporal" and (not isinstance(self.period, int) or self.period < 1):
+            raise SkipError(f"skip: policy=temporal needs period=P, a whole number of calls >= 1 between "
+                            f"refreshes (1 computes every call), got period={self.period!r}")
+        if self.period and self.policy != "temporal":
+            raise SkipError(f"skip: period= is temporal's option, not policy={self.policy}'s")
 
 
 def skip(graph: Graph, options: SkipOptions = SkipOptions(), calibration: Any = None) -> Graph:
@@ -66,6 +78,14 @@ def skip(graph: Graph, options: SkipOptions = SkipOptions(), calibration: Any = 
     if not chains:
         raise SkipError(f"skip: graph @{graph.name} has no residual layer stack (h + f(h) chains) to skip layers of")
     chain = max(chains, key=lambda c: len(c.layers))
+    if options.policy == "router":
+        return _routed(graph, chain, options.speedup, calibration)
+    if options.policy == "temporal":
+        layers = _by_similarity(chain, options.drop, calibration) if options.drop else list(chain.layers[1:-1])
+        names = ", ".join(f"{layer.module}{_sublayer_kind(layer, granularity)}" for layer in layers)
+        return route_layers(graph, layers, temporal_layer(options.period),
+                            f"skip: temporal, {len(layers)} {granularity}s refreshed every {options.period} calls "
+                            f"({names})")
     if options.policy in ("unified", "exit"):
         removed, predicted = _by_cost(graph, chain, options.speedup, options.policy)
     else:
@@ -83,8 +103,7 @@ def skip(graph: Graph, options: SkipOptions = SkipOptions(), calibration: Any = 
     saved = sum(_nbytes(p.value) for p in graph.params if p.value not in read)
     exporting = sum(1 for layer in removed if layer.exports)
     unit = "sublayers" if granularity == "sublayer" else "layers"
-    names = [(layer.module or "?") + ("" if unit == "layers" else " attn" if _is_attention(layer) else " mlp")
-             for layer in removed]
+    names = [(layer.module or "?") + _sublayer_kind(layer, granularity) for layer in removed]
     note = (f"skip: removed {len(removed)} of {len(chain.layers)} {unit} "
             f"({', '.join(names)}), {saved / 1e6:.2f} MB of weights"
             + (f", predicted speedup {predicted:.2f}x" if predicted else "")
@@ -145,6 +164,45 @@ def _by_similarity(chain: Chain, drop: str, calibration: Any) -> list[Layer]:
     ranked = sorted(candidates, key=lambda layer: -_similarity(calibration, layer, kind))
     chosen = {id(layer) for layer in ranked[:n]}
     return [layer for layer in chain.layers if id(layer) in chosen]
+
+
+def _routed(graph: Graph, chain: Chain, speedup: float, calibration: Any) -> Graph:
+    """The middle blocks of ``chain`` as route ops with calibrated routers, skipped by a share of sequences
+    that predicts ``speedup`` (see ``passes/skip_route.py``)."""
+    if calibration is None:
+        raise SkipError("skip: policy=router needs calibration (its routers are probes lamina.calibrate fits): "
+                        "lamina.compile(model, inputs, pipeline=..., calibration=lamina.calibrate(model, batches))")
+    layers = list(chain.layers[1:-1])
+    if not layers:
+        raise SkipError(f"skip: policy=router routes the middle blocks (the first and last are kept), and this "
+                        f"stack has {len(chain.layers)}")
+    if any(layer.stream.type.rank != 3 for layer in layers):
+        raise SkipError("skip: policy=router needs a [batch, tokens, features] stream (its decision is per sequence)")
+    stats = [calibration.block(layer.module) for layer in layers]
+    missing = [layer.module for layer, b in zip(layers, stats) if b is None or not b.router]
+    if missing:
+        raise SkipError(f"skip: the calibration has no router for blocks {', '.join(missing[:3])}; calibrate the "
+                        "model this graph was traced from, with batches of [batch, tokens] sequences")
+    weights = _weights(graph)
+    costs = [_cost(layer.ops, weights) for layer in layers]
+    inside = {id(op) for layer in chain.layers for op in layer.ops}
+    total = sum(_cost(layer.ops, weights) for layer in chain.layers) + _cost(
+        [op for op in graph.ops if id(op) not in inside], weights)
+    share = (1 - 1 / speedup) * total / sum(costs) if sum(costs) else 0.0
+    if share > 1:
+        best = total / (total - sum(costs))
+        raise SkipError(f"skip: speedup={speedup:g} is more than skipping all {len(layers)} routed blocks for every "
+                        f"sequence gives ({best:.2f}x; the first and last are kept)")
+    marks = [thresholds(b.router_scores, share) for b in stats]
+    note = (f"skip: router, {len(layers)} of {len(chain.layers)} blocks routed "
+            f"({', '.join(layer.module for layer in layers)}), each skipped by about {share:.0%} of sequences, "
+            f"predicted speedup {speedup:.2f}x")
+    builders = {id(layer): router_block(mark, b.router) for layer, mark, b in zip(layers, marks, stats)}
+    return route_layers(graph, layers, lambda out, layer, *rest: builders[id(layer)](out, layer, *rest), note)
+
+
+def _sublayer_kind(layer: Layer, granularity: str) -> str:
+    return "" if granularity == "block" else " attn" if _is_attention(layer) else " mlp"
 
 
 def _is_attention(layer: Layer) -> bool:

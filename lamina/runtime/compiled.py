@@ -17,6 +17,7 @@ from ..ir.interpreter import bind_symbols
 from ..backends import backend
 from ..options import CompileOptions
 from ..passes.manager import PassTiming
+from .state import ProgramState
 
 Executor = Callable[[Sequence[torch.Tensor], Mapping[str, torch.Tensor]], list[torch.Tensor]]
 
@@ -38,6 +39,11 @@ def reference_executor(graph: Graph) -> Executor:
         return [torch.from_numpy(np.array(a, copy=True)).to(to_torch(v.type.dtype)) for a, v in zip(arrays, graph.outputs)]
 
     return run
+
+
+def _shape_only(x: torch.Tensor) -> np.ndarray:
+    """An array of ``x``'s shape and no data, for binding size symbols."""
+    return np.broadcast_to(np.empty((), dtype=bool), tuple(x.shape))
 
 
 def _same_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -65,10 +71,14 @@ class CompiledModule:
         self._executor = executor
         self._weights = {k: v.detach() for k, v in imported.weights.items()}
         # each call's shapes are checked without SymPy: by the executor when it binds sizes itself
-        self._binder = None if hasattr(executor, "binder") else ShapeBinder([v.type for v in graph.inputs])
-        self._dtypes = [to_torch(v.type.dtype) for v in graph.inputs]
+        self._binder = None if hasattr(executor, "binder") else ShapeBinder([v.type for v in graph.user_inputs])
+        self._dtypes = [to_torch(v.type.dtype) for v in graph.user_inputs]
         self._mutations = imported.mutations
-        self._user_outputs = len(graph.outputs) - len(imported.mutations)
+        self._user_outputs = len(graph.user_outputs) - len(imported.mutations)
+        # tensors the program keeps between calls (skip{policy=router|temporal}); shared when options.state is
+        self.state = (options.state if options.state is not None else ProgramState()) if graph.states else None
+        self._state_binder = ShapeBinder([v.type for v in graph.user_inputs]) if graph.states else None
+        self._state_shapes: dict[tuple[int, ...], list[tuple[int, ...]]] = {}  # per set of sizes
         n = len(imported.roles)
         # the common case, model(t1, ..., tn) -> tensor(s): no pytree work per call
         self._plain_args = (imported.in_spec == pytree.tree_flatten((tuple(range(n)), {}))[1]
@@ -76,7 +86,7 @@ class CompiledModule:
         self._single_output = imported.out_spec.is_leaf()
         # dynamo's calls: every argument positional (weights among them), a flat tuple back; no pytree work
         self._positional = imported.in_spec == pytree.tree_flatten((tuple(range(n)), {}))[1]
-        k = len(graph.outputs) - len(imported.mutations)
+        k = self._user_outputs
         self._flat_output = next((out for out in (tuple(range(k)), list(range(k)))
                                   if imported.out_spec == pytree.tree_flatten(out)[1]), None)
         self._warned_about_grad = False
@@ -89,7 +99,7 @@ class CompiledModule:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if not self._warned_about_grad and torch.is_grad_enabled():
             self._warn_if_gradients_expected(args, kwargs)
-        if self._plain_args and not kwargs and len(args) == len(self.graph.inputs) \
+        if self._plain_args and not kwargs and len(args) == len(self.graph.user_inputs) \
                 and all(isinstance(a, torch.Tensor) for a in args):
             inputs = [self._check(i, a) for i, a in enumerate(args)]
             self._check_signature(inputs)
@@ -116,7 +126,7 @@ class CompiledModule:
                 raise InputMismatchError(
                     f"{self.model_name} was compiled for {_describe(expected)} but was called with "
                     f"{_describe(spec)}; call it as it was traced or compile again")
-        inputs: list[Any] = [None] * len(self.graph.inputs)
+        inputs: list[Any] = [None] * len(self.graph.user_inputs)
         weights, moved = self._weights, False
         for position, (role, value) in enumerate(zip(self.imported.roles, flat)):
             if isinstance(role, ConstRole):
@@ -169,11 +179,30 @@ class CompiledModule:
 
     def _run(self, inputs: Sequence[torch.Tensor], weights: Mapping[str, torch.Tensor]) -> list[torch.Tensor]:
         try:
-            return self._executor(inputs, weights)
+            if self.state is None:
+                return self._executor(inputs, weights)
+            with self.state.lock:  # the states' values in, their new values kept
+                states = self.state.inputs(self.graph, self._shapes_of_states(inputs), backend(self.options.backend).device)
+                outputs = self._executor([*inputs, *states], weights)
+                n = len(self.graph.states)
+                self.state.update(self.graph, outputs[len(outputs) - n:])
+                return outputs[:len(outputs) - n]
         except ShapeMismatch:  # the executor binds the sizes itself: name the input and the shapes
             if self.options.check_inputs:
                 self._check_shapes(inputs)
             raise
+
+    def _shapes_of_states(self, inputs: Sequence[torch.Tensor]) -> list[tuple[int, ...]]:
+        """The states' shapes for a call with ``inputs`` (their size symbols bound by the inputs)."""
+        assert self._state_binder is not None
+        sizes = self._state_binder([x.shape for x in inputs])
+        shapes = self._state_shapes.get(sizes)
+        if shapes is None:
+            bindings = dict(zip(self._state_binder.symbols, sizes))
+            shapes = [tuple(d if isinstance(d, int) else int(d.subs(bindings)) for d in s.value.type.shape)
+                      for s in self.graph.states]
+            self._state_shapes[sizes] = shapes
+        return shapes
 
     def _check_signature(self, inputs: Sequence[torch.Tensor]) -> None:
         """Shapes against the graph's types, unless the executor binds them itself (then ``_run`` reports)."""
@@ -198,7 +227,7 @@ class CompiledModule:
         return value.detach().contiguous()
 
     def _check_shapes(self, inputs: Sequence[torch.Tensor]) -> None:
-        inputs = [np.broadcast_to(np.empty((), dtype=bool), tuple(x.shape)) for x in inputs]  # shapes only
+        inputs = [_shape_only(x) for x in inputs]
         for value, array in zip(self.graph.inputs, inputs):
             try:
                 bind_symbols([value.type], [array])
@@ -207,7 +236,7 @@ class CompiledModule:
                     f"input {value.hint or '?'} of {self.model_name} expects shape {value.type} "
                     f"but got {list(array.shape)}; compile again for new static shapes") from None
         try:
-            bind_symbols([v.type for v in self.graph.inputs], inputs)
+            bind_symbols([v.type for v in self.graph.user_inputs], inputs)
         except ValueError as e:
             raise InputMismatchError(f"inputs of {self.model_name} disagree on a symbolic dim: {e}") from None
 

@@ -181,6 +181,13 @@ def _stack(op: Op, a: list[str], out: str | None, results: Sequence[str], derive
     return f"torch.stack({items}, {d}, out={out})" if out else f"{results[0]} = torch.stack({items}, {d})"
 
 
+@library_call("constant", hoisted_when_static=True)
+def _constant(op: Op, a: list[str], out: str | None, results: Sequence[str], derive: Derived) -> str:
+    at = op.attrs
+    return (f"{results[0]} = torch.tensor({at['value']!r}, dtype={to_torch(at['dtype'])}, "
+            f"device=_device).reshape({tuple(at['shape'])})")
+
+
 @library_call("argmax")
 def _argmax(op: Op, a: list[str], out: str | None, results: Sequence[str], derive: Derived) -> str:
     return f"{results[0]} = torch.argmax({a[0]}, {op.attrs['dim']}, {op.attrs['keepdim']})"

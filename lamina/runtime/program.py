@@ -29,7 +29,7 @@ import torch
 from ..codegen.kernel import Const, Kernel
 from ..codegen.lower import lower_kernels
 from ..ir import quant_format
-from ..ir.core import Graph, Op, Value, producers, region_graph, users
+from ..ir.core import Graph, Op, Param, Value, producers, region_graph, users
 from ..ir.dtypes import DType, to_torch
 from ..ir.errors import LaminaError
 from ..ir.binder import ShapeBinder
@@ -180,8 +180,8 @@ class Executor:
         self.kernels = {id(op): CompiledKernel(kernel, target.source(kernel))
                         for op, kernel in lower_kernels(graph, target.split_last, nested=False)}
         self.natives = {id(op): fn for op in graph.ops if (fn := target.native(op)) is not None}
-        # a loop body runs as a program of its own, called once per iteration
-        self.loops = {id(op): Executor(region_graph(op.regions[0]), target, poison)
+        # a loop body or a routed layer runs as a program of its own, called once per iteration / call
+        self.loops = {id(op): Executor(_body_program(op, graph), target, poison)
                       for op in graph.ops if lookup(op.name).program_regions}
         self.iterations: list[int] = []  # iteration counts of the last call's iterate ops, in order
         self.residuals: list[float] = []  # and the residual each loop ended with (its last update's norm)
@@ -215,6 +215,8 @@ class Executor:
         with self.lock:
             self.plans.clear()
             self.hoisted.clear()
+            for body in self.loops.values():  # routed layers hold the weights too
+                body.forget_plans()
 
     def sources(self) -> dict[str, str]:
         return {ck.kernel.name: ck.source for ck in self.kernels.values()}
@@ -263,6 +265,19 @@ class Executor:
                 log.info("%s: a plan per set of sizes (%s)", self.graph.name, e)
                 self.generic = False
         return _PlanBuilder(self, sizes, weights).build()
+
+
+def _body_program(op: Op, graph: Graph) -> Graph:
+    """The program of a loop body or routed layer. A routed layer's arguments that are the graph's weights
+    are its program's weights (same keys): its plan holds them as the outer one does, not per call."""
+    body = region_graph(op.regions[0])
+    if op.name != "route":
+        return body
+    keys = {p.value: p.key for p in graph.params}
+    outer = op.operands[1:]
+    params = tuple(Param(keys[v], a) for v, a in zip(outer, body.inputs) if v in keys)
+    inputs = tuple(a for v, a in zip(outer, body.inputs) if v not in keys)
+    return body.replace(inputs=inputs, params=params)
 
 
 def _check_lowered(graph: Graph, target: Target) -> None:
@@ -366,7 +381,7 @@ class _PlanBuilder(PlanContext):
         self.bindings = dict(zip(ex.binder.symbols, sizes or ()))
         self.sizes: dict[Any, Size] = {}    # dim -> its int or per-call code (memo)
         self.glb: dict[str, Any] = {"torch": torch, "np": np, "check_assumption": check_assumption,
-                                    "quant_format": quant_format,
+                                    "quant_format": quant_format, "_device": ex.target.device,
                                     **ex.target.namespace()}
         self.device = ex.target.device
         self.lines: list[str] = []
@@ -376,6 +391,7 @@ class _PlanBuilder(PlanContext):
         self.flat: dict[int, str] = {}      # value -> name of its flat numpy view
         self.counter = 0
         self.weights = weights
+        self.param_values = {p.value for p in g.params}
         self.error_slots: list[tuple[str, str]] = []  # (kernel error buffer, its checks) in launch order
         self.snapshots: list[Snapshot] = []  # copies of weights, refreshed when a weight changes in place
         self.arena: torch.Tensor | None = None
@@ -612,6 +628,25 @@ class _PlanBuilder(PlanContext):
         self.dynamic.add(id(op.results[-1]))
         return 1
 
+    def route(self, op: Op, args: list[str]) -> int:
+        """``route``: call the layer's program when the decision holds, else pass the ``otherwise`` values (copies:
+        the arena may reuse an input's buffer after this step, while the result lives on)."""
+        program = self.ex.loops[id(op)]
+        body, out = self.static(program, "R"), self.fresh("o")
+        weights = self.static({p.key: self.weights[p.key] for p in program.graph.params}, "W")
+        inputs = [a for a, v in zip(args[1:], op.operands[1:]) if v not in self.param_values]
+        passed = [f"{args[1 + i]}.clone()" if i >= 0 else
+                  f"torch.zeros({self.shape(v)}, dtype={to_torch(v.type.dtype)}, device={self.device!r})"
+                  for i, v in zip(op.attrs["otherwise"], op.results)]
+        self.lines += [f"if bool({args[0]}):",
+                       f"    {out} = {body}([{', '.join(inputs)}], {weights})",
+                       "else:",
+                       f"    {out} = [{', '.join(passed)}]"]
+        for i, v in enumerate(op.results):
+            self.name[id(v)] = f"{out}[{i}]"
+            self.dynamic.add(id(v))
+        return 1
+
     def error_slot(self, checks: Any) -> str:
         """A zeroed ``[check, value, size]`` buffer for one kernel; the wrapper tests it after the launches."""
         slot = torch.zeros(3, dtype=torch.int64, device=self.device)
@@ -661,8 +696,8 @@ class _PlanBuilder(PlanContext):
             self.lines.append(self.ex.target.launch(fn, args, ck.kernel, outer, inner))
             return 1
         args = [self.name[id(v)] for v in op.operands]
-        if id(op) in self.ex.loops:  # a loop body: a program of its own
-            return self.loop(op, args)
+        if id(op) in self.ex.loops:  # a loop body or a routed layer: a program of its own
+            return self.route(op, args) if op.name == "route" else self.loop(op, args)
         if id(op) in self.ex.hoisted_ops:  # computed now, once: its operands are fixed for the plan
             key = (id(op), *(self.glb[a].data_ptr() for a in args))
             if key not in self.ex.hoisted:  # one snapshot per result (quantize packs a weight into several)

@@ -119,6 +119,8 @@ CASES = [
          lambda x, v, i, j: torch.index_put(x, (i, j), v, accumulate=True), {"positions": [0, 1], "accumulate": True}),
     Case("full", [], lambda: torch.full((2, 3), 1.5), {"shape": [2, 3], "value": 1.5, "dtype": DType.f32}),
     Case("arange", [], lambda: torch.arange(2, 11, 3), {"start": 2, "end": 11, "step": 3}),
+    Case("constant", [], lambda: torch.tensor([[0.5, -1.0, 2.0], [3.0, 0.0, -0.25]]),
+         {"value": [0.5, -1.0, 2.0, 3.0, 0.0, -0.25], "shape": [2, 3], "dtype": DType.f32}),
     Case("conv2d", [r(2, 4, 9, 9), r(6, 2, 3, 3), r(6)],
          lambda x, w, b: F.conv2d(x, w, b, stride=2, padding=1, groups=2),
          {"stride": [2], "padding": [1], "groups": 2}, tol=1e-5),
@@ -193,7 +195,8 @@ def test_multi_result_ops_match_torch(op: str) -> None:
 
 
 def test_every_op_has_a_case() -> None:
-    covered = {c.op for c in CASES} | set(MULTI_RESULT) | {"fused", "yield", "newton", "iterate"}  # tests/passes/test_newton.py
+    covered = {c.op for c in CASES} | set(MULTI_RESULT) | {"fused", "yield", "newton", "iterate",
+                                                                  "route"}  # test_newton.py, tests/skip/test_route.py
     assert set(REGISTRY) - covered == set()
 
 

@@ -127,8 +127,19 @@ carried values and the number of iterations run (i64). ``newton-expand`` emits o
 chunk when the newton op has a tolerance, r being the Newton update's relative norm."""
 
 
+ROUTE_DOC = """A layer run or passed over: ``route(decision, inputs...)`` with one region over the inputs.
+
+``decision`` is a bool scalar. When true, the results are the region's yields; when false, result j
+is input ``otherwise[j]`` (counting the inputs after the decision) or, where that is -1, zeros of
+its type, and the region does not run. ``skip{policy=router}`` routes a layer per sequence
+(the decision made at prefill and kept for the decode); ``skip{policy=temporal}`` computes a layer
+every few tokens and reuses its output in between."""
+
+
 def region_arg_types(op: Op, index: int) -> tuple[TensorType, ...]:
     """The types region ``index``'s arguments must have."""
+    if op.name == "route":  # the decision is not passed in
+        return tuple(v.type for v in op.operands[1:])
     if op.name != "newton":
         return tuple(v.type for v in op.operands)
     contexts = op.operands[: 1 + op.attrs["contexts"]]
@@ -146,6 +157,8 @@ DEFS = [
     OpDef("iterate", ("*inputs",), _region_infer, None, Category.STRUCTURAL, ITERATE_DOC,
           {"carried": AttrSpec("int"), "max_iters": AttrSpec("int"), "tol": AttrSpec("float")}, regions=1,
           program_regions=True),
+    OpDef("route", ("decision", "*inputs"), _region_infer, None, Category.STRUCTURAL, ROUTE_DOC,
+          {"otherwise": AttrSpec("ints")}, regions=1, program_regions=True),
     OpDef("yield", ("*values",), lambda t, a: [], None, Category.STRUCTURAL, "ends a region, returning its operands",
           terminator=True),
 ]
