@@ -5,6 +5,7 @@
     graph = lamina.trace(model, example_inputs)    # the IR; print(graph) shows its text form
     stats = lamina.calibrate(model, batches)       # per-layer statistics (quantize{budget=...})
     lamina.generate(model, ids, 64, draft="skip{speedup=1.5}")  # self-speculative greedy decoding
+    state = lamina.ProgramState()                  # what skip{policy=router|temporal} keeps between calls
 """
 from __future__ import annotations
 

@@ -80,6 +80,10 @@ class SpeculativeDecoder:
         if not isinstance(self.lookahead, int) or self.lookahead < 1:
             raise SpeculativeError(f"generate: lookahead={self.lookahead!r} must be a positive number of tokens to "
                                    "draft per verification (1 to about 8)")
+        if "policy=router" in self.draft or "policy=temporal" in self.draft:
+            raise SpeculativeError(f"generate: draft={self.draft!r} skips at run time with state kept between calls, "
+                                   "which a draft whose cache is cut back every round cannot keep consistent; use "
+                                   "policy=unified, exit or similarity")
         if "skip" not in self.draft:
             raise SpeculativeError(f"generate: draft={self.draft!r} has no skip pass; pass a skip schedule such as "
                                    "draft='skip{speedup=1.5}'")

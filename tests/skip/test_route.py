@@ -296,3 +296,10 @@ def test_a_routed_program_saves_and_loads_with_its_state(char_gpt, tmp_path) -> 
         for got, want in zip(loaded(prompt), fast(prompt)):
             torch.testing.assert_close(got, want, rtol=0, atol=0)
     assert {k: t.tolist() for k, t in loaded.state.tensors.items()} == {k: t.tolist() for k, t in fast.state.tensors.items()}
+
+
+@pytest.mark.parametrize("draft", ["skip{policy=router,speedup=1.5}", "skip{policy=temporal,period=2}"])
+def test_speculative_drafts_refuse_run_time_skipping(char_gpt, draft: str) -> None:
+    model, calibration, prompt = char_gpt
+    with pytest.raises(lamina.LaminaError, match="skips at run time with state"):
+        lamina.generate(model, prompt, 4, draft=draft, calibration=calibration)
