@@ -82,10 +82,36 @@ class Op:
 
 @dataclass(frozen=True, eq=False)
 class Param:
-    """A named weight: its SSA value and its state-dict key."""
+    """A named weight: its SSA value and its state-dict key; ``shard``: this rank's part of it (tensor
+    parallelism), the value's type being the part's."""
 
     key: str
     value: Value
+    shard: "Shard | None" = None
+
+
+@dataclass(frozen=True)
+class Shard:
+    """A weight cut along ``dim`` into ``parts`` (one per rank). With ``blocks`` > 1 the dim is that many
+    equal blocks (a fused query-key-value weight), each cut alike, and a rank's part joins its piece of
+    each block."""
+
+    dim: int
+    parts: int
+    blocks: int = 1
+
+    def take(self, full: Any, rank: int) -> Any:
+        """Rank ``rank``'s part of the whole weight ``full`` (a torch tensor or NumPy array)."""
+        size = full.shape[self.dim]
+        if size % (self.blocks * self.parts):
+            raise ValueError(f"dim {self.dim} of size {size} does not split into {self.blocks} blocks of "
+                             f"{self.parts} parts")
+        step = size // self.blocks
+        width = step // self.parts
+        pieces = [_narrow(full, self.dim, b * step + rank * width, width) for b in range(self.blocks)]
+        if len(pieces) == 1:
+            return pieces[0]
+        return _concat(pieces, self.dim)
 
 
 @dataclass(frozen=True, eq=False)
@@ -169,3 +195,19 @@ def users(ops: Iterable[Op]) -> dict[Value, list[Op]]:
         for v in op.operands:
             found.setdefault(v, []).append(op)
     return found
+
+
+def _narrow(x: Any, dim: int, start: int, length: int) -> Any:
+    index = [slice(None)] * len(x.shape)
+    index[dim] = slice(start, start + length)
+    return x[tuple(index)]
+
+
+def _concat(pieces: list[Any], dim: int) -> Any:
+    if hasattr(pieces[0], "numpy"):  # torch
+        import torch
+
+        return torch.cat(pieces, dim)
+    import numpy as np
+
+    return np.concatenate(pieces, dim)

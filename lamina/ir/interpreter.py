@@ -11,11 +11,13 @@ from .core import Graph, Op, Region
 from .dtypes import DType, round_to
 from .errors import DivisionByZeroError, IndexOutOfRangeError, LaminaError
 from .ops import REGISTRY, is_terminator
+from .ops.collective import DEFS as _COLLECTIVES
 from .ops.structural import newton_schedule
 from .shapes import evaluate
 from .targets import OpTable
 
 # ops with regions -> method(interpreter, op, args): what running them means
+GROUP_OPS = frozenset(d.name for d in _COLLECTIVES)  # their meaning needs every rank: ir/group.py
 REGION_SEMANTICS: OpTable = OpTable("interpreter", "region semantics")
 
 
@@ -137,6 +139,9 @@ class Interpreter:
         try:
             if op.regions:
                 outs = REGION_SEMANTICS.get(op.name, op.describe())(self, op, args)
+            elif opdef.reference is None and opdef.name in GROUP_OPS:
+                raise InterpreterError(f"{op.describe()} needs the other ranks' values: interpret the graph in a "
+                                       "simulated group (lamina.ir.group.interpret_group)")
             elif opdef.reference is None:
                 raise InterpreterError(f"op {op.name} has no reference semantics")
             else:
@@ -164,7 +169,15 @@ def _contiguous(a: np.ndarray) -> np.ndarray:
 
 def interpret(graph: Graph, inputs: Sequence[np.ndarray], params: Mapping[str, np.ndarray] | None = None) -> list[np.ndarray]:
     """Outputs of ``graph`` for ``inputs`` (positional) and ``params`` (by key)."""
-    params = params or {}
+    interpreter, env = prepare(graph, inputs, params or {})
+    interpreter.run_ops(graph.ops, env)
+    return [env[id(v)] for v in graph.outputs]
+
+
+def prepare(graph: Graph, inputs: Sequence[np.ndarray],
+            params: Mapping[str, np.ndarray]) -> tuple["Interpreter", dict[int, np.ndarray]]:
+    """An interpreter with ``graph``'s size symbols bound by ``inputs`` and ``params``, and the environment
+    holding them (checked against the graph's types)."""
     if len(inputs) != len(graph.inputs):
         raise InterpreterError(f"graph @{graph.name} takes {len(graph.inputs)} inputs, got {len(inputs)}")
     missing = [p.key for p in graph.params if p.key not in params]
@@ -185,7 +198,6 @@ def interpret(graph: Graph, inputs: Sequence[np.ndarray], params: Mapping[str, n
     env: dict[int, np.ndarray] = {id(v): a for v, a in zip(graph.inputs, arrays)}
     for p, w in zip(graph.params, weights):
         env[id(p.value)] = w
-    Interpreter(bindings).run_ops(graph.ops, env)
-    return [env[id(v)] for v in graph.outputs]
+    return Interpreter(bindings), env
 
 

@@ -716,6 +716,9 @@ NOT_EXPORTED = {
     **{name: _LATER for name in ("pad", "slice_scatter", "as_strided", "topk", "sort", "histc", "index_put")},
     **{name: "packed quantized weights have no MLIR form here; export the graph before the quantize pass"
        for name in ("quantize", "qlinear")},
+    **{name: "collectives across ranks have no standard-dialect form; export the graph before the shard pass"
+       for name in ("all_reduce", "reduce_scatter", "all_gather", "all_reduce_start", "reduce_scatter_start",
+                    "all_gather_start", "wait")},
 }
 
 

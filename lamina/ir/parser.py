@@ -10,7 +10,7 @@ from typing import Any
 import lark
 import sympy
 
-from .core import Graph, Loc, Op, Param, Region, State, Value
+from .core import Graph, Loc, Op, Param, Region, Shard, State, Value
 from .dtypes import DType
 from .errors import IRParseError, VerifyError
 from .ops import REGISTRY
@@ -103,11 +103,12 @@ class _Reader:
                 for p in child.children:
                     if p is None:
                         continue
-                    tok, type_node, key_tok = p.children
+                    tok, type_node, key_tok, shard_node = p.children
                     key = json.loads(key_tok) if key_tok is not None else str(tok)[1:]
                     value = Value(self.type(type_node), key)
                     self.define(scope, tok, value)
-                    params.append(Param(key, value))
+                    shard = Shard(*(int(t) for t in shard_node.children)) if shard_node is not None else None
+                    params.append(Param(key, value, shard))
             elif child.data == "states":
                 for node in child.children:
                     tok, init_node, key_tok = node.children

@@ -124,7 +124,8 @@ def print_graph(graph: Graph, history: bool = False) -> str:
         lines = []
         for p in graph.params:
             key = "" if name(p.value)[1:] == p.key else f" {json.dumps(p.key)}"
-            lines.append(f"{_INDENT * 2}{name(p.value)}: {p.value.type}{key}")
+            cut = f" shard({p.shard.dim}, {p.shard.parts}, {p.shard.blocks})" if p.shard else ""
+            lines.append(f"{_INDENT * 2}{name(p.value)}: {p.value.type}{key}{cut}")
         header += " params(\n" + ",\n".join(lines) + "\n)"
     if graph.states:  # the last inputs, kept by the runtime between calls; the last outputs are their new values
         lines = [f"{_INDENT * 2}{name(s.value)} = {format_attr(s.init)}"

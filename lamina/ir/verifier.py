@@ -10,6 +10,7 @@ from .ops import REGISTRY, is_terminator
 from .ops.structural import newton_result_types, newton_stacks, region_arg_types, region_result_types
 from .printer import Namer
 from .targets import OpTable
+from .ops.collective import KINDS as COLLECTIVES
 
 # region ops whose results are not simply their region's yields -> method(checker, op, attrs): result types
 REGION_TYPING: OpTable = OpTable("verifier", "region typing")
@@ -48,6 +49,24 @@ class _Checker:
             if id(v) not in self.defined:
                 raise VerifyError(f"graph @{self.graph.name}: return uses {self.name(v)}, which is not defined")
         self.states()
+        self.pending()
+
+    def pending(self) -> None:
+        """A started collective's result is in flight: read by ``wait`` ops only, and by at least one."""
+        readers: dict[int, list[str]] = {id(v): ["return"] for v in self.graph.outputs}
+        for op in self.graph.walk():
+            for v in op.operands:
+                readers.setdefault(id(v), []).append(op.name)
+        starts = {id(op.results[0]) for op in self.graph.walk()
+                  if op.name.endswith("_start") and op.name.removesuffix("_start") in COLLECTIVES}
+        for op in self.graph.walk():
+            if op.results and id(op.results[0]) in starts:
+                found = readers.get(id(op.results[0]), [])
+                if not found or any(name != "wait" for name in found):
+                    raise self.fail(op, f"the result of {op.name} is in flight: only a wait may read it, and one "
+                                        f"must (read by {', '.join(found) or 'nothing'})")
+            if op.name == "wait" and id(op.operands[0]) not in starts:
+                raise self.fail(op, "wait reads a value no collective started (a *_start op's result)")
 
     def states(self) -> None:
         """States are the last inputs, in order, and the last outputs are their new values, of their types."""

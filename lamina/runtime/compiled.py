@@ -245,6 +245,14 @@ class CompiledModule:
         """Iterations each early-stopping Newton chunk ran in the last call (``newton{tol=...}``), in order."""
         return list(getattr(self._executor, "iterations", []))
 
+    def take_shards(self, rank: int) -> None:
+        """Keep only rank ``rank``'s part of each weight the graph splits across ranks (``Param.shard``)."""
+        for p in self.graph.params:
+            if p.shard is not None:
+                self._weights[p.key] = p.shard.take(self._weights[p.key], rank).contiguous()
+        if hasattr(self._executor, "forget_plans"):
+            self._executor.forget_plans()
+
     def save(self, path: Any) -> None:
         """Write this module to one safetensors file that ``lamina.load(path)`` runs without the model
         (``lamina/saved.py``): its lowered graph, its weights (quantized layers packed), its call signature."""

@@ -260,3 +260,6 @@ def _full(op: Op, a: str, shapes: list[tuple], sizes: Any) -> list[str]:
 def _arange(op: Op, a: str, shapes: list[tuple], sizes: Any) -> list[str]:
     at = op.attrs
     return [f"torch.arange({sizes(at['start'])}, {sizes(at['end'])}, {at['step']}, dtype={to_torch(at['dtype'])})"]
+
+
+from . import collectives  # noqa: E402,F401  (its library calls: the collective ops)

@@ -40,6 +40,7 @@ from ..passes.memory import Lifetime, MemoryPlan, plan_memory
 from .growing_arena import GrowingArena
 from .kernel_errors import check_assumption, check_assumptions, raise_kernel_errors
 from .library import call_line, hoisted_when_static, view_expr, writes_into_out
+from . import collectives  # registers the collective ops' library calls
 from .snapshot import Snapshot, refresh_all
 
 class BackendError(LaminaError, RuntimeError):
@@ -382,6 +383,7 @@ class _PlanBuilder(PlanContext):
         self.sizes: dict[Any, Size] = {}    # dim -> its int or per-call code (memo)
         self.glb: dict[str, Any] = {"torch": torch, "np": np, "check_assumption": check_assumption,
                                     "quant_format": quant_format, "_device": ex.target.device,
+                                    "collectives": collectives,
                                     **ex.target.namespace()}
         self.device = ex.target.device
         self.lines: list[str] = []

@@ -12,11 +12,12 @@ from typing import TYPE_CHECKING
 from ..opdef import Category, OpDef, registry
 if TYPE_CHECKING:
     from ..core import Op
-from . import creation, elementwise, layout, nn, placement, quantized, reduction, selection, structural, window
+from . import (collective, creation, elementwise, layout, nn, placement, quantized, reduction, selection, structural,
+               window)
 
 REGISTRY = MappingProxyType(registry(
     *elementwise.DEFS, *reduction.DEFS, *nn.DEFS, *layout.DEFS, *placement.DEFS, *selection.DEFS, *creation.DEFS,
-    *window.DEFS, *quantized.DEFS, *structural.DEFS,
+    *window.DEFS, *quantized.DEFS, *structural.DEFS, *collective.DEFS,
 ))
 
 

@@ -1,0 +1,169 @@
+"""shard{tp=N}: Megatron splits of lamina's GPT-2 and Llama stacks, in the simulated group and in gloo processes."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import lamina
+from lamina.distributed import DistributedError, spawn
+from lamina.frontends.fx import import_module
+from lamina.ir.group import interpret_group
+from lamina.ir.interpreter import interpret
+from lamina.ir.parser import parse
+from lamina.ir.printer import print_graph
+from lamina.models.gpt2_stack import make_gpt2_stack
+from lamina.models.llama_block import make_llama_block
+from lamina.passes.manager import run_pipeline
+from lamina.passes.shard import ShardError
+
+def _hf_llama():
+    from lamina.models.hf import make_hf_llama
+
+    model, args, _ = make_hf_llama()
+    return model, args
+
+
+MODELS = {"gpt2": lambda: make_gpt2_stack(n_layers=2), "llama": lambda: make_llama_block(), "hf-llama": _hf_llama}
+KEYWORDS = {"hf-llama": {"use_cache": False}}
+
+
+def _imported(name: str):
+    model, args = MODELS[name]()
+    imported = import_module(model, tuple(args), KEYWORDS.get(name), None)
+    graph = run_pipeline(imported.graph, "canonicalize")
+    weights = {k: v.detach().numpy() for k, v in imported.weights.items()}
+    return model, args, graph, weights
+
+
+@pytest.mark.parametrize("name, tp", [("gpt2", 2), ("gpt2", 4), ("llama", 2), ("hf-llama", 2)])
+def test_the_simulated_group_equals_the_whole_model(name: str, tp: int) -> None:
+    _, args, graph, weights = _imported(name)
+    inputs = [a.numpy() for a in args]
+    want = interpret(graph, inputs, {p.key: weights[p.key] for p in graph.params})[0]
+    sharded = run_pipeline(graph, f"shard{{tp={tp}}}")
+    assert print_graph(parse(print_graph(sharded))) == print_graph(sharded)  # shard(...) specs print and parse
+    layers = 1 if name == "llama" else 2
+    assert print_graph(sharded).count("all_reduce(") == 2 * layers  # one per attention and MLP sublayer
+    ranks = [{p.key: p.shard.take(weights[p.key], r) if p.shard else weights[p.key] for p in sharded.params}
+             for r in range(tp)]
+    for out in interpret_group(sharded, [inputs] * tp, ranks):
+        np.testing.assert_allclose(out[0], want, rtol=1e-5, atol=1e-5)
+    for p in sharded.params:  # each rank holds 1/tp of every split weight
+        if p.shard is not None:
+            assert p.value.type.shape[p.shard.dim] * tp == weights[p.key].shape[p.shard.dim]
+
+
+def test_a_fused_query_key_value_weight_is_cut_in_three_blocks() -> None:
+    _, _, graph, _ = _imported("gpt2")
+    sharded = run_pipeline(graph, "shard{tp=2}")
+    cuts = {p.key: p.shard for p in sharded.params if p.shard}
+    assert cuts["h.0.attn.c_attn.weight"] == lamina.ir.core.Shard(0, 2, 3)
+    assert cuts["h.0.attn.c_proj.weight"] == lamina.ir.core.Shard(1, 2, 1)
+    assert cuts["h.0.mlp.c_fc.bias"] == lamina.ir.core.Shard(0, 2, 1)
+    assert "h.0.attn.c_proj.bias" not in cuts and "wte.weight" not in cuts  # added after the sum; replicated
+
+
+def test_shard_errors_name_the_op_and_the_option() -> None:
+    _, _, graph, _ = _imported("llama")
+    with pytest.raises(ShardError, match=r"shard\{tp=4\}: reshape at self_attn has 2 along the split axis, which "
+                                         "tp=4 does not divide"):
+        run_pipeline(graph, "shard{tp=4}")
+    with pytest.raises(ShardError, match="tp=0 must be a positive number of ranks"):
+        run_pipeline(graph, "shard{tp=0}")
+    mlp = lamina.trace(torch.nn.Linear(4, 4), (torch.randn(2, 4),))
+    with pytest.raises(ShardError, match="no residual layer stack"):
+        run_pipeline(mlp, "shard{tp=2}")
+
+
+def _compiled_rank(rank: int, world: int, name: str) -> np.ndarray:
+    model, args = MODELS[name]()
+    compiled = lamina.distributed.compile(model, args, pipeline="canonicalize,fuse", example_kwargs=KEYWORDS.get(name))
+    with torch.no_grad():
+        out = compiled(*args, **KEYWORDS.get(name, {}))
+        return (out.logits if hasattr(out, "logits") else out).numpy()
+
+
+@pytest.mark.parametrize("name, world", [("gpt2", 2), ("llama", 2), ("gpt2", 4), ("hf-llama", 2)])
+def test_gloo_ranks_equal_the_single_process_model(name: str, world: int) -> None:
+    model, args = MODELS[name]()
+    with torch.no_grad():
+        out = lamina.compile(model, args, example_kwargs=KEYWORDS.get(name))(*args, **KEYWORDS.get(name, {}))
+        want = (out.logits if hasattr(out, "logits") else out).numpy()
+    for got in spawn(_compiled_rank, world, name, timeout_s=300):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def _mismatched(rank: int, world: int) -> None:
+    model, args = MODELS["gpt2"]()
+    lamina.distributed.compile(model, args, pipeline="canonicalize,fuse" if rank == 0 else "canonicalize,wrap")
+
+
+def _wrong_tp(rank: int, world: int) -> None:
+    model, args = MODELS["gpt2"]()
+    lamina.distributed.compile(model, args, tp=4)
+
+
+def test_mismatched_pipelines_and_a_wrong_tp_are_clear_errors() -> None:
+    with pytest.raises(DistributedError, match="the ranks compile different pipelines"):
+        spawn(_mismatched, 2, timeout_s=120)
+    with pytest.raises(DistributedError, match="tp=4 but the process group has 2 ranks"):
+        spawn(_wrong_tp, 2, timeout_s=120)
+
+
+def test_kv_caches_are_split_by_heads_in_the_simulated_group() -> None:
+    """CharGPT's prefill returns, and its decode reads, each rank's heads of the stacked keys and values."""
+    from lamina.models.char_gpt import Decode, Prefill
+
+    model, prompt = _char_gpt()
+    with torch.no_grad():
+        _, keys, values = Prefill(model)(prompt)
+    for module, args in ((Prefill(model), (prompt,)), (Decode(model), (prompt[:, :1], keys, values))):
+        imported = import_module(module, args, None, None)
+        graph = run_pipeline(imported.graph, "canonicalize")
+        weights = {k: v.detach().numpy() for k, v in imported.weights.items()}
+        inputs = [a.numpy() for a in args]
+        want = interpret(graph, inputs, {p.key: weights[p.key] for p in graph.params})
+        sharded = run_pipeline(graph, "shard{tp=2}")
+        assert "gets its part of outputs 1 (dim 2), 2 (dim 2)" in sharded.history[-1]
+        ranks = [{p.key: p.shard.take(weights[p.key], r) if p.shard else weights[p.key] for p in sharded.params}
+                 for r in range(2)]
+        per_rank = [[x if x.ndim != 5 else np.split(x, 2, axis=2)[r] for x in inputs] for r in range(2)]
+        out = interpret_group(sharded, per_rank, ranks)
+        for rank in range(2):
+            np.testing.assert_allclose(out[rank][0], want[0], rtol=1e-5, atol=1e-5)
+            for i in (1, 2):
+                np.testing.assert_allclose(out[rank][i], np.split(want[i], 2, axis=2)[rank], rtol=1e-5, atol=1e-5)
+
+
+def _char_gpt():
+    from lamina.models.char_gpt import CharGPT
+
+    torch.manual_seed(0)
+    model = CharGPT(96, 64, 4, 3, max_len=64).eval()
+    return model, torch.randint(0, 96, (1, 10), generator=torch.Generator().manual_seed(3))
+
+
+def _greedy_rank(rank: int, world: int) -> list[int]:
+    from torch.export import Dim
+
+    from lamina.models.char_gpt import Decode, Prefill, greedy
+
+    model, prompt = _char_gpt()
+    with torch.no_grad():
+        _, keys, values = Prefill(model)(prompt)
+    past = Dim("past")
+    prefill = lamina.distributed.compile(Prefill(model), (prompt,), dynamic_shapes=({1: Dim("tokens")},))
+    decode = lamina.distributed.compile(Decode(model), (prompt[:, :1], keys, values),
+                                        dynamic_shapes=(None, {3: past}, {3: past}))
+    with torch.no_grad():
+        return greedy(prefill, decode, prompt, 12)[0].tolist()  # the cache: this rank's heads
+
+
+def test_decoding_with_split_kv_caches_is_token_identical_to_one_rank() -> None:
+    from lamina.models.char_gpt import Decode, Prefill, greedy
+
+    model, prompt = _char_gpt()
+    with torch.no_grad():
+        want = greedy(Prefill(model), Decode(model), prompt, 12)[0].tolist()
+    assert spawn(_greedy_rank, 2, timeout_s=300) == [want, want]
