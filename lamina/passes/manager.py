@@ -20,6 +20,7 @@ from .fusion import fuse, wrap_loose_ops
 from .newton import NewtonOptions, newton
 from .newton_expand import newton_expand
 from .quantize import QuantizeOptions, quantize
+from .overlap import OverlapOptions, overlap
 from .shard import ShardOptions, shard
 from .skip import SkipOptions, skip
 
@@ -47,6 +48,7 @@ PASSES: Mapping[str, PassInfo] = MappingProxyType({
     "quantize": PassInfo("quantize", quantize, QuantizeOptions, quantize.__doc__ or "", ("calibration",)),
     "skip": PassInfo("skip", skip, SkipOptions, skip.__doc__ or "", ("calibration",)),
     "shard": PassInfo("shard", shard, ShardOptions, shard.__doc__ or ""),
+    "overlap": PassInfo("overlap", overlap, OverlapOptions, overlap.__doc__ or ""),
     "wrap": PassInfo("wrap", wrap_loose_ops, None, wrap_loose_ops.__doc__ or ""),
 })
 

@@ -167,3 +167,57 @@ def test_decoding_with_split_kv_caches_is_token_identical_to_one_rank() -> None:
     with torch.no_grad():
         want = greedy(Prefill(model), Decode(model), prompt, 12)[0].tolist()
     assert spawn(_greedy_rank, 2, timeout_s=300) == [want, want]
+
+
+@pytest.mark.parametrize("name", ["gpt2", "llama"])
+@pytest.mark.parametrize("overlap", ["overlap{chunks=4}", "overlap{split=2}"])
+def test_overlapped_collectives_equal_the_whole_model(name: str, overlap: str) -> None:
+    """Started early and waited for late, the all-reduces give the unsplit model's outputs; the schedule puts
+    compute between every start and its wait."""
+    _, args, graph, weights = _imported(name)
+    inputs = [a.numpy() for a in args]
+    want = interpret(graph, inputs, {p.key: weights[p.key] for p in graph.params})[0]
+    sharded = run_pipeline(graph, "shard{tp=2}")
+    done = run_pipeline(sharded, overlap)
+    assert not any(op.name == "all_reduce" for op in done.ops)
+    position = {id(r): i for i, op in enumerate(done.ops) for r in op.results}
+    waits = [(position[id(op.operands[0])], i) for i, op in enumerate(done.ops) if op.name == "wait"]
+    exposed = [w for w in waits if not any(o.name not in ("wait", "all_reduce_start")
+                                           for o in done.ops[w[0] + 1:w[1]])]
+    reduces = sum(op.name == "all_reduce" for op in sharded.ops)
+    assert len(waits) in (2 * reduces, 4 * reduces) and len(exposed) <= reduces  # at most the last piece of each
+    ranks = [{p.key: p.shard.take(weights[p.key], r) if p.shard else weights[p.key] for p in done.params}
+             for r in range(2)]
+    for out in interpret_group(done, [inputs] * 2, ranks):
+        np.testing.assert_allclose(out[0], want, rtol=1e-5, atol=1e-5)
+
+
+def test_overlap_errors_name_the_option() -> None:
+    from lamina.passes.overlap import OverlapError
+
+    _, _, graph, _ = _imported("gpt2")
+    with pytest.raises(OverlapError, match="no all_reduce to overlap; run shard"):
+        run_pipeline(graph, "overlap{chunks=2}")
+    with pytest.raises(OverlapError, match="do not split into 3 equal chunks"):
+        run_pipeline(graph, "shard{tp=2},overlap{chunks=3}")
+    with pytest.raises(OverlapError, match="chunks=C .* or split=2"):
+        run_pipeline(graph, "overlap")
+    one = import_module(make_gpt2_stack(n_layers=2, batch=1)[0], (torch.randint(0, 128, (1, 16)),), None, None)
+    with pytest.raises(OverlapError, match="needs an even static batch"):
+        run_pipeline(one.graph, "canonicalize,shard{tp=2},overlap{split=2}")
+
+
+def _overlapped_rank(rank: int, world: int, name: str, overlap: str) -> np.ndarray:
+    model, args = MODELS[name]()
+    compiled = lamina.distributed.compile(model, args, pipeline=f"canonicalize,shard{{tp={world}}},{overlap},fuse")
+    with torch.no_grad():
+        return compiled(*args).numpy()
+
+
+@pytest.mark.parametrize("overlap", ["overlap{chunks=4}", "overlap{split=2}"])
+def test_gloo_ranks_with_overlap_equal_the_single_process_model(overlap: str) -> None:
+    model, args = MODELS["gpt2"]()
+    with torch.no_grad():
+        want = lamina.compile(model, args)(*args).numpy()
+    for got in spawn(_overlapped_rank, 2, "gpt2", overlap, timeout_s=300):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)

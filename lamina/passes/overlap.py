@@ -1,0 +1,183 @@
+"""overlap{chunks=C | split=2}: hide a sharded graph's all-reduces behind compute.
+
+After ``shard``, each sublayer ends in ``all_reduce(linear(x, W))``, and every rank waits for it. This pass
+starts collectives early and waits for them late (``*_start`` / ``wait`` ops), with compute between:
+
+- ``chunks=C`` (T3): the row linear's output rows (its tokens) in C chunks, each chunk's all-reduce
+  started as soon as the chunk is written, so chunk i's communication runs while chunk i+1 multiplies;
+  the chunks are joined after their waits. The token axis must split into C equal parts.
+- ``split=2`` (TokenWeave): the batch in two halves that run the layer stack one after the other, so
+  one half's all-reduce runs while the other half computes its sublayer. The halves are joined after
+  the stack. The batch must be even (and at least 2).
+
+Then a scheduling step (``schedule``) reorders the graph, keeping every dependency: a ``*_start`` as soon
+as its operand is ready, a ``wait`` only when nothing else can run. ``lamina dump`` shows the order. The
+result equals the unsplit graph's up to float rounding (the row linear of a chunk is the same sum).
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from ..ir.builder import OpEmitter
+from ..ir.core import Graph, Op, Value
+from ..ir.errors import LaminaError
+from ..ir.ops.collective import kind_of
+from .layers import find_chains
+from .rewrite import remove_dead
+
+
+class OverlapError(LaminaError, ValueError):
+    """Options or a graph the overlap pass cannot use; the message names the option or the op."""
+
+
+@dataclass(frozen=True)
+class OverlapOptions:
+    """chunks: T3's chunks of each row linear (>= 2); split: TokenWeave's batch halves (2)."""
+
+    chunks: int = 0
+    split: int = 0
+
+    def __post_init__(self) -> None:
+        if self.chunks and self.split:
+            raise OverlapError("overlap: give chunks=C or split=2, not both")
+        if not self.chunks and not self.split:
+            raise OverlapError("overlap: give chunks=C (chunked row GEMMs) or split=2 (batch halves)")
+        if self.chunks and self.chunks < 2:
+            raise OverlapError(f"overlap: chunks={self.chunks} must be at least 2")
+        if self.split and self.split != 2:
+            raise OverlapError(f"overlap: split={self.split}: only split=2 (two halves) is supported")
+
+
+def overlap(graph: Graph, options: OverlapOptions = OverlapOptions(chunks=2)) -> Graph:
+    """Start ``graph``'s all-reduces early and wait for them late (see the module doc)."""
+    reduces = [op for op in graph.ops if op.name == "all_reduce"]
+    if not reduces:
+        raise OverlapError(f"overlap: graph @{graph.name} has no all_reduce to overlap; run shard{{tp=N}} first")
+    rewritten = _chunked(graph, reduces, options.chunks) if options.chunks else _halves(graph, reduces)
+    return schedule(rewritten)
+
+
+def _chunked(graph: Graph, reduces: Sequence[Op], chunks: int) -> Graph:
+    producer = {r: op for op in graph.ops for r in op.results}
+    targets = {id(op) for op in reduces}
+    out, values = OpEmitter(), {}
+    for op in graph.ops:
+        operands = [values.get(v, v) for v in op.operands]
+        if id(op) not in targets:
+            out.append(op.replace(operands=tuple(operands)))
+            continue
+        linear = producer.get(op.operands[0])
+        if linear is None or linear.name != "linear":
+            raise OverlapError(f"overlap{{chunks={chunks}}}: {op.describe()} does not reduce a linear's output")
+        x = values.get(linear.operands[0], linear.operands[0])
+        axis = x.type.rank - 2 if x.type.rank >= 2 else 0
+        rows = x.type.shape[axis]
+        if not isinstance(rows, int) or rows % chunks:
+            raise OverlapError(f"overlap{{chunks={chunks}}}: {linear.describe()} has {rows} rows (tokens), which do "
+                               f"not split into {chunks} equal chunks; use a static token count that chunks divides")
+        size = rows // chunks
+        pending = []
+        for i in range(chunks):
+            part = out.emit("slice", x, dim=axis, start=i * size, end=(i + 1) * size, loc=linear.loc)
+            product = out.emit("linear", part, *(values.get(v, v) for v in linear.operands[1:]), loc=linear.loc)
+            pending.append(out.emit("all_reduce_start", product, group=op.attrs["group"], loc=op.loc))
+        done = [out.emit("wait", p, loc=op.loc) for p in pending]
+        values[op.results[0]] = out.emit("concat", *done, dim=axis, loc=op.loc)
+    ops = remove_dead(out.ops, [values.get(v, v) for v in graph.outputs])
+    note = f"overlap: {len(reduces)} all-reduces in {chunks} chunks each, started as each chunk is written"
+    return graph.replace(ops=tuple(ops), outputs=tuple(values.get(v, v) for v in graph.outputs),
+                         history=graph.history + (note,))
+
+
+def _halves(graph: Graph, reduces: Sequence[Op]) -> Graph:
+    """The layer stack's ops twice, once per half of the batch (see the module doc)."""
+    chains = find_chains(graph, "sublayer", min_layers=1)
+    chain = max(chains, key=lambda c: len(c.layers)) if chains else None
+    if chain is None:
+        raise OverlapError(f"overlap{{split=2}}: graph @{graph.name} has no residual layer stack to split")
+    stream = chain.layers[0].stream
+    batch = stream.type.shape[0] if stream.type.rank else None
+    if not isinstance(batch, int) or batch < 2 or batch % 2:
+        raise OverlapError(f"overlap{{split=2}}: the stream {stream.type} needs an even static batch (its dim 0) of "
+                           "at least 2 to run in two halves; use overlap{chunks=C} for one sequence")
+    inside = {id(op) for layer in chain.layers for op in layer.ops}
+    ends = {layer.out for layer in chain.layers}
+    end = chain.layers[-1].out
+    out = OpEmitter()
+    halves: list[dict[Value, Value]] = [{}, {}]
+    outside: dict[Value, Value] = {}
+    pending: list[Op] = []  # the current sublayer's ops: emitted for half A, then for half B
+    for op in graph.ops:
+        if id(op) not in inside:
+            if halves[0] and any(v in halves[0] and v not in outside for v in op.operands):
+                raise OverlapError(f"overlap{{split=2}}: {op.describe()} reads a layer's value outside the stack "
+                                   "(a KV cache's entries): not split yet")
+            out.append(op.replace(operands=tuple(outside.get(v, v) for v in op.operands)))
+            continue
+        if not halves[0]:  # the stream in halves, at the first layer op
+            for h in (0, 1):
+                halves[h][stream] = out.emit("slice", stream, dim=0, start=h * batch // 2, end=(h + 1) * batch // 2)
+        pending.append(op)
+        if not any(r in ends for r in op.results):
+            continue
+        for h in (0, 1):  # one half's sublayer, then the other's: B computes while A's all-reduce runs
+            for p in pending:
+                _half_op(out, p, halves[h], batch)
+        pending = []
+        if end in op.results:
+            outside[end] = out.emit("concat", halves[0][end], halves[1][end], dim=0)
+    note = f"overlap: the batch of {batch} in two halves through {len(chain.layers)} sublayers"
+    return graph.replace(ops=tuple(out.ops), outputs=tuple(outside.get(v, v) for v in graph.outputs),
+                         history=graph.history + (note,))
+
+
+def _half_op(out: OpEmitter, op: Op, values: dict[Value, Value], batch: int) -> None:
+    """``op`` on one half of the batch: operands of that half, shapes that name the batch halved."""
+    operands = [values.get(v, v) for v in op.operands]
+    attrs = dict(op.attrs)
+    for key in ("shape",):
+        if key in attrs and attrs[key] and attrs[key][0] == batch:
+            attrs[key] = [batch // 2, *attrs[key][1:]]
+    name = "all_reduce_start" if op.name == "all_reduce" else op.name
+    try:
+        new = out.emit_op(name, operands, attrs, op.loc, op.regions)
+    except Exception as e:
+        raise OverlapError(f"overlap{{split=2}}: {op.describe()} does not run on half the batch ({e})") from None
+    results = list(new.results)
+    if name == "all_reduce_start":
+        results = [out.emit("wait", new.results[0], loc=op.loc)]
+    for old, fresh in zip(op.results, results):
+        if old.type.rank and old.type.shape[0] == batch and fresh.type.shape[0] != batch // 2:
+            raise OverlapError(f"overlap{{split=2}}: {op.describe()} mixes the batch's rows")
+        values[old] = fresh
+
+
+def schedule(graph: Graph) -> Graph:
+    """``graph``'s ops reordered, dependencies kept: started collectives as early as their operands allow,
+    waits as late as possible (only when nothing else is ready), everything else in its order."""
+    ops = list(graph.ops)
+    made = {r: i for i, op in enumerate(ops) for r in op.results}
+    needs = [{made[v] for v in op.operands if v in made} for op in ops]
+    users: list[list[int]] = [[] for _ in ops]
+    for i, deps in enumerate(needs):
+        for d in deps:
+            users[d].append(i)
+    waiting = [len(d) for d in needs]
+    ready = {i for i, n in enumerate(waiting) if n == 0}
+    order: list[int] = []
+    while ready:
+        starts = [i for i in ready if _is_start(ops[i])]
+        others = [i for i in ready if ops[i].name != "wait" and not _is_start(ops[i])]
+        pick = min(starts) if starts else min(others) if others else min(ready)
+        ready.remove(pick)
+        order.append(pick)
+        for u in users[pick]:
+            waiting[u] -= 1
+            if waiting[u] == 0:
+                ready.add(u)
+    return graph.replace(ops=tuple(ops[i] for i in order))
+
+
+def _is_start(op: Op) -> bool:
+    return op.name.endswith("_start") and kind_of(op.name) is not None
