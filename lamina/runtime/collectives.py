@@ -6,6 +6,7 @@ a ``Pending`` (the work ``torch.distributed`` runs asynchronously and the tensor
 """
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -14,6 +15,7 @@ import torch
 import torch.distributed as dist
 
 from ..ir.core import Op
+from ..ir.ops.collective import KINDS
 from ..ir.errors import LaminaError
 from .library import Derived, library_call
 
@@ -22,12 +24,26 @@ class CollectiveError(LaminaError, RuntimeError):
     """A collective without the process group it needs, or one that failed (a rank died, a timeout)."""
 
 
+@dataclass(frozen=True)
+class SlowLink:
+    """A simulated link of ``gbps`` GB/s: a collective is not done before its bytes could cross it (ring
+    algorithms: an all-reduce sends 2 (N-1)/N of its bytes per rank, a gather or scatter (N-1)/N of the
+    whole). On one machine loopback is nearly free; this makes communication cost what it would."""
+
+    gbps: float
+
+    def seconds(self, kind: str, nbytes: int, world: int) -> float:
+        share = 2 * (world - 1) / world if kind == "all_reduce" else (world - 1) / world
+        return share * nbytes / (self.gbps * 1e9)
+
+
 @dataclass
 class Pending:
-    """A collective in flight: ``finish()`` waits for ``work`` and returns the result."""
+    """A collective in flight: ``finish()`` waits for ``work`` (and the simulated link) and returns the result."""
 
     work: Any
     result: Callable[[], torch.Tensor]
+    ready_at: float = 0.0  # perf_counter time before which a simulated slow link has not delivered
 
     def finish(self) -> torch.Tensor:
         try:
@@ -35,7 +51,19 @@ class Pending:
                 self.work.wait()
         except RuntimeError as e:  # gloo / NCCL: a peer closed the connection, or the timeout passed
             raise CollectiveError(f"a collective failed, most likely because another rank stopped: {e}") from e
+        late = self.ready_at - time.perf_counter()
+        if late > 0:
+            time.sleep(late)
         return self.result()
+
+
+def collective_kind(name: str) -> str:
+    """How a timeline counts op ``name``: start, wait, collective (blocking) or compute."""
+    if name == "wait":
+        return "wait"
+    if name.endswith("_start") and name.removesuffix("_start") in KINDS:
+        return "start"
+    return "collective" if name in KINDS else "compute"
 
 
 def _check(group: int) -> None:
@@ -47,37 +75,40 @@ def _check(group: int) -> None:
                               f"{dist.get_world_size()}; compile with tp={dist.get_world_size()}")
 
 
-def start(kind: str, x: torch.Tensor, group: int, axis: int = 0) -> Pending:
+def start(kind: str, x: torch.Tensor, group: int, axis: int = 0, link: SlowLink | None = None) -> Pending:
     """Start collective ``kind`` of ``x`` across the ``group`` ranks (see ``ir/ops/collective.py``)."""
     _check(group)
     x = x.contiguous()
+    ready_at = time.perf_counter() + link.seconds(kind, x.numel() * x.element_size() * (
+        group if kind == "all_gather" else 1), group) if link is not None else 0.0
     if kind == "all_reduce":
         out = x.clone()
-        return Pending(dist.all_reduce(out, async_op=True), lambda: out)
+        return Pending(dist.all_reduce(out, async_op=True), lambda: out, ready_at)
     if kind == "all_gather":
         parts = [torch.empty_like(x) for _ in range(group)]
-        return Pending(dist.all_gather(parts, x, async_op=True), lambda: torch.cat(parts, axis))
+        return Pending(dist.all_gather(parts, x, async_op=True), lambda: torch.cat(parts, axis), ready_at)
     # reduce_scatter: the sum, then this rank's part (gloo has no reduce_scatter; the sum is the same)
     total = x.clone()
     rank = dist.get_rank()
     return Pending(dist.all_reduce(total, async_op=True),
-                   lambda: total.chunk(group, axis)[rank].contiguous())
+                   lambda: total.chunk(group, axis)[rank].contiguous(), ready_at)
 
 
-def run(kind: str, x: torch.Tensor, group: int, axis: int = 0) -> torch.Tensor:
+def run(kind: str, x: torch.Tensor, group: int, axis: int = 0, link: SlowLink | None = None) -> torch.Tensor:
     """Collective ``kind`` of ``x``, waited for."""
-    return start(kind, x, group, axis).finish()
+    return start(kind, x, group, axis, link).finish()
 
 
 def _line(blocking: bool) -> Callable[..., str]:
     def line(op: Op, a: Sequence[str], out: str | None, results: Sequence[str], derive: Derived) -> str:
         kind = op.name.removesuffix("_start")
         call = "run" if blocking else "start"
-        return f"{results[0]} = collectives.{call}({kind!r}, {a[0]}, {op.attrs['group']}, {op.attrs.get('dim', 0)})"
+        return (f"{results[0]} = collectives.{call}({kind!r}, {a[0]}, {op.attrs['group']}, "
+                f"{op.attrs.get('dim', 0)}, _link)")
     return line
 
 
-for _kind in ("all_reduce", "reduce_scatter", "all_gather"):
+for _kind in KINDS:
     library_call(_kind)(_line(True))
     library_call(f"{_kind}_start")(_line(False))
 

@@ -245,6 +245,39 @@ class CompiledModule:
         """Iterations each early-stopping Newton chunk ran in the last call (``newton{tol=...}``), in order."""
         return list(getattr(self._executor, "iterations", []))
 
+    def profile(self, *args: Any, **kwargs: Any) -> Any:
+        """A call with every step of the plan timed (after one that builds the timed plan): a
+        ``runtime.timeline.Timeline`` (compute, collectives started, time blocked on them) for this process's
+        rank; ``write_chrome_trace`` and ``plot`` draw it."""
+        from .timeline import Timeline
+
+        executor = self._executor
+        if not hasattr(executor, "timeline"):
+            raise NotImplementedError(f"profile needs a kernel backend (cpu or cuda), not {self.options.backend!r}")
+        executor.forget_plans()  # a timed plan, for these calls only
+        executor.timeline = []
+        try:
+            self(*args, **kwargs)  # builds the timed plan (the ranks of a group build theirs at their own pace)
+            executor.timeline.clear()
+            self(*args, **kwargs)
+            events = list(executor.timeline)
+        finally:
+            executor.timeline = None
+            executor.forget_plans()
+        import torch.distributed as dist
+
+        rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+        return Timeline(rank, events)
+
+    def simulate_link(self, gbps: float | None) -> None:
+        """From now on collectives take at least as long as over a ``gbps`` GB/s link (None: no delay), so
+        overlap can be measured on one machine, where loopback is nearly free."""
+        from .collectives import SlowLink
+
+        if hasattr(self._executor, "link"):
+            self._executor.link = SlowLink(gbps) if gbps else None
+            self._executor.forget_plans()
+
     def take_shards(self, rank: int) -> None:
         """Keep only rank ``rank``'s part of each weight the graph splits across ranks (``Param.shard``)."""
         for p in self.graph.params:

@@ -17,6 +17,7 @@ import logging
 import math
 import re
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -41,6 +42,8 @@ from .growing_arena import GrowingArena
 from .kernel_errors import check_assumption, check_assumptions, raise_kernel_errors
 from .library import call_line, hoisted_when_static, view_expr, writes_into_out
 from . import collectives  # registers the collective ops' library calls
+from .collectives import collective_kind
+from .timeline import Event
 from .snapshot import Snapshot, refresh_all
 
 class BackendError(LaminaError, RuntimeError):
@@ -184,6 +187,8 @@ class Executor:
         # a loop body or a routed layer runs as a program of its own, called once per iteration / call
         self.loops = {id(op): Executor(_body_program(op, graph), target, poison)
                       for op in graph.ops if lookup(op.name).program_regions}
+        self.timeline: list[Any] | None = None  # when a list, plans time every step into it (CompiledModule.profile)
+        self.link: Any = None  # a collectives.SlowLink: collectives take as long as over that link (benchmarks)
         self.iterations: list[int] = []  # iteration counts of the last call's iterate ops, in order
         self.residuals: list[float] = []  # and the residual each loop ended with (its last update's norm)
         self.updates: dict[int, int] = {}  # graph input -> the output that is its new value (see update_in_place)
@@ -383,7 +388,7 @@ class _PlanBuilder(PlanContext):
         self.sizes: dict[Any, Size] = {}    # dim -> its int or per-call code (memo)
         self.glb: dict[str, Any] = {"torch": torch, "np": np, "check_assumption": check_assumption,
                                     "quant_format": quant_format, "_device": ex.target.device,
-                                    "collectives": collectives,
+                                    "collectives": collectives, "_link": ex.link,
                                     **ex.target.namespace()}
         self.device = ex.target.device
         self.lines: list[str] = []
@@ -572,7 +577,8 @@ class _PlanBuilder(PlanContext):
             self.glb["_iterations"], self.glb["_residuals"] = self.ex.iterations, self.ex.residuals
             self.lines += ["_iterations.clear()", "_residuals.clear()"]
         fresh_outputs = self.allocate_outputs(steps)
-        launches = sum(self.step(op) for op in steps)
+        launches = sum(self.timed_step(op) for op in steps) if self.ex.timeline is not None else \
+            sum(self.step(op) for op in steps)
         if self.snapshots:
             self.glb["_snapshots"], self.glb["refresh_all"] = self.snapshots, refresh_all
             self.lines.insert(snapshots_at, "refresh_all(_snapshots)")
@@ -629,6 +635,21 @@ class _PlanBuilder(PlanContext):
         self.name[id(op.results[-1])] = count
         self.dynamic.add(id(op.results[-1]))
         return 1
+
+    def timed_step(self, op: Op) -> int:
+        """``step(op)`` between two clock readings, recorded as a timeline ``Event`` (see runtime/timeline.py)."""
+        self.glb.update(_clock=time.perf_counter, _events=self.ex.timeline, _Event=Event)
+        at = len(self.lines)
+        launches = self.step(op)
+        if len(self.lines) == at:  # a view, or computed once: nothing runs per call
+            return launches
+        kind = collective_kind(op.name)
+        key = self.name.get(id(op.results[0]), "") if kind == "start" else \
+            self.name.get(id(op.operands[0]), "") if kind == "wait" else ""
+        label = op.name + (f" {op.loc.module}" if op.loc.module else "")
+        self.lines.insert(at, "_t = _clock()")
+        self.lines.append(f"_events.append(_Event({label!r}, {kind!r}, _t, _clock(), {key!r}))")
+        return launches
 
     def route(self, op: Op, args: list[str]) -> int:
         """``route``: call the layer's program when the decision holds, else pass the ``otherwise`` values (copies:

@@ -1,0 +1,112 @@
+"""Timelines of compiled calls: when each kernel, library call and collective ran, per rank.
+
+``CompiledModule.profile(*inputs)`` runs one call with every step of its plan timed and returns a
+``Timeline``. Steps are ``compute`` (kernels, GEMMs), ``start`` (a collective issued), ``wait`` (blocked
+until a started collective arrived) or ``collective`` (a blocking one). Blocked time is communication
+that compute did not cover: ``exposed_ms``. ``write_chrome_trace`` writes the Chrome trace format
+(Perfetto, chrome://tracing; one process per rank, compute and communication on two tracks, each
+collective drawn from its start to the end of its wait); ``plot`` draws the same as a PNG (matplotlib).
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+COMMUNICATION = ("wait", "collective")
+
+
+@dataclass(frozen=True)
+class Event:
+    """One step: what ran (op and module), its kind, and its start and end (seconds, ``perf_counter``)."""
+
+    label: str
+    kind: str
+    start: float
+    end: float
+    key: str = ""  # a started collective's handle, shared by its start and wait events
+
+    @property
+    def ms(self) -> float:
+        return (self.end - self.start) * 1e3
+
+
+@dataclass
+class Timeline:
+    """One rank's call."""
+
+    rank: int = 0
+    events: list[Event] = field(default_factory=list)
+
+    @property
+    def total_ms(self) -> float:
+        return (self.events[-1].end - self.events[0].start) * 1e3 if self.events else 0.0
+
+    @property
+    def exposed_ms(self) -> float:
+        """Time blocked on communication (waits and blocking collectives)."""
+        return sum(e.ms for e in self.events if e.kind in COMMUNICATION)
+
+    @property
+    def compute_ms(self) -> float:
+        return sum(e.ms for e in self.events if e.kind == "compute")
+
+    @property
+    def overlapped_ms(self) -> float:
+        """Compute time that ran while some collective was in flight (communication hidden behind it)."""
+        flights = [(s, e) for _, s, e in self.flights()]
+        return sum(e.ms for e in self.events if e.kind == "compute"
+                   and any(s <= e.start and e.end <= end for s, end in flights))
+
+    def flights(self) -> list[tuple[str, float, float]]:
+        """Each collective from its start to the end of its wait (or its blocking run): label, start, end."""
+        started = {e.key: e for e in self.events if e.kind == "start"}
+        out = [(e.label, started[e.key].start, e.end) for e in self.events if e.kind == "wait" and e.key in started]
+        return out + [(e.label, e.start, e.end) for e in self.events if e.kind == "collective"]
+
+
+def write_chrome_trace(timelines: Sequence[Timeline], path: str | Path) -> Path:
+    """The timelines as a Chrome-trace JSON file (times relative to the earliest event)."""
+    origin = min((t.events[0].start for t in timelines if t.events), default=0.0)
+    records = []
+    for t in timelines:
+        records.append({"name": "process_name", "ph": "M", "pid": t.rank, "args": {"name": f"rank {t.rank}"}})
+        for e in t.events:
+            if e.kind in ("compute", *COMMUNICATION):
+                records.append({"name": e.label, "cat": e.kind, "ph": "X", "pid": t.rank, "tid": 0 if e.kind ==
+                                "compute" else 2, "ts": (e.start - origin) * 1e6, "dur": (e.end - e.start) * 1e6})
+        for label, start, end in t.flights():
+            records.append({"name": label, "cat": "in flight", "ph": "X", "pid": t.rank, "tid": 1,
+                            "ts": (start - origin) * 1e6, "dur": (end - start) * 1e6})
+    path = Path(path)
+    path.write_text(json.dumps({"traceEvents": records, "displayTimeUnit": "ms"}))
+    return path
+
+
+def plot(timelines: Sequence[Timeline], path: str | Path, title: str = "") -> Path:
+    """A PNG: per rank, compute, collectives in flight and blocked time as bars over time (ms)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    origin = min((t.events[0].start for t in timelines if t.events), default=0.0)
+    fig, ax = plt.subplots(figsize=(12, 1.2 + 1.1 * len(timelines)))
+    rows, names = 0, []
+    for t in timelines:
+        tracks = [("compute", [(e.start, e.end) for e in t.events if e.kind == "compute"], "tab:blue"),
+                  ("in flight", [(s, e) for _, s, e in t.flights()], "tab:orange"),
+                  ("blocked", [(e.start, e.end) for e in t.events if e.kind in COMMUNICATION], "tab:red")]
+        for name, spans, color in tracks:
+            ax.broken_barh([((s - origin) * 1e3, (e - s) * 1e3) for s, e in spans], (rows, 0.8), color=color)
+            names.append(f"rank {t.rank} {name}")
+            rows += 1
+    ax.set_yticks([i + 0.4 for i in range(rows)], names)
+    ax.set_xlabel("ms")
+    ax.set_title(title)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
