@@ -87,7 +87,13 @@ def compile_imported(imported: Imported, options: CompileOptions, model_name: st
                           f"({', '.join(s.key for s in result.graph.states)}), which torch.compile's graphs cannot "
                           "hold; use lamina.compile(model, inputs, pipeline=..., state=lamina.ProgramState()) instead")
     executor = entry(options.backend).make_executor(result.graph, options)
-    return CompiledModule(imported, result.graph, executor, options, result.timings, model_name)
+    compiled = CompiledModule(imported, result.graph, executor, options, result.timings, model_name)
+    shards = [p.shard.parts for p in result.graph.params if p.shard is not None]
+    if shards:  # a tensor-parallel program: this rank keeps its part of each split weight
+        from .distributed import this_rank
+
+        compiled.take_shards(this_rank(result.graph.name, shards[0]))
+    return compiled
 
 
 def compile_lowered(imported: Imported, backend: str, model_name: str = "model") -> CompiledModule:

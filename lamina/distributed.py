@@ -97,20 +97,34 @@ def compile(model: torch.nn.Module, example_inputs: Any, *, tp: int | None = Non
     from .passes.manager import default_pipeline
 
     init()
-    world, rank = dist.get_world_size(), dist.get_rank()
+    world = dist.get_world_size()
     tp = world if tp is None else tp
     if tp != world:
         raise DistributedError(f"lamina.distributed.compile: tp={tp} but the process group has {world} ranks; "
                                f"launch tp processes (torchrun --nproc-per-node={tp}) or pass tp={world}")
-    steps = (pipeline or default_pipeline(backend)).split(",")
-    if not any(s.strip().startswith("shard") for s in steps):
-        steps.insert(max(len(steps) - 1, 1), f"shard{{tp={tp}}}")
-    pipeline = ",".join(steps)
+    pipeline = sharded_pipeline(pipeline or default_pipeline(backend), tp)
     seen: list[Any] = [None] * world
     dist.all_gather_object(seen, pipeline)
     if len(set(seen)) != 1:
         raise DistributedError(f"lamina.distributed.compile: the ranks compile different pipelines ({seen}); every "
                                "rank must run the same one")
-    compiled = compile_one(model, example_inputs, pipeline=pipeline, backend=backend, fallback=False, **options)
-    compiled.take_shards(rank)
-    return compiled
+    return compile_one(model, example_inputs, pipeline=pipeline, backend=backend, fallback=False, **options)
+
+
+def sharded_pipeline(pipeline: str, tp: int) -> str:
+    """``pipeline`` with ``shard{tp=...}`` before its last pass, unless it has a shard pass already."""
+    steps = pipeline.split(",")
+    if not any(s.strip().startswith("shard") for s in steps):
+        steps.insert(max(len(steps) - 1, 1), f"shard{{tp={tp}}}")
+    return ",".join(steps)
+
+
+def this_rank(graph_name: str, tp: int) -> int:
+    """This process's rank in the group a graph sharded for ``tp`` ranks runs on (a clear error without one)."""
+    if not dist.is_available() or not dist.is_initialized():
+        raise DistributedError(f"graph @{graph_name} is sharded for {tp} ranks: run it in a torch.distributed "
+                               "process group (lamina.distributed.compile under torchrun)")
+    if dist.get_world_size() != tp:
+        raise DistributedError(f"graph @{graph_name} is sharded for {tp} ranks, the process group has "
+                               f"{dist.get_world_size()}")
+    return dist.get_rank()

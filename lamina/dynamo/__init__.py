@@ -3,7 +3,8 @@
 Registered by the ``torch_dynamo_backends`` entry point (no import needed) and by
 ``import lamina``. Options come through ``torch.compile(..., options={...})``: ``target``
 ("cpu", "cuda", "reference"), ``pipeline``, ``dump_dir`` (default ``$LAMINA_DUMP_DIR``),
-``fallback`` (default True), ``kernel_language``, ``poison``.
+``fallback`` (default True), ``kernel_language``, ``poison``, ``calibration``, ``tp`` (tensor parallelism:
+each graph sharded for that many ranks, in the process group torchrun set up; see ``lamina.distributed``).
 
 Per graph dynamo hands over: a graph that needs autograd runs in PyTorch (logged); else
 the whole graph is compiled, and if some ops are unsupported, the supported pieces are
@@ -28,7 +29,7 @@ from ..log import logger
 from ..options import CompileOptions
 from .graph_args import NotTensorDerived, TensorArgs, arg_map, dynamic_dims
 
-OPTION_KEYS = ("target", "pipeline", "dump_dir", "fallback", "kernel_language", "poison", "calibration")
+OPTION_KEYS = ("target", "pipeline", "dump_dir", "fallback", "kernel_language", "poison", "calibration", "tp")
 
 
 @dataclass
@@ -54,7 +55,13 @@ def compile_options(options: Mapping[str, Any] | None) -> CompileOptions:
     if unknown:
         raise LaminaError(f"unknown lamina option(s) {', '.join(unknown)}; known: {', '.join(OPTION_KEYS)}")
     dump = options.get("dump_dir", os.environ.get("LAMINA_DUMP_DIR"))
-    return CompileOptions(backend=options.get("target", "cpu"), pipeline=options.get("pipeline"),
+    pipeline = options.get("pipeline")
+    if options.get("tp", 1) > 1:  # tensor parallelism: every graph sharded; each rank keeps its part
+        from ..distributed import sharded_pipeline
+        from ..passes.manager import default_pipeline
+
+        pipeline = sharded_pipeline(pipeline or default_pipeline(options.get("target", "cpu")), options["tp"])
+    return CompileOptions(backend=options.get("target", "cpu"), pipeline=pipeline,
                           fallback=options.get("fallback", True), dump_dir=Path(dump) if dump else None,
                           poison=options.get("poison", False), kernel_language=options.get("kernel_language", "cuda_c"),
                           calibration=options.get("calibration"))

@@ -70,6 +70,9 @@ class CompiledModule:
         self.model_name = model_name
         self._executor = executor
         self._weights = {k: v.detach() for k, v in imported.weights.items()}
+        self._shards = {p.key: p.shard for p in graph.params if p.shard is not None}  # tensor parallelism
+        self._rank: int | None = None  # set by take_shards
+        self._sources: dict[str, torch.Tensor] = {}  # per split weight, the whole one its part was cut from
         # each call's shapes are checked without SymPy: by the executor when it binds sizes itself
         self._binder = None if hasattr(executor, "binder") else ShapeBinder([v.type for v in graph.user_inputs])
         self._dtypes = [to_torch(v.type.dtype) for v in graph.user_inputs]
@@ -138,9 +141,9 @@ class CompiledModule:
                 raise InputMismatchError(f"argument {position} of {self.model_name} must be a tensor, got "
                                          f"{type(value).__name__}")
             elif isinstance(role, ParamRole):  # dynamo passes the module's weights on every call
-                held = weights.get(role.key)
+                held = self._sources.get(role.key, weights.get(role.key))
                 if held is None or not _same_memory(held, value):  # a new Parameter, or new .data
-                    weights[role.key], moved = value.detach(), True
+                    weights[role.key], moved = self._own_part(role.key, value.detach()), True
             elif isinstance(role, InputRole):
                 inputs[role.index] = self._check(role.index, value)
         self._check_signature(inputs)
@@ -279,12 +282,22 @@ class CompiledModule:
             self._executor.forget_plans()
 
     def take_shards(self, rank: int) -> None:
-        """Keep only rank ``rank``'s part of each weight the graph splits across ranks (``Param.shard``)."""
+        """Keep only rank ``rank``'s part of each weight the graph splits across ranks (``Param.shard``), also
+        of the whole weights later calls pass (torch.compile's)."""
+        self._rank = rank
         for p in self.graph.params:
-            if p.shard is not None:
-                self._weights[p.key] = p.shard.take(self._weights[p.key], rank).contiguous()
+            if p.shard is not None and p.key in self._weights:  # (torch.compile passes its weights per call)
+                self._weights[p.key] = self._own_part(p.key, self._weights[p.key])
         if hasattr(self._executor, "forget_plans"):
             self._executor.forget_plans()
+
+    def _own_part(self, key: str, whole: torch.Tensor) -> torch.Tensor:
+        """This rank's part of weight ``key`` (the weight itself where the graph does not split it)."""
+        shard = self._shards.get(key)
+        if shard is None or self._rank is None:
+            return whole
+        self._sources[key] = whole  # what the caller holds: a later call passing it again is no change
+        return shard.take(whole, self._rank).contiguous()
 
     def save(self, path: Any) -> None:
         """Write this module to one safetensors file that ``lamina.load(path)`` runs without the model

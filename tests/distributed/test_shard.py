@@ -257,3 +257,24 @@ def test_the_timeline_shows_compute_while_collectives_are_in_flight(tmp_path) ->
     trace = json.loads((tmp_path / "trace.json").read_text())["traceEvents"]
     assert {e.get("cat") for e in trace} >= {"compute", "wait", "in flight"}
     assert (tmp_path / "timeline.png").stat().st_size > 1000
+
+
+def _torch_compiled_rank(rank: int, world: int) -> np.ndarray:
+    model, args = MODELS["gpt2"]()
+    fast = torch.compile(model, backend="lamina", options={"tp": world})
+    with torch.no_grad():
+        return fast(*args).numpy()
+
+
+def test_torch_compile_with_tp_equals_the_single_process_model() -> None:
+    model, args = MODELS["gpt2"]()
+    with torch.no_grad():
+        want = model(*args).numpy()
+    for got in spawn(_torch_compiled_rank, 2, timeout_s=300):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_a_sharded_pipeline_outside_a_process_group_is_a_clear_error() -> None:
+    model, args = MODELS["gpt2"]()
+    with pytest.raises(DistributedError, match="sharded for 2 ranks: run it in a torch.distributed process group"):
+        lamina.compile(model, args, pipeline="canonicalize,shard{tp=2},fuse")
