@@ -19,11 +19,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from .errors import LaminaError
-
-
-class DistributedError(LaminaError, RuntimeError):
-    """A rank failed, timed out, or the process group is not what the program needs."""
+from .runtime.collectives import DistributedError, check_group
 
 
 def init(backend: str | None = None, timeout_s: float = 60.0) -> None:
@@ -121,10 +117,4 @@ def sharded_pipeline(pipeline: str, tp: int) -> str:
 
 def this_rank(graph_name: str, tp: int) -> int:
     """This process's rank in the group a graph sharded for ``tp`` ranks runs on (a clear error without one)."""
-    if not dist.is_available() or not dist.is_initialized():
-        raise DistributedError(f"graph @{graph_name} is sharded for {tp} ranks: run it in a torch.distributed "
-                               "process group (lamina.distributed.compile under torchrun)")
-    if dist.get_world_size() != tp:
-        raise DistributedError(f"graph @{graph_name} is sharded for {tp} ranks, the process group has "
-                               f"{dist.get_world_size()}")
-    return dist.get_rank()
+    return check_group(tp, f"graph @{graph_name}")

@@ -20,8 +20,11 @@ from ..ir.errors import LaminaError
 from .library import Derived, library_call
 
 
-class CollectiveError(LaminaError, RuntimeError):
-    """A collective without the process group it needs, or one that failed (a rank died, a timeout)."""
+class DistributedError(LaminaError, RuntimeError):
+    """No process group, or not the one a program was sharded for; a rank that failed or timed out."""
+
+
+CollectiveError = DistributedError  # a collective that failed: a rank died, or the timeout passed
 
 
 @dataclass(frozen=True)
@@ -66,18 +69,20 @@ def collective_kind(name: str) -> str:
     return "collective" if name in KINDS else "compute"
 
 
-def _check(group: int) -> None:
+def check_group(group: int, what: str = "this program") -> int:
+    """This process's rank, in a process group of the ``group`` ranks ``what`` was sharded for (else an error)."""
     if not dist.is_available() or not dist.is_initialized():
-        raise CollectiveError(f"this program was sharded for {group} ranks and needs torch.distributed: run it "
-                              "under torchrun (lamina.distributed.compile initialises the process group)")
+        raise DistributedError(f"{what} is sharded for {group} ranks: run it in a torch.distributed process group "
+                               "(lamina.distributed.compile under torchrun)")
     if dist.get_world_size() != group:
-        raise CollectiveError(f"this program was sharded for {group} ranks, the process group has "
-                              f"{dist.get_world_size()}; compile with tp={dist.get_world_size()}")
+        raise DistributedError(f"{what} is sharded for {group} ranks, the process group has "
+                               f"{dist.get_world_size()}; compile with tp={dist.get_world_size()}")
+    return dist.get_rank()
 
 
 def start(kind: str, x: torch.Tensor, group: int, axis: int = 0, link: SlowLink | None = None) -> Pending:
     """Start collective ``kind`` of ``x`` across the ``group`` ranks (see ``ir/ops/collective.py``)."""
-    _check(group)
+    check_group(group)
     x = x.contiguous()
     ready_at = time.perf_counter() + link.seconds(kind, x.numel() * x.element_size() * (
         group if kind == "all_gather" else 1), group) if link is not None else 0.0

@@ -73,7 +73,7 @@ def test_two_gloo_processes_equal_the_simulated_group() -> None:
 def test_the_program_refuses_a_missing_or_wrong_process_group() -> None:
     from lamina.runtime.collectives import CollectiveError
 
-    with pytest.raises(CollectiveError, match="needs torch.distributed: run it under torchrun"):
+    with pytest.raises(CollectiveError, match="sharded for 2 ranks: run it in a torch.distributed process group"):
         _run_rank(0, 1)
 
 
