@@ -4,8 +4,9 @@ overlap, over a simulated link (none, 10 GB/s, 1 GB/s).
 Usage: ``python benchmarks/overlap.py [--d-model 1024] [--layers 4] [--batch 4] [--tokens 128] [--rounds 5]``
 
 Each rank compiles lamina's GPT-2 stack once per configuration (``lamina.distributed.compile``): "tp" (one
-blocking all-reduce per sublayer), "tp+split" (``overlap{split=2}``: batch halves) and "tp+chunks"
-(``overlap{chunks=4}``: chunked row GEMMs). Per link speed (``CompiledModule.simulate_link``: a collective
+blocking all-reduce per sublayer), "tp+split" (``overlap{split=2}``: batch halves), "tp+chunks"
+(``overlap{chunks=4}``: chunked row GEMMs) and "tp+norm" (``overlap{norm=1}``: the sequence-parallel
+stream). Per link speed (``CompiledModule.simulate_link``: a collective
 is not done before its bytes could cross that link) the configurations run interleaved, round by round;
 step time is the median over rounds on rank 0, and the exposed communication (time blocked in waits and
 blocking collectives) and compute run under collectives in flight come from one profiled call
@@ -34,7 +35,8 @@ import lamina  # noqa: E402
 import lamina.distributed  # noqa: E402
 from lamina.models.gpt2_stack import make_gpt2_stack  # noqa: E402
 
-CONFIGS = {"tp": "", "tp+split": "overlap{split=2},", "tp+chunks": "overlap{chunks=4},"}
+CONFIGS = {"tp": "", "tp+split": "overlap{split=2},", "tp+chunks": "overlap{chunks=4},",
+           "tp+norm": "overlap{norm=1},"}
 LINKS = {"none": None, "10 GB/s": 10.0, "1 GB/s": 1.0}
 HERE = Path(__file__).resolve().parent
 

@@ -32,8 +32,13 @@ def interpret_group(graph: Graph, inputs: Sequence[Sequence[np.ndarray]],
     ranks = [prepare(graph, x, p) for x, p in zip(inputs, params)]
     for op in graph.ops:
         args = [[env[id(v)] for v in op.operands] for _, env in ranks]
-        if op.name in GROUP_OPS:
-            outs = [[x[0]] for x in args] if op.name == "wait" else [[y] for y in collective(op, [a[0] for a in args])]
+        if op.name == "wait":
+            outs = [[x[0]] for x in args]
+        elif op.name == "rank_slice":  # no communication: each rank's own part of its own value
+            _group_size(op, len(ranks))
+            outs = [[np.ascontiguousarray(np.split(a[0], len(ranks), op.attrs["dim"])[r])] for r, a in enumerate(args)]
+        elif op.name in GROUP_OPS:
+            outs = [[y] for y in collective(op, [a[0] for a in args])]
         else:
             outs = [interpreter.run_op(op, a) for (interpreter, _), a in zip(ranks, args)]
         for (_, env), out in zip(ranks, outs):
@@ -45,9 +50,7 @@ def interpret_group(graph: Graph, inputs: Sequence[Sequence[np.ndarray]],
 def collective(op: Op, values: Sequence[np.ndarray]) -> list[np.ndarray]:
     """Each rank's result of collective ``op`` given every rank's operand (``values``, in rank order)."""
     n, kind = len(values), kind_of(op.name)
-    if op.attrs["group"] != n:
-        raise InterpreterError(f"{op.describe()} is for a group of {op.attrs['group']} ranks, the simulated group "
-                               f"has {n}")
+    _group_size(op, n)
     dtype = op.results[0].type.dtype
     if kind == "all_gather":
         whole = np.concatenate(values, axis=op.attrs["dim"])
@@ -56,3 +59,9 @@ def collective(op: Op, values: Sequence[np.ndarray]) -> list[np.ndarray]:
     if kind == "all_reduce":
         return [total.copy() for _ in values]
     return [np.ascontiguousarray(part) for part in np.split(total, n, axis=op.attrs["dim"])]
+
+
+def _group_size(op: Op, n: int) -> None:
+    if op.attrs["group"] != n:
+        raise InterpreterError(f"{op.describe()} is for a group of {op.attrs['group']} ranks, the simulated group "
+                               f"has {n}")

@@ -718,7 +718,7 @@ NOT_EXPORTED = {
        for name in ("quantize", "qlinear")},
     **{name: "collectives across ranks have no standard-dialect form; export the graph before the shard pass"
        for name in ("all_reduce", "reduce_scatter", "all_gather", "all_reduce_start", "reduce_scatter_start",
-                    "all_gather_start", "wait")},
+                    "all_gather_start", "wait", "rank_slice")},
 }
 
 

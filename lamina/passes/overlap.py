@@ -1,4 +1,4 @@
-"""overlap{chunks=C | split=2}: hide a sharded graph's all-reduces behind compute.
+"""overlap{chunks=C | split=2 | norm=1}: hide a sharded graph's all-reduces behind compute.
 
 After ``shard``, each sublayer ends in ``all_reduce(linear(x, W))``, and every rank waits for it. This pass
 starts collectives early and waits for them late (``*_start`` / ``wait`` ops), with compute between:
@@ -9,6 +9,9 @@ starts collectives early and waits for them late (``*_start`` / ``wait`` ops), w
 - ``split=2`` (TokenWeave): the batch in two halves that run the layer stack one after the other, so
   one half's all-reduce runs while the other half computes its sublayer. The halves are joined after
   the stack. The batch must be even (and at least 2).
+- ``norm=1`` (sequence parallelism, TokenWeave's all-reduce fused with the norm): the stream split by
+  tokens across the ranks; each all-reduce becomes a reduce-scatter, the residual adds and norms run on
+  this rank's tokens, and the norm's output is all-gathered for the next column linears.
 
 Then a scheduling step (``schedule``) reorders the graph, keeping every dependency: a ``*_start`` as soon
 as its operand is ready, a ``wait`` only when nothing else can run. ``lamina dump`` shows the order. The
@@ -33,16 +36,21 @@ class OverlapError(LaminaError, ValueError):
 
 @dataclass(frozen=True)
 class OverlapOptions:
-    """chunks: T3's chunks of each row linear (>= 2); split: TokenWeave's batch halves (2)."""
+    """chunks: T3's chunks of each row linear (>= 2); split: TokenWeave's batch halves (2); norm: 1 for the
+    sequence-parallel stream (reduce-scatter, norms on the token shard, all-gather)."""
 
     chunks: int = 0
     split: int = 0
+    norm: int = 0
 
     def __post_init__(self) -> None:
-        if self.chunks and self.split:
-            raise OverlapError("overlap: give chunks=C or split=2, not both")
-        if not self.chunks and not self.split:
-            raise OverlapError("overlap: give chunks=C (chunked row GEMMs) or split=2 (batch halves)")
+        if sum(bool(x) for x in (self.chunks, self.split, self.norm)) > 1:
+            raise OverlapError("overlap: give one of chunks=C, split=2 or norm=1")
+        if not self.chunks and not self.split and not self.norm:
+            raise OverlapError("overlap: give chunks=C (chunked row GEMMs), split=2 (batch halves) or norm=1 "
+                               "(sequence-parallel norms)")
+        if self.norm not in (0, 1):
+            raise OverlapError(f"overlap: norm={self.norm} must be 1 (or left out)")
         if self.chunks and self.chunks < 2:
             raise OverlapError(f"overlap: chunks={self.chunks} must be at least 2")
         if self.split and self.split != 2:
@@ -54,6 +62,8 @@ def overlap(graph: Graph, options: OverlapOptions = OverlapOptions(chunks=2)) ->
     reduces = [op for op in graph.ops if op.name == "all_reduce"]
     if not reduces:
         raise OverlapError(f"overlap: graph @{graph.name} has no all_reduce to overlap; run shard{{tp=N}} first")
+    if options.norm:
+        return schedule(_sequence_parallel(graph, reduces))
     rewritten = _chunked(graph, reduces, options.chunks) if options.chunks else _halves(graph, reduces)
     return schedule(rewritten)
 
@@ -151,6 +161,76 @@ def _half_op(out: OpEmitter, op: Op, values: dict[Value, Value], batch: int) -> 
         if old.type.rank and old.type.shape[0] == batch and fresh.type.shape[0] != batch // 2:
             raise OverlapError(f"overlap{{split=2}}: {op.describe()} mixes the batch's rows")
         values[old] = fresh
+
+
+PER_TOKEN = ("layer_norm", "rms_norm")  # and elementwise ops, and reductions over the last axis only
+
+
+def _sequence_parallel(graph: Graph, reduces: Sequence[Op]) -> Graph:
+    """The layer stack's stream split by tokens across the ranks (Megatron's sequence parallelism): each
+    row linear's all-reduce becomes a reduce-scatter, the residual adds and norms run on this rank's tokens,
+    and the norm's output is all-gathered for the column linears. The stream is sliced at the stack's start
+    (``rank_slice``, no communication) and gathered at its end. Communication is the same, and half of it
+    moves after the norm, whose work is split too."""
+    from ..ir.ops import category
+    from ..ir.opdef import Category
+
+    chains = find_chains(graph, "sublayer", min_layers=1)
+    chain = max(chains, key=lambda c: len(c.layers)) if chains else None
+    if chain is None:
+        raise OverlapError(f"overlap{{norm=1}}: graph @{graph.name} has no residual layer stack")
+    group = reduces[0].attrs["group"]
+    stream = chain.layers[0].stream
+    axis = stream.type.rank - 2
+    tokens = stream.type.shape[axis] if axis >= 0 else None
+    if not isinstance(tokens, int) or tokens % group:
+        raise OverlapError(f"overlap{{norm=1}}: the stream {stream.type} needs a static token count (dim {axis}) "
+                           f"that tp={group} divides")
+    inside = {id(op): layer for layer in chain.layers for op in layer.ops}
+    if any(not any(op.name == "all_reduce" for op in layer.ops) for layer in chain.layers):
+        raise OverlapError("overlap{norm=1}: every sublayer of the stack must end in an all-reduce (run shard first)")
+    end = chain.layers[-1].out
+    out = OpEmitter()
+    part: dict[Value, Value] = {}   # stream-side value -> this rank's tokens of it
+    whole: dict[Value, Value] = {}  # value -> its replacement computed on all tokens
+    gathered: dict[Value, Value] = {}
+    for op in graph.ops:
+        if id(op) not in inside:
+            operands = [whole.get(v, v) for v in op.operands]
+            out.append(op.replace(operands=tuple(operands)))
+            continue
+        if not part:
+            part[stream] = out.emit("rank_slice", stream, group=group, dim=axis)
+        if op.name == "all_reduce":
+            part[op.results[0]] = out.emit("reduce_scatter", whole.get(op.operands[0], op.operands[0]), group=group,
+                                           dim=axis, loc=op.loc)
+        elif any(v in part for v in op.operands) and op.name != "linear":
+            reduced = op.attrs.get("dims", [])
+            per_token = (category(op.name) is Category.ELEMENTWISE or op.name in PER_TOKEN
+                         or (category(op.name) is Category.REDUCTION and axis not in [d % op.operands[0].type.rank
+                                                                                    for d in reduced]))
+            if not per_token or any(v not in part and v in whole for v in op.operands):
+                raise OverlapError(f"overlap{{norm=1}}: {op.describe()} reads the token-split stream and is not "
+                                   "per token")
+            new = out.emit_op(op.name, [part.get(v, v) for v in op.operands], dict(op.attrs), op.loc)
+            part.update(zip(op.results, new.results))
+        else:  # a column linear reads the norm's output on all tokens, and what follows it runs on all tokens
+            operands = []
+            for v in op.operands:
+                if v in part:
+                    if v not in gathered:
+                        gathered[v] = out.emit("all_gather", part[v], group=group, dim=axis, loc=op.loc)
+                    operands.append(gathered[v])
+                else:
+                    operands.append(whole.get(v, v))
+            new = out.emit_op(op.name, operands, dict(op.attrs), op.loc, op.regions)
+            whole.update(zip(op.results, new.results))
+        if end in op.results:
+            whole[end] = out.emit("all_gather", part[end], group=group, dim=axis, loc=op.loc)
+    note = (f"overlap: the stream of {len(chain.layers)} sublayers split by tokens across {group} ranks "
+            "(reduce-scatter, norms on the shard, all-gather)")
+    return graph.replace(ops=tuple(out.ops), outputs=tuple(whole.get(v, v) for v in graph.outputs),
+                         history=graph.history + (note,))
 
 
 def schedule(graph: Graph) -> Graph:

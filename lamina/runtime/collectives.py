@@ -118,6 +118,16 @@ for _kind in KINDS:
     library_call(f"{_kind}_start")(_line(False))
 
 
+@library_call("rank_slice")
+def _rank_slice(op: Op, a: Sequence[str], out: str | None, results: Sequence[str], derive: Derived) -> str:
+    return f"{results[0]} = collectives.rank_slice({a[0]}, {op.attrs['group']}, {op.attrs['dim']})"
+
+
+def rank_slice(x: torch.Tensor, group: int, axis: int) -> torch.Tensor:
+    """This rank's part of ``x`` (every rank holds all of it)."""
+    return x.chunk(group, axis)[check_group(group)].contiguous()
+
+
 @library_call("wait")
 def _wait(op: Op, a: Sequence[str], out: str | None, results: Sequence[str], derive: Derived) -> str:
     return f"{results[0]} = {a[0]}.finish()"

@@ -200,7 +200,7 @@ def test_overlap_errors_name_the_option() -> None:
         run_pipeline(graph, "overlap{chunks=2}")
     with pytest.raises(OverlapError, match="do not split into 3 equal chunks"):
         run_pipeline(graph, "shard{tp=2},overlap{chunks=3}")
-    with pytest.raises(OverlapError, match="chunks=C .* or split=2"):
+    with pytest.raises(OverlapError, match="give chunks=C .*split=2 .*or norm=1"):
         run_pipeline(graph, "overlap")
     one = import_module(make_gpt2_stack(n_layers=2, batch=1)[0], (torch.randint(0, 128, (1, 16)),), None, None)
     with pytest.raises(OverlapError, match="needs an even static batch"):
@@ -214,7 +214,27 @@ def _overlapped_rank(rank: int, world: int, name: str, overlap: str) -> np.ndarr
         return compiled(*args).numpy()
 
 
-@pytest.mark.parametrize("overlap", ["overlap{chunks=4}", "overlap{split=2}"])
+@pytest.mark.parametrize("name", ["gpt2", "llama"])
+def test_the_sequence_parallel_stream_equals_the_whole_model(name: str) -> None:
+    """overlap{norm=1}: each all-reduce a reduce-scatter, norms on the token shard, one all-gather per column input."""
+    _, args, graph, weights = _imported(name)
+    inputs = [a.numpy() for a in args]
+    want = interpret(graph, inputs, {p.key: weights[p.key] for p in graph.params})[0]
+    sharded = run_pipeline(graph, "shard{tp=2}")
+    done = run_pipeline(sharded, "overlap{norm=1}")
+    names = [op.name for op in done.ops]
+    reduces = sum(op.name == "all_reduce" for op in sharded.ops)
+    assert "all_reduce" not in names and names.count("reduce_scatter") == reduces
+    assert names.count("rank_slice") == 1 and names.count("all_gather") == reduces + 1  # per sublayer, and the end
+    ranks = [{p.key: p.shard.take(weights[p.key], r) if p.shard else weights[p.key] for p in done.params}
+             for r in range(2)]
+    for out in interpret_group(done, [inputs] * 2, ranks):
+        np.testing.assert_allclose(out[0], want, rtol=1e-5, atol=1e-5)
+    with pytest.raises(lamina.LaminaError, match="one of chunks=C, split=2 or norm=1"):
+        run_pipeline(sharded, "overlap{norm=1,chunks=2}")
+
+
+@pytest.mark.parametrize("overlap", ["overlap{chunks=4}", "overlap{split=2}", "overlap{norm=1}"])
 def test_gloo_ranks_with_overlap_equal_the_single_process_model(overlap: str) -> None:
     model, args = MODELS["gpt2"]()
     with torch.no_grad():

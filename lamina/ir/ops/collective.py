@@ -9,6 +9,8 @@ in a simulated group (``ir/group.py``), the runtime calls ``torch.distributed`` 
 - ``all_reduce``: the sum over the ranks, on every rank.
 - ``reduce_scatter``: the sum, cut into ``group`` equal parts along ``dim``; rank r gets part r.
 - ``all_gather``: the ranks' values concatenated along ``dim`` in rank order, on every rank.
+- ``rank_slice``: no communication: this rank's part (``group`` equal parts along ``dim``) of a value every
+  rank holds whole; the start of a sequence-parallel stretch.
 """
 from __future__ import annotations
 
@@ -73,12 +75,19 @@ def kind_of(name: str) -> str | None:
     return base if base in KINDS else None
 
 
+def _rank_slice_infer(types: Sequence[TensorType], attrs: Mapping[str, Any]) -> list[TensorType]:
+    return _reduce_scatter_infer(types, attrs)
+
+
 DEFS = [
     *(OpDef(kind, ("x",), _INFER[kind], None, Category.LIBRARY, f"{kind} across the group's ranks (module doc)",
             _ATTRS[kind]) for kind in KINDS),
     *(OpDef(f"{kind}_start", ("x",), _INFER[kind], None, Category.LIBRARY,
             f"starts an asynchronous {kind}; its result is in flight until a wait reads it", _ATTRS[kind])
       for kind in KINDS),
+    OpDef("rank_slice", ("x",), _rank_slice_infer, None, Category.LIBRARY,
+          "this rank's part of a value every rank holds whole (module doc)",
+          {"group": AttrSpec("int"), "dim": AttrSpec("int")}),
     OpDef("wait", ("pending",), lambda t, a: [t[0]], None, Category.LIBRARY,
           "the result of a started collective, once it has arrived"),
 ]
