@@ -24,7 +24,8 @@ def _hf_llama():
     return model, args
 
 
-MODELS = {"gpt2": lambda: make_gpt2_stack(n_layers=2), "llama": lambda: make_llama_block(), "hf-llama": _hf_llama}
+MODELS = {"gpt2": lambda: make_gpt2_stack(n_layers=2), "llama": lambda: make_llama_block(), "hf-llama": _hf_llama,
+          "llama-8-heads": lambda: make_llama_block(n_heads=8, n_kv_heads=4)}  # 4 key-value heads: tp=4 fits
 KEYWORDS = {"hf-llama": {"use_cache": False}}
 
 
@@ -36,14 +37,14 @@ def _imported(name: str):
     return model, args, graph, weights
 
 
-@pytest.mark.parametrize("name, tp", [("gpt2", 2), ("gpt2", 4), ("llama", 2), ("hf-llama", 2)])
+@pytest.mark.parametrize("name, tp", [("gpt2", 2), ("gpt2", 4), ("llama", 2), ("hf-llama", 2), ("llama-8-heads", 4)])
 def test_the_simulated_group_equals_the_whole_model(name: str, tp: int) -> None:
     _, args, graph, weights = _imported(name)
     inputs = [a.numpy() for a in args]
     want = interpret(graph, inputs, {p.key: weights[p.key] for p in graph.params})[0]
     sharded = run_pipeline(graph, f"shard{{tp={tp}}}")
     assert print_graph(parse(print_graph(sharded))) == print_graph(sharded)  # shard(...) specs print and parse
-    layers = 1 if name == "llama" else 2
+    layers = 1 if name.startswith("llama") else 2
     assert print_graph(sharded).count("all_reduce(") == 2 * layers  # one per attention and MLP sublayer
     ranks = [{p.key: p.shard.take(weights[p.key], r) if p.shard else weights[p.key] for p in sharded.params}
              for r in range(tp)]
@@ -59,6 +60,7 @@ def test_a_fused_query_key_value_weight_is_cut_in_three_blocks() -> None:
     sharded = run_pipeline(graph, "shard{tp=2}")
     cuts = {p.key: p.shard for p in sharded.params if p.shard}
     assert cuts["h.0.attn.c_attn.weight"] == lamina.ir.core.Shard(0, 2, 3)
+    assert "MB of weights per rank (" in sharded.history[-1]
     assert cuts["h.0.attn.c_proj.weight"] == lamina.ir.core.Shard(1, 2, 1)
     assert cuts["h.0.mlp.c_fc.bias"] == lamina.ir.core.Shard(0, 2, 1)
     assert "h.0.attn.c_proj.bias" not in cuts and "wte.weight" not in cuts  # added after the sum; replicated
@@ -84,7 +86,8 @@ def _compiled_rank(rank: int, world: int, name: str) -> np.ndarray:
         return (out.logits if hasattr(out, "logits") else out).numpy()
 
 
-@pytest.mark.parametrize("name, world", [("gpt2", 2), ("llama", 2), ("gpt2", 4), ("hf-llama", 2)])
+@pytest.mark.parametrize("name, world", [("gpt2", 2), ("llama", 2), ("gpt2", 4), ("hf-llama", 2),
+                                         ("llama-8-heads", 4)])
 def test_gloo_ranks_equal_the_single_process_model(name: str, world: int) -> None:
     model, args = MODELS[name]()
     with torch.no_grad():
