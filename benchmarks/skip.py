@@ -60,9 +60,9 @@ def evaluate(model: torch.nn.Module, pipeline: str, stats: object, held_out: tor
     return math.exp(total / (n * 64)), torch.cat(tops)
 
 
-def setup(description: str, layers: int, d_model: int, steps: int) -> tuple:
-    """Parsed options (``--layers --d-model --steps --rounds`` and ``extra`` ones), the trained model, the
-    held-out text and its calibration (8 batches of 16 training windows of 64 characters)."""
+def setup(description: str, layers: int, d_model: int, steps: int, window: int = 64) -> tuple:
+    """Parsed options (``--layers --d-model --steps --rounds --windows``), the trained model, the held-out text
+    and its calibration (8 batches of 16 training windows of ``window`` characters)."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--layers", type=int, default=layers)
     parser.add_argument("--d-model", type=int, default=d_model)
@@ -76,7 +76,8 @@ def setup(description: str, layers: int, d_model: int, steps: int) -> tuple:
     print(f"machine: {machine()}")
     model = trained_model(ns.layers, ns.d_model, ns.steps, data)
     g = torch.Generator().manual_seed(7)
-    batches = [torch.stack([data[i: i + 64] for i in row]) for row in torch.randint(0, len(data) - 65, (8, 16), generator=g)]
+    starts = torch.randint(0, len(data) - window - 1, (8, 16), generator=g)
+    batches = [torch.stack([data[i: i + window] for i in row]) for row in starts]
     return ns, model, held_out, lamina.calibrate(model, batches)
 
 

@@ -11,6 +11,7 @@ one character per call.
 - speed: per schedule, the prompt's prefill, then 48 decode steps (the cache growing from 16 to 64
   positions); medians of interleaved rounds, per decode step. The router's decisions are those of the
   first held-out prompt; temporal's cost averages refresh and reuse calls.
+- calibration: 8 batches of 16 training windows of 64 characters (``skip.setup``).
 - quality: 32 held-out windows of 64 characters, each prefilled with its first 16 and decoded with the
   true next characters (teacher forcing); perplexity of the 48 decoded positions and how often the top-1
   choice equals the full model's, and for the router the share of routed blocks the windows skipped.

@@ -43,7 +43,7 @@ from torch import nn
 from .ir.quant_format import QuantFormat, QuantFormatError, dequantize, quantize
 from .log import logger
 
-CACHE_VERSION = 3
+CACHE_VERSION = 4
 DEFAULT_FORMATS = (QuantFormat(8, 0), QuantFormat(4, 32), QuantFormat(4, 64), QuantFormat(4, 128), QuantFormat(4, 0),
                    QuantFormat(8, 0, "asym"), QuantFormat(4, 32, "asym"))
 OUTLIER_SIGMAS = 3.0
@@ -279,20 +279,37 @@ def _measure(model: nn.Module, batches: list[Any], formats: Sequence[QuantFormat
     return Calibration(stats, block_stats, len(batches), tokens, key, tuple(f.label for f in formats))
 
 
-def _router(means: list[torch.Tensor], targets: list[torch.Tensor],
+def _router(means: list[torch.Tensor], targets: list[torch.Tensor], folds: int = 4,
             ridge: float = 1e-2) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """A linear probe (w, then b) from sequences' mean inputs to their cosines by ridge regression (the penalty
-    ``ridge`` times the inputs' mean square, so it does not depend on their scale), and its predictions."""
+    """A linear probe (w, then b) from sequences' mean inputs to their cosines by ridge regression, and its
+    predictions on the calibration sequences, each made by the probe fitted without its fold (``folds``-fold
+    cross-validation): the pass picks thresholds among these, and a probe's predictions on the sequences it
+    was fitted to are more spread than on new ones."""
     if not means:
         return (), ()
     x, y = torch.cat(means), torch.cat(targets)
+    scores = torch.empty_like(y)
+    fold = torch.arange(len(y)) % folds
+    for k in range(folds):
+        held = fold == k
+        if held.all() or not held.any():
+            scores[held] = _ridge(x, y, ridge)[1](x[held])
+            continue
+        scores[held] = _ridge(x[~held], y[~held], ridge)[1](x[held])
+    probe, _ = _ridge(x, y, ridge)
+    return probe, tuple(float(v) for v in scores)
+
+
+def _ridge(x: torch.Tensor, y: torch.Tensor, ridge: float) -> tuple[tuple[float, ...], Any]:
+    """Ridge regression of ``y`` on ``x`` (the penalty ``ridge`` times the inputs' mean square, so it does not
+    depend on their scale): the probe (w, then b) and a function predicting with it."""
     centre, offset = x.mean(0), y.mean()
     xc = x - centre
     gram = xc.T @ xc
     penalty = ridge * float(gram.diagonal().mean()) + 1e-12
     w = torch.linalg.solve(gram + penalty * torch.eye(x.shape[1], dtype=x.dtype), xc.T @ (y - offset))
     b = offset - centre @ w
-    return tuple(float(v) for v in (*w, b)), tuple(float(v) for v in x @ w + b)
+    return tuple(float(v) for v in (*w, b)), lambda z: z @ w + b
 
 
 def _rows(t: torch.Tensor) -> torch.Tensor:
