@@ -40,6 +40,7 @@ from ..ir.opdef import Category
 from ..ir.shapes import dim
 from ..ir.types import TensorType
 from .layers import Layer, find_chains
+from .toolkit import nbytes
 
 
 class ShardError(LaminaError, ValueError):
@@ -149,7 +150,7 @@ class _Sharder:
         outputs = tuple(self.value(v) for v in self.g.outputs)
         split_out = [f"{i} (dim {self.cuts[v].axis})" for i, v in enumerate(self.g.outputs) if v in self.cuts]
         split_in = [f"{v.hint} (dim {a})" for v, a in self.inputs.items()]
-        per_rank, whole = sum(_nbytes(p.value) for p in params), sum(_nbytes(p.value) for p in self.g.params)
+        per_rank, whole = sum(nbytes(p.value) for p in params), sum(nbytes(p.value) for p in self.g.params)
         note = (f"shard: tp={self.n}, {len(self.rows)} sublayers split (one all_reduce each); "
                 f"{sum(1 for p in params if p.shard)} weights cut, the rest replicated; "
                 f"{per_rank / 1e6:.2f} MB of weights per rank ({whole / 1e6:.2f} MB whole)"
@@ -390,9 +391,3 @@ def _groups(before: Sequence[object], after: Sequence[object]) -> list[tuple[lis
         out.append((ins, outs))
     return out
 
-
-def _nbytes(v: Value) -> int:
-    n = v.type.dtype.numpy.itemsize
-    for d in v.type.shape:
-        n *= d if isinstance(d, int) else 1
-    return n

@@ -37,7 +37,7 @@ from ..ir.errors import LaminaError
 from .layers import Chain, Layer, find_chains
 from .rewrite import remove_dead
 from .skip_route import route_layers, router_block, temporal_layer, thresholds
-from .toolkit import ValueMap
+from .toolkit import ValueMap, elements, nbytes
 
 POLICIES = ("unified", "exit", "similarity", "router", "temporal")
 
@@ -100,7 +100,7 @@ def skip(graph: Graph, options: SkipOptions = SkipOptions(), calibration: Any = 
     ops = remove_dead(ops, outputs)  # a removed layer's body goes, but for what its exports need
     read = {v for op in ops for v in op.operands} | set(outputs)
     params = tuple(p for p in graph.params if p.value in read)
-    saved = sum(_nbytes(p.value) for p in graph.params if p.value not in read)
+    saved = sum(nbytes(p.value) for p in graph.params if p.value not in read)
     exporting = sum(1 for layer in removed if layer.exports)
     unit = "sublayers" if granularity == "sublayer" else "layers"
     names = [(layer.module or "?") + _sublayer_kind(layer, granularity) for layer in removed]
@@ -218,7 +218,7 @@ def _similarity(calibration: Any, layer: Layer, kind: str) -> float | None:
 
 def _weights(graph: Graph) -> dict[Value, int]:
     """Weight elements of each matrix parameter, and of views of one (a transposed LM head)."""
-    out = {p.value: _elements(p.value) for p in graph.params if p.value.type.rank >= 2}
+    out = {p.value: elements(p.value) for p in graph.params if p.value.type.rank >= 2}
     for op in graph.walk():
         if op.name in ("permute", "reshape") and op.operands and op.operands[0] in out:
             out[op.results[0]] = out[op.operands[0]]
@@ -229,14 +229,3 @@ def _cost(ops: Any, weights: dict[Value, int]) -> int:
     """Weight elements the matrix products among ``ops`` read: what a step streams."""
     return sum(weights.get(op.operands[1], 0) for op in ops
                if op.name in ("linear", "matmul", "qlinear") and len(op.operands) > 1)
-
-
-def _elements(v: Value) -> int:
-    n = 1
-    for d in v.type.shape:
-        n *= d if isinstance(d, int) else 1
-    return n
-
-
-def _nbytes(v: Value) -> int:
-    return _elements(v) * v.type.dtype.numpy.itemsize

@@ -36,6 +36,7 @@ from ..ir.core import Graph, Op, State, Value
 from ..ir.dtypes import DType
 from ..ir.types import TensorType
 from .layers import Layer
+from .rewrite import remove_dead
 
 
 @dataclass
@@ -127,16 +128,7 @@ class LayerRegion:
 
 def export_ops(layer: Layer) -> set[int]:
     """The ops of ``layer`` its exports (KV-cache entries) need, by id."""
-    producer = {r: op for op in layer.ops for r in op.results}
-    needed: set[int] = set()
-    stack = list(layer.exports)
-    while stack:
-        op = producer.get(stack.pop())
-        if op is None or id(op) in needed:
-            continue
-        needed.add(id(op))
-        stack.extend(op.operands)
-    return needed
+    return {id(op) for op in remove_dead(layer.ops, layer.exports)}
 
 
 def scalar(out: OpEmitter, value: float, dtype: DType) -> Value:

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 from ..ir.core import Graph, Op, Region, Value, producers, region_graph, users
 
-__all__ = ["ValueMap", "map_region_body", "producers", "rebuild", "region_graph", "users"]
+__all__ = ["ValueMap", "elements", "map_region_body", "nbytes", "producers", "rebuild", "region_graph", "users"]
 
 
 class ValueMap:
@@ -56,3 +56,16 @@ def map_region_body(region: Region, fn: Callable[[Graph], Graph]) -> Region:
     done = fn(region_graph(region))
     terminator = region.ops[-1]
     return Region(region.args, done.ops + (terminator.replace(operands=done.outputs),))
+
+
+def elements(v: Value) -> int:
+    """The number of elements of ``v``, a symbolic dim counting as 1 (weights are static)."""
+    n = 1
+    for d in v.type.shape:
+        n *= d if isinstance(d, int) else 1
+    return n
+
+
+def nbytes(v: Value) -> int:
+    """The bytes of ``v`` (see ``elements``)."""
+    return elements(v) * v.type.dtype.numpy.itemsize
