@@ -5,6 +5,7 @@
     graph = lamina.trace(model, example_inputs)    # the IR; print(graph) shows its text form
     stats = lamina.calibrate(model, batches)       # per-layer statistics (quantize{budget=...})
     lamina.generate(model, ids, 64, draft="skip{speedup=1.5}")  # self-speculative greedy decoding
+    lamina.save(fast, "model.lamina"); fast = lamina.load("model.lamina")  # no tracing, kernels included
     state = lamina.ProgramState()                  # what skip{policy=router|temporal} keeps between calls
 """
 from __future__ import annotations
@@ -20,14 +21,14 @@ _WHERE = {
     "UnsupportedOpsError": ".errors", "Graph": ".ir", "parse": ".ir", "CompileOptions": ".options",
     "default_pipeline": ".passes.manager", "run_pipeline": ".passes.manager", "CompiledModule": ".runtime.compiled",
     "calibrate": ".calibration", "Calibration": ".calibration", "QuantFormat": ".ir.quant_format",
-    "load": ".saved", "ProgramState": ".runtime.state", "generate": ".speculative", "SpeculativeDecoder": ".speculative",
+    "load": ".saved", "save": ".saved", "ProgramState": ".runtime.state", "generate": ".speculative", "SpeculativeDecoder": ".speculative",
 }
 
 if TYPE_CHECKING:
     from .api import compile, trace
     from .calibration import Calibration, calibrate
     from .ir.quant_format import QuantFormat
-    from .saved import load
+    from .saved import load, save
     from .speculative import SpeculativeDecoder, generate
     from .errors import InputMismatchError, LaminaError, UnsupportedOpsError
     from .ir import Graph, parse
@@ -61,7 +62,7 @@ _register_dynamo_backend()
 
 __all__ = [
     "Calibration", "CompileOptions", "CompiledModule", "Graph", "InputMismatchError", "LaminaError", "QuantFormat",
-    "SpeculativeDecoder", "UnsupportedOpsError", "calibrate", "compile", "default_pipeline", "generate", "load",
+    "SpeculativeDecoder", "UnsupportedOpsError", "calibrate", "compile", "default_pipeline", "generate", "load", "save",
     "parse", "run_pipeline", "trace",
     "__version__",
 ]

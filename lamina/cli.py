@@ -1,4 +1,4 @@
-"""The ``lamina`` command: dump IR, run passes on IR text, list ops, run the demo."""
+"""The ``lamina`` command: dump IR, run passes on IR text, list ops, run a saved module, run the demo."""
 from __future__ import annotations
 
 import argparse
@@ -191,6 +191,23 @@ def cmd_ops(ns: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_run(ns: argparse.Namespace) -> int:
+    from .run_saved import run_saved
+    from .saved import is_saved
+
+    path = Path(ns.file)
+    if not is_saved(path):
+        raise LaminaError(f"{path} is not a module saved by lamina.save (IR text runs through `lamina opt`)")
+    sizes = {}
+    for item in ns.size:
+        name, sep, value = item.partition("=")
+        if not sep or not value.isdigit():
+            raise LaminaError(f"--size {item}: expected NAME=N, e.g. --size s0=128")
+        sizes[name] = int(value)
+    print(run_saved(path, ns.repeats, sizes, ns.backend).table(path))
+    return 0
+
+
 def cmd_demo(ns: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -229,6 +246,15 @@ def build_parser() -> argparse.ArgumentParser:
     opt.set_defaults(run=cmd_opt)
     ops = sub.add_parser("ops", help="list every op in the registry")
     ops.set_defaults(run=cmd_ops)
+    run = sub.add_parser("run", help="load a saved module, run it on random inputs and print timings", description=(
+        "Load FILE (written by lamina.save / compiled.save) without tracing, call it on random inputs of its "
+        "saved shapes, and print the load time, the first call's and the median of --repeats calls."))
+    run.add_argument("file", metavar="FILE")
+    run.add_argument("--repeats", type=int, default=10, help="timed calls after the first (median reported)")
+    run.add_argument("--size", action="append", default=[], metavar="NAME=N",
+                     help="a value for a symbolic input size (repeatable)")
+    run.add_argument("--backend", default=None, choices=tuple(BACKENDS), help="default: the saved backend")
+    run.set_defaults(run=cmd_run)
     demo = sub.add_parser("demo", help="compile example models on the CPU, check them against eager PyTorch")
     demo.add_argument("--repeats", type=int, default=5, help="timed runs per model (median reported)")
     demo.add_argument("--backend", default="cpu", choices=tuple(BACKENDS))

@@ -3,11 +3,17 @@
 The file holds the weights the compiled graph reads (quantized layers as their packed integers, scales
 and zero points: the float weights they came from are not saved) and, in the safetensors header's
 metadata, the graph's text form, how call arguments and results map onto it (torch pytree specs as
-JSON), the backend, and a SHA-256 of every tensor's bytes. No pickle: loading runs no code from the
-file. ``lamina.load`` parses the graph, checks the tensors against it and the checksum, and builds the
-executor without tracing, so the model's Python class is not needed (the classes of its arguments and
-results are: torch's pytree serializes them by name, as transformers registers its outputs and caches).
-A result type that torch's pytree cannot serialize is an error ``save`` names.
+JSON), the backend, and a SHA-256 of every tensor's bytes. ``lamina.load`` parses the graph, checks
+the tensors against it and the checksum, and builds the executor without tracing, so the model's
+Python class is not needed (the classes of its arguments and results are: torch's pytree serializes
+them by name, as transformers registers its outputs and caches). A result type that torch's pytree
+cannot serialize is an error ``save`` names.
+
+The file also carries the compiled kernels (``codegen/cache_bundle.py``), installed into the kernel
+cache on load so that a fresh process or machine starts without compiling. Like an AOTInductor
+package's shared library they are machine code: ``lamina.load(path, compiled_kernels=False)`` ignores
+them and compiles every kernel from the graph, and then nothing in the file is executable (no pickle,
+no code: the weights, the graph text and JSON).
 """
 from __future__ import annotations
 
@@ -29,7 +35,9 @@ from .ir.errors import IRParseError
 from .passes.rewrite import remove_dead
 
 FORMAT = "lamina-compiled-module"
-VERSION = "1"
+VERSION = "2"  # 2: the kernel cache entries travel in the file (tensors under KERNELS)
+READS = ("1", "2")
+KERNELS = "kernels/"  # tensor names of bundled kernel files (a weight's key never holds a '/')
 
 
 class SaveError(LaminaError, ValueError):
@@ -51,17 +59,66 @@ def save(compiled: Any, path: str | Path) -> None:
                         "compile a wrapper that takes and returns tensors") from None
     roles = [_role_json(r) for r in imported.roles]
     tensors = {key: weights[key].detach().contiguous().clone() for key in (p.key for p in graph.params)}
+    kernels = _kernel_files(compiled)
+    tensors.update({KERNELS + f.path: torch.frombuffer(bytearray(f.data), dtype=torch.uint8) for f in kernels})
     metadata = {
         "format": FORMAT, "version": VERSION, "ir": print_graph(graph), "backend": compiled.options.backend,
         "model_name": compiled.model_name, "roles": json.dumps(roles), **specs,
         "mutations": json.dumps([asdict(m) for m in imported.mutations]), "keywords": json.dumps(imported.keywords),
+        "kernel_mtimes": json.dumps({f.path: f.mtime_ns for f in kernels}), "built_with": json.dumps(built_with()),
         "checksum": _checksum(tensors),
     }
     save_file(tensors, str(path), metadata)
 
 
-def load(path: str | Path, backend: str | None = None) -> Any:
-    """The CompiledModule saved at ``path``, on its saved backend or ``backend``."""
+def is_saved(path: str | Path) -> bool:
+    """Whether ``path`` starts like a safetensors file (a little-endian header length, then JSON):
+    how ``lamina dump`` and ``lamina run`` tell a saved module from IR text."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(10)
+    except OSError:
+        return False
+    return len(head) == 10 and head[8:10] == b'{"' and int.from_bytes(head[:8], "little") > 0
+
+
+def saved_graph_text(path: str | Path) -> str:
+    """The IR text in the metadata of the module saved at ``path`` (the weights are not read)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+    except Exception as e:  # noqa: BLE001 - safetensors reports damage as several error types
+        raise SaveError(f"{path} is damaged or not a safetensors file ({type(e).__name__}: {e})") from None
+    if metadata.get("format") != FORMAT or "ir" not in metadata:
+        raise SaveError(f"{path} is a safetensors file but not a saved lamina module")
+    return metadata["ir"]
+
+
+def built_with() -> dict[str, str]:
+    """What the bundled kernels were compiled by and for: lamina, torch, Numba, Python and the CPU."""
+    import platform
+
+    import numba
+    import llvmlite.binding as llvm
+
+    from . import __version__
+
+    return {"lamina": __version__, "torch": torch.__version__, "numba": numba.__version__,
+            "python": platform.python_version(), "cpu": llvm.get_host_cpu_name()}
+
+
+def _kernel_files(compiled: Any) -> list:
+    from .codegen.cache_bundle import bundle
+
+    cache = getattr(getattr(compiled._executor, "target", None), "cache", None)
+    return bundle(cache) if cache is not None else []
+
+
+def load(path: str | Path, backend: str | None = None, compiled_kernels: bool = True) -> Any:
+    """The CompiledModule saved at ``path``, on its saved backend or ``backend``; with
+    ``compiled_kernels=False`` the kernels in the file are ignored (see the module doc)."""
     from safetensors import safe_open
 
     from .api import compile_lowered
@@ -80,12 +137,15 @@ def load(path: str | Path, backend: str | None = None) -> Any:
                         "save the module again") from None
     if metadata.get("format") != FORMAT:
         raise SaveError(f"lamina.load: {path} is a safetensors file but not a saved lamina module")
-    if metadata.get("version") != VERSION:
+    if metadata.get("version") not in READS:
         raise SaveError(f"lamina.load: {path} was written by another version of lamina (format version "
-                        f"{metadata.get('version')}, this one reads {VERSION}); save it again")
+                        f"{metadata.get('version')}, this one reads {', '.join(READS)}); save it again")
     if _checksum(tensors) != metadata.get("checksum"):
         raise SaveError(f"lamina.load: the weights in {path} do not match its checksum (the file is damaged); "
                         "save the module again")
+    kernels = {k: tensors.pop(k) for k in [k for k in tensors if k.startswith(KERNELS)]}
+    if compiled_kernels:
+        _install_kernels(path, kernels, metadata)
     try:
         graph = parse(metadata["ir"], filename=f"{path} (saved graph)")
     except IRParseError as e:
@@ -100,6 +160,32 @@ def load(path: str | Path, backend: str | None = None) -> Any:
                         tuple(Mutation(**m) for m in json.loads(metadata["mutations"])),
                         keywords=tuple(json.loads(metadata["keywords"])))
     return compile_lowered(imported, backend or metadata["backend"], metadata.get("model_name", "model"))
+
+
+def _install_kernels(path: Path, files: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> None:
+    """Put the file's kernels into this machine's kernel cache (entries it lacks). Kernels built by
+    another Numba or for another CPU are installed too, but Numba treats them as misses and compiles
+    them from their sources (logged), so they cost time, never a wrong result."""
+    from .codegen.cache import KernelCache
+    from .codegen.cache_bundle import BundledFile, install
+    from .log import logger
+
+    if not files:
+        return
+    try:
+        mtimes = json.loads(metadata.get("kernel_mtimes", "{}"))
+        saved_with = json.loads(metadata.get("built_with", "{}"))
+    except json.JSONDecodeError:
+        raise SaveError(f"lamina.load: the kernel list in {path} is damaged; save the module again") from None
+    bundled = [BundledFile(key[len(KERNELS):], t.numpy().tobytes(), int(mtimes.get(key[len(KERNELS):], 0)))
+               for key, t in files.items()]
+    here = built_with()
+    differ = [f"{k} {saved_with.get(k)} (here {v})" for k, v in here.items()
+              if k in ("numba", "cpu", "python") and saved_with.get(k) != v]
+    if differ:
+        logger("cache").info("%s: kernels were compiled with %s; those are compiled again here",
+                             path, ", ".join(differ))
+    install(KernelCache(), bundled)
 
 
 def fold_quantized_weights(graph: Graph, weights: Mapping[str, torch.Tensor]) -> tuple[Graph, dict[str, torch.Tensor]]:
@@ -137,7 +223,7 @@ def _checksum(tensors: Mapping[str, torch.Tensor]) -> str:
     for key in sorted(tensors):
         t = tensors[key]
         digest.update(f"{key}:{t.dtype}:{tuple(t.shape)};".encode())
-        digest.update(t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        digest.update(t.contiguous().reshape(-1).view(torch.uint8).numpy().data)
     return digest.hexdigest()
 
 

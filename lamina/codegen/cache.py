@@ -46,6 +46,7 @@ class KernelCache:
     hits: int = 0
     misses: int = 0
     repaired: int = 0
+    loaded: dict[str, Path] = field(default_factory=dict)  # entry name -> file, every entry this cache loaded
 
     def path_for(self, name: str) -> Path:
         return Path(self.directory) / "kernels" / f"{name}.py"
@@ -60,6 +61,7 @@ class KernelCache:
                                     self.directory, e)
             self.directory = Path(tempfile.mkdtemp(prefix="lamina-kernels-"))
             path, state = self._entry(name, source, digest)
+        self.loaded[name] = path
         spec = importlib.util.spec_from_file_location(f"lamina_kernel_{name}", path)
         assert spec is not None and spec.loader is not None
         existing = sys.modules.get(spec.name)

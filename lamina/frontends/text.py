@@ -20,5 +20,10 @@ def read_text(path: str | Path) -> str:
 
 
 def read_graph(path: str | Path) -> Graph:
-    """Parse the IR text in ``path``; parse errors name the file, line and column."""
+    """Parse the IR text in ``path`` (or the graph of a module saved there by ``lamina.save``); parse
+    errors name the file, line and column."""
+    from ..saved import is_saved, saved_graph_text
+
+    if is_saved(path):
+        return parse(saved_graph_text(path), filename=f"{path} (saved graph)")
     return parse(read_text(path), filename=str(path))

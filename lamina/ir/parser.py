@@ -4,6 +4,7 @@ from __future__ import annotations
 import functools
 import json
 import re
+import sys
 from importlib import resources
 from typing import Any
 
@@ -28,8 +29,19 @@ _TOKEN_NAMES = {
 
 @functools.cache
 def _lark() -> lark.Lark:
+    """The LALR parser; its tables are cached in the kernel cache directory (building them takes most
+    of a second, a warm start's budget). Lark checks the grammar's hash on load and rebuilds from
+    the grammar when the cache is stale, damaged or cannot be written."""
+    from ..codegen.cache import default_cache_dir
+
     grammar = resources.files("lamina.ir").joinpath("grammar.lark").read_text()
-    return lark.Lark(grammar, parser="lalr", propagate_positions=True, maybe_placeholders=True)
+    directory = default_cache_dir() / "parser"
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        cache: bool | str = str(directory / f"ir-grammar-py{sys.version_info[0]}{sys.version_info[1]}.lark")
+    except OSError:
+        cache = False
+    return lark.Lark(grammar, parser="lalr", propagate_positions=True, maybe_placeholders=True, cache=cache)
 
 
 def _expected(names: set[str]) -> str:
