@@ -7,7 +7,9 @@ from typing import Any
 from ..ir.dtypes import DType
 from .checked_ops import NUMBA_CPU as CHECKED_SOURCE
 from .fastmath32 import SOURCE as FAST32_SOURCE
-from .kernel import Call, Const, Expr, Kernel, Let, Loop, Reduce, Store
+from .float_minmax import SOURCE as MINMAX_SOURCE
+from .kernel import Call, Const, Expr, Kernel, Let, Loop, Reduce, Store, Var
+from .reciprocal import SAFE_RANGE, invariant_divisors, inverse_name, multiply_by_inverses
 from .scalar_printer import ScalarPrinter, infix_forms
 from .wide_vectors import SOURCE as WIDE_VECTORS_SOURCE
 
@@ -17,6 +19,8 @@ _NP = {DType.f64: "np.float64", DType.f32: "np.float32", DType.f16: "np.float16"
 _MATH = {"exp": "math.exp", "log": "math.log", "sqrt": "math.sqrt", "tanh": "math.tanh", "sin": "math.sin",
          "cos": "math.cos", "erf": "math.erf", "floor": "np.floor", "log1p": "math.log1p"}  # np.floor keeps the float type
 
+_FLOAT_MINMAX = {DType.f32: {"max": "fmaximum32", "min": "fminimum32"},
+                 DType.f64: {"max": "fmaximum64", "min": "fminimum64"}}  # codegen/float_minmax.py
 _FAST32 = frozenset({"exp", "tanh", "erf"})  # float32 versions in fastmath32 that vectorize
 
 # Numba's parallel passes beyond prange (array expressions, comprehensions, ...) find nothing in
@@ -77,11 +81,28 @@ class NumbaPrinter(ScalarPrinter):
                 out.append(f"{pad}{s.name} = {self.expr(s.value)}")
             elif isinstance(s, Store):
                 out.append(f"{pad}{s.buffer}[{self.index(s.index)}] = {self.expr(s.value)}")
+            elif isinstance(s, Loop) and invariant_divisors(s):
+                self.versioned_loop(s, invariant_divisors(s), depth, out)
             elif isinstance(s, Loop):
                 out.append(f"{pad}for {s.var} in range({self.expr(s.extent)}):")
                 self.stmts(s.body, depth + 1, out)
             elif isinstance(s, Reduce):
                 self.reduce(s, depth, out)
+
+    def versioned_loop(self, loop: Loop, divisors: list[Var], depth: int, out: list[str]) -> None:
+        """``loop`` multiplying by its row-constant divisors' reciprocals when they are safe, else
+        dividing (codegen/reciprocal.py)."""
+        pad = "    " * depth
+        checks = []
+        for d in divisors:
+            lo, hi = SAFE_RANGE[d.dtype]
+            out.append(f"{pad}{inverse_name(d)} = {literal(1.0, d.dtype)} / {d.name}")
+            checks.append(f"{literal(lo, d.dtype)} < abs({d.name}) < {literal(hi, d.dtype)}")
+        out.append(f"{pad}if {' and '.join(checks)}:")
+        self.stmts((Loop(loop.var, loop.extent, multiply_by_inverses(loop.body, divisors)),), depth + 1, out)
+        out.append(f"{pad}else:")
+        out.append(f"{pad}    for {loop.var} in range({self.expr(loop.extent)}):")
+        self.stmts(loop.body, depth + 2, out)
 
     def reduce(self, s: Reduce, depth: int, out: list[str]) -> None:
         pad = "    " * depth
@@ -91,22 +112,17 @@ class NumbaPrinter(ScalarPrinter):
         if not s.dtype.is_float and s.kind != "sum":
             init = -(2 ** 63) if s.kind == "max" else 2 ** 63 - 1
         out.append(f"{pad}{s.acc} = {literal(init, acc_type)}")
-        nan_count = s.kind != "sum" and s.dtype.is_float
-        if nan_count:  # max/min by compare-and-select (vectorizes); NaNs counted on the side and propagated
-            out.append(f"{pad}{s.acc}_nan = 0")
         out.append(f"{pad}for {s.var} in range({self.expr(s.extent)}):")
         self.stmts(s.body, depth + 1, out)
         value = self.expr(s.value)
         if s.kind == "sum":
             out.append(f"{pad}    {s.acc} += {value}")
+        elif s.dtype in _FLOAT_MINMAX:  # llvm.maximum/minimum: NaN-propagating, and it vectorizes
+            out.append(f"{pad}    {s.acc} = {_FLOAT_MINMAX[s.dtype][s.kind]}({s.acc}, {value})")
         else:
             cmp = ">" if s.kind == "max" else "<"
             out.append(f"{pad}    {s.acc}_v = {value}")
             out.append(f"{pad}    {s.acc} = {s.acc}_v if {s.acc}_v {cmp} {s.acc} else {s.acc}")
-            if nan_count:
-                out.append(f"{pad}    {s.acc}_nan += {s.acc}_v != {s.acc}_v")
-        if nan_count:
-            out.append(f"{pad}{s.acc} = {s.acc} if {s.acc}_nan == 0 else {literal(math.nan, s.dtype)}")
         if wide:
             out.append(f"{pad}{s.acc} = {_NP[s.dtype]}({s.acc})")
 
@@ -141,5 +157,5 @@ def numba_source(kernel: Kernel, parallel: bool) -> str:
     return "\n".join(lines) + "\n"
 
 
-MODULE_HEADER = ("import math\n\nimport numba\nimport numpy as np\n" + FAST32_SOURCE + WIDE_VECTORS_SOURCE
-                 + CHECKED_SOURCE + "\n\n")
+MODULE_HEADER = ("import math\n\nimport numba\nimport numpy as np\n" + FAST32_SOURCE + MINMAX_SOURCE
+                 + WIDE_VECTORS_SOURCE + CHECKED_SOURCE + "\n\n")

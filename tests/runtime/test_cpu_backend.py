@@ -215,3 +215,57 @@ def test_plans_per_set_of_sizes_are_a_bounded_cache() -> None:
         x = torch.randint(0, 64, (1, lengths[0]))  # evicted long ago: planned again
         assert rel_error(compiled(x), model(x)) <= 1e-5
         assert compiled.plan_cache.builds == len(lengths) + 1 and compiled.plan_cache.plans == MAX_PLANS
+
+
+class _Extremes(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return x.amax(-1), x.amin(-1), x.max(-1).values, torch.log_softmax(x, -1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_max_and_min_reductions_propagate_nan_and_vectorize(dtype: torch.dtype) -> None:
+    """Float max/min reductions run on llvm.maximum/minimum (NaN in, NaN out, as torch): rows with one
+    NaN, all NaN, all -inf, +inf, and signed zeros, at a length the vector loop and its tail both see."""
+    x = torch.randn(9, 1027, dtype=dtype)
+    x[1, 1026] = float("nan")  # in the tail
+    x[2, 0] = float("nan")
+    x[3] = float("nan")
+    x[4] = float("-inf")
+    x[5, 17] = float("inf")
+    x[6] = 0.0
+    x[6, ::2] = -0.0
+    x[7, 500] = float("-inf")
+    compiled = lamina.compile(_Extremes(), (x,), poison=True)
+    sources = "".join(k.source for k in compiled._executor.kernels.values())
+    suffix = "32" if dtype == torch.float32 else "64"
+    assert f"fmaximum{suffix}(" in sources and f"fminimum{suffix}(" in sources
+    for got, want in zip(compiled(x), _Extremes()(x)):
+        assert torch.equal(got.isnan(), want.isnan())
+        keep = ~want.isnan()
+        assert torch.allclose(got[keep], want[keep], rtol=1e-5, atol=0), (got, want)
+
+
+class _DivideByRowSum(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x / x.sum(-1, keepdim=True)
+
+
+def test_division_by_a_row_constant_multiplies_only_where_the_reciprocal_is_normal() -> None:
+    """Rows whose sum is ordinary take x * (1/sum); a zero, subnormal, huge, infinite or NaN sum takes
+    the division itself, so those rows match torch exactly (1/subnormal would overflow to inf)."""
+    x = torch.rand(8, 300) + 0.5
+    x[1] = 0.0                      # 0/0: NaN
+    x[2] = 1e-41                    # subnormal sum
+    x[3] = 1e36                     # sum near the float32 limit: 1/sum is subnormal
+    x[4, 5] = float("inf")
+    x[5, 9] = float("nan")
+    x[6] = -x[6]
+    compiled = lamina.compile(_DivideByRowSum(), (x,), poison=True)
+    source = next(iter(compiled._executor.kernels.values())).source
+    assert "_inv = np.float32(1.0) /" in source
+    got, want = compiled(x), _DivideByRowSum()(x)
+    assert torch.equal(got.isnan(), want.isnan())
+    for row in (1, 2, 3, 4, 5):  # the division path: bit for bit as torch's division by the same sum
+        assert torch.equal(got[row].nan_to_num(), (x[row] / x[row].double().sum().float()).nan_to_num())
+    keep = ~want.isnan()
+    assert rel_error(got[keep], want[keep]) <= F32_TOL
