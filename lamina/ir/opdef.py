@@ -108,6 +108,8 @@ class Neutral:
 
 Infer = Callable[[Sequence[TensorType], Mapping[str, Any]], Sequence[TensorType]]
 Reference = Callable[[Sequence[np.ndarray], Mapping[str, Any]], Any]
+# floating-point operations of one op from its operands' and results' concrete shapes and its attrs
+Flops = Callable[[Sequence[Sequence[int]], Sequence[Sequence[int]], Mapping[str, Any]], int]
 ReducedAxes = Callable[[int, Mapping[str, Any]], tuple[int, ...]]
 ALL_OPERANDS = "all"
 
@@ -132,10 +134,17 @@ class OpDef:
     terminator: bool = False  # ends a region (yield): printed bare, never a value of its own
     program_regions: bool = False  # its regions are programs the runtime runs (a loop body): passes that
     #                                lower a graph for a backend (fuse, wrap) lower them too
+    flops: Flops | None = None  # LIBRARY ops bound by arithmetic (GEMMs, convolutions, attention): what
+    #                             profiles divide by time to give GFLOP/s; others are judged by bytes moved
 
     def __post_init__(self) -> None:
         if (self.category is Category.REDUCTION) != (self.reduces is not None):
             raise ValueError(f"op {self.name}: a reduction, and only a reduction, says which axes it reduces")
+
+    def flop_count(self, operands: Sequence[Sequence[int]], results: Sequence[Sequence[int]],
+                   attrs: Mapping[str, Any]) -> int | None:
+        """``flops`` for these shapes, or None for an op judged by bytes."""
+        return None if self.flops is None else int(self.flops(operands, results, attrs))
 
     def reduced_axes(self, rank: int, attrs: Mapping[str, Any]) -> tuple[int, ...]:
         """The axes of operand 0 (of ``rank``) this reduction reduces."""

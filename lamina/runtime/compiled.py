@@ -1,6 +1,8 @@
 """CompiledModule: called like the original model, with torch tensors in and out."""
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -93,6 +95,9 @@ class CompiledModule:
         self._flat_output = next((out for out in (tuple(range(k)), list(range(k)))
                                   if imported.out_spec == pytree.tree_flatten(out)[1]), None)
         self._warned_about_grad = False
+        # LAMINA_PROFILE=1: the first call also prints a per-step profile (a module that changes its inputs
+        # or keeps state is not run the extra times a profile takes)
+        self._profile_first_call = os.environ.get("LAMINA_PROFILE", "") not in ("", "0")
         self._weights_need_grad = imported.trainable
         updates = {imported.roles[m.argument].index: m.output for m in imported.mutations
                    if m.argument is not None and isinstance(imported.roles[m.argument], InputRole)}
@@ -100,6 +105,9 @@ class CompiledModule:
             executor.update_in_place(updates)  # a KV cache written with index_copy_ need not be copied back
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self._profile_first_call:
+            self._profile_first_call = False
+            self._print_profile(args, kwargs)
         if not self._warned_about_grad and torch.is_grad_enabled():
             self._warn_if_gradients_expected(args, kwargs)
         if self._plain_args and not kwargs and len(args) == len(self.graph.user_inputs) \
@@ -251,7 +259,9 @@ class CompiledModule:
     def profile(self, *args: Any, **kwargs: Any) -> Any:
         """A call with every step of the plan timed (after one that builds the timed plan): a
         ``runtime.timeline.Timeline`` (compute, collectives started, time blocked on them) for this process's
-        rank; ``write_chrome_trace`` and ``plot`` draw it."""
+        rank; ``.table(runtime.limits.measure_limits())`` prints the steps with their rates against the
+        machine's, ``write_chrome_trace`` and ``plot`` draw it. The module runs twice more: do not profile
+        calls whose inputs it updates (a KV cache) unless that is fine."""
         from .timeline import Timeline
 
         executor = self._executor
@@ -271,6 +281,17 @@ class CompiledModule:
 
         rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
         return Timeline(rank, events)
+
+    def _print_profile(self, args: tuple, kwargs: dict) -> None:
+        from .limits import measure_limits
+
+        if self._mutations or self.state is not None or not hasattr(self._executor, "timeline"):
+            print(f"lamina: LAMINA_PROFILE: {self.model_name} is not profiled (it updates its inputs or keeps state, "
+                  "or runs on the reference backend); call compiled.profile(...) on inputs it may change",
+                  file=sys.stderr)
+            return
+        table = self.profile(*args, **kwargs).table(measure_limits(backend(self.options.backend).device))
+        print(f"lamina: profile of {self.model_name}\n{table}", file=sys.stderr)
 
     def simulate_link(self, gbps: float | None) -> None:
         """From now on collectives take at least as long as over a ``gbps`` GB/s link (None: no delay), so

@@ -36,7 +36,7 @@ from ..ir.errors import LaminaError
 from ..ir.binder import ShapeBinder
 from ..ir.shapes import evaluate, numel
 from ..ir.size_code import NotPrintable, Size, SizeCode, is_static, nondecreasing, python_code, size_tuple, size_variable
-from ..ir.ops import category, lookup
+from ..ir.ops import REGISTRY, category, lookup
 from ..passes.memory import Lifetime, MemoryPlan, plan_memory
 from .growing_arena import GrowingArena
 from .kernel_errors import check_assumption, check_assumptions, raise_kernel_errors
@@ -188,6 +188,7 @@ class Executor:
         self.loops = {id(op): Executor(_body_program(op, graph), target, poison)
                       for op in graph.ops if lookup(op.name).program_regions}
         self.timeline: list[Any] | None = None  # when a list, plans time every step into it (CompiledModule.profile)
+        self.record_functions = False  # plans name every step to torch.profiler (while it records)
         self.link: Any = None  # a collectives.SlowLink: collectives take as long as over that link (benchmarks)
         self.iterations: list[int] = []  # iteration counts of the last call's iterate ops, in order
         self.residuals: list[float] = []  # and the residual each loop ended with (its last update's norm)
@@ -229,6 +230,9 @@ class Executor:
 
     def __call__(self, inputs: Sequence[torch.Tensor], weights: Mapping[str, torch.Tensor]) -> list[torch.Tensor]:
         with self.lock:
+            if torch.autograd._profiler_enabled() != self.record_functions:  # torch.profiler started or stopped
+                self.record_functions = not self.record_functions
+                self.plans.clear()
             sizes = self.binder([x.shape for x in inputs])
             plan = self._plan(sizes, weights)
             if self.poison:
@@ -577,8 +581,8 @@ class _PlanBuilder(PlanContext):
             self.glb["_iterations"], self.glb["_residuals"] = self.ex.iterations, self.ex.residuals
             self.lines += ["_iterations.clear()", "_residuals.clear()"]
         fresh_outputs = self.allocate_outputs(steps)
-        launches = sum(self.timed_step(op) for op in steps) if self.ex.timeline is not None else \
-            sum(self.step(op) for op in steps)
+        timed = self.ex.timeline is not None or self.ex.record_functions
+        launches = sum(self.timed_step(op) for op in steps) if timed else sum(self.step(op) for op in steps)
         if self.snapshots:
             self.glb["_snapshots"], self.glb["refresh_all"] = self.snapshots, refresh_all
             self.lines.insert(snapshots_at, "refresh_all(_snapshots)")
@@ -647,9 +651,28 @@ class _PlanBuilder(PlanContext):
         key = self.name.get(id(op.results[0]), "") if kind == "start" else \
             self.name.get(id(op.operands[0]), "") if kind == "wait" else ""
         label = op.name + (f" {op.loc.module}" if op.loc.module else "")
-        self.lines.insert(at, "_t = _clock()")
-        self.lines.append(f"_events.append(_Event({label!r}, {kind!r}, _t, _clock(), {key!r}))")
+        if self.ex.record_functions:  # torch.profiler is on: the step by name in its trace
+            self.lines.insert(at, f"_rf = _record_function({label!r}); _rf.__enter__()")
+            self.lines.append("_rf.__exit__(None, None, None)")
+            self.glb["_record_function"] = torch.profiler.record_function
+        if self.ex.timeline is not None:
+            nbytes, flops = self.work(op)
+            self.lines.insert(at, "_t = _clock()")
+            self.lines.append(f"_events.append(_Event({label!r}, {kind!r}, _t, _clock(), {key!r}, {nbytes}, {flops}))")
         return launches
+
+    def work(self, op: Op) -> tuple[int, int | None]:
+        """Bytes of ``op``'s operands and results and its FLOPs (the registry's count) at this plan's sizes;
+        (0, None) where a size is known only per call."""
+        shapes = [self.shape(v) for v in (*op.operands, *op.results)]
+        if not all(isinstance(d, int) for shape in shapes for d in shape):
+            return 0, None
+        values = (*op.operands, *op.results)
+        nbytes = sum(int(np.prod(shape)) * v.type.dtype.numpy.itemsize for shape, v in zip(shapes, values))
+        opdef = REGISTRY.get(op.name)
+        n = len(op.operands)
+        flops = opdef.flop_count(shapes[:n], shapes[n:], op.attrs) if opdef is not None else None
+        return nbytes, flops
 
     def route(self, op: Op, args: list[str]) -> int:
         """``route``: call the layer's program when the decision holds, else pass the ``otherwise`` values (copies:

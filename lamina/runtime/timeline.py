@@ -13,6 +13,10 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .limits import Limits
 
 COMMUNICATION = ("wait", "collective")
 
@@ -26,6 +30,8 @@ class Event:
     start: float
     end: float
     key: str = ""  # a started collective's handle, shared by its start and wait events
+    nbytes: int = 0  # bytes of its operands and results (0: sizes unknown when the plan was built)
+    flops: int | None = None  # for GEMMs, convolutions and attention (the op registry's count)
 
     @property
     def ms(self) -> float:
@@ -59,11 +65,64 @@ class Timeline:
         return sum(e.ms for e in self.events if e.kind == "compute"
                    and any(s <= e.start and e.end <= end for s, end in flights))
 
+    def table(self, limits: "Limits | None" = None, top: int | None = None) -> str:
+        """The steps by time with their rates (see ``kernel_table``)."""
+        return kernel_table(self, limits, top)
+
     def flights(self) -> list[tuple[str, float, float]]:
         """Each collective from its start to the end of its wait (or its blocking run): label, start, end."""
         started = {e.key: e for e in self.events if e.kind == "start"}
         out = [(e.label, started[e.key].start, e.end) for e in self.events if e.kind == "wait" and e.key in started]
         return out + [(e.label, e.start, e.end) for e in self.events if e.kind == "collective"]
+
+
+@dataclass(frozen=True)
+class StepRow:
+    """One step of a profile, its calls summed: time, share of the call, and rate against the limit."""
+
+    label: str
+    calls: int
+    ms: float
+    share: float
+    gbps: float | None
+    gflops: float | None
+    of_limit: float | None
+
+
+def kernel_rows(timeline: Timeline, limits: "Limits | None" = None) -> list[StepRow]:
+    """The timeline's steps by label, slowest first: GFLOP/s for arithmetic-bound ops (against
+    ``limits.gemm_gflops``), GB/s of operands and results for the others (against ``limits.copy_gbps``)."""
+    grouped: dict[str, list[Event]] = {}
+    for e in timeline.events:
+        grouped.setdefault(e.label, []).append(e)
+    total = sum(e.ms for e in timeline.events) or 1.0
+    rows = []
+    for label, events in grouped.items():
+        ms = sum(e.ms for e in events)
+        seconds = max(ms, 1e-6) / 1e3
+        nbytes = sum(e.nbytes for e in events)
+        flops = [e.flops for e in events if e.flops is not None]
+        gflops = sum(flops) / seconds / 1e9 if flops else None
+        gbps = nbytes / seconds / 1e9 if nbytes and not flops else None
+        of_limit = None
+        if limits is not None:
+            of_limit = gflops / limits.gemm_gflops if gflops is not None else \
+                gbps / limits.copy_gbps if gbps is not None else None
+        rows.append(StepRow(label, len(events), ms, ms / total, gbps, gflops, of_limit))
+    return sorted(rows, key=lambda r: -r.ms)
+
+
+def kernel_table(timeline: Timeline, limits: "Limits | None" = None, top: int | None = None) -> str:
+    """``kernel_rows`` as a Markdown table (``top``: only the slowest steps)."""
+    rows = kernel_rows(timeline, limits)[:top]
+    lines = ["| step | calls | ms | share | GB/s | GFLOP/s | of limit |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r.label} | {r.calls} | {r.ms:.3f} | {r.share:.0%} | "
+                     f"{'-' if r.gbps is None else f'{r.gbps:.1f}'} | {'-' if r.gflops is None else f'{r.gflops:.1f}'} | "
+                     f"{'-' if r.of_limit is None else f'{r.of_limit:.0%}'} |")
+    if limits is not None:
+        lines.append(f"\nlimits: {limits.describe()}")
+    return "\n".join(lines)
 
 
 def write_chrome_trace(timelines: Sequence[Timeline], path: str | Path) -> Path:

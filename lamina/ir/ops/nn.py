@@ -155,11 +155,25 @@ def trailing_reduced(rank: int, attrs: Mapping[str, Any]) -> tuple[int, ...]:
     return tuple(range(rank - attrs["normalized_ndim"], rank))
 
 
+def _product_flops(operands: Sequence[Sequence[int]], results: Sequence[Sequence[int]],
+                   attrs: Mapping[str, Any]) -> int:
+    """2 x (result elements) x (the contracted length, operand 0's last dim): matmul, linear, qlinear."""
+    return 2 * int(np.prod(results[0])) * int(operands[0][-1])
+
+
+def _attention_flops(operands: Sequence[Sequence[int]], results: Sequence[Sequence[int]],
+                     attrs: Mapping[str, Any]) -> int:
+    """q @ k^T and p @ v: 4 x (query rows) x (keys) x (head dim); half of it under a causal mask."""
+    q, k = operands[0], operands[1]
+    full = 4 * int(np.prod(q[:-1])) * int(k[-2]) * int(q[-1])
+    return full // 2 if attrs.get("causal") else full
+
+
 DEFS = [
     OpDef("matmul", ("lhs", "rhs"), _matmul_infer, lambda a, at: np.matmul(a[0], a[1]), Category.LIBRARY,
-          "batched matrix product with broadcast batch dims"),
+          "batched matrix product with broadcast batch dims", flops=_product_flops),
     OpDef("linear", ("x", "weight", "bias?"), _linear_infer, _linear_ref, Category.LIBRARY,
-          "x @ weight^T + bias, weight is [out, in]"),
+          "x @ weight^T + bias, weight is [out, in]", flops=_product_flops),
     OpDef("layer_norm", ("x", "weight?", "bias?"), _norm_infer("layer_norm"), layer_norm, Category.REDUCTION,
           "normalise the last normalized_ndim dims to zero mean, unit variance; then scale and shift",
           {"normalized_ndim": AttrSpec("int", 1), "eps": AttrSpec("float", 1e-5)}, reduces=trailing_reduced),
@@ -171,7 +185,8 @@ DEFS = [
     OpDef("attention", ("q", "k", "v", "mask?"), _attention_infer, attention, Category.LIBRARY,
           "scaled dot-product attention over [..., heads, tokens, dim]; bool mask keeps True, float mask is added; "
           "a query with every key masked gives zeros (as torch)",
-          {"causal": AttrSpec("bool", False), "scale": AttrSpec("float?", None), "gqa": AttrSpec("bool", False)}),
+          {"causal": AttrSpec("bool", False), "scale": AttrSpec("float?", None), "gqa": AttrSpec("bool", False)},
+          flops=_attention_flops),
     OpDef("dropout", ("x",), _same_infer, lambda a, at: a[0], Category.VIEW,
           "inference-mode dropout: the identity", {"p": AttrSpec("float", 0.0)}),
     OpDef("identity", ("x",), _same_infer, lambda a, at: a[0], Category.VIEW, "returns its operand"),

@@ -16,6 +16,7 @@ from ..dtypes import DType
 from ..opdef import AttrSpec, Category, InferenceError, OpDef
 from ..quant_format import QuantFormat, QuantFormatError, dequantize, int8_product, quantize
 from ..types import TensorType
+from .nn import _product_flops
 
 FORMAT_ATTRS = {"bits": AttrSpec("int"), "group": AttrSpec("int", 0), "scheme": AttrSpec("str", "sym")}
 
@@ -88,5 +89,5 @@ DEFS = [
     OpDef("qlinear", ("x", "qweight", "scales", "zeros?"), _qlinear_infer, _qlinear_ref, Category.LIBRARY,
           "x @ dequantize(qweight, scales, zeros)^T: a linear layer whose weight is stored quantized "
           "(zeros only with scheme=asym); act=int8 also quantizes x per row to int8 (integer products, any weight format)",
-          {**FORMAT_ATTRS, "act": AttrSpec("str", "none")}),
+          {**FORMAT_ATTRS, "act": AttrSpec("str", "none")}, flops=_product_flops),
 ]

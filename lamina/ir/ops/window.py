@@ -151,11 +151,16 @@ def batch_norm(a: Sequence[np.ndarray], attrs: Mapping[str, Any]) -> np.ndarray:
 _POOL = {"kernel": AttrSpec("ints"), "stride": AttrSpec("ints", []), "padding": AttrSpec("ints", [0]),
          "ceil_mode": AttrSpec("bool", False)}
 
+def _conv_flops(operands: Sequence[Sequence[int]], results: Sequence[Sequence[int]], attrs: Mapping[str, Any]) -> int:
+    """2 x (output elements) x (weight elements per output channel: in/groups x kh x kw)."""
+    return 2 * int(np.prod(results[0])) * int(np.prod(operands[1][1:]))
+
+
 DEFS = [
     OpDef("conv2d", ("x", "weight", "bias?"), _conv_infer, conv2d, Category.LIBRARY,
           "2-D cross-correlation, NCHW input, [out, in/groups, kh, kw] weight",
           {"stride": AttrSpec("ints", [1]), "padding": AttrSpec("ints", [0]), "dilation": AttrSpec("ints", [1]),
-           "groups": AttrSpec("int", 1)}),
+           "groups": AttrSpec("int", 1)}, flops=_conv_flops),
     OpDef("max_pool2d", ("x",), _pool_infer("max_pool2d"), max_pool2d, Category.LIBRARY, "max over windows (NCHW)",
           {**_POOL, "dilation": AttrSpec("ints", [1])}),
     OpDef("avg_pool2d", ("x",), _pool_infer("avg_pool2d"), avg_pool2d, Category.LIBRARY, "mean over windows (NCHW)",
