@@ -6,7 +6,10 @@ Prints, per workload, median time of each contender (interleaved rounds), lamina
 over each, compile times (inductor: first call; lamina: compile() plus first call, which
 JIT-compiles the kernels unless the kernel cache has them), and peak extra resident memory
 during one call. The arithmetic chain is also compared with ``x.clone()``: one read and one
-write of the same bytes into a new tensor, its memory-bound floor.
+write of the same bytes into a new tensor, its memory-bound floor. For the memory-bound workloads
+(all but the GPT-2 stacks) "lamina GB/s" is the bytes of inputs, weights and outputs over lamina's
+time and "of copy" its fraction of the measured copy bandwidth (``runtime/limits.py``); the stacks'
+table row is ``compiled.profile``'s view of where their time goes (GEMMs against torch.mm's rate).
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import lamina  # noqa: E402
 from common import interleaved_medians, machine, peak_extra_bytes, print_table, timed  # noqa: E402
 from lamina.models import make_gpt2_stack  # noqa: E402
+from lamina.runtime.limits import measure_limits  # noqa: E402
 
 
 class ArithmeticChain(nn.Module):
@@ -62,6 +66,8 @@ def main() -> None:
     cuda = ns.device == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     print(f"machine: {machine()}")
+    limits = measure_limits(ns.device)
+    print(f"limits: {limits.describe()}")
     rows = []
     for name, (model, args) in workloads().items():
         if ns.only and not any(s in name for s in ns.only):
@@ -89,17 +95,22 @@ def main() -> None:
             medians = interleaved_medians(contenders, ns.repeats, sync)
             memory = {k: _gpu_peak(fn) if cuda else peak_extra_bytes(fn) for k, fn in contenders.items()}
         t = medians
+        moved = sum(a.nbytes for a in args) + expected.nbytes + sum(p.nbytes for p in model.parameters())
+        gbps = moved / t["lamina"] / 1e9
+        memory_bound = not name.startswith("gpt2")
         row = [name, f"{t['eager'] * 1e3:.3f}", f"{t['inductor'] * 1e3:.3f}" if "inductor" in t else "-",
                f"{t['lamina'] * 1e3:.3f}", f"{t['eager'] / t['lamina']:.2f}x",
                f"{t['inductor'] / t['lamina']:.2f}x" if "inductor" in t else "-",
                f"{t['copy (floor)'] * 1e3:.3f}" if "copy (floor)" in t else "-",
                f"{inductor_s:.1f}" if inductor_s is not None else "-", f"{lamina_s:.1f}",
-               "/".join(_mb(memory.get(k)) for k in ("eager", "inductor", "lamina")), f"{err:.1e}"]
+               "/".join(_mb(memory.get(k)) for k in ("eager", "inductor", "lamina")), f"{err:.1e}",
+               f"{gbps:.1f}" if memory_bound else "-", f"{gbps / limits.copy_gbps:.0%}" if memory_bound else "-"]
         rows.append(row)
         print(" ".join(row), flush=True)
     print()
     print_table(["workload", "eager ms", "inductor ms", "lamina ms", "vs eager", "vs inductor", "copy ms",
-                 "inductor compile s", "lamina compile s", "peak extra MB e/i/l", "lamina err"], rows)
+                 "inductor compile s", "lamina compile s", "peak extra MB e/i/l", "lamina err", "lamina GB/s",
+                 "of copy"], rows)
 
 
 def _gpu_peak(fn) -> int:
