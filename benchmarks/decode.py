@@ -2,6 +2,7 @@
 
     python benchmarks/decode.py [--models tiny medium large] [--batch 1 8] [--new-tokens 256]
                                 [--prompt 32] [--caches dynamic static] [--contenders ...] [--repeats 3]
+                                [--dtype float32|bfloat16|float16]
 
 Per model (random weights, no downloads), batch and cache kind, each contender decodes the same
 prompt greedily, in ``repeats`` rounds (interleaved, but each dynamo contender's back to back:
@@ -322,13 +323,16 @@ def main() -> None:
     parser.add_argument("--caches", nargs="*", choices=("dynamic", "static"), default=["dynamic", "static"])
     parser.add_argument("--contenders", nargs="*", choices=CONTENDERS, default=list(CONTENDERS))
     parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds; the table gives medians")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
+                        help="the model's weights and activations (llama.cpp's row stays F32)")
     ns = parser.parse_args()
     bandwidth = copy_bandwidth_gbs()
-    print(f"machine: {machine()}; copy bandwidth {bandwidth:.1f} GB/s; prompt {ns.prompt}, {ns.new_tokens} new tokens")
+    print(f"machine: {machine()}; copy bandwidth {bandwidth:.1f} GB/s; prompt {ns.prompt}, {ns.new_tokens} new tokens; "
+          f"{ns.dtype}")
     print(llama_cpp_missing() or "llama.cpp: llama-cpp-python, F32 GGUF of the same weights, 2 threads, batch 1")
     rows = []
     for size in ns.models:
-        model = make_llama(size)
+        model = make_llama(size).to(getattr(torch, ns.dtype))
         weight_gb = streamed_gb(model)
         for batch in ns.batch:
             ids = torch.randint(1, 32000, (batch, ns.prompt))

@@ -43,6 +43,7 @@ class Backend:
 
 
 KERNEL_DTYPES = frozenset({DType.f64, DType.f32, DType.i64, DType.i32, DType.i8, DType.u8, DType.bool})
+CPU_DTYPES = KERNEL_DTYPES | {DType.bf16, DType.f16}  # 16-bit floats computed in float32
 
 
 def _reference(graph: "Graph", options: "CompileOptions") -> Any:
@@ -74,7 +75,7 @@ def _always() -> None:
 
 
 BACKENDS = MappingProxyType({
-    "cpu": Backend("cpu", "canonicalize,fuse", ("newton-expand", "wrap"), "cpu", KERNEL_DTYPES, _cpu, _always,
+    "cpu": Backend("cpu", "canonicalize,fuse", ("newton-expand", "wrap"), "cpu", CPU_DTYPES, _cpu, _always,
                    "Numba kernels and torch library calls on the CPU (the default)"),
     "cuda": Backend("cuda", "canonicalize,fuse", ("newton-expand", "wrap"), "cuda", KERNEL_DTYPES, _cuda, _require_gpu,
                     "CUDA C (CuPy) or Numba-CUDA kernels on an NVIDIA GPU"),

@@ -1,7 +1,9 @@
 """On-disk kernel cache: generated source keyed by content hash, written atomically, verified on load.
 
 Each entry is ``<dir>/kernels/<key>.py`` whose first line holds the SHA-256 of the rest. A
-truncated or edited entry fails the check and is rewritten; it is never imported. Numba keeps
+truncated or edited entry fails the check and is rewritten; it is never imported. An intact entry
+holding another source under the same name (written by another lamina version, whose shared kernel
+header differed) is rewritten too, without a warning. Numba keeps
 its compiled artefacts beside the entry (``__pycache__/*.nbi, *.nbc``), checked by Numba
 against the entry's file stamp; a damaged artefact (truncated, junk, unreadable) is dropped and
 the kernel compiled again. When the cache directory cannot be written (read-only, not a
@@ -96,9 +98,11 @@ class KernelCache:
         except (OSError, UnicodeDecodeError):  # unreadable, a directory, binary junk
             return "corrupt"
         head, _, body = text.partition("\n")
-        if head != f"{_TAG}{digest}" or content_key(body) != digest:
-            return "corrupt"
-        return "ok"
+        if head == f"{_TAG}{digest}" and content_key(body) == digest:
+            return "ok"
+        if head == f"{_TAG}{content_key(body)}":  # intact, but another source under this name (an older lamina)
+            return "stale"
+        return "corrupt"
 
     @staticmethod
     def _write(path: Path, text: str) -> None:

@@ -8,19 +8,25 @@ from ..ir.dtypes import DType
 from .checked_ops import NUMBA_CPU as CHECKED_SOURCE
 from .fastmath32 import SOURCE as FAST32_SOURCE
 from .float_minmax import SOURCE as MINMAX_SOURCE
-from .kernel import Call, Const, Expr, Kernel, Let, Loop, Reduce, Store, Var
+from .half_floats import SOURCE as HALF_SOURCE
+from .kernel import Call, Const, Expr, Kernel, Let, Load, Loop, Reduce, Store, Var
 from .reciprocal import SAFE_RANGE, invariant_divisors, inverse_name, multiply_by_inverses
 from .scalar_printer import ScalarPrinter, infix_forms
 from .wide_vectors import SOURCE as WIDE_VECTORS_SOURCE
 
-_NP = {DType.f64: "np.float64", DType.f32: "np.float32", DType.f16: "np.float16", DType.bf16: "np.float32",
+# 16-bit floats compute in float32 (their buffers are int16 bits: codegen/half_floats.py)
+_NP = {DType.f64: "np.float64", DType.f32: "np.float32", DType.f16: "np.float32", DType.bf16: "np.float32",
        DType.i64: "np.int64", DType.i32: "np.int32", DType.i8: "np.int8", DType.u8: "np.uint8", DType.i4: "np.int8",
        DType.bool: "np.bool_"}
 _MATH = {"exp": "math.exp", "log": "math.log", "sqrt": "math.sqrt", "tanh": "math.tanh", "sin": "math.sin",
          "cos": "math.cos", "erf": "math.erf", "floor": "np.floor", "log1p": "math.log1p"}  # np.floor keeps the float type
 
 _FLOAT_MINMAX = {DType.f32: {"max": "fmaximum32", "min": "fminimum32"},
+                 DType.bf16: {"max": "fmaximum32", "min": "fminimum32"},
+                 DType.f16: {"max": "fmaximum32", "min": "fminimum32"},
                  DType.f64: {"max": "fmaximum64", "min": "fminimum64"}}  # codegen/float_minmax.py
+_HALF = {DType.bf16: "bf16", DType.f16: "f16"}  # 16-bit floats: {prefix}_load / _store / _round
+_SINGLE = frozenset({DType.f32, DType.bf16, DType.f16})  # what computes in float32
 _FAST32 = frozenset({"exp", "tanh", "erf"})  # float32 versions in fastmath32 that vectorize
 
 # Numba's parallel passes beyond prange (array expressions, comprehensions, ...) find nothing in
@@ -49,8 +55,16 @@ class NumbaPrinter(ScalarPrinter):
              "minimum": "np.minimum({0}, {1})", "neg": "(-{0})", "abs": "abs({0})", "logical_not": "(not {0})",
              "where": "({1} if {0} else {2})"}
 
+    def __init__(self, half_buffers: dict[str, DType] | None = None) -> None:
+        self.half_buffers = half_buffers or {}  # the kernel's 16-bit float buffers (int16 bits)
+
     def literal(self, value: Any, dtype: DType) -> str:
         return literal(value, dtype)
+
+    def expr(self, e: Expr) -> str:
+        if isinstance(e, Load) and e.buffer in self.half_buffers:
+            return f"{_HALF[self.half_buffers[e.buffer]]}_load({e.buffer}[{self.index(e.index)}])"
+        return super().expr(e)
 
     def index(self, e: Expr) -> str:
         """Indices are never negative; as uint64 Numba drops its wrap-around check, which lets loops vectorize."""
@@ -62,7 +76,7 @@ class NumbaPrinter(ScalarPrinter):
         if op == "div" and not dt.is_float:
             raise NotImplementedError("integer true division in a kernel")
         if op in _MATH:
-            if self.fast32 and dt is DType.f32 and op in _FAST32:
+            if self.fast32 and dt in _SINGLE and op in _FAST32:
                 return f"{op}32({a[0]})"
             return f"{_MATH[op]}({a[0]})"
         if op == "cast":
@@ -71,6 +85,8 @@ class NumbaPrinter(ScalarPrinter):
                 return f"({a[0]} != 0)"
             if src.is_float and not dt.is_float:
                 return f"{_NP[dt]}(math.trunc({a[0]}))" if dt is not DType.i64 else f"np.int64({a[0]})"
+            if dt in _HALF:  # the value keeps float32 storage, rounded to the 16-bit type's precision
+                return f"{_HALF[dt]}_round(np.float32({a[0]}))"
             return f"{_NP[dt]}({a[0]})"
         return None
 
@@ -79,6 +95,9 @@ class NumbaPrinter(ScalarPrinter):
         for s in body:
             if isinstance(s, Let):
                 out.append(f"{pad}{s.name} = {self.expr(s.value)}")
+            elif isinstance(s, Store) and s.buffer in self.half_buffers:
+                value = f"{_HALF[self.half_buffers[s.buffer]]}_store({self.expr(s.value)})"
+                out.append(f"{pad}{s.buffer}[{self.index(s.index)}] = {value}")
             elif isinstance(s, Store):
                 out.append(f"{pad}{s.buffer}[{self.index(s.index)}] = {self.expr(s.value)}")
             elif isinstance(s, Loop) and invariant_divisors(s):
@@ -133,7 +152,7 @@ def numba_source(kernel: Kernel, parallel: bool) -> str:
     A kernel with scratch rows runs its outer loop in per-thread chunks, each allocating its
     scratch once.
     """
-    printer = NumbaPrinter()
+    printer = NumbaPrinter({b.name: b.dtype for b in kernel.buffers if b.dtype in _HALF})
     params = [b.name for b in kernel.buffers] + list(kernel.sizes)
     outer = printer.expr(kernel.outer)
     lines = [
@@ -157,5 +176,5 @@ def numba_source(kernel: Kernel, parallel: bool) -> str:
     return "\n".join(lines) + "\n"
 
 
-MODULE_HEADER = ("import math\n\nimport numba\nimport numpy as np\n" + FAST32_SOURCE + MINMAX_SOURCE
+MODULE_HEADER = ("import math\n\nimport numba\nimport numpy as np\n" + FAST32_SOURCE + MINMAX_SOURCE + HALF_SOURCE
                  + WIDE_VECTORS_SOURCE + CHECKED_SOURCE + "\n\n")

@@ -11,6 +11,9 @@ import torch
 from ..codegen.attention_cpu import AttentionVariant, attention_source
 from ..codegen.cache import KernelCache
 from ..codegen.cpu_numba import MODULE_HEADER, PARALLEL_THRESHOLD, numba_source
+from ..codegen.gemv16_cpu import MAX_ROWS as GEMV16_ROWS
+from ..codegen.gemv16_cpu import PREFIX as GEMV16_TYPES
+from ..codegen.gemv16_cpu import Gemv16Variant, gemv16_source
 from ..codegen.kernel import Kernel
 from ..codegen.scratch import use_scratch_rows
 from ..ir.core import Graph, Op
@@ -18,7 +21,7 @@ from ..errors import InputMismatchError
 from ..ir.dtypes import DType
 from ..ir.size_code import Size, is_static
 from ..ir.targets import OpTable
-from .library import attention_expr
+from .library import attention_expr, call_line
 from .qlinear_call import qlinear_lines
 from .qlinear_cpu import QLinearCpu
 from .program import BackendError, CompiledKernel, Executor, PlanContext, Target, work
@@ -121,6 +124,44 @@ def _attention_lines(target: "CpuTarget", kernel: Callable[[], Any], op: Op, arg
             *("    " + x for x in lines)]
 
 
+def _linear16_kernel(target: "CpuTarget", op: Op) -> Callable[[], Any] | None:
+    """The 16-bit float GEMV (``codegen/gemv16_cpu.py``) for a bfloat16 / float16 ``linear``."""
+    dtype, k = op.results[0].type.dtype, op.operands[1].type.shape[-1]
+    if dtype not in GEMV16_TYPES or not isinstance(k, int) or any(v.type.dtype != dtype for v in op.operands):
+        return None
+    variant = Gemv16Variant(dtype, k, len(op.operands) == 3)
+    return lambda: getattr(target.cache.load(variant.name, MODULE_HEADER + gemv16_source(variant)), variant.name)
+
+
+def _linear16_lines(target: "CpuTarget", kernel: Callable[[], Any], op: Op, args: Sequence[str], out: str,
+                    plan: PlanContext) -> list[str]:
+    """Up to ``GEMV16_ROWS`` rows the GEMV, else (or when a tensor is not contiguous) torch's linear;
+    decided now when the sizes are static, else per call."""
+    library = [call_line(op, list(args), [out], [out], plan.derive)]
+    *lead, k = (plan.size(d) for d in op.operands[0].type.shape)
+    rows = math.prod(lead)  # SizeCode multiplies into per-call code when a size is symbolic
+    if is_static(rows) and rows > GEMV16_ROWS:
+        return library
+    views, per_call = [], []
+    for name in (*args, out):
+        tensor = plan.value_of(name)
+        if tensor is not None and tensor.is_contiguous():
+            views.append(plan.static(target.view(tensor), "H"))
+        else:
+            views.append(f"_kernel_view({name})")
+            per_call.append(name)
+    if len(args) == 2:
+        views.insert(2, views[1])  # no bias: the kernel does not read it
+    n = plan.size(op.results[0].type.shape[-1])
+    call = f"{plan.static(kernel(), 'G')}({', '.join(views)}, {rows}, {n})"
+    conditions = [f"{name}.is_contiguous()" for name in per_call]
+    if not is_static(rows):
+        conditions.insert(0, f"{rows} <= {GEMV16_ROWS}")
+    if not conditions:
+        return [call]
+    return [f"if {' and '.join(conditions)}:", f"    {call}", "else:", *("    " + x for x in library)]
+
+
 def _qlinear_kernel(target: "CpuTarget", op: Op) -> Callable[[], Any] | None:
     """``qlinear`` (``runtime/qlinear_cpu.py``): its kernels compile on first use, per row count."""
     return lambda: None
@@ -143,13 +184,16 @@ class NativeKernel:
 NATIVE: OpTable[NativeKernel] = OpTable("cpu", "native kernel")
 NATIVE.register("attention")(NativeKernel(_attention_kernel, _attention_lines))
 NATIVE.register("qlinear")(NativeKernel(_qlinear_kernel, _qlinear_lines))
+NATIVE.register("linear")(NativeKernel(_linear16_kernel, _linear16_lines))
 
 
 class CpuTarget(Target):
     name = "cpu"
     device = "cpu"
     split_last = True
-    supported = frozenset({DType.f64, DType.f32, DType.i64, DType.i32, DType.i8, DType.u8, DType.bool})
+    # bfloat16 / float16: stored as 16 bits, computed in float32 (codegen/half_floats.py)
+    supported = frozenset({DType.f64, DType.f32, DType.bf16, DType.f16, DType.i64, DType.i32, DType.i8, DType.u8,
+                           DType.bool})
 
     def __init__(self, cache: KernelCache | None = None) -> None:
         self.cache = cache or KernelCache()
@@ -174,13 +218,17 @@ class CpuTarget(Target):
         return NATIVE.get(op.name).lines(self, kernel, op, args, out, plan)
 
     def namespace(self) -> dict[str, Any]:
-        return {"flat_strided": flat_strided, "math": math, "InputMismatchError": InputMismatchError}
+        return {"flat_strided": flat_strided, "math": math, "InputMismatchError": InputMismatchError,
+                "_kernel_view": self.view}
 
     def view(self, tensor: torch.Tensor) -> Any:
+        """A kernel's flat NumPy view of ``tensor``; 16-bit floats as their int16 bits (NumPy has no bfloat16)."""
+        if tensor.dtype in (torch.bfloat16, torch.float16):
+            tensor = tensor.view(torch.int16)
         return tensor.numpy().reshape(-1)
 
     def view_expr(self, name: str) -> str:
-        return f"{name}.contiguous().numpy().reshape(-1)"
+        return f"_kernel_view({name}.contiguous())"
 
     def launch(self, fn: str, args: Sequence[str], kernel: Kernel, outer: Size, inner: Size | None) -> str:
         return f"{fn}({', '.join(args)})"

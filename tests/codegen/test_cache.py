@@ -28,6 +28,16 @@ def test_corrupted_or_truncated_entry_is_rebuilt(tmp_path) -> None:
     assert not list(path.parent.glob(".tmp-*"))  # no half-written files left behind
 
 
+def test_an_intact_entry_of_another_source_is_replaced_quietly(tmp_path, caplog) -> None:
+    """Another lamina version may have written a different source under the same name: that is a
+    miss (rewritten, never imported), not damage to warn about."""
+    KernelCache(tmp_path).load("k_versions", "def answer():\n    return 41\n")
+    fresh = KernelCache(tmp_path)
+    with caplog.at_level("WARNING", logger="lamina.cache"):
+        assert fresh.load("k_versions", SOURCE).answer() == 42
+    assert (fresh.misses, fresh.repaired) == (1, 0) and not caplog.records
+
+
 def test_cache_dir_from_environment(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("LAMINA_CACHE_DIR", str(tmp_path / "c"))
     assert default_cache_dir() == tmp_path / "c"
