@@ -3,7 +3,8 @@
 Numba calls libm's scalar ``expf``/``tanhf``/``erff`` for ``math.*``; without Intel's SVML
 LLVM cannot vectorize loops that contain them. These versions are plain arithmetic (plus
 one integer-to-float bit cast for 2^n), so LLVM vectorizes the kernels that use them.
-Accuracy: exp (Cephes) within 2 ulp, tanh and erf (Eigen's rational fits) within a few ulp.
+Accuracy: exp (Cephes) within 1 ulp over its whole range, subnormal results included; tanh and
+erf (Eigen's rational fits) within a few ulp.
 """
 
 SOURCE = r'''
@@ -23,19 +24,22 @@ def _bits_to_f32(typingctx, bits):
 
 @numba.njit(inline="always", fastmath={"contract"}, error_model="numpy")
 def exp32(x):
-    c = np.minimum(np.maximum(x, np.float32(-87.33654)), np.float32(88.72283))
+    # clamps by compare-and-select, each one vminps/vmaxps, and a NaN x stays NaN (the select keeps x)
+    c = np.float32(-104.0) if x < np.float32(-104.0) else x  # exp(-104) rounds to 0 in float32
+    c = np.float32(88.72283) if c > np.float32(88.72283) else c
     n = np.floor(c * np.float32(1.44269504088896341) + np.float32(0.5))  # np.floor keeps float32 (math.floor gives int64)
     r = c - n * np.float32(0.693359375) - n * np.float32(-2.12194440e-4)
     z = r * r
     p = ((((np.float32(1.9875691500e-4) * r + np.float32(1.3981999507e-3)) * r + np.float32(8.3334519073e-3)) * r
           + np.float32(4.1665795894e-2)) * r + np.float32(1.6666665459e-1)) * r + np.float32(5.0000001201e-1)
     y = p * z + r + np.float32(1.0)
-    # 2^n as 2^(n-1) * 2, so n = 128 (x just below the overflow bound) stays representable
-    y = y * _bits_to_f32((np.int32(n) + np.int32(126)) << np.int32(23)) * np.float32(2.0)
-    # edges by select (no division): below the range -> 0, above it -> inf; NaN flows through the
-    # clamps and the polynomial. Row kernels keep exp out of reduction loops (codegen/scratch.py),
-    # where a select would stop vectorization.
-    y = y * np.float32(x >= np.float32(-87.33654))
+    # 2^n as 2^h * 2^(n-h), h = n // 2: both factors are normal for n in [-150, 128], so results
+    # below 2^-126 come out as the subnormals they are (one bit shift cannot make those)
+    ni = np.int32(n)
+    h = ni >> np.int32(1)
+    y = y * _bits_to_f32((h + np.int32(127)) << np.int32(23)) * _bits_to_f32((ni - h + np.int32(127)) << np.int32(23))
+    # above the range -> inf, by select (no division). Row kernels keep exp out of reduction loops
+    # (codegen/scratch.py), where a select would stop vectorization.
     return np.float32(np.inf) if x > np.float32(88.72283) else y
 
 

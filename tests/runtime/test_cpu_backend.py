@@ -263,3 +263,22 @@ def test_division_by_a_row_constant_multiplies_only_where_the_reciprocal_is_norm
         assert torch.equal(got[row].nan_to_num(), (x[row] / x[row].double().sum().float()).nan_to_num())
     keep = ~want.isnan()
     assert rel_error(got[keep], want[keep]) <= F32_TOL
+
+
+def test_exp_is_within_one_ulp_down_to_subnormal_results() -> None:
+    """The kernels' float32 exp against float64 exp rounded to float32, from where it underflows to
+    zero to where it overflows, and at NaN and the infinities."""
+    x = torch.cat([torch.linspace(-110.0, 90.0, 1 << 20), torch.tensor([float("nan"), float("inf"), -float("inf")])])
+    got = lamina.compile(_Exp(), (x,))(x)
+    want = x.double().exp().float()
+    assert torch.equal(got.isnan(), want.isnan()) and torch.equal(got.isinf(), want.isinf())
+    assert torch.equal(got == 0, want == 0)
+    finite = want.isfinite() & (want > 0)
+    ulps = (got[finite].view(torch.int32).long() - want[finite].view(torch.int32).long()).abs()
+    assert ulps.max() <= 1
+    assert (want[finite] < 1.1754944e-38).sum() > 1000  # the subnormal range was covered
+
+
+class _Exp(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.exp(x)
