@@ -89,13 +89,47 @@ def _drop_neutral(op: Op, out: Rewriter) -> tuple[Value, ...] | None:
     return None
 
 
+@rule("attention")
+def _gqa_instead_of_repeated_heads(op: Op, out: Rewriter) -> tuple[Value, ...] | None:
+    """Attention over keys and values whose heads were repeated for grouped-query attention
+    (transformers' ``repeat_kv``: reshape to [b, hk, 1, s, d], expand to [b, hk, r, s, d], reshape to
+    [b, hk*r, s, d], which copies) reads the hk heads themselves with ``gqa=true``: query head i uses
+    key head i // r either way, and nothing is copied."""
+    if op.attrs["gqa"]:
+        return None
+    keys, repeats = _repeated_heads(op.operands[1], out)
+    values, value_repeats = _repeated_heads(op.operands[2], out)
+    if keys is None or values is None or repeats != value_repeats:
+        return None
+    return (out.emit("attention", op.operands[0], keys, values, *op.operands[3:], loc=op.loc,
+                     **{**op.attrs, "gqa": True}),)
+
+
+def _repeated_heads(value: Value, out: Rewriter) -> tuple[Value | None, Any]:
+    """(x, r) when ``value`` is x [b, hk, s, d] with each head repeated r times as ``repeat_kv`` does."""
+    outer = out.producer(value)
+    expand = out.producer(outer.operands[0]) if outer is not None and outer.name == "reshape" else None
+    inner = out.producer(expand.operands[0]) if expand is not None and expand.name == "expand" else None
+    if inner is None or inner.name != "reshape" or inner.operands[0].type.rank != 4:
+        return None, 0
+    source = inner.operands[0]
+    b, hk, s, d = source.type.shape
+    repeated = expand.result.type.shape
+    if tuple(inner.result.type.shape) != (b, hk, 1, s, d) or len(repeated) != 5 \
+            or tuple(repeated[:2]) != (b, hk) or tuple(repeated[3:]) != (s, d):
+        return None, 0
+    if tuple(value.type.shape) != (b, hk * repeated[2], s, d):
+        return None, 0
+    return source, repeated[2]
+
+
 def _full_value(op: Op | None) -> Any:
     """The fill value when ``op`` is a ``full``, else None."""
     return op.attrs["value"] if op is not None and op.name == "full" else None
 
 
 RULES = (_drop_identity, _drop_noop_layout, _drop_identity_permute, _drop_full_slice, _drop_single_concat,
-         _merge_reshapes, _merge_permutes, _fold_constants, _drop_neutral)
+         _merge_reshapes, _merge_permutes, _fold_constants, _drop_neutral, _gqa_instead_of_repeated_heads)
 
 
 def canonicalize(graph: Graph) -> Graph:
