@@ -10,7 +10,6 @@ import torch
 import lamina
 from lamina.models import make_cnn, make_gpt2_stack, make_llama_block, make_mlp
 from lamina.models.hf import make_hf_gpt2, make_hf_llama
-from lamina.runtime.cpu import BackendError
 from tests.conftest import rel_error
 from tests.frontends.test_models import _fresh_like
 
