@@ -664,11 +664,11 @@ class _PlanBuilder(PlanContext):
     def work(self, op: Op) -> tuple[int, int | None]:
         """Bytes of ``op``'s operands and results and its FLOPs (the registry's count) at this plan's sizes;
         (0, None) where a size is known only per call."""
-        shapes = [self.shape(v) for v in (*op.operands, *op.results)]
+        values = (*op.operands, *op.results)
+        shapes = [self.shape(v) for v in values]
         if not all(isinstance(d, int) for shape in shapes for d in shape):
             return 0, None
-        values = (*op.operands, *op.results)
-        nbytes = sum(int(np.prod(shape)) * v.type.dtype.numpy.itemsize for shape, v in zip(shapes, values))
+        nbytes = sum(self.nbytes(v) for v in values)  # torch's element sizes: a bf16 element is 2 bytes
         opdef = REGISTRY.get(op.name)
         n = len(op.operands)
         flops = opdef.flop_count(shapes[:n], shapes[n:], op.attrs) if opdef is not None else None

@@ -78,3 +78,12 @@ def test_lamina_profile_prints_the_table_on_the_first_call() -> None:
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     assert "lamina: profile of GPT2Stack" in done.stderr and "| linear h.0.mlp.c_fc | 1 |" in done.stderr
+
+
+def test_profile_counts_16_bit_elements_as_two_bytes() -> None:
+    model, idx = _stack()
+    compiled = lamina.compile(model.to(torch.bfloat16), (idx,))
+    with torch.no_grad():
+        timeline = compiled.profile(idx)
+    event = next(e for e in timeline.events if e.label == "linear h.0.mlp.c_fc")  # x [32, 64], w [256, 64], out [32, 256]
+    assert event.nbytes == 2 * (32 * 64 + 256 * 64 + 32 * 256)
