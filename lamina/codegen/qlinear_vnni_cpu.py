@@ -107,9 +107,12 @@ def {dot.name}(x, q, s, z, out, M, N):
         for kk in range({k}):
             qx[kk] = np.int32(min(max(np.rint(np.float32(x[m, kk] / d)), np.float32(-127.0)), np.float32(127.0)))
 {place}
-    qb, xbb, sb, ib = q.ctypes.data, xb.ctypes.data, s.ctypes.data, init.ctypes.data
     chunks = min(N, 64)
     for ch in numba.prange(chunks):
+        # the addresses are taken in the loop: Numba frees a local array after its last use, and
+        # a raw address does not count as one (taken before the loop, xb and init were freed
+        # before the threads read them)
+        qb, xbb, sb, ib = q.ctypes.data, xb.ctypes.data, s.ctypes.data, init.ctypes.data
         for n in range(ch * N // chunks, (ch + 1) * N // chunks):
             for m in range(M):
                 r = _vnni_dot(qb + n * {row_bytes}, xbb + m * {k}, sb + n * {groups * 4}, ib + m * {init_len * 4})

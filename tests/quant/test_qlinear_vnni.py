@@ -140,3 +140,28 @@ def test_concurrent_callers_get_their_own_results() -> None:
         t.join()
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w, rtol=0, atol=0)
+
+
+@needs_vnni
+def test_scratch_rows_outlive_the_threads_that_read_them(tmp_path) -> None:
+    """Numba frees a local array after its last use, and taking its raw address is not a use: the
+    quantized rows (xb) and their corrections (init) must be freed only after the parallel loop that reads
+    them through pointers (freed before it, another thread's allocation could overwrite them: garbage).
+    Checked in the kernel's LLVM: every scratch array sized by the row count M is released after the loop."""
+    import re
+
+    q = QLinearCpu(QuantFormat(8, 0), 128, 16, KernelCache(tmp_path), act="int8")  # a fresh compile: LLVM to read
+    kernel = q.kernel("vnni")
+    x = np.random.default_rng(0).standard_normal((2, 128), dtype=np.float32)
+    out = np.full((2, 16), np.nan, np.float32)
+    kernel(x, np.ones((16, 128), np.int8), np.ones((16, 1), np.float32), np.zeros((16, 1), np.float32), out, 2, 16)
+    assert np.isfinite(out).all()
+    llvm = kernel.inspect_llvm(kernel.signatures[0])
+    entry = re.search(r"define [^\n]*@_ZN[^\n]*" + q.dot.name + r".*?\n}\n", llvm, re.S)
+    assert entry is not None
+    body = entry.group(0)
+    sized = re.findall(r"(%[\w.]+) = tail call ptr @NRT_MemInfo_alloc_aligned\(i64 %", body)  # sized at run time
+    assert len(sized) >= 3  # xb, init, xsum and sxs (LLVM may merge the last two)
+    threads = body.index("@numba_parallel_for")
+    for name in sized:
+        assert body.index(f"@NRT_decref(ptr nonnull {name})") > threads, f"{name} is freed before the threads run"
