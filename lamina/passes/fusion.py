@@ -17,7 +17,8 @@ reduced shape — so the intermediate never goes to memory (bytes saved: its siz
 (3) the kernel stays under MAX_OPS ops (bounds compile time). An op that reads only inputs,
 weights and constants joins the latest kernel reading one of the same operands (siblings:
 the operand is read once). Views and constants are
-recomputed in each consumer (they cost no memory traffic); nothing else is recomputed.
+recomputed in each consumer (they cost no memory traffic). Afterwards a pointwise kernel whose results
+only one kernel reads is merged into it (``fusion_merge.py``), computed where it is read.
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ from ..ir.builder import OpEmitter, RegionBuilder
 from ..ir.core import Graph, Op, Value
 from ..ir.opdef import Category
 from ..ir.ops import category, lookup, reduced_axes
+from .fusion_merge import absorb_producers
 from .toolkit import ValueMap, map_region_body, producers, rebuild, users
 
 MAX_OPS = 48
@@ -204,6 +206,7 @@ def fuse(graph: Graph) -> Graph:
             groups.append(chosen)
         chosen.add(op, traces)
         group_of[op] = chosen
+    groups = absorb_producers(graph, groups, group_of, users(graph.ops), MAX_OPS)
     return _rebuild(graph, groups, group_of)
 
 

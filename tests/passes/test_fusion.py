@@ -99,3 +99,56 @@ def test_a_reduction_is_never_read_at_another_rows_position_in_its_kernel() -> N
     kept = [op for op in compiled.graph.ops if op.name == "fused"
             and {o.name for o in op.regions[0].ops} >= {"amax", "mul"}]
     assert kept, "a reduction read at its own row still fuses with its consumer"
+
+
+def _kernels(graph) -> list[list[str]]:
+    return [[o.name for o in op.regions[0].ops if o.name != "yield"] for op in graph.ops if op.name == "fused"]
+
+
+def test_a_kernel_read_only_by_a_later_kernel_is_merged_into_it() -> None:
+    """silu(gate) * up with up a GEMM after the silu (the MLP of Llama), and the rotary pattern
+    cat(-q[..., 2:], q[..., :2]) * sin + q * cos: each producer has one reading kernel, which computes it."""
+    text = """graph @g(%x: f32[4,4], %w: f32[4,4], %s: f32[4,4]) {
+  %0 = exp(%x) : f32[4,4]
+  %1 = matmul(%x, %w) : f32[4,4]
+  %2 = mul(%0, %1) : f32[4,4]
+  %3 = matmul(%2, %w) : f32[4,4]
+  %4 = mul(%3, %s) : f32[4,4]
+  %5 = slice(%3) {dim=1, start=2, end=4, step=1} : f32[4,2]
+  %6 = neg(%5) : f32[4,2]
+  %7 = slice(%3) {dim=1, start=0, end=2, step=1} : f32[4,2]
+  %8 = concat(%6, %7) {dim=1} : f32[4,4]
+  %9 = mul(%8, %s) : f32[4,4]
+  %10 = add(%4, %9) : f32[4,4]
+  return %10
+}
+"""
+    graph = parse(text)
+    fused = verify(fuse(graph))
+    assert [op.name for op in fused.ops] == ["matmul", "fused", "matmul", "fused"]
+    assert Counter(_kernels(fused)[1]) == Counter({"mul": 2, "neg": 1, "concat": 1, "add": 1, "slice": 2})
+    x, w, s = (np.random.rand(4, 4).astype(np.float32) for _ in range(3))
+    np.testing.assert_array_equal(interpret(fused, [x, w, s])[0], interpret(graph, [x, w, s])[0])
+    from lamina.runtime.cpu import CpuExecutor
+
+    got = CpuExecutor(fused, poison=True)([torch.from_numpy(a) for a in (x, w, s)], {})[0]
+    np.testing.assert_allclose(got.numpy(), interpret(graph, [x, w, s])[0], rtol=1e-6)
+
+
+def test_no_merge_where_the_producer_would_be_recomputed_or_is_read_twice() -> None:
+    text = """graph @g(%x: f32[4,1], %y: f32[4,4], %w: f32[4,4]) {
+  %0 = exp(%x) : f32[4,1]
+  %1 = matmul(%y, %w) : f32[4,4]
+  %2 = add(%1, %0) : f32[4,4]
+  %3 = tanh(%y) : f32[4,4]
+  %4 = matmul(%y, %y) : f32[4,4]
+  %5 = mul(%3, %4) : f32[4,4]
+  %6 = matmul(%5, %w) : f32[4,4]
+  %7 = sub(%3, %6) : f32[4,4]
+  return %2, %7
+}
+"""
+    fused = verify(fuse(parse(text)))
+    kernels = _kernels(fused)
+    assert ["exp"] in kernels  # broadcast along the row by its reader: computed once, not four times
+    assert any(k[:1] == ["tanh"] and "mul" not in k for k in kernels)  # read by two kernels: stays
