@@ -10,6 +10,7 @@ from .fastmath32 import SOURCE as FAST32_SOURCE
 from .float_minmax import SOURCE as MINMAX_SOURCE
 from .half_floats import SOURCE as HALF_SOURCE
 from .kernel import Call, Const, Expr, Kernel, Let, Load, Loop, Reduce, Store, Var
+from .loop_split import pieces, split_points
 from .reciprocal import SAFE_RANGE, invariant_divisors, inverse_name, multiply_by_inverses
 from .scalar_printer import ScalarPrinter, infix_forms
 from .wide_vectors import SOURCE as WIDE_VECTORS_SOURCE
@@ -102,6 +103,10 @@ class NumbaPrinter(ScalarPrinter):
                 out.append(f"{pad}{s.buffer}[{self.index(s.index)}] = {self.expr(s.value)}")
             elif isinstance(s, Loop) and invariant_divisors(s):
                 self.versioned_loop(s, invariant_divisors(s), depth, out)
+            elif isinstance(s, Loop) and split_points(s):  # a concat along it: one loop per piece
+                for start, stop, body in pieces(s):
+                    out.append(f"{pad}for {s.var} in range({start}, {stop}):")
+                    self.stmts(body, depth + 1, out)
             elif isinstance(s, Loop):
                 out.append(f"{pad}for {s.var} in range({self.expr(s.extent)}):")
                 self.stmts(s.body, depth + 1, out)
@@ -162,8 +167,11 @@ def numba_source(kernel: Kernel, parallel: bool) -> str:
         f"def {kernel.name}({', '.join(params)}):",
     ]
     if kernel.scratch:
+        # enough per-thread chunks to balance (a constant keeps the cache usable); serially, one: a
+        # scratch row is allocated once per chunk
+        chunks = "min(n_outer, 64)" if parallel else "min(n_outer, 1)"
         lines += [f"    n_outer = {outer}",
-                  "    chunks = min(n_outer, 64)  # enough per-thread chunks to balance; a constant keeps the cache usable",
+                  f"    chunks = {chunks}",
                   "    for chunk in numba.prange(chunks):"]
         lines += [f"        {b.name} = np.empty({printer.expr(b.size)}, {_NP[b.dtype]})" for b in kernel.scratch]
         lines.append("        prefer_wide_vectors()")
