@@ -94,6 +94,10 @@ class CompiledModule:
         k = self._user_outputs
         self._flat_output = next((out for out in (tuple(range(k)), list(range(k)))
                                   if imported.out_spec == pytree.tree_flatten(out)[1]), None)
+        self._param_positions = [(i, r.key) for i, r in enumerate(imported.roles) if isinstance(r, ParamRole)]
+        self._other_positions = [(i, r) for i, r in enumerate(imported.roles) if not isinstance(r, ParamRole)]
+        # per weight passed by the caller: the tensor accepted on the last call and its memory then
+        self._held_weights: dict[str, tuple[torch.Tensor, tuple]] = {}
         self._warned_about_grad = False
         # LAMINA_PROFILE=1: the first call also prints a per-step profile (a module that changes its inputs
         # or keeps state is not run the extra times a profile takes)
@@ -139,7 +143,22 @@ class CompiledModule:
                     f"{_describe(spec)}; call it as it was traced or compile again")
         inputs: list[Any] = [None] * len(self.graph.user_inputs)
         weights, moved = self._weights, False
-        for position, (role, value) in enumerate(zip(self.imported.roles, flat)):
+        held_now = self._held_weights
+        for position, key in self._param_positions:  # dynamo passes the module's weights on every call
+            value = flat[position]
+            held = held_now.get(key)
+            if held is not None and held[0] is value and held[1] == (value.data_ptr(), value.shape, value.stride(),
+                                                                     value.dtype):
+                continue  # the tensor accepted last call, still over the same memory
+            if not isinstance(value, torch.Tensor):
+                raise InputMismatchError(f"argument {position} of {self.model_name} must be a tensor, got "
+                                         f"{type(value).__name__}")
+            mine = self._sources.get(key, weights.get(key))
+            if mine is None or not _same_memory(mine, value):  # a new Parameter, or new .data
+                weights[key], moved = self._own_part(key, value.detach()), True
+            held_now[key] = (value, (value.data_ptr(), value.shape, value.stride(), value.dtype))
+        for position, role in self._other_positions:
+            value = flat[position]
             if isinstance(role, ConstRole):
                 if value != role.value:
                     raise InputMismatchError(
@@ -148,10 +167,6 @@ class CompiledModule:
             elif not isinstance(value, torch.Tensor):
                 raise InputMismatchError(f"argument {position} of {self.model_name} must be a tensor, got "
                                          f"{type(value).__name__}")
-            elif isinstance(role, ParamRole):  # dynamo passes the module's weights on every call
-                held = self._sources.get(role.key, weights.get(role.key))
-                if held is None or not _same_memory(held, value):  # a new Parameter, or new .data
-                    weights[role.key], moved = self._own_part(role.key, value.detach()), True
             elif isinstance(role, InputRole):
                 inputs[role.index] = self._check(role.index, value)
         self._check_signature(inputs)
@@ -306,6 +321,7 @@ class CompiledModule:
         """Keep only rank ``rank``'s part of each weight the graph splits across ranks (``Param.shard``), also
         of the whole weights later calls pass (torch.compile's)."""
         self._rank = rank
+        self._held_weights.clear()  # the next call compares the caller's weights afresh
         for p in self.graph.params:
             if p.shard is not None and p.key in self._weights:  # (torch.compile passes its weights per call)
                 self._weights[p.key] = self._own_part(p.key, self._weights[p.key])

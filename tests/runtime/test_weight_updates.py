@@ -80,6 +80,8 @@ def test_torch_compile_sees_a_replaced_parameter_and_new_data() -> None:
         torch.testing.assert_close(compiled(x), model(x), rtol=1e-5, atol=1e-6)
         model[2].weight.data = torch.randn(4, 8)
         torch.testing.assert_close(compiled(x), model(x), rtol=1e-5, atol=1e-6)
+        model[0].weight.data = model[0].weight.data.t()  # the same memory and shape, other strides
+        torch.testing.assert_close(compiled(x), model(x), rtol=1e-5, atol=1e-6)
 
 
 def test_two_instances_sharing_one_dynamo_graph_each_get_their_weights() -> None:
