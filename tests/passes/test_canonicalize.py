@@ -45,3 +45,44 @@ def test_folding_keeps_nan_and_inf() -> None:
     assert "value=nan" in text and "value=-inf" in text
     out = interpret(canonicalize(graph), [np.ones(2, np.float32)])[0]
     assert np.isnan(out).all()
+
+
+class _Conv(__import__("torch").nn.Module):
+    def __init__(self, conv) -> None:
+        super().__init__()
+        self.conv = conv
+
+    def forward(self, x):
+        return self.conv(x).relu()
+
+
+@pytest.mark.parametrize("options", [
+    dict(in_channels=6, out_channels=6, kernel_size=3, padding=1, groups=6),
+    dict(in_channels=6, out_channels=6, kernel_size=3, stride=2, padding=1, groups=6, bias=False),
+    dict(in_channels=6, out_channels=6, kernel_size=3, dilation=2, padding=2, groups=6),
+    dict(in_channels=6, out_channels=6, kernel_size=(1, 3), stride=(2, 1), padding=(0, 1), groups=6),
+    dict(in_channels=6, out_channels=6, kernel_size=1, groups=6),
+    dict(in_channels=6, out_channels=10, kernel_size=1),
+    dict(in_channels=6, out_channels=10, kernel_size=1, bias=False),
+], ids=["3x3", "stride2", "dilated", "1x3", "depthwise1x1", "pointwise", "pointwise_nobias"])
+def test_pointwise_and_depthwise_convs_are_rewritten_and_compute_the_same(options) -> None:
+    """1x1 convolutions become a matmul, depthwise ones a sum of shifted slices; the cpu backend (poisoned
+    outputs) matches torch's convolution on a shape with odd sizes."""
+    import torch
+
+    torch.manual_seed(0)
+    model = _Conv(torch.nn.Conv2d(**options)).eval()
+    x = torch.randn(2, 6, 9, 7)
+    compiled = lamina.compile(model, (x,), poison=True)
+    assert not any(op.name == "conv2d" for op in compiled.graph.ops)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+def test_wide_depthwise_and_grouped_convs_stay_convolutions() -> None:
+    import torch
+
+    for conv in (torch.nn.Conv2d(4, 4, 5, padding=2, groups=4), torch.nn.Conv2d(4, 8, 3, groups=2),
+                 torch.nn.Conv2d(4, 8, 1, stride=2)):
+        graph = canonicalize(lamina.trace(_Conv(conv).eval(), (torch.randn(1, 4, 8, 8),)))
+        assert [op.name for op in graph.ops if op.name in ("conv2d", "matmul")] == ["conv2d"]
