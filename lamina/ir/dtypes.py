@@ -36,6 +36,11 @@ class DType(enum.Enum):
         """The NumPy dtype that stores this type (bf16 is stored as f32, i4 as i8)."""
         return np.dtype(_NUMPY[self])
 
+    @property
+    def itemsize(self) -> int:
+        """Bytes per element in a torch tensor of this type (bf16: 2, though NumPy holds it as f32)."""
+        return _ITEMSIZE[self]
+
     @staticmethod
     def parse(name: str) -> "DType":
         try:
@@ -58,6 +63,8 @@ _NUMPY = {
     DType.i4: "int8",
     DType.bool: "bool",
 }
+_ITEMSIZE = {DType.f64: 8, DType.f32: 4, DType.f16: 2, DType.bf16: 2, DType.i64: 8, DType.i32: 4, DType.i8: 1,
+             DType.u8: 1, DType.i4: 1, DType.bool: 1}
 
 
 def from_torch(torch_dtype: object) -> DType:

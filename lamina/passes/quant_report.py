@@ -69,4 +69,4 @@ def _nbytes(t: TensorType) -> int:
     count = 1
     for d in t.shape:
         count *= int(d)
-    return count * t.dtype.numpy.itemsize
+    return count * t.dtype.itemsize

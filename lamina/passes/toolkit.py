@@ -68,4 +68,4 @@ def elements(v: Value) -> int:
 
 def nbytes(v: Value) -> int:
     """The bytes of ``v`` (see ``elements``)."""
-    return elements(v) * v.type.dtype.numpy.itemsize
+    return elements(v) * v.type.dtype.itemsize

@@ -715,7 +715,7 @@ class _PlanBuilder(PlanContext):
         return op.name == "fused" or writes_into_out(op.name) or id(op) in self.ex.natives
 
     def itemsize(self, v: Value) -> int:
-        return torch.empty((), dtype=to_torch(v.type.dtype)).element_size()
+        return v.type.dtype.itemsize
 
     def nbytes(self, v: Value) -> int:
         n = self.itemsize(v)
