@@ -38,6 +38,19 @@ class Var(Expr):
 
 
 @dataclass(frozen=True)
+class LoopVar(Var):
+    """A loop index known to lie in ``[0, extent)`` (a row's inner loop of static length), so index
+    arithmetic on it can be simplified: ``(o * 96 + r) // 96`` is ``o`` and ``% 96`` is ``r``."""
+
+    extent: int = 0
+
+
+def bounded(var: Var, extent: Expr) -> Var:
+    """``var`` as a LoopVar when the loop's ``extent`` is a constant."""
+    return LoopVar(var.dtype, var.name, int(extent.value)) if isinstance(extent, Const) else var
+
+
+@dataclass(frozen=True)
 class Load(Expr):
     buffer: str
     index: Expr
@@ -195,7 +208,36 @@ def floordiv(a: Expr, b: Expr) -> Expr:
         return a
     if isinstance(a, Const) and isinstance(b, Const):
         return const(a.value // b.value)
+    if isinstance(b, Const) and b.value > 0:
+        if _below(a, b.value):
+            return const(0)
+        split = _multiple_plus_rest(a)
+        if split is not None:  # a = x * c + y with 0 <= y < c
+            x, c, y = split
+            if b.value % c == 0:
+                return floordiv(x, const(b.value // c))
+            if c % b.value == 0:
+                return add(mul(x, const(c // b.value)), floordiv(y, b))
     return Call(I64, "floordiv", (a, b))
+
+
+def _below(e: Expr, n: int) -> bool:
+    """Whether ``e`` is known to lie in ``[0, n)``."""
+    if isinstance(e, Const):
+        return 0 <= e.value < n
+    return isinstance(e, LoopVar) and e.extent <= n
+
+
+def _multiple_plus_rest(e: Expr) -> tuple[Expr, int, Expr] | None:
+    """``(x, c, y)`` when ``e`` is ``x * c + y`` with ``c`` a positive constant and ``y`` known in ``[0, c)``."""
+    if not (isinstance(e, Call) and e.op == "add"):
+        return None
+    for product, rest in (e.args, e.args[::-1]):
+        if isinstance(product, Call) and product.op == "mul":
+            for x, c in (product.args, product.args[::-1]):
+                if isinstance(c, Const) and c.value > 0 and _below(rest, c.value):
+                    return x, int(c.value), rest
+    return None
 
 
 def mod(a: Expr, b: Expr) -> Expr:
@@ -203,6 +245,16 @@ def mod(a: Expr, b: Expr) -> Expr:
         return const(0)
     if isinstance(a, Const) and isinstance(b, Const):
         return const(a.value % b.value)
+    if isinstance(b, Const) and b.value > 0:
+        if _below(a, b.value):
+            return a
+        split = _multiple_plus_rest(a)
+        if split is not None:  # a = x * c + y with 0 <= y < c
+            x, c, y = split
+            if c % b.value == 0:
+                return mod(y, b)
+            if b.value % c == 0:
+                return add(mul(mod(x, const(b.value // c)), const(c)), y)
     return Call(I64, "mod", (a, b))
 
 

@@ -16,7 +16,7 @@ from ..ir.core import Graph, Op, Value
 from ..ir.opdef import Category
 from ..ir.ops import category, reduced_axes
 from . import kernel_ops  # noqa: F401 - registers the per-op kernel lowerings
-from .kernel import (ERROR_BUFFER, I64, Buffer, Call, Const, Expr, Kernel, Let, Load, Loop, Reduce, Store, Var, add,
+from .kernel import (ERROR_BUFFER, I64, Buffer, Call, Const, Expr, Kernel, Let, Load, Loop, Reduce, Store, Var, add, bounded,
                      const, mul, walk)
 from .region_builder import Idx, KernelBuilder, LoweringError, Sizes, linearize, unravel
 
@@ -123,7 +123,8 @@ def _iteration_space(region: Any, builder: KernelBuilder, split_last: bool) -> _
         trailing = axes == tuple(range(len(row_shape) - len(axes), len(row_shape)))
         outer_dims = unravel(o, outer_shape, sizes)
 
-        def row_index(var: Expr) -> Idx:
+        def row_index(var: Var) -> Idx:
+            var = bounded(var, inner_n)  # a static row length lets index arithmetic drop its divisions
             inner_dims = iter(unravel(var, inner_shape, sizes))
             outer = iter(outer_dims)
             dims = tuple(next(inner_dims) if i in axes else next(outer) for i in range(len(row_shape)))
@@ -137,7 +138,7 @@ def _iteration_space(region: Any, builder: KernelBuilder, split_last: bool) -> _
     shape = tuple(region.results[0].type.shape)
     last = shape[-1] if shape else None
     if split_last and len(shape) >= 2 and isinstance(last, int) and last >= 8:
-        j = Var(I64, "j")
+        j = bounded(Var(I64, "j"), const(last))
         element = Idx(unravel(o, shape[:-1], sizes) + (j,), add(mul(o, const(last)), j))
         return _Space("pointwise", shape, element, sizes.numel(shape[:-1]), const(last))
     return _Space("pointwise", shape, Idx(unravel(o, shape, sizes), o), sizes.numel(shape), None)

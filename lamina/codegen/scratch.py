@@ -26,7 +26,7 @@ def _inline(expr: Expr, lets: dict[str, Expr]) -> Expr:
 
 def _rename(expr: Expr, old: str, new: str) -> Expr:
     if isinstance(expr, Var) and expr.name == old:
-        return Var(expr.dtype, new)
+        return replace(expr, name=new)  # a LoopVar keeps its extent
     if isinstance(expr, Call):
         return Call(expr.dtype, expr.op, tuple(_rename(a, old, new) for a in expr.args), expr.attrs)
     if isinstance(expr, Load):
