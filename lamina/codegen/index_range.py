@@ -15,6 +15,7 @@ from typing import Any
 import sympy
 
 from ..ir.core import Op, Value
+from ..ir.shapes import at_least
 from ..ir.targets import OpTable
 
 Producers = Mapping[int, tuple[Op, int]]
@@ -115,12 +116,6 @@ def _clamp(op: Op, producers: Producers) -> Range | None:
         lo = r.lo if lo is None else sympy.Max(r.lo, lo)
         hi = r.hi if hi is None else sympy.Min(r.hi, hi)
     return Range(lo, hi, False)
-
-
-def at_least(a: Any, b: Any) -> bool | None:
-    """Whether ``a >= b`` for every value of the size symbols (True), for none (False), or it depends (None)."""
-    diff = sympy.simplify(sympy.sympify(a) - sympy.sympify(b))
-    return diff.is_nonnegative
 
 
 def fits(r: Range, size: Any, wrap: bool) -> tuple[bool | None, bool | None]:

@@ -258,6 +258,22 @@ def mod(a: Expr, b: Expr) -> Expr:
     return Call(I64, "mod", (a, b))
 
 
+def body_exprs(body: tuple):
+    """Every expression of a statement list, nested loops and reductions included (extents too)."""
+    for s in body:
+        if isinstance(s, Let):
+            yield s.value
+        elif isinstance(s, Store):
+            yield from (s.index, s.value)
+        elif isinstance(s, Reduce):
+            yield s.extent
+            yield from body_exprs(s.body)
+            yield s.value
+        elif isinstance(s, Loop):
+            yield s.extent
+            yield from body_exprs(s.body)
+
+
 def walk(expr: Expr):
     """Every sub-expression, children before parents."""
     if isinstance(expr, Call):

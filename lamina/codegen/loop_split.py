@@ -19,7 +19,7 @@ import math
 from collections.abc import Iterable
 
 from ..ir.dtypes import DType
-from .kernel import Call, Const, Expr, Let, Load, Loop, Reduce, Store, Var, walk
+from .kernel import Call, Const, Expr, Let, Load, Loop, Store, Var, body_exprs, walk
 
 MAX_PIECES = 8  # each piece is a copy of the body: bound the code (and compile time) it adds
 Interval = tuple[float, float]  # inclusive; -inf/inf: unknown
@@ -35,7 +35,7 @@ def split_points(loop: Loop) -> list[int]:
         return []
     n = int(loop.extent.value)
     points: set[int] = set()
-    for expr in _exprs(loop.body):
+    for expr in body_exprs(loop.body):
         for e in walk(expr):
             flip = _flip_point(e, loop.var)
             if flip is not None and 0 < flip < n:
@@ -154,24 +154,10 @@ def _drop_dead_lets(body: tuple) -> tuple:
         if isinstance(s, Let) and s.name not in live:
             continue
         kept.append(s)
-        live |= _names(_exprs((s,)))
+        live |= _names(body_exprs((s,)))
     return tuple(reversed(kept))
 
 
 def _names(exprs: Iterable[Expr]) -> set[str]:
     return {e.name for x in exprs for e in walk(x) if isinstance(e, Var)}
 
-
-def _exprs(body: tuple) -> Iterable[Expr]:
-    for s in body:
-        if isinstance(s, Let):
-            yield s.value
-        elif isinstance(s, Store):
-            yield from (s.index, s.value)
-        elif isinstance(s, Reduce):
-            yield s.extent
-            yield from _exprs(s.body)
-            yield s.value
-        elif isinstance(s, Loop):
-            yield s.extent
-            yield from _exprs(s.body)

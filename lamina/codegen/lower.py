@@ -16,8 +16,8 @@ from ..ir.core import Graph, Op, Value
 from ..ir.opdef import Category
 from ..ir.ops import category, reduced_axes
 from . import kernel_ops  # noqa: F401 - registers the per-op kernel lowerings
-from .kernel import (ERROR_BUFFER, I64, Buffer, Call, Const, Expr, Kernel, Let, Load, Loop, Reduce, Store, Var, add, bounded,
-                     const, mul, walk)
+from .kernel import (ERROR_BUFFER, I64, Buffer, Call, Const, Expr, Kernel, Let, Load, Loop, Reduce, Store, Var, add,
+                     bounded, const, mul, walk)
 from .region_builder import Idx, KernelBuilder, LoweringError, Sizes, linearize, unravel
 
 

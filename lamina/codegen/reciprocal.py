@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ..ir.dtypes import DType
-from .kernel import Call, Expr, Let, Load, Loop, Reduce, Store, Var, walk
+from .kernel import Call, Expr, Let, Load, Loop, Reduce, Store, Var, body_exprs, walk
 
 # |d| strictly inside these bounds: 1/d is a normal, finite number
 SAFE_RANGE = {DType.f32: (1.2e-38, 8.5e37), DType.f64: (2.3e-308, 4.4e307)}
@@ -22,7 +22,7 @@ def invariant_divisors(loop: Loop) -> list[Var]:
     """Float divisors in ``loop`` that are variables bound before it (a row's reductions and lets)."""
     inner = {loop.var} | _bound_names(loop.body)
     found: list[Var] = []
-    for expr in _exprs(loop.body):
+    for expr in body_exprs(loop.body):
         for e in walk(expr):
             if isinstance(e, Call) and e.op == "div" and e.dtype in SAFE_RANGE:
                 d = e.args[1]
@@ -66,19 +66,6 @@ def _map(body: tuple, fn: Callable[[Expr], Expr]) -> tuple:
         else:
             out.append(s)
     return tuple(out)
-
-
-def _exprs(body: tuple):
-    for s in body:
-        if isinstance(s, Let):
-            yield s.value
-        elif isinstance(s, Store):
-            yield from (s.index, s.value)
-        elif isinstance(s, Reduce):
-            yield from _exprs(s.body)
-            yield s.value
-        elif isinstance(s, Loop):
-            yield from _exprs(s.body)
 
 
 def _bound_names(body: tuple) -> set[str]:

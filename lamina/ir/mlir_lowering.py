@@ -13,6 +13,7 @@ from .dtypes import DType
 from .mlir import MLIRExportError, element_type, static_shape
 from .opdef import Category
 from .ops import category, is_terminator, lookup
+from .ops.window import pair
 from .scalar import ScalarOps
 from .targets import OpTable
 
@@ -647,8 +648,8 @@ class Lowering:
 
     def _window(self, x: T, kernel: Sequence[int], stride: Sequence[int], dilation: Sequence[int],
                 out_shape: Sequence[int], combine: Callable[[Any, Any], Any], start: Any) -> T:
-        (sh, sw), (dh, dw) = _pair(stride or kernel), _pair(dilation)
-        kh, kw = _pair(kernel)
+        (sh, sw), (dh, dw) = pair("stride", stride or kernel), pair("dilation", dilation)
+        kh, kw = pair("kernel", kernel)
         loops = 6  # n, c, y, x, ky, kx
         exprs = [self.d(0), self.d(1), self.d(2) * sh + self.d(4) * dh, self.d(3) * sw + self.d(5) * dw]
         init = self.fill(start, out_shape, x.dtype).value
@@ -660,7 +661,7 @@ class Lowering:
     @MLIR.register("max_pool2d")
     def op_max_pool2d(self, op: Op, x: T) -> T:
         _no_ceil_mode(op)
-        ph, pw = _pair(op.attrs["padding"])
+        ph, pw = pair("padding", op.attrs["padding"])
         padded = self._pad(x, ph, pw, -pymath.inf)
         return self._window(padded, op.attrs["kernel"], op.attrs["stride"], op.attrs["dilation"],
                             op.result.type.shape, lambda v, acc: self.max(v, acc, x.dtype), -pymath.inf)
@@ -669,11 +670,11 @@ class Lowering:
     def op_avg_pool2d(self, op: Op, x: T) -> T:
         _no_ceil_mode(op)
         a, dt = op.attrs, x.dtype
-        ph, pw = _pair(a["padding"])
+        ph, pw = pair("padding", a["padding"])
         out = op.result.type.shape
         total = self._window(self._pad(x, ph, pw, 0.0), a["kernel"], a["stride"], [1], out,
                              lambda v, acc: self.add(v, acc, dt), 0.0)
-        kh, kw = _pair(a["kernel"])
+        kh, kw = pair("kernel", a["kernel"])
         if a["divisor_override"] or a["count_include_pad"]:
             n = self.const(float(a["divisor_override"] or kh * kw), dt)
             return self.ew(lambda s: self.div(s, n), [total], out, dt)
@@ -685,7 +686,7 @@ class Lowering:
     @MLIR.register("conv2d")
     def op_conv2d(self, op: Op, x: T, w: T, *bias: T) -> T:
         a, dt = op.attrs, x.dtype
-        (sh, sw), (ph, pw), (dh, dw) = _pair(a["stride"]), _pair(a["padding"]), _pair(a["dilation"])
+        (sh, sw), (ph, pw), (dh, dw) = (pair(k, a[k]) for k in ("stride", "padding", "dilation"))
         padded = self._pad(x, ph, pw, 0.0)
         out = op.result.type.shape
         per_group_in, per_group_out = w.shape[1], w.shape[0] // a["groups"]
@@ -751,7 +752,3 @@ SCALAR.register("cast")(lambda lw, a, at, dt: lw.cast(a[0], dt, at["dtype"]))
 def _bits(dtype: DType) -> int:
     return {DType.f64: 64, DType.f32: 32, DType.f16: 16, DType.bf16: 16, DType.i64: 64, DType.i32: 32,
             DType.i8: 8, DType.u8: 8, DType.i4: 4, DType.bool: 1}[dtype]
-
-
-def _pair(v: Sequence[int]) -> tuple[int, int]:
-    return (v[0], v[0]) if len(v) == 1 else (v[0], v[1])

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from functools import reduce
-from typing import Union
+from typing import Any, Union
 
 import sympy
 
@@ -31,6 +31,12 @@ def dim(value: object) -> Dim:
 def symbol(name: str) -> sympy.Symbol:
     """The symbol for a named dimension; symbols are positive integers."""
     return sympy.Symbol(name, integer=True, positive=True)
+
+
+def at_least(a: Any, b: Any) -> bool | None:
+    """Whether ``a >= b`` for every value of the size symbols (True), for none (False), or it depends (None)."""
+    diff = sympy.simplify(sympy.sympify(a) - sympy.sympify(b))
+    return diff.is_nonnegative
 
 
 def numel(shape: Sequence[Dim]) -> Dim:

@@ -8,6 +8,7 @@ import numpy as np
 from ..ir.core import Graph, Op, Value
 from ..ir.opdef import Category
 from ..ir.ops import REGISTRY
+from ..ir.ops.window import pair
 from .rewrite import Rewriter, apply_rules, rule
 
 
@@ -130,8 +131,8 @@ def _pointwise_conv_as_matmul(op: Op, out: Rewriter) -> tuple[Value, ...] | None
     tensors 1.6-17x slower than the GEMM on the project's CPU (MobileNetV2's 16->96 expansion at
     112x112: 4.2 ms against 0.25)."""
     x, w = op.operands[0], op.operands[1]
-    ones = all(_pair(op.attrs[k]) == (1, 1) for k in ("stride", "dilation"))
-    if not ones or _pair(op.attrs["padding"]) != (0, 0) or op.attrs["groups"] != 1 \
+    ones = all(pair(k, op.attrs[k]) == (1, 1) for k in ("stride", "dilation"))
+    if not ones or pair("padding", op.attrs["padding"]) != (0, 0) or op.attrs["groups"] != 1 \
             or tuple(w.type.shape[2:]) != (1, 1):
         return None
     n, cin, h, wd = x.type.shape
@@ -160,7 +161,7 @@ def _depthwise_conv_as_window_sum(op: Op, out: Rewriter) -> tuple[Value, ...] | 
     if op.attrs["groups"] != c or w.type.shape[0] != c or w.type.shape[1] != 1 or kh * kw > MAX_WINDOW_TERMS \
             or not all(isinstance(d, int) for d in (h, wd, kh, kw)):
         return None
-    (sh, sw), (ph, pw), (dh, dw) = (_pair(op.attrs[k]) for k in ("stride", "padding", "dilation"))
+    (sh, sw), (ph, pw), (dh, dw) = (pair(k, op.attrs[k]) for k in ("stride", "padding", "dilation"))
     _, _, oh, ow = op.result.type.shape
     if ph or pw:
         x = out.emit("pad", x, low=[0, 0, ph, pw], high=[0, 0, ph, pw], value=0.0, loc=op.loc)
@@ -178,12 +179,6 @@ def _depthwise_conv_as_window_sum(op: Op, out: Rewriter) -> tuple[Value, ...] | 
         total = out.emit("add", total, out.emit("reshape", op.operands[2], shape=[1, c, 1, 1], loc=op.loc),
                          loc=op.loc)
     return (total,)
-
-
-def _pair(v: Any) -> tuple[Any, Any]:
-    """A conv attribute as (height, width): torch writes one value for both as ``k``, ``[k]`` or ``[k, k]``."""
-    v = list(v) if isinstance(v, (list, tuple)) else [v]
-    return (v[0], v[-1])
 
 
 def _full_value(op: Op | None) -> Any:

@@ -19,20 +19,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import sympy
-
 from ..ir.core import Graph, Op, Value
 from ..ir.opdef import ALL_OPERANDS, Category
 from ..ir.ops import category, lookup
-from ..ir.shapes import numel
-
-
-def _at_most(a: Any, b: Any) -> bool:
-    """``a <= b`` for element counts that may be symbolic; False when it cannot be shown."""
-    if isinstance(a, int) and isinstance(b, int):
-        return a <= b
-    difference = sympy.simplify(sympy.sympify(b) - sympy.sympify(a))
-    return bool(difference.is_nonnegative)
+from ..ir.shapes import at_least, numel
 
 
 def _count(v: Value) -> Any:
@@ -60,7 +50,7 @@ def _readers_through_views(v: Value, readers: dict, outputs: set[Value]) -> list
     found: list[tuple[Op, int]] = []
     for u in readers.get(v, []):
         if category(u.name).free:
-            if any(not _at_most(_count(r), _count(v)) for r in u.results):
+            if any(at_least(_count(v), _count(r)) is not True for r in u.results):
                 return None
             for r in u.results:
                 more = _readers_through_views(r, readers, outputs)

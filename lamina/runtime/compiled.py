@@ -48,8 +48,13 @@ def _shape_only(x: torch.Tensor) -> np.ndarray:
     return np.broadcast_to(np.empty((), dtype=bool), tuple(x.shape))
 
 
+def _memory_of(t: torch.Tensor) -> tuple:
+    """Where and how ``t`` lies in memory: two tensors with equal tuples read the same elements."""
+    return t.data_ptr(), t.shape, t.stride(), t.dtype
+
+
 def _same_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
-    return a.data_ptr() == b.data_ptr() and a.shape == b.shape and a.stride() == b.stride() and a.dtype == b.dtype
+    return _memory_of(a) == _memory_of(b)
 
 
 def _describe(spec: Any) -> str:
@@ -147,8 +152,7 @@ class CompiledModule:
         for position, key in self._param_positions:  # dynamo passes the module's weights on every call
             value = flat[position]
             held = held_now.get(key)
-            if held is not None and held[0] is value and held[1] == (value.data_ptr(), value.shape, value.stride(),
-                                                                     value.dtype):
+            if held is not None and held[0] is value and held[1] == _memory_of(value):
                 continue  # the tensor accepted last call, still over the same memory
             if not isinstance(value, torch.Tensor):
                 raise InputMismatchError(f"argument {position} of {self.model_name} must be a tensor, got "
@@ -156,7 +160,7 @@ class CompiledModule:
             mine = self._sources.get(key, weights.get(key))
             if mine is None or not _same_memory(mine, value):  # a new Parameter, or new .data
                 weights[key], moved = self._own_part(key, value.detach()), True
-            held_now[key] = (value, (value.data_ptr(), value.shape, value.stride(), value.dtype))
+            held_now[key] = (value, _memory_of(value))
         for position, role in self._other_positions:
             value = flat[position]
             if isinstance(role, ConstRole):

@@ -714,18 +714,15 @@ class _PlanBuilder(PlanContext):
             return False
         return op.name == "fused" or writes_into_out(op.name) or id(op) in self.ex.natives
 
-    def itemsize(self, v: Value) -> int:
-        return v.type.dtype.itemsize
-
     def nbytes(self, v: Value) -> int:
-        n = self.itemsize(v)
+        n = v.type.dtype.itemsize
         for d in self.shape(v):
             n *= d
         return n
 
     def nbytes_expr(self, v: Value) -> Any:
         """A value's bytes as a SymPy expression of the size symbols."""
-        return sympy.expand(numel(v.type.shape) * self.itemsize(v))
+        return sympy.expand(numel(v.type.shape) * v.type.dtype.itemsize)
 
     def step(self, op: Op) -> int:
         if op.name == "fused":

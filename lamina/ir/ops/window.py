@@ -11,7 +11,8 @@ from ..opdef import AttrSpec, InferenceError, Category, OpDef, need_float, need_
 from ..types import TensorType
 
 
-def _pair(name: str, value: Sequence[int]) -> tuple[int, int]:
+def pair(name: str, value: Sequence[int]) -> tuple[int, int]:
+    """A window attribute as (height, width): torch writes one value for both as ``[k]``."""
     if len(value) == 1:
         return value[0], value[0]
     if len(value) != 2:
@@ -44,7 +45,7 @@ def _conv_infer(types: Sequence[TensorType], attrs: Mapping[str, Any]) -> list[T
         raise InferenceError(f"conv2d: input {x} and weight {w} disagree on channels with groups={groups}")
     if len(types) == 3 and types[2].shape != (w.shape[0],):
         raise InferenceError(f"conv2d: bias {types[2]} should be [{w.shape[0]}]")
-    (sh, sw), (ph, pw), (dh, dw) = (_pair("conv2d " + k, attrs[k]) for k in ("stride", "padding", "dilation"))
+    (sh, sw), (ph, pw), (dh, dw) = (pair("conv2d " + k, attrs[k]) for k in ("stride", "padding", "dilation"))
     h = _out_size(x.shape[2], w.shape[2], sh, ph, dh, "conv2d")
     wd = _out_size(x.shape[3], w.shape[3], sw, pw, dw, "conv2d")
     return [TensorType((x.shape[0], w.shape[0], h, wd), x.dtype)]
@@ -59,9 +60,9 @@ def _windows(x: np.ndarray, kernel: tuple[int, int], stride: tuple[int, int], di
 
 def conv2d(a: Sequence[np.ndarray], attrs: Mapping[str, Any]) -> np.ndarray:
     x, w = a[0], a[1]
-    (ph, pw) = _pair("padding", attrs["padding"])
+    (ph, pw) = pair("padding", attrs["padding"])
     x = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
-    win = _windows(x, (w.shape[2], w.shape[3]), _pair("stride", attrs["stride"]), _pair("dilation", attrs["dilation"]))
+    win = _windows(x, (w.shape[2], w.shape[3]), pair("stride", attrs["stride"]), pair("dilation", attrs["dilation"]))
     g = attrs["groups"]
     n, c, oh, ow, kh, kw = win.shape
     win = win.reshape(n, g, c // g, oh, ow, kh, kw)
@@ -74,10 +75,10 @@ def _pool_infer(name: str) -> Any:
     def infer(types: Sequence[TensorType], attrs: Mapping[str, Any]) -> list[TensorType]:
         x = types[0]
         need_rank(name, x, 4)
-        kernel = _pair(name + " kernel", attrs["kernel"])
-        stride = _pair(name + " stride", attrs["stride"] or attrs["kernel"])
-        pad = _pair(name + " padding", attrs["padding"])
-        dil = _pair(name + " dilation", attrs.get("dilation", [1]))
+        kernel = pair(name + " kernel", attrs["kernel"])
+        stride = pair(name + " stride", attrs["stride"] or attrs["kernel"])
+        pad = pair(name + " padding", attrs["padding"])
+        dil = pair(name + " dilation", attrs.get("dilation", [1]))
         if any(p * 2 > k for p, k in zip(pad, kernel)):
             raise InferenceError(f"{name}: padding {list(pad)} exceeds half the kernel {list(kernel)}")
         h = _out_size(x.shape[2], kernel[0], stride[0], pad[0], dil[0], name, attrs["ceil_mode"])
@@ -90,8 +91,8 @@ def _pool_infer(name: str) -> Any:
 def _pool_geometry(x: np.ndarray, attrs: Mapping[str, Any]) -> tuple:
     """kernel, stride, dilation, padding, output size, and the extra right padding a ceil-mode last
     window needs, per spatial axis."""
-    kernel, stride = _pair("kernel", attrs["kernel"]), _pair("stride", attrs["stride"] or attrs["kernel"])
-    dilation, pad = _pair("dilation", attrs.get("dilation", [1])), _pair("padding", attrs["padding"])
+    kernel, stride = pair("kernel", attrs["kernel"]), pair("stride", attrs["stride"] or attrs["kernel"])
+    dilation, pad = pair("dilation", attrs.get("dilation", [1])), pair("padding", attrs["padding"])
     out = tuple(_out_size(x.shape[2 + i], kernel[i], stride[i], pad[i], dilation[i], "pool", attrs["ceil_mode"])
                 for i in range(2))
     extra = tuple(max(0, (out[i] - 1) * stride[i] + (kernel[i] - 1) * dilation[i] + 1 - x.shape[2 + i] - 2 * pad[i])
