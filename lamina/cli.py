@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -107,11 +108,15 @@ def _kernels_and_wrapper(graph: Any, ns: argparse.Namespace) -> str:
     parts = []
     if ns.kernels:
         seen = set()
-        for op, kernel in lower_kernels(graph, split_last=ns.kernel_target == "cpu"):
-            if kernel.name in seen:
+        lowered = lower_kernels(graph, split_last=ns.kernel_target == "cpu")
+        sources = _kernel_sources([k for _, k in lowered], ns.kernel_target)
+        uses = Counter(name for name, _ in sources)
+        for (op, _), (name, source) in zip(lowered, sources):
+            if name in seen:
                 continue
-            seen.add(kernel.name)
-            parts.append(f"# ---- {kernel.name} ({op.loc.module or 'top level'}) ----\n" + _kernel_source(kernel, ns.kernel_target))
+            seen.add(name)
+            shared = f", shared by {uses[name]} uses of other sizes" if uses[name] > 1 else ""
+            parts.append(f"# ---- {name} ({op.loc.module or 'top level'}{shared}) ----\n{source}")
     if ns.wrapper:
         import torch
 
@@ -130,18 +135,20 @@ def _kernels_and_wrapper(graph: Any, ns: argparse.Namespace) -> str:
     return "\n".join(parts)
 
 
-def _kernel_source(kernel: Any, target: str) -> str:
+def _kernel_sources(kernels: list[Any], target: str) -> list[tuple[str, str]]:
+    """(name, source) of each kernel as the backend runs it; on the cpu, kernels equal but for their
+    sizes share one source (``codegen/shared_kernels.py``)."""
     if target == "cpu":
-        from .runtime.cpu import cpu_kernel_source
+        from .runtime.cpu import CpuTarget
 
-        return cpu_kernel_source(kernel)
+        return [(ck.kernel.name, ck.source) for ck in CpuTarget().compiled_kernels(kernels)]
     if target == "cuda":
         from .codegen.cuda_c import cuda_source
 
-        return cuda_source(kernel)
+        return [(k.name, cuda_source(k)) for k in kernels]
     from .codegen.cuda_numba import cuda_numba_source
 
-    return cuda_numba_source(kernel)
+    return [(k.name, cuda_numba_source(k)) for k in kernels]
 
 
 SPLIT_MARKER = "// -----"

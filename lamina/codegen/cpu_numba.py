@@ -152,13 +152,13 @@ class NumbaPrinter(ScalarPrinter):
 
 
 def numba_source(kernel: Kernel, parallel: bool) -> str:
-    """Source of a module defining ``kernel.name`` as a Numba function of (buffers..., sizes...).
+    """Source of a module defining ``kernel.name`` as a Numba function of (buffers..., sizes..., params...).
 
     A kernel with scratch rows runs its outer loop in per-thread chunks, each allocating its
     scratch once.
     """
     printer = NumbaPrinter({b.name: b.dtype for b in kernel.buffers if b.dtype in _HALF})
-    params = [b.name for b in kernel.buffers] + list(kernel.sizes)
+    params = [b.name for b in kernel.buffers] + list(kernel.sizes) + list(kernel.params)
     outer = printer.expr(kernel.outer)
     lines = [
         f"@numba.njit(parallel={PRANGE_ONLY if parallel else False}, cache=True, nogil=True, error_model='numpy', "

@@ -14,6 +14,7 @@ alone is an ``IndexAssumption`` instead, tested once when the plan is built.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -149,7 +150,8 @@ class Kernel:
     """A parallel loop ``for o in range(outer): body``; ``kind`` is ``pointwise`` or ``row``.
 
     ``row_extent`` is the inner size of a row kernel (what its block reduces over on a GPU).
-    ``sizes`` are symbolic dims passed as i64 arguments after the buffers.
+    ``sizes`` are symbolic dims passed as i64 arguments after the buffers; ``params``, when the
+    kernel is shared by uses of other sizes, the constants each use passes after them.
     """
 
     name: str
@@ -163,6 +165,7 @@ class Kernel:
     scratch: tuple[Buffer, ...] = ()  # per-thread row buffers (see codegen/scratch.py)
     checks: tuple[KernelCheck, ...] = ()  # check k (from 1) is checks[k - 1]; the last buffer is ``err``
     assumptions: tuple[IndexAssumption, ...] = field(default=(), compare=False, repr=False)
+    params: tuple[str, ...] = ()  # lifted constants, arguments after the sizes (codegen/shared_kernels.py)
 
     @property
     def inputs(self) -> tuple[Buffer, ...]:
@@ -256,6 +259,23 @@ def mod(a: Expr, b: Expr) -> Expr:
             if b.value % c == 0:
                 return add(mul(mod(x, const(b.value // c)), const(c)), y)
     return Call(I64, "mod", (a, b))
+
+
+def map_body(body: tuple, fn: Callable[[Expr], Expr]) -> tuple:
+    """``body`` with ``fn`` applied to each of its expressions (nested loops and reductions included)."""
+    out = []
+    for s in body:
+        if isinstance(s, Let):
+            out.append(Let(s.name, fn(s.value)))
+        elif isinstance(s, Store):
+            out.append(Store(s.buffer, fn(s.index), fn(s.value)))
+        elif isinstance(s, Reduce):
+            out.append(Reduce(s.acc, s.kind, s.dtype, s.var, fn(s.extent), map_body(s.body, fn), fn(s.value)))
+        elif isinstance(s, Loop):
+            out.append(Loop(s.var, fn(s.extent), map_body(s.body, fn)))
+        else:
+            out.append(s)
+    return tuple(out)
 
 
 def body_exprs(body: tuple):

@@ -6,19 +6,33 @@ multiplication, and LLVM may not replace ``x / d`` by ``x * (1 / d)`` (it rounds
 the printer versions such a loop: ``inv = 1 / d``; when ``d`` lies where ``1 / d`` is a normal
 number the loop multiplies by ``inv`` (within 1.5 ulp of the division, as PyTorch's own softmax
 computes it), otherwise (zero, subnormal, huge, inf, NaN) it runs the original divisions.
+
+Versioning copies the loop, and Numba's compile time grows faster than linearly with a kernel's
+length, so only short loops are versioned (``MAX_VERSIONED_STATEMENTS``): in a long body (a fused
+depthwise convolution with its batch norm and SiLU) one division is a small share of the work.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from ..ir.dtypes import DType
-from .kernel import Call, Expr, Let, Load, Loop, Reduce, Store, Var, body_exprs, walk
+from .kernel import Call, Expr, Let, Load, Loop, Reduce, Var, body_exprs, map_body, walk
 
 # |d| strictly inside these bounds: 1/d is a normal, finite number
 SAFE_RANGE = {DType.f32: (1.2e-38, 8.5e37), DType.f64: (2.3e-308, 4.4e307)}
+MAX_VERSIONED_STATEMENTS = 32
 
 
 def invariant_divisors(loop: Loop) -> list[Var]:
+    """The divisors worth a versioned copy of ``loop``: none when the loop is long."""
+    if _statements(loop.body) > MAX_VERSIONED_STATEMENTS:
+        return []
+    return _invariant_divisors(loop)
+
+
+def _statements(body: tuple) -> int:
+    return sum(1 + (_statements(s.body) if isinstance(s, (Loop, Reduce)) else 0) for s in body)
+
+
+def _invariant_divisors(loop: Loop) -> list[Var]:
     """Float divisors in ``loop`` that are variables bound before it (a row's reductions and lets)."""
     inner = {loop.var} | _bound_names(loop.body)
     found: list[Var] = []
@@ -49,23 +63,7 @@ def multiply_by_inverses(body: tuple, divisors: list[Var]) -> tuple:
             return Load(e.dtype, e.buffer, swap(e.index))
         return e
 
-    return _map(body, swap)
-
-
-def _map(body: tuple, fn: Callable[[Expr], Expr]) -> tuple:
-    out = []
-    for s in body:
-        if isinstance(s, Let):
-            out.append(Let(s.name, fn(s.value)))
-        elif isinstance(s, Store):
-            out.append(Store(s.buffer, fn(s.index), fn(s.value)))
-        elif isinstance(s, Reduce):
-            out.append(Reduce(s.acc, s.kind, s.dtype, s.var, fn(s.extent), _map(s.body, fn), fn(s.value)))
-        elif isinstance(s, Loop):
-            out.append(Loop(s.var, fn(s.extent), _map(s.body, fn)))
-        else:
-            out.append(s)
-    return tuple(out)
+    return map_body(body, swap)
 
 
 def _bound_names(body: tuple) -> set[str]:

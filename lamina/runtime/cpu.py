@@ -10,14 +10,18 @@ import torch
 
 from ..codegen.attention_cpu import AttentionVariant, attention_source
 from ..codegen.cache import KernelCache
+from ..codegen.dead_code import drop_dead_lets
+from ..codegen.parallel_compile import CompileJob, compile_in_workers
 from ..codegen.cpu_numba import MODULE_HEADER, PARALLEL_THRESHOLD, numba_source
 from ..codegen.gemv16_cpu import MAX_ROWS as GEMV16_ROWS
 from ..codegen.gemv16_cpu import PREFIX as GEMV16_TYPES
 from ..codegen.gemv16_cpu import Gemv16Variant, gemv16_source
 from ..codegen.kernel import Kernel
 from ..codegen.scratch import use_scratch_rows
+from ..codegen.shared_kernels import share_structure
 from ..ir.core import Graph, Op
 from ..errors import InputMismatchError
+from ..log import logger
 from ..ir.dtypes import DType
 from ..ir.size_code import Size, is_static
 from ..ir.targets import OpTable
@@ -51,10 +55,17 @@ def _copies(t: torch.Tensor, unit_last: bool) -> bool:
     return unit_last and t.dim() > 0 and t.stride(-1) != 1 and t.shape[-1] > 1
 
 
-def cpu_kernel_source(kernel: Kernel) -> str:
-    """The Numba source the cpu backend runs for ``kernel`` (also what ``lamina dump --kernels`` shows)."""
-    # small kernels run serially: starting threads would cost more than the work
-    return numba_source(use_scratch_rows(kernel), parallel=work(kernel) >= PARALLEL_THRESHOLD)
+def cpu_kernel_source(kernel: Kernel, parallel: bool | None = None) -> str:
+    """The Numba source the cpu backend runs for ``kernel`` (also what ``lamina dump --kernels`` shows);
+    parallel unless its work is small (by default: from its sizes)."""
+    if parallel is None:
+        parallel = _parallel(kernel)
+    return numba_source(drop_dead_lets(use_scratch_rows(kernel)), parallel=parallel)
+
+
+def _parallel(kernel: Kernel) -> bool:
+    """Small kernels run serially: starting threads would cost more than the work."""
+    return work(kernel) >= PARALLEL_THRESHOLD
 
 
 def _attention_kernel(target: "CpuTarget", op: Op) -> Callable[[], Any] | None:
@@ -201,13 +212,31 @@ class CpuTarget(Target):
     def source(self, kernel: Kernel) -> str:
         return cpu_kernel_source(kernel)
 
+    def compiled_kernels(self, kernels: Sequence[Kernel]) -> list[CompiledKernel]:
+        """Kernels equal but for their sizes share one compiled function (``codegen/shared_kernels.py``)."""
+        shared = share_structure(kernels, key=_parallel)
+        return [CompiledKernel(s.kernel, cpu_kernel_source(s.kernel, _parallel(k)), values=s.values)
+                for k, s in zip(kernels, shared)]
+
     def compile(self, kernels: Sequence[CompiledKernel]) -> None:
+        """Load each distinct kernel through the cache; the new ones compile in worker processes
+        (``codegen/parallel_compile.py``), the rest on their first call (from Numba's cache)."""
         loaded: dict[str, Any] = {}
+        new: list[CompileJob] = []
         for ck in kernels:
             key = f"{ck.kernel.name}_{'s' if 'parallel=False' in ck.source else 'p'}"
             if key not in loaded:
+                misses = self.cache.misses
                 loaded[key] = getattr(self.cache.load(key, MODULE_HEADER + ck.source), ck.kernel.name)
+                if self.cache.misses > misses:
+                    new.append(CompileJob(str(self.cache.loaded[key]), f"lamina_kernel_{key}", ck.kernel.name,
+                                          _argument_kinds(ck), len(ck.source)))
             ck.fn = loaded[key]
+        in_workers = compile_in_workers(new)
+        logger("compile").info("%d kernels: %d distinct (%d shared by uses of other sizes), %d new (%d compiled "
+                               "in worker processes), %d from the cache", len(kernels), len(loaded),
+                               len({ck.kernel.name for ck in kernels if ck.kernel.params}), len(new), in_workers,
+                               len(loaded) - len(new))
 
     def native(self, op: Op) -> Callable[[], Any] | None:
         """The cpu target's own kernels for library ops (``NATIVE``): fused attention, quantized linear."""
@@ -232,6 +261,17 @@ class CpuTarget(Target):
 
     def launch(self, fn: str, args: Sequence[str], kernel: Kernel, outer: Size, inner: Size | None) -> str:
         return f"{fn}({', '.join(args)})"
+
+
+_ARRAY_DTYPES = {DType.f64: "float64", DType.f32: "float32", DType.bf16: "int16", DType.f16: "int16",
+                 DType.i64: "int64", DType.i32: "int32", DType.i8: "int8", DType.u8: "uint8", DType.bool: "bool"}
+
+
+def _argument_kinds(ck: CompiledKernel) -> tuple[str, ...]:
+    """The kernel's arguments as its compile worker types them: the flat buffer views (16-bit floats as
+    their int16 bits, see ``view``), the int64 sizes, the parameters' values."""
+    return (*(f"a:{_ARRAY_DTYPES[b.dtype]}" for b in ck.kernel.buffers), *("s:int64" for _ in ck.kernel.sizes),
+            *(f"s:{'int64' if isinstance(v, int) else type(v).__name__}" for v in ck.values))
 
 
 def CpuExecutor(graph: Graph, cache: KernelCache | None = None, poison: bool = False) -> Executor:

@@ -52,9 +52,13 @@ class BackendError(LaminaError, RuntimeError):
 
 @dataclass
 class CompiledKernel:
+    """A kernel of the plan, its source, its compiled function, and the values this use passes for
+    ``kernel.params`` (a kernel shared by uses of other sizes: codegen/shared_kernels.py)."""
+
     kernel: Kernel
     source: str
     fn: Any = None
+    values: tuple[Any, ...] = ()
 
 
 class PlanContext:
@@ -88,6 +92,11 @@ class Target:
 
     def source(self, kernel: Kernel) -> str:
         raise NotImplementedError
+
+    def compiled_kernels(self, kernels: Sequence[Kernel]) -> list[CompiledKernel]:
+        """The kernels with their sources, ready for ``compile`` (a target may share one kernel
+        among uses that differ only in sizes)."""
+        return [CompiledKernel(k, self.source(k)) for k in kernels]
 
     def compile(self, kernels: Sequence[CompiledKernel]) -> None:
         """Set ``fn`` of each kernel (identical sources compile once)."""
@@ -181,8 +190,10 @@ class Executor:
         self.binder = ShapeBinder([v.type for v in graph.inputs])
         self.generic = True  # one plan for all sizes, until a size without a Python form says otherwise
         self._check_dtypes()
-        self.kernels = {id(op): CompiledKernel(kernel, target.source(kernel))
-                        for op, kernel in lower_kernels(graph, target.split_last, nested=False)}
+        self.hoisted_ops = _hoisted(graph)  # computed once per plan: no kernel
+        lowered = [(op, k) for op, k in lower_kernels(graph, target.split_last, nested=False)
+                   if id(op) not in self.hoisted_ops]
+        self.kernels = {id(op): ck for (op, _), ck in zip(lowered, target.compiled_kernels([k for _, k in lowered]))}
         self.natives = {id(op): fn for op in graph.ops if (fn := target.native(op)) is not None}
         # a loop body or a routed layer runs as a program of its own, called once per iteration / call
         self.loops = {id(op): Executor(_body_program(op, graph), target, poison)
@@ -195,7 +206,6 @@ class Executor:
         self.updates: dict[int, int] = {}  # graph input -> the output that is its new value (see update_in_place)
         self.plans: OrderedDict[tuple, Plan] = OrderedDict()  # least recently used first
         self.max_plans, self.plan_builds = max_plans, 0
-        self.hoisted_ops = _hoisted(graph)
         self.hoisted: dict[tuple, list[Snapshot]] = {}  # their values (stacked weights), shared by all plans
         self.lock = threading.Lock()
         target.compile(list(self.kernels.values()))
@@ -366,18 +376,51 @@ def distinct_inputs(inputs: Sequence[torch.Tensor]) -> bool:
 
 
 def _hoisted(g: Graph) -> set[int]:
-    """Library ops computed once per plan (``LibraryCall.hoisted_when_static``) whose operands are weights, constants or views of them."""
+    """Ops computed once per plan whose operands are weights, constants or views of them: library ops
+    that ask for it (``LibraryCall.hoisted_when_static``: stacked and quantized weights) and fused
+    kernels of static shape (a relative position bias gathered from its table, a mask made from
+    ``arange``), which run in the interpreter instead of being compiled."""
     static = {id(p.value) for p in g.params}
     hoisted: set[int] = set()
     for op in g.ops:
         if not all(id(v) in static for v in op.operands):
             continue
-        if hoisted_when_static(op.name):
+        if hoisted_when_static(op.name) or _static_fused(op):
             hoisted.add(id(op))
         elif not category(op.name).free:
             continue
         static.update(id(r) for r in op.results)
     return hoisted
+
+
+def _static_fused(op: Op) -> bool:
+    """A fused kernel the interpreter can compute without the call's sizes: every shape and attribute
+    in it is a number (an ``arange`` from a position symbol is not, even when its length is)."""
+    if op.name != "fused":
+        return False
+    inner = op.regions[0].ops
+    values = [*op.results, *(v for o in inner for v in (*o.operands, *o.results))]
+    return all(isinstance(d, int) for v in values for d in v.type.shape) and \
+        not any(_symbolic(a) for o in inner for a in o.attrs.values())
+
+
+def _symbolic(attr: Any) -> bool:
+    if isinstance(attr, (list, tuple)):
+        return any(_symbolic(a) for a in attr)
+    return isinstance(attr, sympy.Basic) and not attr.is_number
+
+
+def _fused_evaluator(op: Op, device: str) -> Callable[..., tuple[torch.Tensor, ...]]:
+    """``op`` (a fused kernel) computed by the interpreter from torch tensors, as tensors on ``device``."""
+    from ..ir.interpreter import Interpreter
+    from .compiled import to_numpy
+
+    def evaluate(*args: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        outs = Interpreter({}).run_op(op, [to_numpy(a) for a in args])
+        return tuple(torch.from_numpy(np.array(a, copy=True)).to(device=device, dtype=to_torch(v.type.dtype))
+                     for a, v in zip(outs, op.results))
+
+    return evaluate
 
 
 class _PlanBuilder(PlanContext):
@@ -640,6 +683,25 @@ class _PlanBuilder(PlanContext):
         self.dynamic.add(id(op.results[-1]))
         return 1
 
+    def hoisted(self, op: Op, args: list[str]) -> int:
+        """``op``'s results as snapshots of its fixed operands (recomputed when one is written in place)."""
+        key = (id(op), *(self.glb[a].data_ptr() for a in args))
+        if key not in self.ex.hoisted:  # one snapshot per result (quantize packs a weight into several)
+            names = [f"_r{i}" for i in range(len(op.results))]
+            sources = [self.glb[a] for a in args]
+            scope = dict(self.glb)
+            if op.name == "fused":
+                scope["_evaluate_fused"] = _fused_evaluator(op, self.ex.target.device)
+                line = f"{', '.join(names)}, = _evaluate_fused({', '.join(args)})"
+            else:
+                line = call_line(op, args, [], names)
+            results = _LineResults(line, scope, sources)
+            self.ex.hoisted[key] = [Snapshot.of(sources, functools.partial(results.result, name)) for name in names]
+        for v, snap in zip(op.results, self.ex.hoisted[key]):
+            self.snapshots.append(snap)  # shared by the plans of all shapes; refreshed by whichever runs
+            self.name[id(v)] = self.static(snap.target, "H")
+        return 0
+
     def timed_step(self, op: Op) -> int:
         """``step(op)`` between two clock readings, recorded as a timeline ``Event`` (see runtime/timeline.py)."""
         self.glb.update(_clock=time.perf_counter, _events=self.ex.timeline, _Event=Event)
@@ -725,6 +787,8 @@ class _PlanBuilder(PlanContext):
         return sympy.expand(numel(v.type.shape) * v.type.dtype.itemsize)
 
     def step(self, op: Op) -> int:
+        if id(op) in self.ex.hoisted_ops:  # computed now, once: its operands are fixed for the plan
+            return self.hoisted(op, [self.name[id(v)] for v in op.operands])
         if op.name == "fused":
             ck = self.ex.kernels[id(op)]
             fn = self.static(ck.fn, "K")
@@ -734,24 +798,15 @@ class _PlanBuilder(PlanContext):
                 args.append(self.error_slot(ck.kernel.checks))
             bound = {s: self.size(sympy.Symbol(s, integer=True, positive=True)) for s in ck.kernel.sizes}
             args += [str(v) for v in bound.values()]
-            outer = _evaluate_expr(ck.kernel.outer, bound)
-            inner = _evaluate_expr(ck.kernel.row_extent, bound) if ck.kernel.row_extent is not None else None
+            args += [str(v) if isinstance(v, int) else self.static(v, "P") for v in ck.values]
+            known = {**bound, **dict(zip(ck.kernel.params, ck.values))}  # a shared kernel's sizes are params
+            outer = _evaluate_expr(ck.kernel.outer, known)
+            inner = _evaluate_expr(ck.kernel.row_extent, known) if ck.kernel.row_extent is not None else None
             self.lines.append(self.ex.target.launch(fn, args, ck.kernel, outer, inner))
             return 1
         args = [self.name[id(v)] for v in op.operands]
         if id(op) in self.ex.loops:  # a loop body or a routed layer: a program of its own
             return self.route(op, args) if op.name == "route" else self.loop(op, args)
-        if id(op) in self.ex.hoisted_ops:  # computed now, once: its operands are fixed for the plan
-            key = (id(op), *(self.glb[a].data_ptr() for a in args))
-            if key not in self.ex.hoisted:  # one snapshot per result (quantize packs a weight into several)
-                names = [f"_r{i}" for i in range(len(op.results))]
-                sources = [self.glb[a] for a in args]
-                line = _LineResults(call_line(op, args, [], names), dict(self.glb), sources)
-                self.ex.hoisted[key] = [Snapshot.of(sources, functools.partial(line.result, name)) for name in names]
-            for v, snap in zip(op.results, self.ex.hoisted[key]):
-                self.snapshots.append(snap)  # shared by the plans of all shapes; refreshed by whichever runs
-                self.name[id(v)] = self.static(snap.target, "H")
-            return 0
         if id(op) in self.ex.natives:
             self.lines += self.ex.target.native_lines(self.ex.natives[id(op)], op, args, self.name[id(op.results[0])],
                                                       self)

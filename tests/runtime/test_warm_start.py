@@ -59,7 +59,8 @@ def saved(tmp_path_factory) -> tuple[Path, Path, Path]:
 
 
 def _load_in_fresh_process(path: Path, idx: Path, want: Path, cache: Path, compiled_kernels: bool = True) -> dict:
-    env = {**os.environ, "LAMINA_CACHE_DIR": str(cache)}
+    # kernels compile in the process itself, so that Numba's counters there show each compile
+    env = {**os.environ, "LAMINA_CACHE_DIR": str(cache), "LAMINA_COMPILE_WORKERS": "1"}
     done = subprocess.run([sys.executable, "-c", LOAD_AND_RUN, str(path), str(idx), str(want),
                            "1" if compiled_kernels else "0"], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
