@@ -47,7 +47,7 @@ def _fn_names(compiled) -> list[str]:
 
 def test_stages_of_one_structure_share_their_kernels_and_match_torch() -> None:
     torch.manual_seed(0)
-    model, x = Stages().eval(), torch.randn(2, 3, 64, 64)
+    model, x = Stages().eval(), torch.randn(1, 3, 512, 512)  # rows of 256 and 128 at the first two stages
     compiled = lamina.compile(model, (x,), poison=True)
     with torch.no_grad():
         torch.testing.assert_close(compiled(x), model(x), rtol=1e-5, atol=1e-5)
@@ -58,7 +58,7 @@ def test_stages_of_one_structure_share_their_kernels_and_match_torch() -> None:
     for ck in compiled._executor.kernels.values():
         assert len(ck.values) == len(ck.kernel.params)
     # another input size: the same shared functions, new values
-    y = torch.randn(1, 3, 32, 48)
+    y = torch.randn(1, 3, 256, 384)
     compiled_y = lamina.compile(model, (y,), poison=True)
     with torch.no_grad():
         torch.testing.assert_close(compiled_y(y), model(y), rtol=1e-5, atol=1e-5)
@@ -88,7 +88,7 @@ def _unnamed(source: str) -> str:
 
 def test_a_generic_kernel_with_a_uses_values_is_that_uses_original_kernel() -> None:
     torch.manual_seed(1)
-    model, x = Stages().eval(), torch.randn(2, 3, 64, 64)
+    model, x = Stages().eval(), torch.randn(1, 3, 512, 512)
     compiled = lamina.compile(model, (x,))
     kernels = [k for _, k in lower_kernels(compiled._executor.graph, split_last=True, nested=False)]
     lifted = 0
@@ -117,29 +117,36 @@ def _row_kernel(width: int, per_element_divisor: int | None = None) -> Kernel:
 
 
 def test_rows_of_other_widths_share_one_kernel_with_the_row_division_lifted() -> None:
-    a, b = _row_kernel(56), _row_kernel(28)
+    a, b = _row_kernel(512), _row_kernel(256)
     shared = share_structure([a, b])
     assert shared[0].kernel == shared[1].kernel and shared[0].kernel.params
     assert shared[0].values != shared[1].values
     assert "range(c" in numba_source(shared[0].kernel, parallel=True)
 
 
-def test_a_per_element_division_keeps_its_constant_and_is_not_shared() -> None:
-    a, b = _row_kernel(56, per_element_divisor=7), _row_kernel(56, per_element_divisor=14)
+def test_short_rows_keep_their_extent_and_are_not_shared() -> None:
+    """A known trip count of 56 unrolls into whole vectors; as a variable it ran 3x slower."""
+    a, b = _row_kernel(56), _row_kernel(28)
     generic, _ = lift_constants(a)
-    assert "// 7)" in numba_source(generic, parallel=True)
+    assert "range(56)" in numba_source(generic, parallel=True) and "o * 56" in numba_source(generic, parallel=True)
+    assert [s.kernel for s in share_structure([a, b])] == [a, b]
+
+
+def test_a_per_element_division_keeps_every_constant_and_is_not_shared() -> None:
+    a, b = _row_kernel(512, per_element_divisor=7), _row_kernel(512, per_element_divisor=14)
+    assert lift_constants(a) == (a, ())
     shared = share_structure([a, b])
     assert shared[0].kernel == a and shared[1].kernel == b and not shared[0].values
 
 
 def test_a_kernel_used_once_keeps_its_constants() -> None:
-    a = _row_kernel(56)
+    a = _row_kernel(512)
     assert share_structure([a, a]) == [share_structure([a])[0]] * 2
     assert share_structure([a])[0].kernel == a
 
 
 def test_kernels_on_either_side_of_the_serial_threshold_are_not_shared() -> None:
-    a, b = _row_kernel(56), _row_kernel(28)
+    a, b = _row_kernel(512), _row_kernel(256)
     shared = share_structure([a, b], key=lambda k: k.name)
     assert [s.kernel for s in shared] == [a, b]
 
