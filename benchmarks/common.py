@@ -4,8 +4,10 @@ from __future__ import annotations
 import os
 import platform
 import statistics
+import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -64,6 +66,26 @@ def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
     start = time.perf_counter()
     out = fn()
     return out, time.perf_counter() - start
+
+
+@contextmanager
+def cold_caches() -> Iterator[None]:
+    """While it lasts, both compilers start cold: inductor with an empty cache directory and no FX
+    graph cache, lamina with an empty kernel cache."""
+    import torch._inductor.config as inductor_config
+
+    saved = {k: os.environ.get(k) for k in ("TORCHINDUCTOR_CACHE_DIR", "LAMINA_CACHE_DIR")}
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="inductor-cold-")
+    os.environ["LAMINA_CACHE_DIR"] = tempfile.mkdtemp(prefix="lamina-cold-")
+    try:
+        with inductor_config.patch(fx_graph_cache=False):
+            yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

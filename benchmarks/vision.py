@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -30,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import lamina  # noqa: E402
-from common import interleaved_medians, machine, print_table  # noqa: E402
+from common import cold_caches, interleaved_medians, machine, print_table  # noqa: E402
 
 MODELS = {  # name -> (config class, model class, config overrides)
     "resnet50": ("ResNetConfig", "ResNetForImageClassification", {}),
@@ -66,23 +64,18 @@ def build(name: str) -> torch.nn.Module:
 
 
 def cold_inductor(model: torch.nn.Module, x: torch.Tensor) -> tuple[object, float]:
-    import torch._inductor.config as inductor_config
-
     torch._dynamo.reset()
-    os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="inductor-cold-")
-    inductor_config.fx_graph_cache = False
-    compiled = torch.compile(model)
-    t = time.perf_counter()
-    with torch.no_grad():
+    with cold_caches(), torch.no_grad():
+        compiled = torch.compile(model)
+        t = time.perf_counter()
         compiled(x)
     return compiled, time.perf_counter() - t
 
 
 def cold_lamina(model: torch.nn.Module, x: torch.Tensor) -> tuple[object, float]:
-    os.environ["LAMINA_CACHE_DIR"] = tempfile.mkdtemp(prefix="lamina-cold-")
-    t = time.perf_counter()
-    compiled = lamina.compile(model, (x,), fallback=False)
-    with torch.no_grad():
+    with cold_caches(), torch.no_grad():
+        t = time.perf_counter()
+        compiled = lamina.compile(model, (x,), fallback=False)
         compiled(x)
     return compiled, time.perf_counter() - t
 
