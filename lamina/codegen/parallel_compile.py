@@ -20,6 +20,7 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..log import logger
 
@@ -61,36 +62,54 @@ def compile_in_workers(jobs: Sequence[CompileJob]) -> int:
         i = loads.index(min(loads))
         shares[i].append(job)
         loads[i] += job.cost
-    procs = []
-    for share in (s for s in shares if s):
-        errors = tempfile.TemporaryFile("w+")
-        proc = subprocess.Popen([sys.executable, str(WORKER)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                stderr=errors, text=True)
-        assert proc.stdin is not None
-        proc.stdin.write(json.dumps([vars(j) | {"args": list(j.args)} for j in share]))
-        proc.stdin.close()  # the workers run while the next ones start
-        procs.append((proc, errors))
-    done = 0
-    for proc, errors in procs:
-        try:
-            proc.wait(timeout=TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-            logger("compile").warning("a kernel compile worker ran over %.0f s; the rest compile on first call",
-                                      TIMEOUT_S)
-        assert proc.stdout is not None
-        out = proc.stdout.read()
-        proc.stdout.close()
-        for line in out.splitlines():
-            if line.startswith("ok "):
-                done += 1
-            elif line.startswith("failed "):
-                logger("compile").warning("a compile worker could not compile %s; it compiles on first call",
-                                          line[len("failed "):])
-        if proc.returncode != 0:
-            errors.seek(0)
-            logger("compile").warning("a kernel compile worker failed (exit %s): %s", proc.returncode,
-                                      errors.read().strip().splitlines()[-1:] or "no message")
+    running = [w for w in (_start(share) for share in shares if share) if w is not None]
+    try:
+        return sum(_collect(*w) for w in running)
+    finally:  # interrupted: no worker outlives the call
+        for proc, *_ in running:
+            if proc.poll() is None:
+                proc.kill()
+
+
+def _start(share: list[CompileJob]) -> tuple[subprocess.Popen, Any, Any] | None:
+    """A worker compiling ``share`` (its output and errors go to temporary files), or None when no
+    process can be started."""
+    out, errors = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
+    try:
+        proc = subprocess.Popen([sys.executable, str(WORKER)], stdin=subprocess.PIPE, stdout=out, stderr=errors,
+                                text=True)
+    except OSError as e:
+        logger("compile").warning("could not start a kernel compile worker (%s); compiling on first call", e)
+        out.close()
         errors.close()
+        return None
+    assert proc.stdin is not None
+    proc.stdin.write(json.dumps([vars(j) | {"args": list(j.args)} for j in share]))
+    proc.stdin.close()  # it runs while the next ones start
+    return proc, out, errors
+
+
+def _collect(proc: subprocess.Popen, out: Any, errors: Any) -> int:
+    """How many kernels the worker compiled; its failures are logged."""
+    try:
+        proc.wait(timeout=TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        logger("compile").warning("a kernel compile worker ran over %.0f s; the rest compile on first call",
+                                  TIMEOUT_S)
+    out.seek(0)
+    done = 0
+    for line in out.read().splitlines():
+        if line.startswith("ok "):
+            done += 1
+        elif line.startswith("failed "):
+            logger("compile").warning("a compile worker could not compile %s; it compiles on first call",
+                                      line[len("failed "):])
+    if proc.returncode != 0:
+        errors.seek(0)
+        logger("compile").warning("a kernel compile worker failed (exit %s): %s", proc.returncode,
+                                  errors.read().strip().splitlines()[-1:] or "no message")
+    out.close()
+    errors.close()
     return done

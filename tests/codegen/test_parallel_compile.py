@@ -78,3 +78,12 @@ def test_worker_count_reads_the_environment(monkeypatch) -> None:
         assert "LAMINA_COMPILE_WORKERS" in str(e)
     else:
         raise AssertionError("a bad LAMINA_COMPILE_WORKERS was accepted")
+
+
+def test_a_worker_that_cannot_start_leaves_every_kernel_to_the_parent(tmp_path, monkeypatch, caplog) -> None:
+    monkeypatch.setenv("LAMINA_COMPILE_WORKERS", "2")
+    monkeypatch.setattr("lamina.codegen.parallel_compile.sys.executable", str(tmp_path / "no-such-python"))
+    jobs = [CompileJob(str(tmp_path / f"k{i}.py"), f"m{i}", f"k{i}", ("a:float32",)) for i in range(3)]
+    with caplog.at_level(logging.WARNING, logger="lamina.compile"):
+        assert compile_in_workers(jobs) == 0
+    assert any("could not start" in r.getMessage() for r in caplog.records)
