@@ -8,6 +8,7 @@ scheduling binds every shared sub-expression to a ``Let`` in the outermost loop 
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -18,6 +19,7 @@ from ..ir.ops import category, reduced_axes
 from . import kernel_ops  # noqa: F401 - registers the per-op kernel lowerings
 from .kernel import (ERROR_BUFFER, I64, Buffer, Call, Const, Expr, Kernel, Let, Load, Loop, Reduce, Store, Var, add,
                      bounded, const, mul, walk)
+from .index_kinds import indexes_beyond_affine
 from .region_builder import Idx, KernelBuilder, LoweringError, Sizes, linearize, unravel
 
 
@@ -89,6 +91,19 @@ def lower_region(op: Op, input_names: Sequence[str], output_names: Sequence[str]
     the rows in parallel and the last dim serially, so broadcast loads along it (a bias) are contiguous
     and the row index arithmetic is hoisted out of the inner loop.
     """
+    if split_last:  # short rows over several trailing dims, where that keeps every index affine
+        merged = _lower(op, input_names, output_names, True, merge_rows=True)
+        if merged is not None:
+            return merged
+    kernel = _lower(op, input_names, output_names, split_last)
+    assert kernel is not None
+    return kernel
+
+
+def _lower(op: Op, input_names: Sequence[str], output_names: Sequence[str], split_last: bool,
+           merge_rows: bool = False) -> Kernel | None:
+    """``lower_region``'s kernel; with ``merge_rows``, the pointwise form whose rows span the trailing dims
+    (see ``_merged_rows``), or None where there is none or it indexes beyond affine arithmetic."""
     region = op.regions[0]
     builder = KernelBuilder(region.args, input_names)
     for inner in region.ops:
@@ -96,8 +111,13 @@ def lower_region(op: Op, input_names: Sequence[str], output_names: Sequence[str]
             builder.producer[id(v)] = (inner, k)
     scans = [o for o in region.ops if category(o.name) is Category.SCAN]
     if scans:
-        return _name(_scan_kernel(op, scans, builder, input_names, output_names, split_last))
-    space = _iteration_space(region, builder, split_last)
+        return None if merge_rows else _name(_scan_kernel(op, scans, builder, input_names, output_names, split_last))
+    if merge_rows:
+        space = _merged_rows(region, builder)
+        if space is None:
+            return None
+    else:
+        space = _iteration_space(region, builder, split_last)
     body = _schedule(builder, space, _stores(op, output_names, builder, space))
     buffers = _buffers(region.args, input_names, region.results, output_names, builder.sizes)
     if builder.checks:
@@ -105,7 +125,35 @@ def lower_region(op: Op, input_names: Sequence[str], output_names: Sequence[str]
     kernel = Kernel("kernel", space.kind, buffers, tuple(builder.sizes.names), space.outer, body, space.inner,
                     tuple(o.name for o in region.ops if o.name != "yield"),
                     checks=tuple(builder.checks), assumptions=tuple(builder.assumptions))
+    if merge_rows and indexes_beyond_affine(kernel):
+        return None
     return _name(kernel)
+
+
+MIN_ROW = 128  # a pointwise row shorter than this spans more trailing dims, when it can
+MIN_ROWS = 16  # ... while as many rows are left for the threads
+
+
+def _merged_rows(region: Any, builder: KernelBuilder) -> _Space | None:
+    """The pointwise space whose rows are the fewest trailing dims holding ``MIN_ROW`` elements, when
+    the last dim alone is shorter: an NCHW batch norm at 14 x 14 loops over rows of 196 instead of 14
+    (vectorized whole, and of one length at every channel count). None when no reduction-free region
+    of static shape has such a split."""
+    if any(category(x.name) is Category.REDUCTION for x in region.ops):
+        return None
+    shape = tuple(region.results[0].type.shape)
+    if len(shape) < 3 or not all(isinstance(d, int) for d in shape) or shape[-1] >= MIN_ROW:
+        return None
+    for k in range(2, len(shape)):
+        row, rows = math.prod(shape[-k:]), math.prod(shape[:-k])
+        if rows < MIN_ROWS:
+            return None
+        if row >= MIN_ROW:
+            j = bounded(Var(I64, "j"), const(row))
+            element = Idx(unravel(Var(I64, "o"), shape[:-k], builder.sizes) + unravel(j, shape[-k:], builder.sizes),
+                          add(mul(Var(I64, "o"), const(row)), j))
+            return _Space("pointwise", shape, element, const(rows), const(row))
+    return None
 
 
 def _iteration_space(region: Any, builder: KernelBuilder, split_last: bool) -> _Space:

@@ -36,11 +36,11 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from ..ir.dtypes import DType
-from .kernel import Call, Const, Expr, Kernel, Let, Load, Loop, LoopVar, Reduce, Var, body_exprs, map_body, walk
+from .kernel import Call, Const, Expr, Kernel, Load, Loop, LoopVar, Reduce, Var, map_body
+from .index_kinds import indexes_beyond_affine, statements
 from .loop_split import split_points
 
 _LIFTED_FLOATS = frozenset({DType.f32, DType.f64})
-_AFFINE = frozenset({"add", "sub", "mul", "neg", "cast"})
 MIN_LIFTED_EXTENT = 128
 
 
@@ -70,7 +70,7 @@ def share_structure(kernels: Sequence[Kernel], key: Callable[[Kernel], Any] = la
 def lift_constants(kernel: Kernel) -> tuple[Kernel, tuple[Any, ...]]:
     """``kernel`` with its liftable constants as parameters, named in order of first use (one per
     distinct value), and their values; a kernel with split loops comes back unchanged."""
-    if any(isinstance(s, Loop) and split_points(s) for s in _statements(kernel.body)) or _indexes_beyond_affine(kernel):
+    if any(isinstance(s, Loop) and split_points(s) for s in statements(kernel.body)) or indexes_beyond_affine(kernel):
         return kernel, ()
     lifter = _Lifter(_short_extents(kernel))
     outer = lifter.expr(kernel.outer)
@@ -116,20 +116,8 @@ class _Lifter:
 
 def _short_extents(kernel: Kernel) -> set[int]:
     """Extents of inner loops shorter than ``MIN_LIFTED_EXTENT``."""
-    return {int(s.extent.value) for s in _statements(kernel.body)
+    return {int(s.extent.value) for s in statements(kernel.body)
             if isinstance(s, (Loop, Reduce)) and isinstance(s.extent, Const) and s.extent.value < MIN_LIFTED_EXTENT}
-
-
-def _indexes_beyond_affine(kernel: Kernel) -> bool:
-    """Whether ``kernel`` does more with a per-element integer than add, subtract, multiply or cast it:
-    divides it, clamps it, compares it (a padded, windowed or gathered view)."""
-    per_element = _per_element_names(kernel)
-
-    def varies(e: Expr) -> bool:
-        return e.dtype is DType.i64 and any(isinstance(x, Var) and x.name in per_element for x in walk(e))
-
-    return any(isinstance(e, Call) and e.op not in _AFFINE and any(varies(a) for a in e.args)
-               for expr in body_exprs(kernel.body) for e in walk(expr))
 
 
 def _argument(dtype: DType, value: Any) -> Any:
@@ -142,27 +130,3 @@ def _liftable(c: Const) -> bool:
         return False
     v = float(c.value)
     return v.is_integer() and (abs(v) >= 2 if c.dtype is DType.i64 else v >= 2)
-
-
-def _per_element_names(kernel: Kernel) -> set[str]:
-    """Names whose value changes from one element to the next: the loop variables of a kernel with
-    inner loops (its ``o`` is a row) and what is bound inside them; else every name (``o`` is the
-    element)."""
-    if not any(isinstance(s, (Loop, Reduce)) for s in kernel.body):
-        return {x.name for e in body_exprs(kernel.body) for x in walk(e) if isinstance(x, Var)} | {"o"}
-    names: set[str] = set()
-    for s in _statements(kernel.body):
-        if isinstance(s, (Loop, Reduce)):
-            names.add(s.var)
-            names |= {t.name for t in _statements(s.body) if isinstance(t, Let)}
-            names |= {t.acc for t in _statements(s.body) if isinstance(t, Reduce)}
-    return names
-
-
-def _statements(body: tuple):
-    """Every statement, nested ones included."""
-    for s in body:
-        yield s
-        if isinstance(s, (Loop, Reduce)):
-            yield from _statements(s.body)
-

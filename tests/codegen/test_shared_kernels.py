@@ -207,3 +207,45 @@ def test_only_short_loops_are_versioned_for_reciprocals(statements: int) -> None
     loop = Loop("j", const(16), lets + (Store("out", j, Call(DType.f32, "div", (Var(DType.f32, "t0"),
                                                                                 Var(DType.f32, "d")))),))
     assert bool(invariant_divisors(loop)) == (statements <= MAX_VERSIONED_STATEMENTS)
+
+
+class NormAct(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.norm = nn.BatchNorm2d(channels)
+        self.norm.running_mean.uniform_(-0.5, 0.5)
+        self.norm.running_var.uniform_(0.5, 2.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.silu(self.norm(x)) + 1.0
+
+
+@pytest.mark.parametrize("size", [7, 14])
+def test_short_rows_of_an_nchw_kernel_span_the_plane(size: int) -> None:
+    """Rows of 14 (the last dim) become rows of 14 x 14 = 196, one per channel; at 7 x 7 (49 < 128)
+    the rows span the channels too only if enough rows are left, else stay as they were."""
+    torch.manual_seed(size)
+    model, x = NormAct(32).eval(), torch.randn(2, 32, size, size)
+    compiled = lamina.compile(model, (x,), poison=True)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), model(x), rtol=1e-5, atol=1e-5)
+    source = "".join(compiled._executor.sources().values())
+    if size == 14:
+        assert "range(196)" in source, source
+
+
+def test_rows_are_not_merged_where_an_index_would_be_divided() -> None:
+    """A bias broadcast along H of a 14-wide NCHW tensor needs ``j % 14`` in merged rows: kept per W."""
+    from lamina.codegen.lower import lower_region
+
+    class AddRowBias(nn.Module):
+        def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+            return x * 2.0 + bias
+
+    x, bias = torch.randn(1, 32, 14, 14), torch.randn(14)
+    compiled = lamina.compile(AddRowBias(), (x, bias), poison=True)
+    torch.testing.assert_close(compiled(x, bias), AddRowBias()(x, bias), rtol=1e-5, atol=1e-5)
+    for op in compiled._executor.graph.ops:
+        if op.name == "fused":
+            kernel = lower_region(op, [f"in{i}" for i in range(len(op.operands))], ["out0"], split_last=True)
+            assert kernel.row_extent == const(14)
