@@ -84,7 +84,7 @@ def _start(share: list[CompileJob]) -> tuple[subprocess.Popen, Any, Any] | None:
         errors.close()
         return None
     assert proc.stdin is not None
-    proc.stdin.write(json.dumps([vars(j) | {"args": list(j.args)} for j in share]))
+    proc.stdin.write(json.dumps([vars(j) for j in share]))
     proc.stdin.close()  # it runs while the next ones start
     return proc, out, errors
 

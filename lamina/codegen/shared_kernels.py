@@ -69,7 +69,8 @@ def share_structure(kernels: Sequence[Kernel], key: Callable[[Kernel], Any] = la
 
 def lift_constants(kernel: Kernel) -> tuple[Kernel, tuple[Any, ...]]:
     """``kernel`` with its liftable constants as parameters, named in order of first use (one per
-    distinct value), and their values; a kernel with split loops comes back unchanged."""
+    distinct value), and their values; a kernel with split loops or per-element index arithmetic
+    beyond affine comes back unchanged."""
     if any(isinstance(s, Loop) and split_points(s) for s in statements(kernel.body)) or indexes_beyond_affine(kernel):
         return kernel, ()
     lifter = _Lifter(_short_extents(kernel))
@@ -86,7 +87,8 @@ def lift_constants(kernel: Kernel) -> tuple[Kernel, tuple[Any, ...]]:
 
 
 def _generic_name(name: str, generic: Kernel) -> str:
-    digest = hashlib.sha256(repr(replace(generic, name="kernel")).encode()).hexdigest()[:10]
+    """The original's label with a digest of the generic form (named ``kernel``), marked ``g``."""
+    digest = hashlib.sha256(repr(generic).encode()).hexdigest()[:10]
     return f"{name.rsplit('_', 1)[0]}_g{digest}"
 
 

@@ -263,14 +263,11 @@ class CpuTarget(Target):
         return f"{fn}({', '.join(args)})"
 
 
-_ARRAY_DTYPES = {DType.f64: "float64", DType.f32: "float32", DType.bf16: "int16", DType.f16: "int16",
-                 DType.i64: "int64", DType.i32: "int32", DType.i8: "int8", DType.u8: "uint8", DType.bool: "bool"}
-
-
 def _argument_kinds(ck: CompiledKernel) -> tuple[str, ...]:
     """The kernel's arguments as its compile worker types them: the flat buffer views (16-bit floats as
     their int16 bits, see ``view``), the int64 sizes, the parameters' values."""
-    return (*(f"a:{_ARRAY_DTYPES[b.dtype]}" for b in ck.kernel.buffers), *("s:int64" for _ in ck.kernel.sizes),
+    arrays = ("int16" if b.dtype in (DType.bf16, DType.f16) else b.dtype.numpy.name for b in ck.kernel.buffers)
+    return (*(f"a:{a}" for a in arrays), *("s:int64" for _ in ck.kernel.sizes),
             *(f"s:{'int64' if isinstance(v, int) else type(v).__name__}" for v in ck.values))
 
 

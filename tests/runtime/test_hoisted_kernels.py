@@ -29,11 +29,15 @@ class BiasedAttentionScores(nn.Module):
         return torch.softmax(q @ k.transpose(-1, -2) + bias + mask, dim=-1)
 
 
-def test_weight_only_kernels_are_hoisted_and_match_torch() -> None:
-    torch.manual_seed(0)
+def _compiled(batch: int, seed: int) -> tuple[BiasedAttentionScores, object, torch.Tensor, torch.Tensor]:
+    torch.manual_seed(seed)
     model = BiasedAttentionScores()
-    q, k = torch.randn(2, 3, 16, 8), torch.randn(2, 3, 16, 8)
-    compiled = lamina.compile(model, (q, k), poison=True)
+    q, k = torch.randn(batch, 3, 16, 8), torch.randn(batch, 3, 16, 8)
+    return model, lamina.compile(model, (q, k), poison=True), q, k
+
+
+def test_weight_only_kernels_are_hoisted_and_match_torch() -> None:
+    model, compiled, q, k = _compiled(batch=2, seed=0)
     with torch.no_grad():
         torch.testing.assert_close(compiled(q, k), model(q, k), rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(compiled(q, k), model(q, k), rtol=1e-5, atol=1e-5)  # the plan's second call
@@ -44,10 +48,7 @@ def test_weight_only_kernels_are_hoisted_and_match_torch() -> None:
 
 
 def test_an_in_place_update_of_the_table_recomputes_the_hoisted_bias() -> None:
-    torch.manual_seed(1)
-    model = BiasedAttentionScores()
-    q, k = torch.randn(1, 3, 16, 8), torch.randn(1, 3, 16, 8)
-    compiled = lamina.compile(model, (q, k), poison=True)
+    model, compiled, q, k = _compiled(batch=1, seed=1)
     with torch.no_grad():
         compiled(q, k)
         model.table.mul_(-3.0).add_(0.5)
