@@ -86,3 +86,34 @@ def test_wide_depthwise_and_grouped_convs_stay_convolutions() -> None:
                  torch.nn.Conv2d(4, 8, 1, stride=2)):
         graph = canonicalize(lamina.trace(_Conv(conv).eval(), (torch.randn(1, 4, 8, 8),)))
         assert [op.name for op in graph.ops if op.name in ("conv2d", "matmul")] == ["conv2d"]
+
+
+@pytest.mark.parametrize("options", [
+    dict(kernel_size=3, stride=2, padding=1),
+    dict(kernel_size=3, stride=2, padding=1, ceil_mode=True),
+    dict(kernel_size=3, stride=2, ceil_mode=True),
+    dict(kernel_size=2),
+    dict(kernel_size=(3, 2), stride=1, padding=1, dilation=2),
+], ids=["resnet_stem", "ceil_mode", "ceil_mode_unpadded", "2x2", "dilated"])
+def test_max_pools_become_a_window_maximum_that_propagates_nan(options) -> None:
+    """Up to 3x3 taps a max pool is a maximum of shifted slices padded with -inf; the cpu backend (poisoned
+    outputs) matches torch's max pool exactly, NaN included, on odd sizes (where ceil_mode adds a window)."""
+    import torch
+
+    model = torch.nn.Sequential(torch.nn.ReLU(), torch.nn.MaxPool2d(**options))
+    x = torch.randn(2, 5, 9, 8)
+    x[1, 2, 4, 4] = float("nan")
+    compiled = lamina.compile(model, (x,), poison=True)
+    assert not any(op.name == "max_pool2d" for op in compiled.graph.ops)
+    got, want = compiled(x), model(x)
+    assert got.shape == want.shape and torch.equal(got.isnan(), want.isnan()) and got.isnan().any()
+    assert torch.equal(got.nan_to_num(), want.nan_to_num())
+
+
+def test_wide_and_integer_max_pools_stay_library_calls() -> None:
+    import torch
+
+    for pool, dtype in ((torch.nn.MaxPool2d(5, padding=2), torch.float32), (torch.nn.MaxPool2d(3), torch.int32)):
+        x = torch.randn(1, 4, 10, 10).to(dtype)
+        graph = canonicalize(lamina.trace(pool, (x,)))
+        assert [op.name for op in graph.ops] == ["max_pool2d"]
