@@ -19,6 +19,8 @@ that differs from its group in one of them is simply not shared:
   constants LLVM folds those (divisions become multiplies and shifts, clamps vanish by range) and
   vectorizes; with variables a MobileNetV2 depthwise kernel ran 2-6x slower. Arithmetic per row
   (``o // 56`` in a row kernel) is lifted.
+- everything in a kernel whose inner loop reads with a stride (a norm over the channels of an NCHW
+  tensor through a permute): with the stride a variable, ConvNeXt-T's layer norms ran 2x slower.
 - the extent of an inner loop shorter than ``MIN_LIFTED_EXTENT`` (and that number wherever it
   appears): a known short trip count is unrolled into whole vectors, while a variable one left a
   row of 14 to the scalar remainder loop (EfficientNet's batch norm + SiLU rows at 14 x 14 ran 3x
@@ -37,7 +39,7 @@ from typing import Any
 
 from ..ir.dtypes import DType
 from .kernel import Call, Const, Expr, Kernel, Load, Loop, LoopVar, Reduce, Var, map_body
-from .index_kinds import indexes_beyond_affine, statements
+from .index_kinds import indexes_beyond_affine, statements, strided_inner_reads
 from .loop_split import split_points
 
 _LIFTED_FLOATS = frozenset({DType.f32, DType.f64})
@@ -69,9 +71,10 @@ def share_structure(kernels: Sequence[Kernel], key: Callable[[Kernel], Any] = la
 
 def lift_constants(kernel: Kernel) -> tuple[Kernel, tuple[Any, ...]]:
     """``kernel`` with its liftable constants as parameters, named in order of first use (one per
-    distinct value), and their values; a kernel with split loops or per-element index arithmetic
-    beyond affine comes back unchanged."""
-    if any(isinstance(s, Loop) and split_points(s) for s in statements(kernel.body)) or indexes_beyond_affine(kernel):
+    distinct value), and their values; a kernel with split loops, per-element index arithmetic beyond
+    affine or strided inner reads comes back unchanged."""
+    if any(isinstance(s, Loop) and split_points(s) for s in statements(kernel.body)) \
+            or indexes_beyond_affine(kernel) or strided_inner_reads(kernel):
         return kernel, ()
     lifter = _Lifter(_short_extents(kernel))
     outer = lifter.expr(kernel.outer)

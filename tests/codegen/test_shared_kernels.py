@@ -139,6 +139,42 @@ def test_a_per_element_division_keeps_every_constant_and_is_not_shared() -> None
     assert shared[0].kernel == a and shared[1].kernel == b and not shared[0].values
 
 
+class _NormAcrossChannels(nn.Module):
+    """ConvNeXt's block norm: a layer norm over the channels of NCHW tensors read through a permute."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.norms = nn.ModuleList(nn.LayerNorm(c) for c in (128, 256))
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.norms[0](x.permute(0, 2, 3, 1)), self.norms[1](y.permute(0, 2, 3, 1))
+
+
+def test_rows_read_across_the_layout_keep_their_strides_and_are_not_shared() -> None:
+    """A row of channels 8 x 8 floats apart, read with a variable stride, ran 2x slower."""
+    model, args = _NormAcrossChannels(), (torch.randn(1, 128, 8, 8), torch.randn(1, 256, 4, 4))
+    compiled = lamina.compile(model, args, poison=True)
+    names = _fn_names(compiled)
+    assert len(set(names)) == 2 and not any(ck.values for ck in compiled._executor.kernels.values())
+    with torch.no_grad():
+        for got, want in zip(compiled(*args), model(*args)):
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_a_strided_inner_read_is_found_through_lets() -> None:
+    from lamina.codegen.index_kinds import strided_inner_reads
+
+    def kernel(step: int) -> Kernel:
+        j = Var(DType.i64, "j")
+        body = (Loop("j", const(16), (Let("t0", Call(DType.i64, "mul", (j, const(step)))),
+                                     Store("out", Call(DType.i64, "add", (Var(DType.i64, "o"), j)),
+                                           Load(DType.f32, "x", Var(DType.i64, "t0"))))),)
+        return Kernel("k", "pointwise", (Buffer("x", DType.f32, const(16 * step)),
+                                         Buffer("out", DType.f32, const(32), output=True)), (), const(1), body)
+
+    assert strided_inner_reads(kernel(3)) and not strided_inner_reads(kernel(1))
+
+
 def test_a_kernel_used_once_keeps_its_constants() -> None:
     a = _row_kernel(512)
     assert share_structure([a, a]) == [share_structure([a])[0]] * 2
