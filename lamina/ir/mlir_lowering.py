@@ -618,33 +618,53 @@ class Lowering:
         return self._triangle(op, x, False)
 
     def _pad(self, x: T, ph: int, pw: int, value: float) -> T:
-        if ph == 0 and pw == 0:
+        return self._pad_dims(x, [0, 0, ph, pw], [0, 0, ph, pw], value)
+
+    def _pad_dims(self, x: T, low: Sequence[int], high: Sequence[int], value: float) -> T:
+        """``x`` with ``low[d]`` / ``high[d]`` elements of ``value`` before / after each dim (none negative)."""
+        if not any(low) and not any(high):
             return x
-        shape = (x.shape[0], x.shape[1], x.shape[2] + 2 * ph, x.shape[3] + 2 * pw)
+        rank = len(x.shape)
+        padded = [d for d in range(rank) if low[d] or high[d]]
+        shape = tuple(n + low[d] + high[d] for d, n in enumerate(x.shape))
+        i64 = DType.i64
+
+        def position(dim: int) -> Any:
+            return self.arith.IndexCastOp(element_type(self.ir, i64), self.index(dim)).result
 
         def fn(v: Any) -> Any:
             inside = None
-            for dim, pad, size in ((2, ph, x.shape[2]), (3, pw, x.shape[3])):
-                i = self.arith.IndexCastOp(element_type(self.ir, DType.i64), self.index(dim)).result
-                ok = self.arith.AndIOp(self.cmp("ge", i, self.const(pad, DType.i64), DType.i64),
-                                       self.cmp("lt", i, self.const(pad + size, DType.i64), DType.i64)).result
+            for dim in padded:
+                i = position(dim)
+                ok = self.arith.AndIOp(self.cmp("ge", i, self.const(low[dim], i64), i64),
+                                       self.cmp("lt", i, self.const(low[dim] + x.shape[dim], i64), i64)).result
                 inside = ok if inside is None else self.arith.AndIOp(inside, ok).result
             return self.select(inside, v, self.const(value, x.dtype))
 
-        # read x at (i - pad), clamped into range; the select discards out-of-range reads
-        def coords(a: list[Any]) -> list[Any]:
-            out = [self.index(0), self.index(1)]
-            for dim, pad, size in ((2, ph, x.shape[2]), (3, pw, x.shape[3])):
-                i = self.arith.IndexCastOp(element_type(self.ir, DType.i64), self.index(dim)).result
-                j = self.min(self.max(self.sub(i, self.const(pad, DType.i64), DType.i64), self.const(0, DType.i64), DType.i64),
-                             self.const(size - 1, DType.i64), DType.i64)
+        # read x at (i - low), clamped into range; the select discards out-of-range reads
+        def coords() -> list[Any]:
+            out = []
+            for dim in range(rank):
+                if dim not in padded:
+                    out.append(self.index(dim))
+                    continue
+                j = self.min(self.max(self.sub(position(dim), self.const(low[dim], i64), i64), self.const(0, i64), i64),
+                             self.const(x.shape[dim] - 1, i64), i64)
                 out.append(self.as_index(j))
             return out
 
         def body(a: list[Any]) -> list[Any]:
-            return [fn(self.tensor.ExtractOp(x.value, coords(a)).result)]
+            return [fn(self.tensor.ExtractOp(x.value, coords()).result)]
 
-        return self.generic([], [(None, self.identity_exprs(4), shape, x.dtype)], 4, body)[0]
+        return self.generic([], [(None, self.identity_exprs(rank), shape, x.dtype)], rank, body)[0]
+
+    @MLIR.register("pad")
+    def op_pad(self, op: Op, x: T) -> T:
+        low, high = op.attrs["low"], op.attrs["high"]
+        if min(*low, *high) < 0:
+            raise MLIRExportError(f"MLIR export of {op.describe()} with negative padding (a crop) is not supported "
+                                  "yet: slice the tensor instead, or run it on lamina's backends")
+        return self._pad_dims(x, low, high, op.attrs["value"])
 
     def _window(self, x: T, kernel: Sequence[int], stride: Sequence[int], dilation: Sequence[int],
                 out_shape: Sequence[int], combine: Callable[[Any, Any], Any], start: Any) -> T:
@@ -714,7 +734,7 @@ NOT_EXPORTED = {
     "newton": "lower it first with the newton-expand pass (e.g. --pipeline 'canonicalize,newton{iters=2},newton-expand')",
     "iterate": "a loop with an early exit (newton with tol > 0); " + _LATER,
     "route": "a layer run or skipped at run time (skip{policy=router|temporal}); " + _LATER,
-    **{name: _LATER for name in ("pad", "slice_scatter", "as_strided", "topk", "sort", "histc", "index_put")},
+    **{name: _LATER for name in ("slice_scatter", "as_strided", "topk", "sort", "histc", "index_put")},
     **{name: "packed quantized weights have no MLIR form here; export the graph before the quantize pass"
        for name in ("quantize", "qlinear")},
     **{name: "collectives across ranks have no standard-dialect form; export the graph before the shard pass"

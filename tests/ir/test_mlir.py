@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 import lamina
 from lamina.frontends.fx import import_module
@@ -35,6 +36,32 @@ def test_iree_runs_export_like_the_interpreter(factory) -> None:
     inputs = [a.numpy() for a in args]
     weights = {k: v.numpy() for k, v in imported.weights.items()}
     (expected,) = interpret(graph, inputs, weights)
+    assert rel_error(_run_iree(graph, inputs, weights), expected) <= F32_TOL
+
+
+class _Windows(torch.nn.Module):
+    """What canonicalize turns into pads and slices: a depthwise conv, a ceil-mode max pool, and a pad."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.depthwise = torch.nn.Conv2d(4, 4, 3, stride=2, padding=1, groups=4)
+        self.pool = torch.nn.MaxPool2d(3, stride=2, padding=1, ceil_mode=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.pool(torch.relu(self.depthwise(x)))
+        return torch.nn.functional.pad(y.flatten(2), (2, 1), value=0.5)
+
+
+def test_iree_runs_the_pads_canonicalize_makes() -> None:
+    model, args = _Windows().eval(), (torch.randn(2, 4, 11, 9),)
+    imported = import_module(model, args, None)
+    graph = lamina.run_pipeline(imported.graph, "canonicalize")
+    assert {"pad", "maximum"} <= {op.name for op in graph.ops} and "max_pool2d" not in {op.name for op in graph.ops}
+    inputs = [a.numpy() for a in args]
+    weights = {k: v.detach().numpy() for k, v in imported.weights.items()}
+    (expected,) = interpret(graph, inputs, weights)
+    with torch.no_grad():
+        assert rel_error(torch.from_numpy(expected), model(*args)) <= F32_TOL
     assert rel_error(_run_iree(graph, inputs, weights), expected) <= F32_TOL
 
 
