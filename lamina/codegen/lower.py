@@ -18,7 +18,7 @@ from ..ir.opdef import Category
 from ..ir.ops import category, reduced_axes
 from . import kernel_ops  # noqa: F401 - registers the per-op kernel lowerings
 from .kernel import (ERROR_BUFFER, I64, Buffer, Call, Const, Expr, Kernel, Let, Load, Loop, Reduce, Store, Var, add,
-                     bounded, const, mul, walk)
+                     bounded, const, mul)
 from .index_kinds import indexes_beyond_affine
 from .region_builder import Idx, KernelBuilder, LoweringError, Sizes, linearize, unravel
 
@@ -30,11 +30,21 @@ class _Scheduler:
         self.count = 0
         self.row: list[Any] = []
         self.row_memo: dict[Expr, Expr] = {}
+        self.levels: dict[Expr, str] = {}
 
-    @staticmethod
-    def level(expr: Expr) -> str:
-        names = {e.name for e in walk(expr) if isinstance(e, Var)}
-        return "r" if "r" in names else "j" if "j" in names else "row"
+    def level(self, expr: Expr) -> str:
+        """The innermost loop whose variable ``expr`` reads: ``r`` (a reduction), ``j`` or ``row``
+        (memoized: a walk per sub-expression made lowering quadratic in the expression's depth)."""
+        if isinstance(expr, Var):
+            return expr.name if expr.name in ("r", "j") else "row"
+        if not isinstance(expr, (Load, Call)):
+            return "row"
+        found = self.levels.get(expr)
+        if found is None:
+            children = [self.level(expr.index)] if isinstance(expr, Load) else [self.level(a) for a in expr.args]
+            found = "r" if "r" in children else "j" if "j" in children else "row"
+            self.levels[expr] = found
+        return found
 
     def bind(self, expr: Expr, scope: list[Any], memo: dict[Expr, Expr], scope_level: str) -> Expr:
         if isinstance(expr, (Const, Var)):

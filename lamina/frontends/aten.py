@@ -82,6 +82,12 @@ for _name in ("add", "sub", "mul"):
 converts("aten.maximum.default")(_arith("maximum"))
 converts("aten.minimum.default")(_arith("minimum"))
 
+# in-place ops torch.export leaves on intermediates (``x += residual`` in ResNet's blocks), translated as
+# the functional op where nothing else can see the mutation (frontends/fx.py ``_unseen_mutation``);
+# otherwise the program is decomposed first, which makes it functional
+IN_PLACE = frozenset({"aten.add_.Tensor"})
+converts("aten.add_.Tensor")(_arith("add"))
+
 
 @converts("aten.rsub.Scalar", "aten.rsub.Tensor")
 def _rsub(cx: Context, a: Any, b: Any, alpha: Any = 1) -> Value:
@@ -201,7 +207,8 @@ def _identity(cx: Context, x: Value, *args: Any, **kwargs: Any) -> Value:
     return cx.emit("identity", x)
 
 
-@converts("aten.dropout.default", "aten.native_dropout.default", "aten.feature_dropout.default")
+@converts("aten.dropout.default", "aten.native_dropout.default", "aten.feature_dropout.default",
+          "aten.dropout_.default")  # in place only in training, which is refused
 def _dropout(cx: Context, x: Value, p: float = 0.5, train: bool | None = False) -> Any:
     if train and p > 0:
         raise Unsupported(f"dropout in training mode (p={p}) is random; lamina compiles inference: call "
@@ -361,6 +368,32 @@ def _constant_pad(cx: Context, x: Value, pad: Sequence[Any], value: Any = 0) -> 
     dtype = x.type.dtype
     fill = bool(value) if dtype is DType.bool else float(value) if dtype.is_float else int(value)
     return cx.emit("pad", x, low=low, high=high, value=fill)
+
+
+@converts("aten.pad.default")
+def _pad(cx: Context, x: Value, pad: Sequence[Any], mode: str = "constant", value: Any = None) -> Value:
+    if mode != "constant":
+        raise Unsupported(f"pad mode {mode!r} (its decomposition is translated instead)")
+    return _constant_pad(cx, x, pad, 0 if value is None else value)
+
+
+@converts("aten.roll.default")
+def _roll(cx: Context, x: Value, shifts: Sequence[Any], dims: Sequence[int] = ()) -> Value:
+    """Per dim, the last ``shift`` elements moved to the front: a concat of two slices."""
+    if not dims or len(dims) != len(shifts):
+        raise Unsupported("roll of the flattened tensor (its decomposition is translated instead)")
+    for shift, d in zip(shifts, dims):
+        d %= x.type.rank
+        n = x.type.shape[d]
+        if not isinstance(n, int) or not isinstance(shift, int):
+            raise Unsupported("roll by a symbolic amount or along a symbolic dim")
+        if n == 0 or shift % n == 0:
+            continue  # an empty dim, or a whole turn
+        cut = n - shift % n
+        head = cx.emit("slice", x, dim=d, start=cut, end=n, step=1)
+        tail = cx.emit("slice", x, dim=d, start=0, end=cut, step=1)
+        x = cx.emit("concat", head, tail, dim=d)
+    return cx.emit("identity", x)
 
 
 @converts("aten.slice_scatter.default")
@@ -734,6 +767,26 @@ def _conv(cx: Context, x: Value, weight: Value, bias: Value | None = None, strid
                    groups=int(groups))
 
 
+@converts("aten.conv2d.padding", "aten.conv1d.padding")
+def _conv_named_padding(cx: Context, x: Value, weight: Value, bias: Value | None = None, stride: Any = (1,),
+                        padding: str = "valid", dilation: Any = (1,), groups: int = 1) -> Value:
+    """``padding='valid'`` (none) or ``'same'`` (stride 1; an odd total puts the extra element after,
+    as torch does, by padding the input first)."""
+    spatial = weight.type.rank - 2
+    dilation = list(dilation) * spatial if len(dilation) == 1 else list(dilation)
+    if padding == "valid":
+        return _conv(cx, x, weight, bias, stride, [0] * spatial, dilation, groups)
+    if padding != "same" or any(s != 1 for s in stride):
+        raise Unsupported(f"convolution with padding={padding!r} and stride {list(stride)}")
+    totals = [d * (k - 1) for d, k in zip(dilation, weight.type.shape[2:])]
+    if any(t % 2 for t in totals):
+        pad: list[int] = []
+        for t in reversed(totals):  # torch's pad list runs from the last dim: (left, right, ...)
+            pad += [t // 2, t - t // 2]
+        return _conv(cx, _constant_pad(cx, x, pad), weight, bias, stride, [0] * spatial, dilation, groups)
+    return _conv(cx, x, weight, bias, stride, [t // 2 for t in totals], dilation, groups)
+
+
 @converts("aten.max_pool2d_with_indices.default", "aten.max_pool2d.default")
 def _max_pool(cx: Context, x: Value, kernel: Any, stride: Any = (), padding: Any = (0,), dilation: Any = (1,),
               ceil_mode: bool = False) -> Any:
@@ -761,6 +814,13 @@ def _adaptive_avg_pool(cx: Context, x: Value, output_size: Sequence[int]) -> Val
     kernel = [h // oh, w // ow]
     return cx.emit("avg_pool2d", x, kernel=kernel, stride=kernel, padding=[0], ceil_mode=False,
                    count_include_pad=True, divisor_override=None)
+
+
+@converts("aten.adaptive_avg_pool1d.default")
+def _adaptive_avg_pool1d(cx: Context, x: Value, output_size: Sequence[int]) -> Value:
+    if tuple(output_size) != (1,):
+        raise Unsupported(f"adaptive average pooling to {list(output_size)} (its decomposition is translated instead)")
+    return cx.emit("mean", x, dims=[x.type.rank - 1], keepdim=True)
 
 
 NO_OUTPUT = frozenset({

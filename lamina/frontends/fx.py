@@ -27,7 +27,7 @@ from ..ir.dtypes import DType
 from ..ir.opdef import InferenceError
 from ..ir.shapes import dim
 from ..ir.types import TensorType
-from .aten import CONVERTERS, NO_OUTPUT
+from .aten import CONVERTERS, IN_PLACE, NO_OUTPUT
 from .context import Context, Unsupported, tensor_type
 
 # High-level ops lamina keeps whole instead of letting torch decompose them.
@@ -124,8 +124,9 @@ _EXPORT_LOCK = threading.RLock()
 
 
 def export(model: torch.nn.Module, args: Sequence[Any], kwargs: Mapping[str, Any] | None = None,
-           dynamic_shapes: Any = None) -> torch.export.ExportedProgram:
-    """torch.export the model and decompose it to lamina's core ATen set (one thread at a time)."""
+           dynamic_shapes: Any = None, decompose: bool | None = None) -> torch.export.ExportedProgram:
+    """torch.export the model (one thread at a time) and decompose it to lamina's core ATen set:
+    always (``decompose=True``), never (``False``), or unless lamina reads it as it is (``None``)."""
     with _EXPORT_LOCK, warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         with torch.no_grad():
@@ -137,19 +138,49 @@ def export(model: torch.nn.Module, args: Sequence[Any], kwargs: Mapping[str, Any
                                   f"it: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
                                   " (data-dependent shapes or Python control flow on tensor values are the usual "
                                   "causes; torch.compile(backend='lamina') runs such code in PyTorch)") from e
-            if _translatable_as_is(ep):
+            if decompose is False or (decompose is None and _translatable_as_is(ep)):
                 return ep  # decomposing would change nothing lamina reads, and costs ~0.6 s on a GPT-2 stack
-            return ep.run_decompositions(decomposition_table())
+            return decomposed(ep)
+
+
+def decomposed(ep: torch.export.ExportedProgram) -> torch.export.ExportedProgram:
+    """``ep`` in lamina's core ATen set (functional: in-place ops replaced), one thread at a time."""
+    with _EXPORT_LOCK, warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        return ep.run_decompositions(decomposition_table())
 
 
 def _translatable_as_is(ep: torch.export.ExportedProgram) -> bool:
-    """Every op of the exported graph has a converter and nothing is mutated in place."""
+    """Every op of the exported graph has a converter, no input is mutated, and each in-place op
+    mutates a tensor nothing else sees (``_unseen_mutation``)."""
     sig = ep.graph_signature
     if sig.buffers_to_mutate or sig.user_inputs_to_mutate:
         return False
     known = set(CONVERTERS) | set(NO_OUTPUT) | set(SYMBOLIC)
-    return all(n.target is operator.getitem or _target_name(n.target) in known
-               for n in ep.graph.nodes if n.op == "call_function")
+    order = {n: i for i, n in enumerate(ep.graph.nodes)}
+    for n in ep.graph.nodes:
+        if n.op != "call_function" or n.target is operator.getitem:
+            continue
+        name = _target_name(n.target)
+        if name not in known or (name in IN_PLACE and not _unseen_mutation(n, order)):
+            return False
+    return True
+
+
+def _aliases(node: torch.fx.Node) -> bool:
+    """Whether ``node``'s result may share memory with an operand (a view, an in-place op)."""
+    schema = getattr(node.target, "_schema", None)
+    return schema is None or any(r.alias_info is not None for r in schema.returns)
+
+
+def _unseen_mutation(node: torch.fx.Node, order: Mapping[torch.fx.Node, int]) -> bool:
+    """Whether the in-place ``node`` (``x.add_(y)``) can be translated as ``x + y``: ``x`` is a fresh
+    intermediate (no input, no view, not itself mutated before) that nothing reads after ``node``
+    except through ``node``'s own result, and no view of ``x`` exists that could see the change."""
+    x = node.args[0]
+    if not isinstance(x, torch.fx.Node) or x.op != "call_function" or _aliases(x):
+        return False
+    return all(u is node or (order[u] < order[node] and not _aliases(u)) for u in x.users)
 
 
 def import_module(model: torch.nn.Module, args: Sequence[Any], kwargs: Mapping[str, Any] | None = None,
@@ -167,10 +198,21 @@ def import_module(model: torch.nn.Module, args: Sequence[Any], kwargs: Mapping[s
     with export_context(model, kwargs):
         if isinstance(dynamic_shapes, str) and dynamic_shapes == "auto":
             dynamic_shapes = auto_dynamic_shapes(model, args, kwargs)
-        ep = export(model, args, kwargs, dynamic_shapes)
-    imported = _Translator(ep, type(model).__name__).run(param_keys={})
+        ep = export(model, args, kwargs, dynamic_shapes, decompose=False)
+    imported = _translate(ep, type(model).__name__, param_keys={})
     imported.keywords = keywords
     return imported
+
+
+def _translate(ep: torch.export.ExportedProgram, model_name: str, param_keys: Mapping[int, str]) -> Imported:
+    """``ep`` (as exported) translated: as it is when every op has a converter, else (or when a
+    converter refuses a case its op's decomposition covers: a reflect pad) after decomposing it."""
+    if _translatable_as_is(ep):
+        try:
+            return _Translator(ep, model_name).run(param_keys=param_keys)
+        except UnsupportedOpsError:
+            pass  # the decomposed program may translate: its errors are the ones to report
+    return _Translator(decomposed(ep), model_name).run(param_keys=param_keys)
 
 
 def auto_dynamic_shapes(model: torch.nn.Module, args: tuple, kwargs: dict) -> tuple | dict:
@@ -233,8 +275,8 @@ def import_graph_module(gm: torch.fx.GraphModule, example_inputs: Sequence[Any],
             param_keys[i] = _dynamo_param_key(placeholders[position])
     # detached aliases: export may annotate its inputs, which must not leak into dynamo's guards
     args = tuple(_alias(example_inputs[p]) for p in positions)
-    ep = export(module if module is not None else gm, args, dynamic_shapes=dynamic_shapes)
-    return _Translator(ep, "GraphModule").run(param_keys=param_keys)
+    ep = export(module if module is not None else gm, args, dynamic_shapes=dynamic_shapes, decompose=False)
+    return _translate(ep, "GraphModule", param_keys)
 
 
 def _alias(x: Any) -> Any:
