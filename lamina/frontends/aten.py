@@ -396,6 +396,25 @@ def _roll(cx: Context, x: Value, shifts: Sequence[Any], dims: Sequence[int] = ()
     return cx.emit("identity", x)
 
 
+@converts("aten.diff.default")
+def _diff(cx: Context, x: Value, n: int = 1, d: int = -1, prepend: Value | None = None,
+          append: Value | None = None) -> Value:
+    """``x[1:] - x[:-1]`` along ``d``, ``n`` times, after joining ``prepend`` and ``append``; booleans
+    differ where they are unequal (``ne``), as in torch."""
+    d %= x.type.rank
+    parts = [p for p in (prepend, x, append) if p is not None]
+    if len(parts) > 1:
+        x = cx.emit("concat", *parts, dim=d)
+    for _ in range(n):
+        size = x.type.shape[d]
+        if not isinstance(size, int):
+            raise Unsupported("diff along a symbolic dim")
+        later = cx.emit("slice", x, dim=d, start=1, end=max(size, 1), step=1)
+        earlier = cx.emit("slice", x, dim=d, start=0, end=max(size - 1, 0), step=1)
+        x = cx.emit("ne" if x.type.dtype is DType.bool else "sub", later, earlier)
+    return x
+
+
 @converts("aten.slice_scatter.default")
 def _slice_scatter(cx: Context, x: Value, src: Value, d: int = 0, start: Any = None, end: Any = None,
                    step: int = 1) -> Value:
@@ -805,10 +824,15 @@ def _avg_pool(cx: Context, x: Value, kernel: Any, stride: Any = (), padding: Any
 
 @converts("aten.adaptive_avg_pool2d.default", "aten._adaptive_avg_pool2d.default")
 def _adaptive_avg_pool(cx: Context, x: Value, output_size: Sequence[int]) -> Value:
-    h, w = x.type.shape[2:]
-    oh, ow = output_size
+    rank = x.type.rank
+    h, w = x.type.shape[-2:]
+    oh, ow = output_size if len(output_size) == 2 else (output_size[0], output_size[0])
+    oh, ow = h if oh is None else oh, w if ow is None else ow
     if (oh, ow) == (1, 1):
-        return cx.emit("mean", x, dims=[2, 3], keepdim=True)
+        return cx.emit("mean", x, dims=[rank - 2, rank - 1], keepdim=True)
+    if rank == 3:  # unbatched (C, H, W): a batch of one
+        pooled = _adaptive_avg_pool(cx, cx.reshape(x, (1, *x.type.shape)), (oh, ow))
+        return cx.reshape(pooled, pooled.type.shape[1:])
     if not (isinstance(h, int) and isinstance(w, int)) or h % oh or w % ow:
         raise Unsupported(f"adaptive average pooling from {h}x{w} to {oh}x{ow} (sizes must divide)")
     kernel = [h // oh, w // ow]

@@ -32,7 +32,8 @@ CLAIMED = [
     "nn.functional.conv1d", "nn.functional.conv2d", "nn.functional.max_pool2d", "nn.functional.avg_pool2d",
     "nn.functional.pad.constant", "reshape", "view", "permute", "transpose", "expand", "squeeze", "unsqueeze",
     "flatten", "cat", "stack", "split", "chunk", "narrow", "repeat", "repeat_interleave", "tril", "triu",
-    "gather", "index_select", "topk", "sort", "histc", "index_put", "slice_scatter", "t", "roll",
+    "gather", "index_select", "topk", "sort", "histc", "index_put", "slice_scatter", "t", "roll", "diff",
+    "nn.functional.adaptive_avg_pool1d", "nn.functional.adaptive_avg_pool2d", "nn.functional.pad.reflect", "nn.functional.pad.replicate",
 ]
 SAMPLES_PER_OP = 8
 _BY_NAME = {(o.name + (f".{o.variant_test_name}" if o.variant_test_name else "")): o for o in op_db}
