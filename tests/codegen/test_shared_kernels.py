@@ -285,3 +285,18 @@ def test_rows_are_not_merged_where_an_index_would_be_divided() -> None:
         if op.name == "fused":
             kernel = lower_region(op, [f"in{i}" for i in range(len(op.operands))], ["out0"], split_last=True)
             assert kernel.row_extent == const(14)
+
+
+def test_expression_hashes_are_cached_but_never_copied_or_pickled() -> None:
+    """Kernel expressions hash once per node (lowering hashed deep trees millions of times); the cached
+    value stays out of copies and pickles, since string hashes differ between processes."""
+    import copy
+    import pickle
+
+    x = Var(DType.i64, "o")
+    tree = Call(DType.f32, "add", (Load(DType.f32, "in0", Call(DType.i64, "mul", (x, const(3)))), Const(DType.f32, 1.0)))
+    first = hash(tree)
+    assert hash(tree) == first and "_hash" in tree.__dict__
+    for clone in (copy.deepcopy(tree), pickle.loads(pickle.dumps(tree))):
+        assert "_hash" not in clone.__dict__ and clone == tree and hash(clone) == first
+    assert {tree: 1}[Call(DType.f32, "add", tree.args)] == 1
