@@ -13,7 +13,7 @@ second kind too: with the stride a variable, ConvNeXt-T's norms ran 2x slower.
 from __future__ import annotations
 
 from ..ir.dtypes import DType
-from .kernel import Call, Const, Expr, Kernel, Let, Load, Loop, Reduce, Var, body_exprs, walk
+from .kernel import Call, Const, Expr, Kernel, Let, Load, Loop, Reduce, Var, body_exprs, inline_lets, walk
 
 AFFINE = frozenset({"add", "sub", "mul", "neg", "cast"})
 
@@ -39,17 +39,9 @@ def strided_inner_reads(kernel: Kernel) -> bool:
         lets = {s.name: s.value for s in loop.body if isinstance(s, Let)}
         for expr in body_exprs(loop.body):
             for e in walk(expr):
-                if isinstance(e, Load) and _step(_inline(e.index, lets), loop.var) not in (0, 1):
+                if isinstance(e, Load) and _step(inline_lets(e.index, lets), loop.var) not in (0, 1):
                     return True
     return False
-
-
-def _inline(expr: Expr, lets: dict[str, Expr]) -> Expr:
-    if isinstance(expr, Var) and expr.name in lets:
-        return _inline(lets[expr.name], lets)
-    if isinstance(expr, Call):
-        return Call(expr.dtype, expr.op, tuple(_inline(a, lets) for a in expr.args), expr.attrs)
-    return expr
 
 
 def _step(index: Expr, var: str) -> int | None:

@@ -322,6 +322,17 @@ def body_exprs(body: tuple):
             yield from body_exprs(s.body)
 
 
+def inline_lets(expr: Expr, lets: dict[str, Expr]) -> Expr:
+    """``expr`` with every name bound in ``lets`` replaced by its value, recursively."""
+    if isinstance(expr, Var) and expr.name in lets:
+        return inline_lets(lets[expr.name], lets)
+    if isinstance(expr, Call):
+        return Call(expr.dtype, expr.op, tuple(inline_lets(a, lets) for a in expr.args), expr.attrs)
+    if isinstance(expr, Load):
+        return Load(expr.dtype, expr.buffer, inline_lets(expr.index, lets))
+    return expr
+
+
 def walk(expr: Expr):
     """Every sub-expression, children before parents."""
     if isinstance(expr, Call):

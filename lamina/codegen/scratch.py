@@ -9,19 +9,9 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from .kernel import I64, Buffer, Call, Expr, Kernel, Let, Load, Loop, Reduce, Store, Var, walk
+from .kernel import I64, Buffer, Call, Expr, Kernel, Let, Load, Loop, Reduce, Store, Var, inline_lets, walk
 
 HEAVY = frozenset({"exp", "tanh", "erf", "log", "sin", "cos", "pow", "sqrt"})
-
-
-def _inline(expr: Expr, lets: dict[str, Expr]) -> Expr:
-    if isinstance(expr, Var) and expr.name in lets:
-        return _inline(lets[expr.name], lets)
-    if isinstance(expr, Call):
-        return Call(expr.dtype, expr.op, tuple(_inline(a, lets) for a in expr.args), expr.attrs)
-    if isinstance(expr, Load):
-        return Load(expr.dtype, expr.buffer, _inline(expr.index, lets))
-    return expr
 
 
 def _rename(expr: Expr, old: str, new: str) -> Expr:
@@ -45,7 +35,7 @@ def use_scratch_rows(kernel: Kernel) -> Kernel:
     body, scratch, made = [], [], {}  # made: inlined expression in r -> scratch name
     for stmt in kernel.body:
         if isinstance(stmt, Reduce):
-            value = _inline(stmt.value, _local_lets(stmt.body))
+            value = inline_lets(stmt.value, _local_lets(stmt.body))
             if any(isinstance(e, Call) and e.op in HEAVY for e in walk(value)):
                 name = f"s{len(scratch)}"
                 scratch.append(Buffer(name, stmt.dtype, stmt.extent))
@@ -58,7 +48,7 @@ def use_scratch_rows(kernel: Kernel) -> Kernel:
             new_body = []
             for s in stmt.body:
                 if isinstance(s, Let):
-                    key = _rename(_inline(s.value, lets), stmt.var, "r")
+                    key = _rename(inline_lets(s.value, lets), stmt.var, "r")
                     if key in made:
                         s = Let(s.name, Load(s.value.dtype, made[key], Var(I64, stmt.var)))
                 new_body.append(s)

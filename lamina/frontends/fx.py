@@ -124,9 +124,9 @@ _EXPORT_LOCK = threading.RLock()
 
 
 def export(model: torch.nn.Module, args: Sequence[Any], kwargs: Mapping[str, Any] | None = None,
-           dynamic_shapes: Any = None, decompose: bool | None = None) -> torch.export.ExportedProgram:
-    """torch.export the model (one thread at a time) and decompose it to lamina's core ATen set:
-    always (``decompose=True``), never (``False``), or unless lamina reads it as it is (``None``)."""
+           dynamic_shapes: Any = None, as_exported: bool = False) -> torch.export.ExportedProgram:
+    """torch.export the model (one thread at a time) and decompose it to lamina's core ATen set unless
+    lamina reads it as it is; ``as_exported``: never decompose (``_translate`` decides later)."""
     with _EXPORT_LOCK, warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         with torch.no_grad():
@@ -138,7 +138,7 @@ def export(model: torch.nn.Module, args: Sequence[Any], kwargs: Mapping[str, Any
                                   f"it: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
                                   " (data-dependent shapes or Python control flow on tensor values are the usual "
                                   "causes; torch.compile(backend='lamina') runs such code in PyTorch)") from e
-            if decompose is False or (decompose is None and _translatable_as_is(ep)):
+            if as_exported or _translatable_as_is(ep):
                 return ep  # decomposing would change nothing lamina reads, and costs ~0.6 s on a GPT-2 stack
             return decomposed(ep)
 
@@ -198,7 +198,7 @@ def import_module(model: torch.nn.Module, args: Sequence[Any], kwargs: Mapping[s
     with export_context(model, kwargs):
         if isinstance(dynamic_shapes, str) and dynamic_shapes == "auto":
             dynamic_shapes = auto_dynamic_shapes(model, args, kwargs)
-        ep = export(model, args, kwargs, dynamic_shapes, decompose=False)
+        ep = export(model, args, kwargs, dynamic_shapes, as_exported=True)
     imported = _translate(ep, type(model).__name__, param_keys={})
     imported.keywords = keywords
     return imported
@@ -275,7 +275,7 @@ def import_graph_module(gm: torch.fx.GraphModule, example_inputs: Sequence[Any],
             param_keys[i] = _dynamo_param_key(placeholders[position])
     # detached aliases: export may annotate its inputs, which must not leak into dynamo's guards
     args = tuple(_alias(example_inputs[p]) for p in positions)
-    ep = export(module if module is not None else gm, args, dynamic_shapes=dynamic_shapes, decompose=False)
+    ep = export(module if module is not None else gm, args, dynamic_shapes=dynamic_shapes, as_exported=True)
     return _translate(ep, "GraphModule", param_keys)
 
 

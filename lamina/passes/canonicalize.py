@@ -9,7 +9,7 @@ import numpy as np
 from ..ir.core import Graph, Op, Value
 from ..ir.opdef import Category
 from ..ir.ops import REGISTRY
-from ..ir.ops.window import pair
+from ..ir.ops.window import pair, pool_geometry
 from .rewrite import Rewriter, apply_rules, rule
 
 
@@ -212,14 +212,10 @@ def _max_pool_as_window_max(op: Op, out: Rewriter) -> tuple[Value, ...] | None:
     kernel = pair("kernel", op.attrs["kernel"])
     if not x.type.dtype.is_float or not _static_window(x, kernel):
         return None
-    (sh, sw), (ph, pw), (dh, dw) = _window_geometry(op)
-    _, _, oh, ow = op.result.type.shape
-    _, _, h, wd = x.type.shape
-    # ceil_mode's last window may run past the high padding: pad that far (it never starts there)
-    high = (max(ph, (oh - 1) * sh + (kernel[0] - 1) * dh + 1 - h - ph),
-            max(pw, (ow - 1) * sw + (kernel[1] - 1) * dw + 1 - wd - pw))
+    # ceil_mode's last window may run past the high padding: pad that far too (it never starts there)
+    _, _, _, (ph, pw), _, (eh, ew) = pool_geometry(x.type, op.attrs)
     result = None
-    for _, _, window in _taps(x, op, kernel, high, -math.inf, out):
+    for _, _, window in _taps(x, op, kernel, (ph + eh, pw + ew), -math.inf, out):
         result = window if result is None else out.emit("maximum", result, window, loc=op.loc)
     return (result,)
 

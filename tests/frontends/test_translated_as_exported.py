@@ -13,7 +13,7 @@ from lamina.frontends import fx
 
 
 def _as_is(model: nn.Module, *args: torch.Tensor) -> bool:
-    return fx._translatable_as_is(fx.export(model, args, decompose=False))
+    return fx._translatable_as_is(fx.export(model, args, as_exported=True))
 
 
 def _check(model: nn.Module, *args: torch.Tensor) -> None:

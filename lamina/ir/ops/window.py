@@ -88,8 +88,8 @@ def _pool_infer(name: str) -> Any:
     return infer
 
 
-def _pool_geometry(x: np.ndarray, attrs: Mapping[str, Any]) -> tuple:
-    """kernel, stride, dilation, padding, output size, and the extra right padding a ceil-mode last
+def pool_geometry(x: Any, attrs: Mapping[str, Any]) -> tuple:
+    """For ``x`` (an array or a tensor type: anything with a static ``shape``): kernel, stride, dilation, padding, output size, and the extra right padding a ceil-mode last
     window needs, per spatial axis."""
     kernel, stride = pair("kernel", attrs["kernel"]), pair("stride", attrs["stride"] or attrs["kernel"])
     dilation, pad = pair("dilation", attrs.get("dilation", [1])), pair("padding", attrs["padding"])
@@ -102,7 +102,7 @@ def _pool_geometry(x: np.ndarray, attrs: Mapping[str, Any]) -> tuple:
 
 def max_pool2d(a: Sequence[np.ndarray], attrs: Mapping[str, Any]) -> np.ndarray:
     x = a[0]
-    kernel, stride, dilation, (ph, pw), out, (eh, ew) = _pool_geometry(x, attrs)
+    kernel, stride, dilation, (ph, pw), out, (eh, ew) = pool_geometry(x, attrs)
     low = -np.inf if x.dtype.kind == "f" else np.iinfo(x.dtype).min
     x = np.pad(x, ((0, 0), (0, 0), (ph, ph + eh), (pw, pw + ew)), constant_values=low)
     return _windows(x, kernel, stride, dilation)[:, :, :out[0], :out[1]].max(axis=(-2, -1))
@@ -111,7 +111,7 @@ def max_pool2d(a: Sequence[np.ndarray], attrs: Mapping[str, Any]) -> np.ndarray:
 def avg_pool2d(a: Sequence[np.ndarray], attrs: Mapping[str, Any]) -> np.ndarray:
     """torch's divisor: the window clipped to the padded input (count_include_pad), else to the input."""
     x = a[0]
-    kernel, stride, _, pad, out, extra = _pool_geometry(x, attrs)
+    kernel, stride, _, pad, out, extra = pool_geometry(x, attrs)
     padded = np.pad(x, ((0, 0), (0, 0), (pad[0], pad[0] + extra[0]), (pad[1], pad[1] + extra[1])))
     total = _windows(padded, kernel, stride, (1, 1))[:, :, :out[0], :out[1]].sum(axis=(-2, -1))
     if attrs["divisor_override"]:
