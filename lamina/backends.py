@@ -55,6 +55,11 @@ def _reference(graph: "Graph", options: "CompileOptions") -> Any:
 def _cpu(graph: "Graph", options: "CompileOptions") -> Any:
     from .runtime.cpu import CpuExecutor
 
+    if options.kernel_language == "c":  # C kernels in one shared library (runtime/native_cpu.py)
+        from .runtime.native_cpu import NativeCpuTarget
+        from .runtime.program import Executor
+
+        return Executor(graph, NativeCpuTarget(), options.poison)
     return CpuExecutor(graph, poison=options.poison)
 
 

@@ -5,6 +5,11 @@ import numpy as np
 import pytest
 import torch
 
+from lamina.runtime.native_kernels import compiler
+
+# the cpu backend's kernel languages: Numba (the default) and C (what saved modules carry)
+KERNEL_LANGUAGES = ["numba", pytest.param("c", marks=pytest.mark.skipif(compiler() is None, reason="no C compiler"))]
+
 
 def rel_error(actual: object, expected: object) -> float:
     """max |actual - expected| / max |expected|: relative to the output's scale, so near-zero entries don't blow up."""

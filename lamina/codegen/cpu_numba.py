@@ -9,10 +9,10 @@ from .checked_ops import NUMBA_CPU as CHECKED_SOURCE
 from .fastmath32 import SOURCE as FAST32_SOURCE
 from .float_minmax import SOURCE as MINMAX_SOURCE
 from .half_floats import SOURCE as HALF_SOURCE
-from .kernel import Call, Const, Expr, Kernel, Let, Load, Loop, Reduce, Store, Var
-from .loop_split import pieces, split_points
-from .reciprocal import SAFE_RANGE, invariant_divisors, inverse_name, multiply_by_inverses
-from .scalar_printer import ScalarPrinter, infix_forms
+from .kernel import Call, Const, Expr, Kernel, Let, Load, Reduce, Store, Var, reduction_identity
+from .reciprocal import SAFE_RANGE, inverse_name
+from .cpu_statements import CpuStatementPrinter
+from .scalar_printer import infix_forms
 from .wide_vectors import SOURCE as WIDE_VECTORS_SOURCE
 
 # 16-bit floats compute in float32 (their buffers are int16 bits: codegen/half_floats.py)
@@ -48,7 +48,7 @@ def literal(value: Any, dtype: DType) -> str:
     return str(int(value)) if dtype is DType.i64 else f"{_NP[dtype]}({int(value)})"
 
 
-class NumbaPrinter(ScalarPrinter):
+class NumbaPrinter(CpuStatementPrinter):
     target = "Numba"
     fast32 = True  # float32 exp/tanh/erf through fastmath32 (vectorizable on the CPU)
     FORMS = {**infix_forms(pow="**", floordiv="//", mod="%", logical_and="&", logical_or="|", logical_xor="^"),
@@ -91,50 +91,31 @@ class NumbaPrinter(ScalarPrinter):
             return f"{_NP[dt]}({a[0]})"
         return None
 
-    def stmts(self, body: tuple, depth: int, out: list[str]) -> None:
-        pad = "    " * depth
-        for s in body:
-            if isinstance(s, Let):
-                out.append(f"{pad}{s.name} = {self.expr(s.value)}")
-            elif isinstance(s, Store) and s.buffer in self.half_buffers:
-                value = f"{_HALF[self.half_buffers[s.buffer]]}_store({self.expr(s.value)})"
-                out.append(f"{pad}{s.buffer}[{self.index(s.index)}] = {value}")
-            elif isinstance(s, Store):
-                out.append(f"{pad}{s.buffer}[{self.index(s.index)}] = {self.expr(s.value)}")
-            elif isinstance(s, Loop) and invariant_divisors(s):
-                self.versioned_loop(s, invariant_divisors(s), depth, out)
-            elif isinstance(s, Loop) and split_points(s):  # a concat along it: one loop per piece
-                for start, stop, body in pieces(s):
-                    out.append(f"{pad}for {s.var} in range({start}, {stop}):")
-                    self.stmts(body, depth + 1, out)
-            elif isinstance(s, Loop):
-                out.append(f"{pad}for {s.var} in range({self.expr(s.extent)}):")
-                self.stmts(s.body, depth + 1, out)
-            elif isinstance(s, Reduce):
-                self.reduce(s, depth, out)
+    def let(self, s: Let) -> str:
+        return f"{s.name} = {self.expr(s.value)}"
 
-    def versioned_loop(self, loop: Loop, divisors: list[Var], depth: int, out: list[str]) -> None:
-        """``loop`` multiplying by its row-constant divisors' reciprocals when they are safe, else
-        dividing (codegen/reciprocal.py)."""
-        pad = "    " * depth
-        checks = []
-        for d in divisors:
-            lo, hi = SAFE_RANGE[d.dtype]
-            out.append(f"{pad}{inverse_name(d)} = {literal(1.0, d.dtype)} / {d.name}")
-            checks.append(f"{literal(lo, d.dtype)} < abs({d.name}) < {literal(hi, d.dtype)}")
-        out.append(f"{pad}if {' and '.join(checks)}:")
-        self.stmts((Loop(loop.var, loop.extent, multiply_by_inverses(loop.body, divisors)),), depth + 1, out)
-        out.append(f"{pad}else:")
-        out.append(f"{pad}    for {loop.var} in range({self.expr(loop.extent)}):")
-        self.stmts(loop.body, depth + 2, out)
+    def store(self, s: Store) -> str:
+        value = self.expr(s.value)
+        if s.buffer in self.half_buffers:
+            value = f"{_HALF[self.half_buffers[s.buffer]]}_store({value})"
+        return f"{s.buffer}[{self.index(s.index)}] = {value}"
+
+    def for_range(self, var: str, start: str | None, stop: str) -> tuple[str, str | None]:
+        return f"for {var} in range({stop if start is None else f'{start}, {stop}'}):", None
+
+    def branches(self, tests: list[str]) -> tuple[str, str, str | None]:
+        return f"if {' and '.join(tests)}:", "else:", None
+
+    def inverse(self, d: Var) -> tuple[str, str]:
+        lo, hi = SAFE_RANGE[d.dtype]
+        return (f"{inverse_name(d)} = {literal(1.0, d.dtype)} / {d.name}",
+                f"{literal(lo, d.dtype)} < abs({d.name}) < {literal(hi, d.dtype)}")
 
     def reduce(self, s: Reduce, depth: int, out: list[str]) -> None:
         pad = "    " * depth
         wide = s.kind == "sum" and s.dtype.is_float  # sums accumulate in f64: accurate at any length
         acc_type = DType.f64 if wide else s.dtype
-        init = {"sum": 0, "max": -math.inf, "min": math.inf}[s.kind]
-        if not s.dtype.is_float and s.kind != "sum":
-            init = -(2 ** 63) if s.kind == "max" else 2 ** 63 - 1
+        init = reduction_identity(s.kind, s.dtype)
         out.append(f"{pad}{s.acc} = {literal(init, acc_type)}")
         out.append(f"{pad}for {s.var} in range({self.expr(s.extent)}):")
         self.stmts(s.body, depth + 1, out)

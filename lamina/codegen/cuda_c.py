@@ -13,7 +13,7 @@ from typing import Any
 
 from ..ir.dtypes import DType
 from .checked_ops import CUDA_C as CHECKED_SOURCE
-from .kernel import Call, Const, Expr, Kernel, Let, Load, Loop, Reduce, Store, Var, walk
+from .kernel import Call, Const, Expr, Kernel, Let, Load, Loop, Reduce, Store, Var, reduction_identity, walk
 from .scalar_printer import ScalarPrinter, infix_forms
 
 CTYPE = {DType.f64: "double", DType.f32: "float", DType.i64: "long long", DType.i32: "int", DType.i8: "signed char",
@@ -108,9 +108,7 @@ class CudaCPrinter(ScalarPrinter):
     def reduce(self, s: Reduce, depth: int, out: list[str], row_kernel: bool) -> None:
         pad = "  " * depth
         acc_type = DType.f64 if s.dtype.is_float else DType.i64
-        identity = {"sum": 0, "max": -math.inf, "min": math.inf}[s.kind]
-        if acc_type is DType.i64 and s.kind != "sum":
-            identity = -(2 ** 63) if s.kind == "max" else 2 ** 63 - 1
+        identity = reduction_identity(s.kind, s.dtype)
         ident = literal(identity, acc_type)
         op = {"sum": "lm_sum_op()", "max": "lm_max_op()", "min": "lm_min_op()"}[s.kind]
         shared = "lm_red_d" if acc_type is DType.f64 else "lm_red_i"

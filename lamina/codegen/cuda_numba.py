@@ -1,12 +1,11 @@
 """Print a Kernel as a Numba-CUDA ``@cuda.jit`` function (runs under the CUDA simulator too)."""
 from __future__ import annotations
 
-import math
 
 from ..ir.dtypes import DType
 from .checked_ops import NUMBA_CUDA as CHECKED_SOURCE
 from .cpu_numba import NumbaPrinter, literal
-from .kernel import Call, Kernel, Reduce, Store
+from .kernel import Call, Kernel, Reduce, Store, reduction_identity
 
 BLOCK = 256  # threads per block of a row kernel (a power of two: the tree reduction halves it)
 
@@ -38,9 +37,7 @@ class CudaNumbaPrinter(NumbaPrinter):
 
     def reduce(self, s: Reduce, depth: int, out: list[str]) -> None:
         pad = "    " * depth
-        identity = {"sum": 0, "max": -math.inf, "min": math.inf}[s.kind]
-        if not s.dtype.is_float and s.kind != "sum":
-            identity = -(2 ** 63) if s.kind == "max" else 2 ** 63 - 1
+        identity = reduction_identity(s.kind, s.dtype)
         acc_type = DType.f64 if s.dtype.is_float else DType.i64
         shared = "red_f" if s.dtype.is_float else "red_i"
         out.append(f"{pad}{s.acc} = {literal(identity, acc_type)}")

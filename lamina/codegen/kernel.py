@@ -14,6 +14,7 @@ alone is an ``IndexAssumption`` instead, tested once when the plan is built.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -124,6 +125,16 @@ class Reduce:
     extent: Expr
     body: tuple[Any, ...]
     value: Expr
+
+
+def reduction_identity(kind: str, dtype: DType) -> float:
+    """Where a ``Reduce`` of ``kind`` starts: 0 for sums, -inf / inf for float max / min, and the
+    int64 extremes for integer max / min."""
+    if kind == "sum":
+        return 0
+    if dtype.is_float:
+        return -math.inf if kind == "max" else math.inf
+    return -(2 ** 63) if kind == "max" else 2 ** 63 - 1
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from torch import nn
 import lamina
 from lamina.errors import DivisionByZeroError, IndexOutOfRangeError
 
-from tests.conftest import rel_error
+from tests.conftest import KERNEL_LANGUAGES, rel_error
 
 
 class Embed(nn.Module):
@@ -45,9 +45,10 @@ CASES = {  # model, call arguments for an index tensor, a good index tensor, its
 
 
 @pytest.mark.parametrize("name", list(CASES))
-def test_indices_in_range_match_eager_and_out_of_range_raise(name: str) -> None:
+@pytest.mark.parametrize("language", KERNEL_LANGUAGES)
+def test_indices_in_range_match_eager_and_out_of_range_raise(name: str, language: str) -> None:
     model, call, good, (low, high) = CASES[name]
-    compiled = lamina.compile(model, call(good), poison=True)
+    compiled = lamina.compile(model, call(good), poison=True, kernel_language=language)
     torch.testing.assert_close(compiled(*call(good)), model(*call(good)))
     for value in (low - 1, high + 1, 10**9, -(10**9)):
         bad = good.clone()
@@ -111,12 +112,13 @@ class Divide(nn.Module):
 
 @pytest.mark.parametrize("how", ["floor", "trunc", "remainder", "fmod"])
 @pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.float32])
-def test_division_modes_match_eager(how: str, dtype: torch.dtype) -> None:
+@pytest.mark.parametrize("language", KERNEL_LANGUAGES)
+def test_division_modes_match_eager(how: str, dtype: torch.dtype, language: str) -> None:
     a = torch.tensor([7, -7, 7, -7, 0, 5, -9, 2**40 + 3]).to(dtype)
     b = torch.tensor([2, 2, -2, -2, 3, 5, 4, 7]).to(dtype)
     if dtype.is_floating_point:
         a, b = a * 1.37, b * 0.71
-    compiled = lamina.compile(Divide(how), (a, b), poison=True)
+    compiled = lamina.compile(Divide(how), (a, b), poison=True, kernel_language=language)
     want = Divide(how)(a, b)
     got = compiled(a, b)
     assert got.dtype == want.dtype
@@ -127,9 +129,10 @@ def test_division_modes_match_eager(how: str, dtype: torch.dtype) -> None:
 
 
 @pytest.mark.parametrize("how", ["floor", "trunc", "remainder", "fmod"])
-def test_integer_division_by_zero_raises_as_eager_does(how: str) -> None:
+@pytest.mark.parametrize("language", KERNEL_LANGUAGES)
+def test_integer_division_by_zero_raises_as_eager_does(how: str, language: str) -> None:
     a, b = torch.tensor([6, 7, 8]), torch.tensor([1, 0, 2])
-    compiled = lamina.compile(Divide(how), (a, torch.tensor([1, 2, 3])))
+    compiled = lamina.compile(Divide(how), (a, torch.tensor([1, 2, 3])), kernel_language=language)
     with pytest.raises(RuntimeError, match="ZeroDivisionError"):
         Divide(how)(a, b)
     with pytest.raises(DivisionByZeroError, match="division by zero"):

@@ -10,7 +10,7 @@ import torch
 import lamina
 from lamina.models import make_cnn, make_gpt2_stack, make_llama_block, make_mlp
 from lamina.models.hf import make_hf_gpt2, make_hf_llama
-from tests.conftest import rel_error
+from tests.conftest import KERNEL_LANGUAGES, rel_error
 from tests.frontends.test_models import _fresh_like
 
 F32_TOL = 1e-5  # float32; kernels sum in float64, torch in float32 with another order
@@ -18,9 +18,10 @@ F32_TOL = 1e-5  # float32; kernels sum in float64, torch in float32 with another
 
 @pytest.mark.parametrize("factory", [make_mlp, make_gpt2_stack, make_llama_block, make_cnn],
                          ids=["mlp", "gpt2_stack", "llama_block", "cnn"])
-def test_cpu_backend_matches_eager(factory) -> None:
+@pytest.mark.parametrize("language", KERNEL_LANGUAGES)
+def test_cpu_backend_matches_eager(factory, language: str) -> None:
     model, args = factory()
-    compiled = lamina.compile(model, args, backend="cpu", poison=True)
+    compiled = lamina.compile(model, args, backend="cpu", poison=True, kernel_language=language)
     for trial in range(3):
         inputs = args if trial == 0 else _fresh_like(args)
         with torch.no_grad():
@@ -216,7 +217,8 @@ class _Extremes(torch.nn.Module):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_max_and_min_reductions_propagate_nan_and_vectorize(dtype: torch.dtype) -> None:
+@pytest.mark.parametrize("language", KERNEL_LANGUAGES)
+def test_max_and_min_reductions_propagate_nan_and_vectorize(dtype: torch.dtype, language: str) -> None:
     """Float max/min reductions run on llvm.maximum/minimum (NaN in, NaN out, as torch): rows with one
     NaN, all NaN, all -inf, +inf, and signed zeros, at a length the vector loop and its tail both see."""
     x = torch.randn(9, 1027, dtype=dtype)
@@ -228,10 +230,11 @@ def test_max_and_min_reductions_propagate_nan_and_vectorize(dtype: torch.dtype) 
     x[6] = 0.0
     x[6, ::2] = -0.0
     x[7, 500] = float("-inf")
-    compiled = lamina.compile(_Extremes(), (x,), poison=True)
+    compiled = lamina.compile(_Extremes(), (x,), poison=True, kernel_language=language)
     sources = "".join(k.source for k in compiled._executor.kernels.values())
-    suffix = "32" if dtype == torch.float32 else "64"
-    assert f"fmaximum{suffix}(" in sources and f"fminimum{suffix}(" in sources
+    if language == "numba":
+        suffix = "32" if dtype == torch.float32 else "64"
+        assert f"fmaximum{suffix}(" in sources and f"fminimum{suffix}(" in sources
     for got, want in zip(compiled(x), _Extremes()(x)):
         assert torch.equal(got.isnan(), want.isnan())
         keep = ~want.isnan()
@@ -243,7 +246,8 @@ class _DivideByRowSum(torch.nn.Module):
         return x / x.sum(-1, keepdim=True)
 
 
-def test_division_by_a_row_constant_multiplies_only_where_the_reciprocal_is_normal() -> None:
+@pytest.mark.parametrize("language", KERNEL_LANGUAGES)
+def test_division_by_a_row_constant_multiplies_only_where_the_reciprocal_is_normal(language: str) -> None:
     """Rows whose sum is ordinary take x * (1/sum); a zero, subnormal, huge, infinite or NaN sum takes
     the division itself, so those rows match torch exactly (1/subnormal would overflow to inf)."""
     x = torch.rand(8, 300) + 0.5
@@ -253,9 +257,9 @@ def test_division_by_a_row_constant_multiplies_only_where_the_reciprocal_is_norm
     x[4, 5] = float("inf")
     x[5, 9] = float("nan")
     x[6] = -x[6]
-    compiled = lamina.compile(_DivideByRowSum(), (x,), poison=True)
+    compiled = lamina.compile(_DivideByRowSum(), (x,), poison=True, kernel_language=language)
     source = next(iter(compiled._executor.kernels.values())).source
-    assert "_inv = np.float32(1.0) /" in source
+    assert ("_inv = np.float32(1.0) /" if language == "numba" else "_inv = 1.0f /") in source
     got, want = compiled(x), _DivideByRowSum()(x)
     assert torch.equal(got.isnan(), want.isnan())
     for row in (1, 2, 3, 4, 5):  # the division path: bit for bit as torch's division by the same sum
@@ -264,11 +268,12 @@ def test_division_by_a_row_constant_multiplies_only_where_the_reciprocal_is_norm
     assert rel_error(got[keep], want[keep]) <= F32_TOL
 
 
-def test_exp_is_within_one_ulp_down_to_subnormal_results() -> None:
+@pytest.mark.parametrize("language", KERNEL_LANGUAGES)
+def test_exp_is_within_one_ulp_down_to_subnormal_results(language: str) -> None:
     """The kernels' float32 exp against float64 exp rounded to float32, from where it underflows to
     zero to where it overflows, and at NaN and the infinities."""
     x = torch.cat([torch.linspace(-110.0, 90.0, 1 << 20), torch.tensor([float("nan"), float("inf"), -float("inf")])])
-    got = lamina.compile(_Exp(), (x,))(x)
+    got = lamina.compile(_Exp(), (x,), kernel_language=language)(x)
     want = x.double().exp().float()
     assert torch.equal(got.isnan(), want.isnan()) and torch.equal(got.isinf(), want.isinf())
     assert torch.equal(got == 0, want == 0)

@@ -14,7 +14,7 @@ import lamina
 from lamina.codegen.gemv16_cpu import MAX_ROWS as GEMV16_ROWS
 from lamina.models import make_gpt2_stack, make_mlp
 from lamina.models.hf import make_hf_llama
-from tests.conftest import rel_error
+from tests.conftest import KERNEL_LANGUAGES, rel_error
 
 TOL = {torch.bfloat16: 3e-2, torch.float16: 4e-3}
 HALF = [torch.bfloat16, torch.float16]
@@ -34,11 +34,12 @@ class _WidenScaleNarrow(nn.Module):
 
 
 @pytest.mark.parametrize("dtype", HALF)
-def test_loads_and_stores_convert_bit_for_bit_as_torch(dtype: torch.dtype) -> None:
+@pytest.mark.parametrize("language", KERNEL_LANGUAGES)
+def test_loads_and_stores_convert_bit_for_bit_as_torch(dtype: torch.dtype, language: str) -> None:
     """Widening is exact and narrowing rounds to nearest even with NaN kept NaN: over NaN, infinities,
     signed zeros, subnormals, overflow and ties, the narrowed result equals torch's bit for bit."""
     x = _specials(dtype)
-    compiled = lamina.compile(_WidenScaleNarrow(), (x,), poison=True)
+    compiled = lamina.compile(_WidenScaleNarrow(), (x,), poison=True, kernel_language=language)
     source = "".join(k.source for k in compiled._executor.kernels.values())
     prefix = "bf16" if dtype == torch.bfloat16 else "f16"
     assert f"{prefix}_load(" in source and f"{prefix}_store(" in source
@@ -68,10 +69,11 @@ class _Rows(nn.Module):
 
 
 @pytest.mark.parametrize("dtype", HALF)
-def test_reductions_and_row_kernels(dtype: torch.dtype) -> None:
+@pytest.mark.parametrize("language", KERNEL_LANGUAGES)
+def test_reductions_and_row_kernels(dtype: torch.dtype, language: str) -> None:
     x = torch.randn(16, 300).to(dtype)
     x[3, 7] = float("nan")
-    compiled = lamina.compile(_Rows(), (x,), poison=True)
+    compiled = lamina.compile(_Rows(), (x,), poison=True, kernel_language=language)
     for got, want in zip(compiled(x), _Rows()(x)):
         assert got.dtype == dtype
         assert torch.equal(got.isnan(), want.isnan())

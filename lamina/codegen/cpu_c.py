@@ -1,0 +1,322 @@
+"""Print a Kernel as a C function for the CPU: an OpenMP ``parallel for`` over the outer loop.
+
+The same kernels the Numba printer (``cpu_numba.py``) prints, with the same semantics: sums of
+floats accumulate in double, max and min of floats propagate NaN, 16-bit floats are loaded from and
+stored to their int16 bits and computed in float32, checked indices and integer divisions record
+their failure in the error buffer ``err`` and go on with a safe value. A saved module carries its
+kernels compiled this way as one shared library (``runtime/native_kernels.py``), so that loading it
+needs neither Numba nor its JIT.
+
+Buffers are plain pointers without ``restrict``: a plan may hand a kernel the same memory as input
+and output (an in-place update).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from ..ir.dtypes import DType
+from .kernel import Call, Expr, Kernel, Let, Load, Loop, Reduce, Store, Var, body_exprs, reduction_identity, walk
+from .reciprocal import SAFE_RANGE, inverse_name
+from .cpu_statements import CpuStatementPrinter
+from .scalar_printer import infix_forms
+
+# storage types; 16-bit floats travel as their bits and compute in float (COMPUTE)
+STORAGE = {DType.f64: "double", DType.f32: "float", DType.bf16: "int16_t", DType.f16: "int16_t",
+           DType.i64: "int64_t", DType.i32: "int32_t", DType.i8: "int8_t", DType.u8: "uint8_t", DType.i4: "int8_t",
+           DType.bool: "_Bool"}
+COMPUTE = {**STORAGE, DType.bf16: "float", DType.f16: "float"}
+_SINGLE = frozenset({DType.f32, DType.bf16, DType.f16})
+_MATH = ("exp", "log", "sqrt", "tanh", "sin", "cos", "erf", "floor", "log1p")
+_HALF = {DType.bf16: "bf16", DType.f16: "f16"}
+_FAST32 = frozenset({"exp", "tanh", "erf"})  # float32 versions in the prelude that vectorize
+
+PRELUDE = r"""
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+static inline float lm_maxf(float a, float b) { return (a != a || a > b || (a == b && !signbit(a))) ? a : b; }
+static inline float lm_minf(float a, float b) { return (a != a || a < b || (a == b && signbit(a))) ? a : b; }
+static inline double lm_maxd(double a, double b) { return (a != a || a > b || (a == b && !signbit(a))) ? a : b; }
+static inline double lm_mind(double a, double b) { return (a != a || a < b || (a == b && signbit(a))) ? a : b; }
+static inline float lm_max_nan_f(float a, float b) { return b != b ? b : lm_maxf(a, b); }
+static inline float lm_min_nan_f(float a, float b) { return b != b ? b : lm_minf(a, b); }
+static inline double lm_max_nan_d(double a, double b) { return b != b ? b : lm_maxd(a, b); }
+static inline double lm_min_nan_d(double a, double b) { return b != b ? b : lm_mind(a, b); }
+
+static inline float lm_bf16_load(int16_t bits) {
+  uint32_t u = ((uint32_t)(uint16_t)bits) << 16; float f; memcpy(&f, &u, 4); return f;
+}
+static inline int16_t lm_bf16_store(float x) {
+  int32_t b; memcpy(&b, &x, 4);
+  if (x != x) return (int16_t)((b >> 16) | 0x40);
+  return (int16_t)((b + 0x7FFF + ((b >> 16) & 1)) >> 16);
+}
+static inline float lm_bf16_round(float x) { return lm_bf16_load(lm_bf16_store(x)); }
+static inline float lm_f16_load(int16_t bits) { _Float16 h; memcpy(&h, &bits, 2); return (float)h; }
+static inline int16_t lm_f16_store(float x) { _Float16 h = (_Float16)x; int16_t b; memcpy(&b, &h, 2); return b; }
+static inline float lm_f16_round(float x) { return lm_f16_load(lm_f16_store(x)); }
+
+static inline void lm_fail(int64_t* err, int64_t check, int64_t value, int64_t size) {
+  int64_t expected = 0;
+  if (__atomic_compare_exchange_n(err, &expected, check, 0, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
+    err[1] = value;
+    err[2] = size;
+  }
+}
+static inline int64_t lm_index(int64_t i, int64_t n, int64_t* err, int64_t check) {
+  if (i < 0 || i >= n) { lm_fail(err, check, i, n); return 0; }
+  return i;
+}
+static inline int64_t lm_wrap_index(int64_t i, int64_t n, int64_t* err, int64_t check) {
+  if (i < -n || i >= n) { lm_fail(err, check, i, n); return 0; }
+  return i < 0 ? i + n : i;
+}
+static inline int64_t lm_int_floor_divide(int64_t a, int64_t b, int64_t* err, int64_t check) {
+  if (b == 0) { lm_fail(err, check, a, 0); return 0; }
+  int64_t q = a / b;
+  return (a % b != 0 && ((a < 0) != (b < 0))) ? q - 1 : q;
+}
+static inline int64_t lm_int_remainder(int64_t a, int64_t b, int64_t* err, int64_t check) {
+  if (b == 0) { lm_fail(err, check, a, 0); return 0; }
+  int64_t r = a % b;
+  return (r != 0 && ((r < 0) != (b < 0))) ? r + b : r;
+}
+static inline int64_t lm_int_fmod(int64_t a, int64_t b, int64_t* err, int64_t check) {
+  if (b == 0) { lm_fail(err, check, a, 0); return 0; }
+  return a % b;
+}
+#define LM_FLOAT_HELPERS(T, S, FMOD, FLOOR) \
+  static inline T lm_remainder_##S(T a, T b) { T m = FMOD(a, b); return (m != 0 && ((b < 0) != (m < 0))) ? m + b : m; } \
+  static inline T lm_floor_divide_##S(T a, T b) { \
+    if (b == 0) return a / b; \
+    T m = FMOD(a, b); T d = (a - m) / b; \
+    if (m != 0 && ((b < 0) != (m < 0))) d -= 1; \
+    if (d == 0) return copysign(d, a / b); \
+    T f = FLOOR(d); return d - f > (T)0.5 ? f + 1 : f; }
+LM_FLOAT_HELPERS(float, f, fmodf, floorf)
+LM_FLOAT_HELPERS(double, d, fmod, floor)
+
+/* float32 exp, tanh and erf as plain arithmetic, so loops using them vectorize (libm's are scalar
+   calls); the formulas and constants of codegen/fastmath32.py, which the Numba kernels use */
+static inline float lm_bits_to_f32(int32_t bits) { float f; memcpy(&f, &bits, 4); return f; }
+static inline float lm_exp32(float x) {
+  float c = x < -104.0f ? -104.0f : x;
+  c = c > 88.72283f ? 88.72283f : c;
+  const float n = floorf(c * 1.44269504088896341f + 0.5f);
+  const float r = c - n * 0.693359375f - n * -2.12194440e-4f;
+  const float z = r * r;
+  const float p = ((((1.9875691500e-4f * r + 1.3981999507e-3f) * r + 8.3334519073e-3f) * r + 4.1665795894e-2f) * r
+                   + 1.6666665459e-1f) * r + 5.0000001201e-1f;
+  float y = p * z + r + 1.0f;
+  const int32_t ni = (int32_t)n, h = ni >> 1;
+  y = y * lm_bits_to_f32((h + 127) << 23) * lm_bits_to_f32((ni - h + 127) << 23);
+  return x > 88.72283f ? INFINITY : y;
+}
+static inline float lm_tanh32(float x) {
+  float c = x < -7.90531110763549805f ? -7.90531110763549805f : x;
+  c = c > 7.90531110763549805f ? 7.90531110763549805f : c;
+  const float x2 = c * c;
+  float p = -2.76076847742355e-16f;
+  p = p * x2 + 2.00018790482477e-13f;
+  p = p * x2 + -8.60467152213735e-11f;
+  p = p * x2 + 5.12229709037114e-08f;
+  p = p * x2 + 1.48572235717979e-05f;
+  p = p * x2 + 6.37261928875436e-04f;
+  p = p * x2 + 4.89352455891786e-03f;
+  p = p * c;
+  float q = 1.19825839466702e-06f;
+  q = q * x2 + 1.18534705686654e-04f;
+  q = q * x2 + 2.26843463243900e-03f;
+  q = q * x2 + 4.89352518554385e-03f;
+  return p / q;
+}
+static inline float lm_erf32(float x) {
+  float c = x < -4.0f ? -4.0f : x;
+  c = c > 4.0f ? 4.0f : c;
+  const float x2 = c * c;
+  float p = -2.72614225801306e-10f;
+  p = p * x2 + 2.77068142495902e-08f;
+  p = p * x2 + -2.10102402082508e-06f;
+  p = p * x2 + -5.69250639462346e-05f;
+  p = p * x2 + -7.34990630326855e-04f;
+  p = p * x2 + -2.95459980854025e-03f;
+  p = p * x2 + -1.60960333262415e-02f;
+  p = p * c;
+  float q = -1.45660718464996e-05f;
+  q = q * x2 + -2.13374055278905e-04f;
+  q = q * x2 + -1.68282697438203e-03f;
+  q = q * x2 + -7.37332916720468e-03f;
+  q = q * x2 + -1.42647390514189e-02f;
+  return p / q;
+}
+#define lm_fmod(a, b) _Generic((a), float: fmodf, default: fmod)((a), (b))
+#define lm_remainder(a, b) _Generic((a), float: lm_remainder_f, default: lm_remainder_d)((a), (b))
+#define lm_floor_divide(a, b) _Generic((a), float: lm_floor_divide_f, default: lm_floor_divide_d)((a), (b))
+"""
+
+
+def literal(value: Any, dtype: DType) -> str:
+    if dtype is DType.bool:
+        return "1" if value else "0"
+    if dtype.is_float:
+        v = float(value)
+        single = dtype in _SINGLE
+        if math.isnan(v):
+            return "NAN" if single else "((double)NAN)"
+        if math.isinf(v):
+            text = "INFINITY" if single else "((double)INFINITY)"
+            return text if v > 0 else f"(-{text})"
+        text = repr(v)
+        if "e" not in text and "." not in text:
+            text += ".0"
+        return f"{text}f" if single else text
+    if dtype is DType.i64:
+        v = int(value)
+        return "INT64_MIN" if v == -(2 ** 63) else f"INT64_C({v})" if abs(v) >= 2 ** 31 else str(v)
+    return f"(({STORAGE[dtype]}){int(value)})"
+
+
+class CPrinter(CpuStatementPrinter):
+    target = "C"
+    indent = "  "
+    FORMS = {**infix_forms(floordiv="/", mod="%", logical_and="&&", logical_or="||", logical_xor="!="),
+             "min": "({0} < {1} ? {0} : {1})", "max": "({0} > {1} ? {0} : {1})", "neg": "(-{0})",
+             "logical_not": "(!{0})", "where": "({0} ? {1} : {2})"}
+
+    def __init__(self, half_buffers: dict[str, DType] | None = None) -> None:
+        self.half_buffers = half_buffers or {}
+
+    def literal(self, value: Any, dtype: DType) -> str:
+        return literal(value, dtype)
+
+    def expr(self, e: Expr) -> str:
+        if isinstance(e, Load) and e.buffer in self.half_buffers:
+            return f"lm_{_HALF[self.half_buffers[e.buffer]]}_load({e.buffer}[{self.index(e.index)}])"
+        return super().expr(e)
+
+    def special(self, e: Call, a: list[str]) -> str | None:
+        op, dt = e.op, e.dtype
+        single = dt in _SINGLE
+        if op == "div" and not dt.is_float:
+            raise NotImplementedError("integer true division in a kernel")
+        if op in _MATH:
+            if single and op in _FAST32:
+                return f"lm_{op}32({a[0]})"
+            return f"{op}{'f' if single else ''}({a[0]})"
+        if op == "pow":
+            return f"{'powf' if single else 'pow'}({a[0]}, {a[1]})"
+        if op in ("maximum", "minimum"):
+            if dt.is_float:
+                return f"lm_{op[:3]}{'f' if single else 'd'}({a[0]}, {a[1]})"
+            return self.FORMS[op[:3]].format(*a)
+        if op == "abs":
+            if dt.is_float:
+                return f"{'fabsf' if single else 'fabs'}({a[0]})"
+            return f"({a[0]} < 0 ? -{a[0]} : {a[0]})"
+        if op == "cast":
+            src = e.args[0].dtype
+            if dt is DType.bool:
+                return f"({a[0]} != 0)"
+            if dt in _HALF:  # float32 storage, rounded to the 16-bit type's precision
+                return f"lm_{_HALF[dt]}_round((float)({a[0]}))"
+            if src.is_float and not dt.is_float:
+                return f"(({STORAGE[dt]})({a[0]}))"  # C truncates toward zero, as math.trunc
+            return f"(({COMPUTE[dt]})({a[0]}))"
+        return None
+
+    def let(self, s: Let) -> str:
+        return f"const {COMPUTE[s.value.dtype]} {s.name} = {self.expr(s.value)};"
+
+    def store(self, s: Store) -> str:
+        value = self.expr(s.value)
+        if s.buffer in self.half_buffers:
+            value = f"lm_{_HALF[self.half_buffers[s.buffer]]}_store({value})"
+        return f"{s.buffer}[{self.index(s.index)}] = {value};"
+
+    def for_range(self, var: str, start: str | None, stop: str) -> tuple[str, str | None]:
+        return f"for (int64_t {var} = {start or 0}; {var} < {stop}; {var}++) {{", "}"
+
+    def branches(self, tests: list[str]) -> tuple[str, str, str | None]:
+        return f"if ({' && '.join(tests)}) {{", "} else {", "}"
+
+    def inverse(self, d: Var) -> tuple[str, str]:
+        lo, hi = SAFE_RANGE[d.dtype]
+        fabs = f"{'fabsf' if d.dtype in _SINGLE else 'fabs'}({d.name})"
+        return (f"const {COMPUTE[d.dtype]} {inverse_name(d)} = {literal(1.0, d.dtype)} / {d.name};",
+                f"({literal(lo, d.dtype)} < {fabs} && {fabs} < {literal(hi, d.dtype)})")
+
+    def reduce(self, s: Reduce, depth: int, out: list[str]) -> None:
+        pad = "  " * depth
+        wide = s.kind == "sum" and s.dtype.is_float  # sums accumulate in double: accurate at any length
+        acc_type = DType.f64 if wide else s.dtype
+        init = reduction_identity(s.kind, s.dtype)
+        acc = f"{s.acc}_acc"
+        out.append(f"{pad}{COMPUTE[acc_type]} {acc} = {literal(init, acc_type)};")
+        simple = not any(isinstance(x, (Loop, Reduce)) for x in s.body)
+        if wide and simple:  # reassociating the sum lets it vectorize, as Numba's fastmath 'reassoc' does
+            out.append(f"{pad}#pragma omp simd reduction(+:{acc})")
+        out.append(f"{pad}for (int64_t {s.var} = 0; {s.var} < {self.expr(s.extent)}; {s.var}++) {{")
+        self.stmts(s.body, depth + 1, out)
+        value = self.expr(s.value)
+        if s.kind == "sum":
+            out.append(f"{pad}  {acc} += {value};")
+        elif s.dtype.is_float:  # NaN-propagating, as torch's max and min
+            suffix = "f" if s.dtype in _SINGLE else "d"
+            out.append(f"{pad}  {acc} = lm_{s.kind}_nan_{suffix}({acc}, {value});")
+        else:
+            cmp = ">" if s.kind == "max" else "<"
+            out.append(f"{pad}  {{ const {COMPUTE[s.dtype]} v_ = {value}; if (v_ {cmp} {acc}) {acc} = v_; }}")
+        out.append(f"{pad}}}")
+        out.append(f"{pad}const {COMPUTE[s.dtype]} {s.acc} = ({COMPUTE[s.dtype]}){acc};")
+
+
+def param_ctype(name: str, kernel: Kernel) -> str:
+    """The C type of lifted constant ``name`` (``codegen/shared_kernels.py``: ``c*`` integers, ``f*``
+    floats of the dtype they replace)."""
+    return "int64_t" if name.startswith("c") else "double" if _param_dtype(name, kernel) is DType.f64 else "float"
+
+
+def _param_dtype(name: str, kernel: Kernel) -> DType:
+    for e in body_exprs(kernel.body):
+        for sub in walk(e):
+            if isinstance(sub, Var) and sub.name == name:
+                return sub.dtype
+    return DType.f64
+
+
+def c_source(kernel: Kernel, name: str, parallel: bool) -> str:
+    """C of ``kernel`` as ``void name(buffers..., sizes..., params...)``; the outer loop an OpenMP
+    ``parallel for`` when ``parallel``. A kernel with scratch rows runs its outer loop in chunks, each
+    allocating its scratch once (as the Numba printer does)."""
+    printer = CPrinter({b.name: b.dtype for b in kernel.buffers if b.dtype in _HALF})
+    params = [f"{'' if b.output or b.name == 'err' else 'const '}{STORAGE[b.dtype]}* {b.name}" for b in kernel.buffers]
+    params += [f"int64_t {s}" for s in kernel.sizes] + [f"{param_ctype(p, kernel)} {p}" for p in kernel.params]
+    lines = [f"void {name}({', '.join(params)}) {{"]
+    outer = printer.expr(kernel.outer)
+    omp = "  #pragma omp parallel for schedule(static)" if parallel else None
+    if kernel.scratch:
+        lines.append(f"  const int64_t n_outer = {outer};")
+        lines.append(f"  const int64_t chunks = n_outer < {64 if parallel else 1} ? n_outer : {64 if parallel else 1};")
+        if omp:
+            lines.append(omp)
+        lines.append("  for (int64_t chunk = 0; chunk < chunks; chunk++) {")
+        for b in kernel.scratch:
+            ctype = COMPUTE[b.dtype]  # a scratch row of 16-bit floats keeps float32 (it is never stored narrowed)
+            lines.append(f"    {ctype}* {b.name} = ({ctype}*)malloc(sizeof({ctype}) * (size_t)({printer.expr(b.size)}));")
+        lines.append("    for (int64_t o = chunk * n_outer / chunks; o < (chunk + 1) * n_outer / chunks; o++) {")
+        printer.stmts(kernel.body, 3, lines)
+        lines.append("    }")
+        lines += [f"    free({b.name});" for b in kernel.scratch]
+        lines.append("  }")
+    else:
+        if omp:
+            lines.append(omp)
+        lines.append(f"  for (int64_t o = 0; o < {outer}; o++) {{")
+        printer.stmts(kernel.body, 2, lines)
+        lines.append("  }")
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+

@@ -1,0 +1,81 @@
+"""The cpu target with C kernels (``kernel_language="c"``): one shared library, called through ctypes.
+
+Plans are the cpu target's (the same wrapper code, arena and library calls); only the fused
+kernels differ: C with OpenMP (``codegen/cpu_c.py``) compiled by the system's C compiler into one
+library (``runtime/native_kernels.py``) instead of Numba functions. Library ops always run as torch
+calls here (the cpu target's Numba-only kernels for attention and 16-bit GEMVs are not used).
+A saved module carries its kernels in this form, so that loading it needs no Numba.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+from ..codegen.cpu_c import PRELUDE, c_source, param_ctype
+from ..codegen.dead_code import drop_dead_lets
+from ..codegen.kernel import Kernel
+from ..codegen.scratch import use_scratch_rows
+from ..codegen.shared_kernels import share_structure
+from ..ir.core import Op
+from ..log import logger
+from .cpu import CpuTarget, _parallel
+from .native_kernels import Flat, NativeFunction, NativeLibrary, argument_kinds, build_library
+from .program import CompiledKernel
+
+
+def native_function(kernel: Kernel, parallel: bool | None = None) -> NativeFunction:
+    """``kernel`` as a library function, named for its structure and whether it runs in parallel."""
+    parallel = _parallel(kernel) if parallel is None else parallel
+    name = f"{kernel.name}_{'p' if parallel else 's'}"
+    prepared = drop_dead_lets(use_scratch_rows(kernel))
+    kinds = argument_kinds(len(kernel.buffers), len(kernel.sizes), {p: param_ctype(p, prepared) for p in kernel.params})
+    return NativeFunction(name, kinds, c_source(prepared, name, parallel))
+
+
+class NativeCpuTarget(CpuTarget):
+    """CpuTarget whose fused kernels are C; ``library_bytes`` is the compiled library (what a save stores)."""
+
+    language = "c"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.functions: list[NativeFunction] = []
+        self.library_bytes: bytes | None = None
+        self.library: NativeLibrary | None = None
+
+    def source(self, kernel: Kernel) -> str:
+        return native_function(kernel).source
+
+    def compiled_kernels(self, kernels: Sequence[Kernel]) -> list[CompiledKernel]:
+        shared = share_structure(kernels, key=_parallel)
+        return [CompiledKernel(s.kernel, native_function(s.kernel, _parallel(k)).source, values=s.values)
+                for k, s in zip(kernels, shared)]
+
+    def compile(self, kernels: Sequence[CompiledKernel]) -> None:
+        """One library for all distinct kernels (compiled by the C compiler now)."""
+        distinct: dict[str, NativeFunction] = {}
+        names = []
+        for ck in kernels:
+            f = native_function(ck.kernel, "#pragma omp parallel" in ck.source)
+            distinct.setdefault(f.name, f)
+            names.append(f.name)
+        self.functions = list(distinct.values())
+        if not self.functions:
+            return
+        self.library_bytes = build_library(self.functions, PRELUDE)
+        self.library = NativeLibrary.load(self.library_bytes, self.functions)
+        for ck, name in zip(kernels, names):
+            ck.fn = self.library[name]
+        logger("compile").info("%d kernels: %d distinct, compiled as C into %s", len(kernels), len(distinct),
+                               self.library.path)
+
+    def native(self, op: Op) -> Callable[[], Any] | None:
+        return None  # library ops run as torch calls
+
+    def view(self, tensor: torch.Tensor) -> Any:
+        """The tensor as a C kernel receives it (its data pointer); 16-bit floats as their int16 bits."""
+        if tensor.dtype in (torch.bfloat16, torch.float16):
+            tensor = tensor.view(torch.int16)
+        return Flat(tensor)

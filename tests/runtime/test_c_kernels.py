@@ -1,0 +1,63 @@
+"""What is particular to the cpu backend's C kernels (``kernel_language="c"``, what saved modules carry).
+
+The checks both kernel languages pass (models against eager with poisoned buffers, NaN and signed
+zeros in max/min, checked indices and integer division, bit-exact 16-bit conversions, exp within
+1 ulp) are the cpu backend's tests, parametrized over ``KERNEL_LANGUAGES``. Tolerance: float32 1e-5
+relative (sums accumulate in double, torch sums in float in another order).
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import lamina
+from lamina.runtime import native_kernels
+from tests.conftest import rel_error
+from tests.runtime.test_cpu_backend import _Exp
+
+pytestmark = pytest.mark.skipif(native_kernels.compiler() is None, reason="no C compiler on this machine")
+
+F32_TOL = 1e-5
+
+
+def c_compile(model: nn.Module, args: tuple, **kwargs) -> lamina.CompiledModule:
+    return lamina.compile(model, args, kernel_language="c", poison=True, **kwargs)
+
+
+class _ConcatThenScale(nn.Module):
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return torch.cat([a * 2, b.exp()], dim=-1).tanh()
+
+
+def test_a_concatenation_splits_its_loop() -> None:
+    a, b = torch.randn(6, 33), torch.randn(6, 70)
+    compiled = c_compile(_ConcatThenScale(), (a, b))
+    source = next(iter(compiled._executor.kernels.values())).source
+    assert "j = 0; j < 33;" in source and "j = 33; j < 103;" in source  # one loop per piece, no select
+    assert rel_error(compiled(a, b), _ConcatThenScale()(a, b)) <= F32_TOL
+
+
+class _TwoNorms(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.LayerNorm(384), nn.LayerNorm(640)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.a(x) * 2, self.b(y) * 2
+
+
+def test_a_kernel_shared_by_two_sizes_takes_them_as_arguments() -> None:
+    model = _TwoNorms()
+    x, y = torch.randn(8, 384), torch.randn(8, 640)
+    compiled = c_compile(model, (x, y))
+    functions = {f.name for f in compiled._executor.target.functions}
+    assert len(compiled._executor.kernels) == 2 and len(functions) == 1
+    for got, want in zip(compiled(x, y), model(x, y)):
+        assert rel_error(got, want) <= F32_TOL
+
+
+def test_no_compiler_is_a_clear_error(monkeypatch) -> None:
+    monkeypatch.setattr(native_kernels, "compiler", lambda: None)
+    with pytest.raises(native_kernels.NativeBuildError, match="no C compiler"):
+        c_compile(_Exp(), (torch.randn(8),))
