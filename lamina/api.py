@@ -34,7 +34,7 @@ def trace(model: torch.nn.Module, example_inputs: Sequence[Any] | torch.Tensor,
 def compile(model: torch.nn.Module, example_inputs: Sequence[Any] | torch.Tensor, *, backend: str = "cpu",
             pipeline: str | None = None, fallback: bool = True, example_kwargs: Mapping[str, Any] | None = None,
             dynamic_shapes: Any = None, dump_dir: str | None = None, poison: bool = False,
-            kernel_language: str = "cuda_c", calibration: Any = None, state: Any = None) -> CompiledModule:
+            kernel_language: str | None = None, calibration: Any = None, state: Any = None) -> CompiledModule:
     """Compile ``model`` for inputs like ``example_inputs``; the result is called like the model.
 
     ``pipeline`` is a pass-pipeline string (``None``: ``default_pipeline(backend)``).
@@ -44,7 +44,8 @@ def compile(model: torch.nn.Module, example_inputs: Sequence[Any] | torch.Tensor
     ``dynamic_shapes`` (torch.export's) makes dims symbolic, so other sizes run without recompiling;
     ``"auto"`` lets every dim of every tensor input vary that the model does not fix (a decode step with a
     growing KV cache).
-    ``backend="cuda"`` runs CUDA C kernels through CuPy, or Numba-CUDA with ``kernel_language="numba"``.
+    ``backend="cuda"`` runs CUDA C kernels through CuPy, or Numba-CUDA with ``kernel_language="numba"``;
+    ``backend="cpu"`` runs Numba kernels, or C kernels in one shared library with ``kernel_language="c"``.
     ``poison`` fills every buffer with NaN (or -7) before each run, so unwritten elements show (for tests).
     ``calibration`` (``lamina.calibrate(model, batches)``) feeds the passes that choose per layer, such as
     ``quantize{budget=5.0}``.

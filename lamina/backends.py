@@ -52,10 +52,25 @@ def _reference(graph: "Graph", options: "CompileOptions") -> Any:
     return reference_executor(graph)
 
 
+# the languages each backend's kernels can be written in, its default first
+KERNEL_LANGUAGES = MappingProxyType({"cpu": ("numba", "c"), "cuda": ("cuda_c", "numba"), "reference": ()})
+
+
+def kernel_language(name: str, options: "CompileOptions") -> str | None:
+    """The kernel language ``options`` ask of backend ``name`` (its default when they name none)."""
+    languages = KERNEL_LANGUAGES[name]
+    if options.kernel_language is None:
+        return languages[0] if languages else None
+    if options.kernel_language not in languages:
+        raise LaminaError(f"kernel_language={options.kernel_language!r} is not one of the {name} backend's: "
+                          f"{', '.join(languages) or 'it compiles no kernels'}")
+    return options.kernel_language
+
+
 def _cpu(graph: "Graph", options: "CompileOptions") -> Any:
     from .runtime.cpu import CpuExecutor
 
-    if options.kernel_language == "c":  # C kernels in one shared library (runtime/native_cpu.py)
+    if kernel_language("cpu", options) == "c":  # C kernels in one shared library (runtime/native_cpu.py)
         from .runtime.native_cpu import NativeCpuTarget
         from .runtime.program import Executor
 
@@ -66,7 +81,7 @@ def _cpu(graph: "Graph", options: "CompileOptions") -> Any:
 def _cuda(graph: "Graph", options: "CompileOptions") -> Any:
     from .runtime.cuda import CudaExecutor
 
-    return CudaExecutor(graph, options.kernel_language, poison=options.poison)
+    return CudaExecutor(graph, kernel_language("cuda", options), poison=options.poison)
 
 
 def _require_gpu() -> None:

@@ -13,17 +13,19 @@ from .errors import LaminaError
 
 @dataclass(frozen=True)
 class RunReport:
-    """Seconds: ``load`` (parse, plan, kernels), ``first`` call, ``median`` of the later ``calls``."""
+    """Seconds: ``load`` (a frozen plan thawed, or parse, plan, kernels), ``first`` call, ``median`` of
+    the later ``calls``; ``how`` it was loaded."""
 
     load: float
     first: float
     median: float
     calls: int
     outputs: list[str]
+    how: str = "planned on load"
 
     def table(self, path: Path) -> str:
         rows = [("load", self.load), ("first call", self.first), (f"median of {self.calls} calls", self.median)]
-        lines = [f"{path}:", *(f"  {name:<22} {seconds * 1e3:9.2f} ms" for name, seconds in rows)]
+        lines = [f"{path} ({self.how}):", *(f"  {name:<22} {seconds * 1e3:9.2f} ms" for name, seconds in rows)]
         return "\n".join([*lines, *(f"  output {o}" for o in self.outputs)])
 
 
@@ -38,6 +40,8 @@ def random_arguments(compiled: Any, sizes: dict[str, int], seed: int = 0) -> tup
     from .ir.dtypes import to_torch
 
     generator = torch.Generator().manual_seed(seed)
+    if hasattr(compiled, "input_specs"):  # a FrozenModule: fixed shapes, tensors only
+        return tuple(_random(shape, dtype, generator) for shape, dtype in compiled.input_specs), {}
     inputs = compiled.graph.user_inputs
     flat: list[Any] = []
     for role in compiled.imported.roles:
@@ -46,14 +50,19 @@ def random_arguments(compiled: Any, sizes: dict[str, int], seed: int = 0) -> tup
         elif isinstance(role, InputRole):
             ty = inputs[role.index].type
             shape = [_size(d, sizes, inputs[role.index].hint or f"input {role.index}") for d in ty.shape]
-            dtype = to_torch(ty.dtype)
-            if ty.dtype.is_float:
-                flat.append(torch.randn(shape, generator=generator).to(dtype))
-            else:
-                flat.append(torch.randint(0, 2, shape, generator=generator).to(dtype))
+            flat.append(_random(shape, to_torch(ty.dtype), generator))
         else:
             flat.append(compiled._weights[role.key])
     return pytree.tree_unflatten(flat, compiled.imported.in_spec)
+
+
+def _random(shape: Any, dtype: Any, generator: Any) -> Any:
+    """Floats from a normal distribution, integers in [0, 2), booleans."""
+    import torch
+
+    if dtype.is_floating_point:
+        return torch.randn(list(shape), generator=generator).to(dtype)
+    return torch.randint(0, 2, list(shape), generator=generator).to(dtype)
 
 
 def _size(d: Any, sizes: dict[str, int], name: str) -> int:
@@ -86,4 +95,5 @@ def run_saved(path: Path, repeats: int, sizes: dict[str, int], backend: str | No
             times.append(time.perf_counter() - t)
     outputs = [f"{list(t.shape)} {str(t.dtype).removeprefix('torch.')}" for t in torch.utils._pytree.tree_leaves(result)
                if isinstance(t, torch.Tensor)]
-    return RunReport(loaded - start, first, statistics.median(times) if times else float("nan"), repeats, outputs)
+    how = "frozen plan" if hasattr(compiled, "input_specs") else "planned on load"
+    return RunReport(loaded - start, first, statistics.median(times) if times else float("nan"), repeats, outputs, how)

@@ -10,34 +10,40 @@ them by name, as transformers registers its outputs and caches). A result type t
 cannot serialize is an error ``save`` names.
 
 The file also carries the compiled kernels (``codegen/cache_bundle.py``), installed into the kernel
-cache on load so that a fresh process or machine starts without compiling. Like an AOTInductor
-package's shared library they are machine code: ``lamina.load(path, compiled_kernels=False)`` ignores
-them and compiles every kernel from the graph, and then nothing in the file is executable (no pickle,
-no code: the weights, the graph text and JSON).
+cache on load so that a fresh process or machine starts without compiling. A module with fixed shapes
+on the cpu backend also carries a frozen plan (``runtime/freeze.py``, ``runtime/frozen.py``): its
+wrapper code, how to rebuild each object it uses, and its kernels as one C shared library, so that
+``lamina.load`` returns a ``FrozenModule`` without parsing, planning, SymPy or Numba (the first output
+of the GPT-2 stack of ``benchmarks/warm_start.py`` within 0.1 s). The plan is used only on a machine
+with the same lamina and torch and the CPU features its kernels were compiled for; otherwise the
+module is planned again from its graph. Like an AOTInductor package's shared library, the kernels and
+the plan's code run as they are: ``lamina.load(path, compiled_kernels=False)`` ignores them and
+compiles every kernel from the graph, and then nothing in the file is executable (no pickle, no code:
+the weights, the graph text and JSON).
 """
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.utils._pytree as pytree
 
 from .errors import LaminaError
-from .ir import quant_format
-from .ir.builder import OpEmitter
-from .ir.core import Graph, Param, Value
-from .ir.errors import IRParseError
-from .passes.rewrite import remove_dead
+from .log import logger
+
+if TYPE_CHECKING:
+    from .ir.core import Graph
 
 FORMAT = "lamina-compiled-module"
 VERSION = "2"  # 2: the kernel cache entries travel in the file (tensors under KERNELS)
 READS = ("1", "2")
 KERNELS = "kernels/"  # tensor names of bundled kernel files (a weight's key never holds a '/')
+FROZEN = "frozen/"  # the frozen plan's kernel library and stored buffers (see runtime/frozen.py)
 
 
 class SaveError(LaminaError, ValueError):
@@ -59,8 +65,13 @@ def save(compiled: Any, path: str | Path) -> None:
                         "compile a wrapper that takes and returns tensors") from None
     roles = [_role_json(r) for r in imported.roles]
     tensors = {key: weights[key].detach().contiguous().clone() for key in (p.key for p in graph.params)}
+    frozen = _frozen(compiled, graph, tensors)
     kernels = _kernel_files(compiled)
     tensors.update({KERNELS + f.path: torch.frombuffer(bytearray(f.data), dtype=torch.uint8) for f in kernels})
+    if frozen is not None:
+        plan, buffers, library = frozen
+        tensors.update({f"{FROZEN}buffer.{k}": t for k, t in buffers.items()})
+        tensors[f"{FROZEN}library"] = torch.frombuffer(bytearray(library), dtype=torch.uint8)
     metadata = {
         "format": FORMAT, "version": VERSION, "ir": print_graph(graph), "backend": compiled.options.backend,
         "model_name": compiled.model_name, "roles": json.dumps(roles), **specs,
@@ -68,7 +79,32 @@ def save(compiled: Any, path: str | Path) -> None:
         "kernel_mtimes": json.dumps({f.path: f.mtime_ns for f in kernels}), "built_with": json.dumps(built_with()),
         "checksum": _checksum(tensors),
     }
+    if frozen is not None:
+        metadata["frozen"] = frozen[0].to_json()
     save_file(tensors, str(path), metadata)
+
+
+def _frozen(compiled: Any, graph: "Graph", tensors: Mapping[str, torch.Tensor]) -> tuple[Any, dict, bytes] | None:
+    """The module's frozen plan over the tensors the file stores (``runtime/freeze.py``), or None (logged)
+    when it has none: another backend, symbolic shapes, in-place updates of its arguments, a result that
+    is not a tensor or a tuple or list of them, no C compiler."""
+    from .runtime.freeze import NotFreezable, freeze
+
+    imported = compiled.imported
+    output = "single" if imported.out_spec.is_leaf() else getattr(compiled, "_flat_output", None)
+    why = ("it runs on the {} backend".format(compiled.options.backend) if compiled.options.backend != "cpu" else
+           "its arguments are not only tensors" if not compiled._plain_args else
+           "it updates its arguments in place" if imported.mutations else
+           "its result is not a tensor or a tuple or list of tensors" if output is None else None)
+    if why is None:
+        try:
+            kind = "single" if output == "single" else type(output).__name__
+            return freeze(graph, {p.key: tensors[p.key] for p in graph.params}, kind)
+        except NotFreezable as e:
+            why = str(e)
+    logger("cache").info("%s: saved without a frozen plan (%s); lamina.load will plan it again",
+                         compiled.model_name, why)
+    return None
 
 
 def is_saved(path: str | Path) -> bool:
@@ -116,16 +152,33 @@ def _kernel_files(compiled: Any) -> list:
     return bundle(cache) if cache is not None else []
 
 
-def load(path: str | Path, backend: str | None = None, compiled_kernels: bool = True) -> Any:
-    """The CompiledModule saved at ``path``, on its saved backend or ``backend``; with
-    ``compiled_kernels=False`` the kernels in the file are ignored (see the module doc)."""
+def load(path: str | Path, backend: str | None = None, compiled_kernels: bool = True, frozen: bool = True) -> Any:
+    """The module saved at ``path``, on its saved backend or ``backend``; with ``compiled_kernels=False``
+    the kernels in the file are ignored (see the module doc). A file with a frozen plan that this machine
+    can run (same lamina and torch, a CPU with the features its kernels were compiled for) gives a
+    ``FrozenModule`` (``runtime/frozen_module.py``): it behaves as the CompiledModule and reaches its
+    first output without tracing, planning or compiling; ``frozen=False`` plans it again instead."""
+    path = Path(path)
+    metadata, tensors = _read(path)
+    kernels = {k: tensors.pop(k) for k in [k for k in tensors if k.startswith(KERNELS)]}
+    parts = {k[len(FROZEN):]: tensors.pop(k) for k in [k for k in tensors if k.startswith(FROZEN)]}
+
+    def build_full() -> Any:
+        if compiled_kernels:
+            _install_kernels(path, kernels, metadata)
+        return _compiled_module(path, metadata, tensors, backend)
+
+    if frozen and compiled_kernels and backend in (None, metadata.get("backend")) and "frozen" in metadata:
+        module = _thawed(path, metadata, tensors, parts, build_full)
+        if module is not None:
+            return module
+    return build_full()
+
+
+def _read(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    """The metadata and tensors of a saved module, its format, version and checksum checked."""
     from safetensors import safe_open
 
-    from .api import compile_lowered
-    from .frontends.fx import Imported, Mutation
-    from .ir.parser import parse
-
-    path = Path(path)
     if not path.is_file():
         raise SaveError(f"lamina.load: {path} does not exist")
     try:
@@ -143,9 +196,46 @@ def load(path: str | Path, backend: str | None = None, compiled_kernels: bool = 
     if _checksum(tensors) != metadata.get("checksum"):
         raise SaveError(f"lamina.load: the weights in {path} do not match its checksum (the file is damaged); "
                         "save the module again")
-    kernels = {k: tensors.pop(k) for k in [k for k in tensors if k.startswith(KERNELS)]}
-    if compiled_kernels:
-        _install_kernels(path, kernels, metadata)
+    return metadata, tensors
+
+
+def _thawed(path: Path, metadata: Mapping[str, str], weights: Mapping[str, torch.Tensor],
+            frozen: Mapping[str, torch.Tensor], build_full: Callable[[], Any]) -> Any:
+    """A FrozenModule of the file's frozen plan, or None (logged) when this machine cannot run it."""
+    from .runtime.frozen import FrozenPlan, incompatibility, thaw
+    from .runtime.frozen_module import FrozenModule
+    from .runtime.native_kernels import NativeLibrary
+
+    try:
+        plan = FrozenPlan.from_json(metadata["frozen"])
+    except (ValueError, KeyError, TypeError) as e:
+        logger("cache").info("%s: its frozen plan is not readable here (%s); planning it again", path, e)
+        return None
+    why = incompatibility(plan.built_with)
+    if why is None and "library" not in frozen and plan.functions:
+        why = "its kernel library is missing"
+    if why is not None:
+        logger("cache").info("%s: not using its frozen plan (%s); planning it again", path, why)
+        return None
+    try:
+        library = NativeLibrary.load(frozen["library"].numpy().tobytes(), plan.functions) if plan.functions else None
+        buffers = {k[len("buffer."):]: t for k, t in frozen.items() if k.startswith("buffer.")}
+        run = thaw(plan, weights, buffers, library)
+    except (OSError, AttributeError, KeyError, ValueError) as e:  # a library the loader refuses, a missing part
+        logger("cache").warning("%s: its frozen plan does not load here (%s: %s); planning it again",
+                                path, type(e).__name__, e)
+        return None
+    return FrozenModule(run, plan, build_full, metadata.get("model_name", "model"))
+
+
+def _compiled_module(path: Path, metadata: Mapping[str, str], tensors: dict[str, torch.Tensor],
+                     backend: str | None) -> Any:
+    """The CompiledModule of a file's graph (parsed and planned here)."""
+    from .api import compile_lowered
+    from .frontends.fx import Imported, Mutation
+    from .ir.errors import IRParseError
+    from .ir.parser import parse
+
     try:
         graph = parse(metadata["ir"], filename=f"{path} (saved graph)")
     except IRParseError as e:
@@ -188,10 +278,15 @@ def _install_kernels(path: Path, files: Mapping[str, torch.Tensor], metadata: Ma
     install(KernelCache(), bundled)
 
 
-def fold_quantized_weights(graph: Graph, weights: Mapping[str, torch.Tensor]) -> tuple[Graph, dict[str, torch.Tensor]]:
+def fold_quantized_weights(graph: "Graph", weights: Mapping[str, torch.Tensor]) -> tuple["Graph", dict[str, torch.Tensor]]:
     """``graph`` with each ``quantize`` of a weight replaced by new parameters holding its results
     (``KEY.qweight``, ``KEY.scales``, ``KEY.zeros``), and the weights those need; float weights read
     only by ``quantize`` are dropped."""
+    from .ir import quant_format
+    from .ir.builder import OpEmitter
+    from .ir.core import Param, Value
+    from .passes.rewrite import remove_dead
+
     keys = {p.value: p.key for p in graph.params}
     transposed = {op.results[0]: keys[op.operands[0]] for op in graph.ops  # [in, out] weights, as [out, in]
                   if op.name == "permute" and op.operands[0] in keys and list(op.attrs["dims"]) == [1, 0]}

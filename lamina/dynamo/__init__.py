@@ -63,7 +63,7 @@ def compile_options(options: Mapping[str, Any] | None) -> CompileOptions:
         pipeline = sharded_pipeline(pipeline or default_pipeline(options.get("target", "cpu")), options["tp"])
     return CompileOptions(backend=options.get("target", "cpu"), pipeline=pipeline,
                           fallback=options.get("fallback", True), dump_dir=Path(dump) if dump else None,
-                          poison=options.get("poison", False), kernel_language=options.get("kernel_language", "cuda_c"),
+                          poison=options.get("poison", False), kernel_language=options.get("kernel_language"),
                           calibration=options.get("calibration"))
 
 

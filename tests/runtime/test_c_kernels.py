@@ -61,3 +61,8 @@ def test_no_compiler_is_a_clear_error(monkeypatch) -> None:
     monkeypatch.setattr(native_kernels, "compiler", lambda: None)
     with pytest.raises(native_kernels.NativeBuildError, match="no C compiler"):
         c_compile(_Exp(), (torch.randn(8),))
+
+
+def test_a_kernel_language_the_backend_lacks_is_a_clear_error() -> None:
+    with pytest.raises(lamina.LaminaError, match="kernel_language='cuda_c' is not one of the cpu backend's: numba, c"):
+        lamina.compile(_Exp(), (torch.randn(8),), kernel_language="cuda_c")

@@ -24,7 +24,7 @@ import json, sys, time, torch
 import lamina
 path, inputs, want = sys.argv[1:4]
 t = time.perf_counter()
-m = lamina.load(path, compiled_kernels=sys.argv[4] == "1")
+m = lamina.load(path, compiled_kernels=sys.argv[4] == "1", frozen=False)  # the Numba kernels in the file
 with torch.no_grad():
     out = m(torch.load(inputs))
 seconds = time.perf_counter() - t
