@@ -1,18 +1,21 @@
 """C kernels compiled into one shared library and called through ctypes (no Numba, no JIT).
 
 ``build_library(functions)`` compiles the C of every kernel (``codegen/cpu_c.py``) with the
-system's C compiler (``$CC``, else ``cc``) and OpenMP into one shared object and returns its bytes;
-``NativeLibrary.load(data, functions)`` writes them under the kernel cache (named by their SHA-256,
-so an existing file is reused only when its bytes match) and binds each kernel as a ctypes
-function. The OpenMP runtime is torch's own ``libgomp.so.1`` once torch is imported (the loader
-resolves the library's dependency to the already loaded one): one thread pool for both.
+system's C compiler (``$CC``, else ``cc``) and OpenMP, in parallel parts linked into one shared
+object, and returns its bytes; a build is kept in the cache keyed by the compiler, its flags and the
+sources, so compiling the same kernels again costs nothing. ``NativeLibrary.load(data, functions)``
+writes the bytes under the kernel cache (named by their SHA-256, so an existing file is reused only
+when its bytes match) and binds each kernel as a ctypes function. The OpenMP runtime is torch's own
+``libgomp.so.1`` once torch is imported (the loader resolves the library's dependency to the already
+loaded one): one thread pool for both.
 
 This module imports nothing of lamina's IR, SymPy or Numba: a saved module's fast load
-(``lamina/package.py``) uses it.
+(``lamina/saved.py``, ``runtime/frozen.py``) uses it.
 """
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import os
 import platform
@@ -80,7 +83,7 @@ def compiler() -> str | None:
 
 def compile_flags() -> list[str]:
     """Optimized for this CPU (as Numba compiles for it), OpenMP, no errno from math functions."""
-    flags = ["-O3", "-fPIC", "-shared", "-fopenmp", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=fast"]
+    flags = ["-O3", "-fPIC", "-fopenmp", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=fast"]
     if platform.machine() in ("x86_64", "AMD64"):
         flags += ["-march=native", "-mprefer-vector-width=512"]
     elif platform.machine() in ("aarch64", "arm64"):
@@ -88,19 +91,80 @@ def compile_flags() -> list[str]:
     return flags
 
 
-def build_library(functions: Sequence[NativeFunction], prelude: str) -> bytes:
-    """The shared library of ``functions`` (their sources after ``prelude``), as bytes."""
+@functools.lru_cache(maxsize=4)
+def _compiler_version(cc: str) -> str:
+    done = subprocess.run([cc, "--version"], capture_output=True, text=True)
+    return done.stdout.splitlines()[0] if done.stdout else cc
+
+
+def build_library(functions: Sequence[NativeFunction], prelude: str, workers: int | None = None) -> bytes:
+    """The shared library of ``functions`` (their sources after ``prelude``), as bytes: from the build
+    cache when this compiler, its flags and these sources built it before, else compiled now in up to
+    ``workers`` parallel parts (default: one per core, at most 8) and linked."""
     cc = compiler()
     if cc is None:
         raise NativeBuildError("no C compiler found (set CC, or install gcc or clang)")
+    flags = compile_flags()
+    digest = hashlib.sha256("\0".join([_compiler_version(cc), *flags, prelude, *(f.source for f in functions)])
+                            .encode()).hexdigest()
+    cached = _cached_build(digest)
+    if cached is not None:
+        return cached
+    parts = _balanced(functions, workers or min(os.cpu_count() or 1, 8))
     with tempfile.TemporaryDirectory(prefix="lamina-native-") as tmp:
-        source, library = Path(tmp) / "kernels.c", Path(tmp) / "kernels.so"
-        source.write_text(prelude + "\n" + "\n".join(f.source for f in functions))
-        done = subprocess.run([cc, *compile_flags(), "-o", str(library), str(source), "-lm"],
+        running = []
+        for i, part in enumerate(parts):
+            source, obj = Path(tmp) / f"kernels{i}.c", Path(tmp) / f"kernels{i}.o"
+            source.write_text(prelude + "\n" + "\n".join(f.source for f in part))
+            running.append((obj, subprocess.Popen([cc, *flags, "-c", "-o", str(obj), str(source)],
+                                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)))
+        failures = [err for _, p in running for _, err in [p.communicate()] if p.returncode != 0]
+        if failures:
+            raise NativeBuildError(f"{cc} failed to compile kernels:\n{failures[0][-4000:]}")
+        library = Path(tmp) / "kernels.so"
+        done = subprocess.run([cc, "-shared", "-fopenmp", "-o", str(library), *(str(o) for o, _ in running), "-lm"],
                               capture_output=True, text=True)
         if done.returncode != 0:
-            raise NativeBuildError(f"{cc} failed to compile {len(functions)} kernels:\n{done.stderr[-4000:]}")
-        return library.read_bytes()
+            raise NativeBuildError(f"{cc} failed to link {len(functions)} kernels:\n{done.stderr[-4000:]}")
+        data = library.read_bytes()
+    _store_build(digest, data)
+    return data
+
+
+def _balanced(functions: Sequence[NativeFunction], n: int) -> list[list[NativeFunction]]:
+    """``functions`` in at most ``n`` non-empty parts of about equal source length (longest first)."""
+    parts: list[list[NativeFunction]] = [[] for _ in range(max(1, min(n, len(functions))))]
+    sizes = [0] * len(parts)
+    for f in sorted(functions, key=lambda f: -len(f.source)):
+        i = sizes.index(min(sizes))
+        parts[i].append(f)
+        sizes[i] += len(f.source)
+    return parts
+
+
+def _cached_build(digest: str) -> bytes | None:
+    """A library built before from the same sources, when its bytes still match their recorded hash."""
+    path = library_dir() / "builds" / f"{digest}.so"
+    try:
+        data = path.read_bytes()
+        recorded = path.with_suffix(".sha256").read_text().strip()
+    except OSError:
+        return None
+    return data if hashlib.sha256(data).hexdigest() == recorded else None
+
+
+def _store_build(digest: str, data: bytes) -> None:
+    """Keep a built library for the next build of the same sources (nothing when the cache is not writable)."""
+    directory = library_dir() / "builds"
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        for suffix, content in ((".so", data), (".sha256", hashlib.sha256(data).hexdigest().encode())):
+            fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
+            with os.fdopen(fd, "wb") as f:
+                f.write(content)
+            os.replace(tmp, directory / f"{digest}{suffix}")  # the hash last: until then the entry is a miss
+    except OSError:
+        pass
 
 
 def cpu_features() -> list[str]:

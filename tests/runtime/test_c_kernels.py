@@ -66,3 +66,23 @@ def test_no_compiler_is_a_clear_error(monkeypatch) -> None:
 def test_a_kernel_language_the_backend_lacks_is_a_clear_error() -> None:
     with pytest.raises(lamina.LaminaError, match="kernel_language='cuda_c' is not one of the cpu backend's: numba, c"):
         lamina.compile(_Exp(), (torch.randn(8),), kernel_language="cuda_c")
+
+
+def test_a_library_built_before_comes_from_the_cache_and_a_damaged_one_is_rebuilt(tmp_path, monkeypatch) -> None:
+    from lamina.codegen.cpu_c import PRELUDE
+    from lamina.runtime.native_cpu import native_function
+
+    monkeypatch.setenv("LAMINA_CACHE_DIR", str(tmp_path))
+    compiled = lamina.compile(_Exp(), (torch.randn(8),), kernel_language="c")
+    functions = [native_function(ck.kernel) for ck in compiled._executor.kernels.values()]
+    first = native_kernels.build_library(functions, PRELUDE)
+
+    def no_compiler(*args, **kwargs):
+        raise AssertionError("compiled again")
+
+    with monkeypatch.context() as m:
+        m.setattr(native_kernels.subprocess, "Popen", no_compiler)
+        assert native_kernels.build_library(functions, PRELUDE) == first
+    build = next((tmp_path / "native" / "builds").glob("*.so"))
+    build.write_bytes(b"\x7fELF damaged")
+    assert native_kernels.build_library(functions, PRELUDE) == first  # the hash did not match: built again
