@@ -16,7 +16,9 @@ import math
 from typing import Any
 
 from ..ir.dtypes import DType
-from .kernel import Call, Expr, Kernel, Let, Load, Loop, Reduce, Store, Var, body_exprs, reduction_identity, walk
+from .guarded_loads import guarded_read
+from .kernel import (Call, Const, Expr, Kernel, Let, Load, Loop, Reduce, Store, Var, body_exprs, inline_lets, reduction_identity,
+                     walk)
 from .reciprocal import SAFE_RANGE, inverse_name
 from .cpu_statements import CpuStatementPrinter
 from .scalar_printer import infix_forms
@@ -182,12 +184,13 @@ def literal(value: Any, dtype: DType) -> str:
 class CPrinter(CpuStatementPrinter):
     target = "C"
     indent = "  "
-    FORMS = {**infix_forms(floordiv="/", mod="%", logical_and="&&", logical_or="||", logical_xor="!="),
+    FORMS = {**infix_forms(floordiv="/", mod="%", logical_and="&", logical_or="|", logical_xor="!="),
              "min": "({0} < {1} ? {0} : {1})", "max": "({0} > {1} ? {0} : {1})", "neg": "(-{0})",
              "logical_not": "(!{0})", "where": "({0} ? {1} : {2})"}
 
     def __init__(self, half_buffers: dict[str, DType] | None = None) -> None:
         self.half_buffers = half_buffers or {}
+        self.lets: dict[str, Expr] = {}  # the kernel's bindings so far (names are unique in a kernel)
 
     def literal(self, value: Any, dtype: DType) -> str:
         return literal(value, dtype)
@@ -208,6 +211,15 @@ class CPrinter(CpuStatementPrinter):
             return f"{op}{'f' if single else ''}({a[0]})"
         if op == "pow":
             return f"{'powf' if single else 'pow'}({a[0]}, {a[1]})"
+        if op == "where":
+            read = self.guarded_read(e.args[0], e.args[1])
+            if read is not None:  # a padded window's read: a load under its guard (codegen/guarded_loads.py)
+                guard, load = read
+                if guard is None:
+                    return load
+                if isinstance(guard, Const):
+                    return a[2]
+                return f"({self.expr(guard)} ? {load} : {a[2]})"
         if op in ("maximum", "minimum"):
             if dt.is_float:
                 return f"lm_{op[:3]}{'f' if single else 'd'}({a[0]}, {a[1]})"
@@ -228,7 +240,21 @@ class CPrinter(CpuStatementPrinter):
         return None
 
     def let(self, s: Let) -> str:
-        return f"const {COMPUTE[s.value.dtype]} {s.name} = {self.expr(s.value)};"
+        text = f"const {COMPUTE[s.value.dtype]} {s.name} = {self.expr(s.value)};"
+        self.lets[s.name] = s.value
+        return text
+
+    def guarded_read(self, guard: Expr, value: Expr) -> tuple[Expr | None, str] | None:
+        """For ``where(guard, value, pad)`` with ``value`` a load: the guard still needed and the load
+        without the clamps of its index made redundant (``guarded_loads.guarded_read``), or None."""
+        if isinstance(value, Var) and value.name in self.lets:
+            value = self.lets[value.name]
+        if not isinstance(value, Load):
+            return None
+        read = guarded_read(inline_lets(guard, self.lets), inline_lets(value.index, self.lets))
+        if read is None:
+            return None
+        return read[0], self.expr(Load(value.dtype, value.buffer, read[1]))
 
     def store(self, s: Store) -> str:
         value = self.expr(s.value)

@@ -94,6 +94,12 @@ def _substitute(e: Expr, known: dict[str, Const]) -> Expr:
     return e
 
 
+def simplify(e: Expr, env: dict[str, Interval]) -> Expr:
+    """``e`` with every comparison, ``min``/``max`` and ``where`` that the integer intervals ``env`` of its
+    variables decide replaced by its value (exact wherever the variables lie in their intervals)."""
+    return _simplify(e, env)[0]
+
+
 def _simplify(e: Expr, env: dict[str, Interval]) -> tuple[Expr, Interval]:
     if isinstance(e, Const):
         return e, ((e.value, e.value) if not e.dtype.is_float and e.dtype is not DType.bool else _UNKNOWN)

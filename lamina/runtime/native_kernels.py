@@ -83,7 +83,7 @@ def compiler() -> str | None:
 
 def compile_flags() -> list[str]:
     """Optimized for this CPU (as Numba compiles for it), OpenMP, no errno from math functions."""
-    flags = ["-O3", "-fPIC", "-fopenmp", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=fast"]
+    flags = ["-O3", "-fPIC", "-fopenmp", "-fno-math-errno", "-ffp-contract=fast"]
     if platform.machine() in ("x86_64", "AMD64"):
         flags += ["-march=native", "-mprefer-vector-width=512"]
     elif platform.machine() in ("aarch64", "arm64"):

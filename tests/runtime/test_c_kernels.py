@@ -86,3 +86,62 @@ def test_a_library_built_before_comes_from_the_cache_and_a_damaged_one_is_rebuil
     build = next((tmp_path / "native" / "builds").glob("*.so"))
     build.write_bytes(b"\x7fELF damaged")
     assert native_kernels.build_library(functions, PRELUDE) == first  # the hash did not match: built again
+
+
+class _DepthwiseBlock(nn.Module):
+    """A padded depthwise convolution with batch norm and ReLU6 (MobileNet's block), stride and dilation
+    as given, and a padded 3x3 max pool: the reads a padded window makes through clamped indices."""
+
+    def __init__(self, stride: int, dilation: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(8, 8, 3, stride=stride, padding=dilation, dilation=dilation, groups=8, bias=False)
+        self.norm = nn.BatchNorm2d(8)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        y = nn.functional.relu6(self.norm(self.conv(x)))
+        return y, nn.functional.max_pool2d(x, 3, stride=2, padding=1)
+
+
+@pytest.mark.parametrize("stride,dilation", [(1, 1), (2, 1), (1, 2)])
+def test_padded_window_reads_are_loads_under_their_guard(stride: int, dilation: int) -> None:
+    """The C printer drops the clamps a read's guard (or the loop's range) makes redundant and loads
+    under the guard (codegen/guarded_loads.py): the same numbers as eager at every border."""
+    model = _DepthwiseBlock(stride, dilation).eval()
+    with torch.no_grad():
+        model.norm.running_var.uniform_(0.5, 2.0)
+        model.norm.running_mean.normal_()
+    x = torch.randn(2, 8, 17, 23)
+    x[0, 0, 0, 0] = float("nan")  # a NaN at a corner reaches exactly the windows that cover it
+    compiled = c_compile(model, (x,))
+    sources = "".join(ck.source for ck in compiled._executor.kernels.values())
+    assert " ? in0[" in sources or " ? in1[" in sources
+    with torch.no_grad():
+        for got, want in zip(compiled(x), model(x)):
+            assert torch.equal(got.isnan(), want.isnan())
+            keep = ~want.isnan()
+            assert rel_error(got[keep], want[keep]) <= F32_TOL
+
+
+def test_unclamped_index_drops_only_the_clamps_its_guard_proves() -> None:
+    from lamina.codegen.guarded_loads import guarded_read, unclamped_index
+    from lamina.codegen.kernel import Call, Const, LoopVar, Var
+    from lamina.ir.dtypes import DType
+
+    i64, b = DType.i64, DType.bool
+    j, r = LoopVar(i64, "j", 56), Var(i64, "r")
+    shifted = Call(i64, "sub", (j, Const(i64, 1)))
+
+    def clamp(e):
+        return Call(i64, "min", (Call(i64, "max", (e, Const(i64, 0))), Call(i64, "sub", (Const(i64, 56), Const(i64, 1)))))
+
+    inside = Call(b, "logical_and", (Call(b, "ge", (shifted, Const(i64, 0))), Call(b, "lt", (shifted, Const(i64, 56)))))
+    index = Call(i64, "add", (Call(i64, "mul", (r, Const(i64, 56))), clamp(shifted)))
+    assert unclamped_index(inside, index) == Call(i64, "add", (Call(i64, "mul", (r, Const(i64, 56))), shifted))
+    only_low = Call(b, "ge", (shifted, Const(i64, 0)))  # i < n unproven: only the max(i, 0) goes
+    upper = Call(i64, "min", (shifted, Call(i64, "sub", (Const(i64, 56), Const(i64, 1)))))
+    assert unclamped_index(only_low, index) == Call(i64, "add", (Call(i64, "mul", (r, Const(i64, 56))), upper))
+    assert unclamped_index(Call(b, "lt", (shifted, Const(i64, 56))), Call(i64, "max", (shifted, Const(i64, 0)))) is None
+    guard, read = guarded_read(inside, index)
+    # j - 1 < 56 holds for every j < 56: what is left of the guard is j - 1 >= 0
+    assert guard == Call(b, "ge", (shifted, Const(i64, 0)))
+    assert read == Call(i64, "add", (Call(i64, "mul", (r, Const(i64, 56))), shifted))
