@@ -50,8 +50,10 @@ class SaveError(LaminaError, ValueError):
     """A compiled module that cannot be saved, or a file that cannot be loaded; the message says why."""
 
 
-def save(compiled: Any, path: str | Path) -> None:
-    """Write ``compiled`` (a CompiledModule) to ``path`` (see the module doc)."""
+def save(compiled: Any, path: str | Path, frozen: bool | None = None) -> None:
+    """Write ``compiled`` (a CompiledModule) to ``path`` (see the module doc). ``frozen``: with a frozen
+    plan when the module allows one and it runs about as fast as the module (None, the default), whenever
+    the module allows one (True), or never (False)."""
     from .ir.printer import print_graph
     from safetensors.torch import save_file
 
@@ -65,11 +67,11 @@ def save(compiled: Any, path: str | Path) -> None:
                         "compile a wrapper that takes and returns tensors") from None
     roles = [_role_json(r) for r in imported.roles]
     tensors = {key: weights[key].detach().contiguous().clone() for key in (p.key for p in graph.params)}
-    frozen = _frozen(compiled, graph, tensors)
+    plan = _frozen(compiled, graph, tensors, frozen) if frozen is not False else None
     kernels = _kernel_files(compiled)
     tensors.update({KERNELS + f.path: torch.frombuffer(bytearray(f.data), dtype=torch.uint8) for f in kernels})
-    if frozen is not None:
-        plan, buffers, library = frozen
+    if plan is not None:
+        buffers, library = plan[1], plan[2]
         tensors.update({f"{FROZEN}buffer.{k}": t for k, t in buffers.items()})
         tensors[f"{FROZEN}library"] = torch.frombuffer(bytearray(library), dtype=torch.uint8)
     metadata = {
@@ -79,15 +81,17 @@ def save(compiled: Any, path: str | Path) -> None:
         "kernel_mtimes": json.dumps({f.path: f.mtime_ns for f in kernels}), "built_with": json.dumps(built_with()),
         "checksum": _checksum(tensors),
     }
-    if frozen is not None:
-        metadata["frozen"] = frozen[0].to_json()
+    if plan is not None:
+        metadata["frozen"] = plan[0].to_json()
     save_file(tensors, str(path), metadata)
 
 
-def _frozen(compiled: Any, graph: "Graph", tensors: Mapping[str, torch.Tensor]) -> tuple[Any, dict, bytes] | None:
+def _frozen(compiled: Any, graph: "Graph", tensors: Mapping[str, torch.Tensor],
+            always: bool | None) -> tuple[Any, dict, bytes] | None:
     """The module's frozen plan over the tensors the file stores (``runtime/freeze.py``), or None (logged)
     when it has none: another backend, symbolic shapes, in-place updates of its arguments, a result that
-    is not a tensor or a tuple or list of them, no C compiler."""
+    is not a tensor or a tuple or list of them, no C compiler, or (unless ``always``) C kernels slower
+    than the module's own."""
     from .runtime.freeze import NotFreezable, freeze
 
     imported = compiled.imported
@@ -99,7 +103,8 @@ def _frozen(compiled: Any, graph: "Graph", tensors: Mapping[str, torch.Tensor]) 
     if why is None:
         try:
             kind = "single" if output == "single" else type(output).__name__
-            return freeze(graph, {p.key: tensors[p.key] for p in graph.params}, kind)
+            planned = None if always else (lambda xs: compiled._run(xs, compiled._weights))
+            return freeze(graph, {p.key: tensors[p.key] for p in graph.params}, kind, planned)
         except NotFreezable as e:
             why = str(e)
     logger("cache").info("%s: saved without a frozen plan (%s); lamina.load will plan it again",

@@ -340,12 +340,13 @@ class CompiledModule:
         self._sources[key] = whole  # what the caller holds: a later call passing it again is no change
         return shard.take(whole, self._rank).contiguous()
 
-    def save(self, path: Any) -> None:
+    def save(self, path: Any, frozen: bool | None = None) -> None:
         """Write this module to one safetensors file that ``lamina.load(path)`` runs without the model
-        (``lamina/saved.py``): its lowered graph, its weights (quantized layers packed), its call signature."""
+        (``lamina/saved.py``): its lowered graph, its weights (quantized layers packed), its call signature,
+        and a frozen plan (``frozen``: see ``lamina.save``)."""
         from ..saved import save
 
-        save(self, path)
+        save(self, path, frozen)
 
     @property
     def quantization(self) -> list[Any]:

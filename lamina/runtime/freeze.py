@@ -10,7 +10,9 @@ offset into its weight holds for the tensors ``lamina.load`` reads back.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+import statistics
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from typing import Any
 
@@ -27,11 +29,18 @@ class NotFreezable(Exception):
     """Why a module's plan cannot be frozen (the file is saved without one)."""
 
 
-def freeze(graph: Graph, weights: Mapping[str, torch.Tensor],
-           output: str) -> tuple[FrozenPlan, dict[str, torch.Tensor], bytes]:
+# a frozen plan may be this much slower than the module's own plan (Numba kernels) and still be saved
+SLOWER_AT_MOST = 1.1
+
+
+def freeze(graph: Graph, weights: Mapping[str, torch.Tensor], output: str,
+           planned: Callable[[list[torch.Tensor]], Any] | None = None) -> tuple[FrozenPlan, dict[str, torch.Tensor], bytes]:
     """The frozen plan of ``graph`` over ``weights`` (the tensors the file stores), the buffers it
     needs stored beside them (by key), and its kernel library's bytes; ``output`` is how the module
-    returns its results (``FrozenPlan.output``)."""
+    returns its results (``FrozenPlan.output``). With ``planned`` (the module's own call on a list of
+    inputs) the frozen plan must run within ``SLOWER_AT_MOST`` of it on random inputs of its shapes:
+    gcc leaves some kernels scalar that LLVM vectorizes (strided reads under a mask), and a warm start
+    should not cost every later call."""
     from .native_cpu import NativeCpuTarget
 
     if any(not isinstance(d, int) for v in graph.inputs for d in v.type.shape):
@@ -49,6 +58,8 @@ def freeze(graph: Graph, weights: Mapping[str, torch.Tensor],
     if executor.loops:
         raise NotFreezable("it has loop or routed-layer regions")
     plan = executor.build_plan((), weights)
+    if planned is not None:
+        _compare_speed(graph, lambda xs: plan.run(xs, ()), planned)
     names = set(re.findall(r"\b[A-Za-z_]\w*\b", plan.source))
     glb = plan.run.__globals__
     bases = _Bases(weights, plan.arena)
@@ -57,6 +68,30 @@ def freeze(graph: Graph, weights: Mapping[str, torch.Tensor],
     frozen = FrozenPlan(plan.source, statics, target.functions, 0 if plan.arena is None else plan.arena.numel(),
                         inputs, output, built_with())
     return frozen, bases.stored, target.library_bytes or b""
+
+
+def _compare_speed(graph: Graph, frozen: Callable[[list[torch.Tensor]], Any],
+                   planned: Callable[[list[torch.Tensor]], Any], rounds: int = 5) -> None:
+    """Raise NotFreezable when ``frozen`` takes over ``SLOWER_AT_MOST`` times ``planned``'s median time
+    (interleaved rounds). Integer inputs are zeros (always a valid index); a call that fails (a zero
+    divisor) leaves the question open and the plan is frozen."""
+    inputs = [torch.randn(v.type.shape).to(_torch_dtype(v)) if v.type.dtype.is_float
+              else torch.zeros(v.type.shape, dtype=_torch_dtype(v)) for v in graph.inputs]
+    times: dict[str, list[float]] = {"frozen": [], "planned": []}
+    try:
+        with torch.no_grad():  # not inference mode: a plan built now keeps its arena for normal calls
+            for round_ in range(rounds + 2):
+                for name, run in (("frozen", frozen), ("planned", planned)):
+                    start = time.perf_counter()
+                    run(inputs)
+                    if round_ >= 2:  # the first two warm the caches (and compile what is lazy)
+                        times[name].append(time.perf_counter() - start)
+    except Exception:  # noqa: BLE001 - these inputs are not valid for the model: nothing measured
+        return
+    mine, theirs = statistics.median(times["frozen"]), statistics.median(times["planned"])
+    if mine > SLOWER_AT_MOST * theirs:
+        raise NotFreezable(f"its C kernels take {mine * 1e3:.2f} ms a call where its Numba kernels take "
+                           f"{theirs * 1e3:.2f} ms (save with frozen=True to keep the fast start anyway)")
 
 
 def _torch_dtype(v: Any) -> torch.dtype:

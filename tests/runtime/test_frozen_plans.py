@@ -46,7 +46,7 @@ print(json.dumps({"kind": type(m).__name__, "error": float((out - want).abs().ma
 def gpt2(tmp_path_factory) -> tuple[nn.Module, torch.Tensor, Path]:
     root = tmp_path_factory.mktemp("frozen")
     model, (idx,) = make_gpt2_stack(batch=2, seq=16, d_model=64, n_layers=2, vocab=96)
-    lamina.save(lamina.compile(model, (idx,)), root / "gpt2.lamina")
+    lamina.save(lamina.compile(model, (idx,)), root / "gpt2.lamina", frozen=True)
     return model, idx, root / "gpt2.lamina"
 
 
@@ -136,7 +136,7 @@ class _TwoResults(nn.Module):
 
 def test_a_tuple_of_results_comes_back_as_a_tuple(tmp_path) -> None:
     model, x = _TwoResults().eval(), torch.randn(5, 48)
-    lamina.save(lamina.compile(model, (x,)), tmp_path / "two.lamina")
+    lamina.save(lamina.compile(model, (x,)), tmp_path / "two.lamina", frozen=True)
     loaded = lamina.load(tmp_path / "two.lamina")
     assert isinstance(loaded, FrozenModule)
     got, want = loaded(x), model(x)
@@ -209,7 +209,7 @@ def test_a_quantized_module_is_saved_without_a_frozen_plan(tmp_path, caplog) -> 
 
 def test_a_loaded_module_saves_again(gpt2, tmp_path) -> None:
     model, idx, path = gpt2
-    lamina.save(lamina.load(path), tmp_path / "again.lamina")
+    lamina.save(lamina.load(path), tmp_path / "again.lamina", frozen=True)
     with torch.no_grad():
         assert rel_error(lamina.load(tmp_path / "again.lamina")(idx), model(idx)) <= F32_TOL
 
@@ -219,3 +219,22 @@ def test_lamina_run_says_it_used_the_frozen_plan(gpt2, capsys) -> None:
     assert cli(["run", str(path), "--repeats", "2"]) == 0
     out = capsys.readouterr().out
     assert "(frozen plan)" in out and "output [2, 16, 96] float32" in out
+
+
+def test_by_default_a_plan_slower_than_the_module_is_not_frozen(tmp_path, monkeypatch, caplog) -> None:
+    """``lamina.save`` times the frozen plan against the module's own (interleaved medians) and keeps it
+    only within SLOWER_AT_MOST; here the bound is 0, so any plan is too slow, and then no bound at all."""
+    from lamina.runtime import freeze
+
+    model, x = _TwoResults().eval(), torch.randn(5, 48)
+    compiled = lamina.compile(model, (x,))
+    monkeypatch.setattr(freeze, "SLOWER_AT_MOST", 0.0)
+    with caplog.at_level(logging.INFO, logger="lamina.cache"):
+        lamina.save(compiled, tmp_path / "slow.lamina")
+    assert "its C kernels take" in caplog.text and "frozen=True" in caplog.text
+    assert not isinstance(lamina.load(tmp_path / "slow.lamina"), FrozenModule)
+    monkeypatch.setattr(freeze, "SLOWER_AT_MOST", float("inf"))
+    lamina.save(compiled, tmp_path / "fast.lamina")
+    assert isinstance(lamina.load(tmp_path / "fast.lamina"), FrozenModule)
+    lamina.save(compiled, tmp_path / "never.lamina", frozen=False)
+    assert not isinstance(lamina.load(tmp_path / "never.lamina"), FrozenModule)
