@@ -136,6 +136,14 @@ def test_symbolic_shapes_are_refused_clearly() -> None:
         to_mlir(graph)
 
 
+def test_a_negative_pad_is_refused_with_what_to_do() -> None:
+    graph = parse("graph @g(%x: f32[4, 6]) {\n"
+                  "  %y = pad(%x) {low=[0, -1], high=[0, 2], value=0.0} : f32[4, 7]\n"
+                  "  return %y\n}\n")
+    with pytest.raises(MLIRExportError, match=r"pad.*negative padding \(a crop\).*slice the tensor instead"):
+        to_mlir(graph)
+
+
 def test_a_newton_expanded_stack_exports_and_runs_under_iree() -> None:
     """stack (the stacked layer weights) and layer_scan (the Newton prefix sum) have MLIR lowerings."""
     model, args = make_gpt2_stack(n_layers=3)
