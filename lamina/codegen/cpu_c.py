@@ -107,13 +107,18 @@ static inline float lm_bits_to_f32(int32_t bits) { float f; memcpy(&f, &bits, 4)
 static inline float lm_exp32(float x) {
   float c = x < -104.0f ? -104.0f : x;
   c = c > 88.72283f ? 88.72283f : c;
-  const float n = floorf(c * 1.44269504088896341f + 0.5f);
+  /* floor through an int32 conversion: gcc vectorizes that, and floorf only with -fno-trapping-math
+     (which stops it vectorizing other loops); |t| < 2^31 here, and a NaN x stays NaN through r */
+  const float t = c * 1.44269504088896341f + 0.5f;
+  int32_t ti = (int32_t)t;
+  ti -= (float)ti > t;
+  const float n = (float)ti;
   const float r = c - n * 0.693359375f - n * -2.12194440e-4f;
   const float z = r * r;
   const float p = ((((1.9875691500e-4f * r + 1.3981999507e-3f) * r + 8.3334519073e-3f) * r + 4.1665795894e-2f) * r
                    + 1.6666665459e-1f) * r + 5.0000001201e-1f;
   float y = p * z + r + 1.0f;
-  const int32_t ni = (int32_t)n, h = ni >> 1;
+  const int32_t ni = ti, h = ni >> 1;
   y = y * lm_bits_to_f32((h + 127) << 23) * lm_bits_to_f32((ni - h + 127) << 23);
   return x > 88.72283f ? INFINITY : y;
 }
