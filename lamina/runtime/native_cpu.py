@@ -21,7 +21,8 @@ from ..codegen.shared_kernels import share_structure
 from ..ir.core import Op
 from ..log import logger
 from .cpu import CpuTarget, _parallel
-from .native_kernels import Flat, NativeFunction, NativeLibrary, argument_kinds, build_library
+from .frozen import kernel_view
+from .native_kernels import NativeFunction, NativeLibrary, argument_kinds, build_library
 from .program import CompiledKernel
 
 
@@ -76,6 +77,4 @@ class NativeCpuTarget(CpuTarget):
 
     def view(self, tensor: torch.Tensor) -> Any:
         """The tensor as a C kernel receives it (its data pointer); 16-bit floats as their int16 bits."""
-        if tensor.dtype in (torch.bfloat16, torch.float16):
-            tensor = tensor.view(torch.int16)
-        return Flat(tensor)
+        return kernel_view(tensor)  # what a thawed plan makes too
