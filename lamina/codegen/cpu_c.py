@@ -16,11 +16,13 @@ import math
 from typing import Any
 
 from ..ir.dtypes import DType
-from .guarded_loads import guarded_read
+from .guarded_loads import guarded_read, invariant_guard_terms
+from .loop_nest import nested
 from .kernel import (Call, Const, Expr, Kernel, Let, Load, Loop, Reduce, Store, Var, body_exprs, inline_lets, reduction_identity,
                      walk)
 from .reciprocal import SAFE_RANGE, inverse_name
 from .cpu_statements import CpuStatementPrinter
+from .fastmath32 import C_SOURCE as FAST32_C
 from .scalar_printer import infix_forms
 
 # storage types; 16-bit floats travel as their bits and compute in float (COMPUTE)
@@ -39,10 +41,20 @@ PRELUDE = r"""
 #include <stdlib.h>
 #include <string.h>
 
-static inline float lm_maxf(float a, float b) { return (a != a || a > b || (a == b && !signbit(a))) ? a : b; }
-static inline float lm_minf(float a, float b) { return (a != a || a < b || (a == b && signbit(a))) ? a : b; }
-static inline double lm_maxd(double a, double b) { return (a != a || a > b || (a == b && !signbit(a))) ? a : b; }
-static inline double lm_mind(double a, double b) { return (a != a || a < b || (a == b && signbit(a))) ? a : b; }
+/* NaN-propagating max and min, +0 above -0 (torch's), as selects only (no branches, so gcc
+   vectorizes the loops using them): equal values meet bitwise, AND for max (+0 from -0 and +0), OR
+   for min; a NaN a is kept by the last select, a NaN b by the first */
+#define LM_MINMAX(T, S, I) \
+  static inline T lm_max##S(T a, T b) { \
+    I ia, ib; memcpy(&ia, &a, sizeof(T)); memcpy(&ib, &b, sizeof(T)); \
+    const I both = ia & ib; T eq; memcpy(&eq, &both, sizeof(T)); \
+    T m = a > b ? a : b; m = a == b ? eq : m; return a != a ? a : m; } \
+  static inline T lm_min##S(T a, T b) { \
+    I ia, ib; memcpy(&ia, &a, sizeof(T)); memcpy(&ib, &b, sizeof(T)); \
+    const I either = ia | ib; T eq; memcpy(&eq, &either, sizeof(T)); \
+    T m = a < b ? a : b; m = a == b ? eq : m; return a != a ? a : m; }
+LM_MINMAX(float, f, int32_t)
+LM_MINMAX(double, d, int64_t)
 static inline float lm_max_nan_f(float a, float b) { return b != b ? b : lm_maxf(a, b); }
 static inline float lm_min_nan_f(float a, float b) { return b != b ? b : lm_minf(a, b); }
 static inline double lm_max_nan_d(double a, double b) { return b != b ? b : lm_maxd(a, b); }
@@ -101,64 +113,7 @@ static inline int64_t lm_int_fmod(int64_t a, int64_t b, int64_t* err, int64_t ch
 LM_FLOAT_HELPERS(float, f, fmodf, floorf)
 LM_FLOAT_HELPERS(double, d, fmod, floor)
 
-/* float32 exp, tanh and erf as plain arithmetic, so loops using them vectorize (libm's are scalar
-   calls); the formulas and constants of codegen/fastmath32.py, which the Numba kernels use */
-static inline float lm_bits_to_f32(int32_t bits) { float f; memcpy(&f, &bits, 4); return f; }
-static inline float lm_exp32(float x) {
-  float c = x < -104.0f ? -104.0f : x;
-  c = c > 88.72283f ? 88.72283f : c;
-  /* floor through an int32 conversion: gcc vectorizes that, and floorf only with -fno-trapping-math
-     (which stops it vectorizing other loops); |t| < 2^31 here, and a NaN x stays NaN through r */
-  const float t = c * 1.44269504088896341f + 0.5f;
-  int32_t ti = (int32_t)t;
-  ti -= (float)ti > t;
-  const float n = (float)ti;
-  const float r = c - n * 0.693359375f - n * -2.12194440e-4f;
-  const float z = r * r;
-  const float p = ((((1.9875691500e-4f * r + 1.3981999507e-3f) * r + 8.3334519073e-3f) * r + 4.1665795894e-2f) * r
-                   + 1.6666665459e-1f) * r + 5.0000001201e-1f;
-  float y = p * z + r + 1.0f;
-  const int32_t ni = ti, h = ni >> 1;
-  y = y * lm_bits_to_f32((h + 127) << 23) * lm_bits_to_f32((ni - h + 127) << 23);
-  return x > 88.72283f ? INFINITY : y;
-}
-static inline float lm_tanh32(float x) {
-  float c = x < -7.90531110763549805f ? -7.90531110763549805f : x;
-  c = c > 7.90531110763549805f ? 7.90531110763549805f : c;
-  const float x2 = c * c;
-  float p = -2.76076847742355e-16f;
-  p = p * x2 + 2.00018790482477e-13f;
-  p = p * x2 + -8.60467152213735e-11f;
-  p = p * x2 + 5.12229709037114e-08f;
-  p = p * x2 + 1.48572235717979e-05f;
-  p = p * x2 + 6.37261928875436e-04f;
-  p = p * x2 + 4.89352455891786e-03f;
-  p = p * c;
-  float q = 1.19825839466702e-06f;
-  q = q * x2 + 1.18534705686654e-04f;
-  q = q * x2 + 2.26843463243900e-03f;
-  q = q * x2 + 4.89352518554385e-03f;
-  return p / q;
-}
-static inline float lm_erf32(float x) {
-  float c = x < -4.0f ? -4.0f : x;
-  c = c > 4.0f ? 4.0f : c;
-  const float x2 = c * c;
-  float p = -2.72614225801306e-10f;
-  p = p * x2 + 2.77068142495902e-08f;
-  p = p * x2 + -2.10102402082508e-06f;
-  p = p * x2 + -5.69250639462346e-05f;
-  p = p * x2 + -7.34990630326855e-04f;
-  p = p * x2 + -2.95459980854025e-03f;
-  p = p * x2 + -1.60960333262415e-02f;
-  p = p * c;
-  float q = -1.45660718464996e-05f;
-  q = q * x2 + -2.13374055278905e-04f;
-  q = q * x2 + -1.68282697438203e-03f;
-  q = q * x2 + -7.37332916720468e-03f;
-  q = q * x2 + -1.42647390514189e-02f;
-  return p / q;
-}
+""" + FAST32_C + r"""
 #define lm_fmod(a, b) _Generic((a), float: fmodf, default: fmod)((a), (b))
 #define lm_remainder(a, b) _Generic((a), float: lm_remainder_f, default: lm_remainder_d)((a), (b))
 #define lm_floor_divide(a, b) _Generic((a), float: lm_floor_divide_f, default: lm_floor_divide_d)((a), (b))
@@ -189,6 +144,8 @@ def literal(value: Any, dtype: DType) -> str:
 class CPrinter(CpuStatementPrinter):
     target = "C"
     indent = "  "
+    nest_divided_loops = True  # gcc vectorizes no 64-bit division
+    affine_splits = True  # ... nor masked strided reads: a stride-2 window's last column runs apart
     FORMS = {**infix_forms(floordiv="/", mod="%", logical_and="&", logical_or="|", logical_xor="!="),
              "min": "({0} < {1} ? {0} : {1})", "max": "({0} > {1} ? {0} : {1})", "neg": "(-{0})",
              "logical_not": "(!{0})", "where": "({0} ? {1} : {2})"}
@@ -196,6 +153,35 @@ class CPrinter(CpuStatementPrinter):
     def __init__(self, half_buffers: dict[str, DType] | None = None) -> None:
         self.half_buffers = half_buffers or {}
         self.lets: dict[str, Expr] = {}  # the kernel's bindings so far (names are unique in a kernel)
+        self.known: frozenset[Expr] = frozenset()  # guard terms known to hold here (a versioned loop's test)
+        self.inner_loops = 0  # how many loops inside the kernel's outer loop enclose what is printed now
+
+    def counted_loop(self, var: str, start: str | None, stop: str, body: tuple, depth: int, out: list[str]) -> None:
+        """The loop, versioned on the guard terms of its padded reads that do not depend on it (a row
+        at the window's edge): where they all hold the loop reads without masks, which gcc vectorizes
+        for strided reads too (it vectorizes no masked strided load)."""
+        self.inner_loops += 1
+        try:
+            self.versioned_counted_loop(var, start, stop, body, depth, out)
+        finally:
+            self.inner_loops -= 1
+
+    def versioned_counted_loop(self, var: str, start: str | None, stop: str, body: tuple, depth: int,
+                               out: list[str]) -> None:
+        single = start is not None and start.isdigit() and stop.isdigit() and int(stop) - int(start) <= 1
+        terms = [] if single else invariant_guard_terms(var, body, self.lets, self.known)  # nothing to vectorize in one
+        if not terms:
+            super().counted_loop(var, start, stop, body, depth, out)
+            return
+        pad = self.indent * depth
+        out.append(pad + f"if ({' && '.join(self.expr(t) for t in terms)}) {{")
+        outer = self.known
+        self.known = outer | frozenset(terms)
+        super().counted_loop(var, start, stop, body, depth + 1, out)
+        self.known = outer
+        out.append(pad + "} else {")
+        super().counted_loop(var, start, stop, body, depth + 1, out)
+        out.append(pad + "}")
 
     def literal(self, value: Any, dtype: DType) -> str:
         return literal(value, dtype)
@@ -216,7 +202,8 @@ class CPrinter(CpuStatementPrinter):
             return f"{op}{'f' if single else ''}({a[0]})"
         if op == "pow":
             return f"{'powf' if single else 'pow'}({a[0]}, {a[1]})"
-        if op == "where":
+        if op == "where" and self.inner_loops:  # the outer loop is not vectorized: there a select of a
+            # clamped load runs without branches, which beats a load under its guard
             read = self.guarded_read(e.args[0], e.args[1])
             if read is not None:  # a padded window's read: a load under its guard (codegen/guarded_loads.py)
                 guard, load = read
@@ -256,7 +243,7 @@ class CPrinter(CpuStatementPrinter):
             value = self.lets[value.name]
         if not isinstance(value, Load):
             return None
-        read = guarded_read(inline_lets(guard, self.lets), inline_lets(value.index, self.lets))
+        read = guarded_read(inline_lets(guard, self.lets), inline_lets(value.index, self.lets), self.known)
         if read is None:
             return None
         return read[0], self.expr(Load(value.dtype, value.buffer, read[1]))
@@ -286,6 +273,7 @@ class CPrinter(CpuStatementPrinter):
         init = reduction_identity(s.kind, s.dtype)
         acc = f"{s.acc}_acc"
         out.append(f"{pad}{COMPUTE[acc_type]} {acc} = {literal(init, acc_type)};")
+        self.inner_loops += 1
         simple = not any(isinstance(x, (Loop, Reduce)) for x in s.body)
         if wide and simple:  # reassociating the sum lets it vectorize, as Numba's fastmath 'reassoc' does
             out.append(f"{pad}#pragma omp simd reduction(+:{acc})")
@@ -301,6 +289,7 @@ class CPrinter(CpuStatementPrinter):
             cmp = ">" if s.kind == "max" else "<"
             out.append(f"{pad}  {{ const {COMPUTE[s.dtype]} v_ = {value}; if (v_ {cmp} {acc}) {acc} = v_; }}")
         out.append(f"{pad}}}")
+        self.inner_loops -= 1
         out.append(f"{pad}const {COMPUTE[s.dtype]} {s.acc} = ({COMPUTE[s.dtype]}){acc};")
 
 
@@ -343,10 +332,14 @@ def c_source(kernel: Kernel, name: str, parallel: bool) -> str:
         lines += [f"    free({b.name});" for b in kernel.scratch]
         lines.append("  }")
     else:
+        rows = nested(Loop("o", kernel.outer, kernel.body))  # o // w and o % w: rows of w, an inner loop
+        var, body = ("o", kernel.body) if rows is None else (rows.var, rows.body)
+        if rows is not None:
+            outer = printer.expr(rows.extent)
         if omp:
             lines.append(omp)
-        lines.append(f"  for (int64_t o = 0; o < {outer}; o++) {{")
-        printer.stmts(kernel.body, 2, lines)
+        lines.append(f"  for (int64_t {var} = 0; {var} < {outer}; {var}++) {{")
+        printer.stmts(body, 2, lines)
         lines.append("  }")
     lines.append("}")
     return "\n".join(lines) + "\n"

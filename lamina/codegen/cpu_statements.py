@@ -1,6 +1,7 @@
 """The statement walk both CPU kernel printers share (Numba's Python and C), with per-language spellings.
 
 What the two decide alike: a loop along a concatenation runs one loop per piece (``loop_split.py``),
+a loop over a flattened 2-d range may run as two nested loops (``loop_nest.py``, C only for now),
 a short loop dividing by row constants is versioned to multiply by their reciprocals where those are
 normal numbers (``reciprocal.py``), and every other loop runs as written. A language gives its
 spelling of a binding, a store, a counted loop, an if/else, and the reciprocal's range test.
@@ -8,6 +9,7 @@ spelling of a binding, a store, a counted loop, an if/else, and the reciprocal's
 from __future__ import annotations
 
 from .kernel import Let, Loop, Reduce, Store, Var
+from .loop_nest import nested
 from .loop_split import pieces, split_points
 from .reciprocal import invariant_divisors, multiply_by_inverses
 from .scalar_printer import ScalarPrinter
@@ -15,6 +17,8 @@ from .scalar_printer import ScalarPrinter
 
 class CpuStatementPrinter(ScalarPrinter):
     indent = "    "
+    nest_divided_loops = False  # run a loop over a flattened 2-d range as two (codegen/loop_nest.py)
+    affine_splits = False  # split loops where affine comparisons of their index flip (a window's edges)
 
     def let(self, s: Let) -> str:
         raise NotImplementedError
@@ -46,10 +50,12 @@ class CpuStatementPrinter(ScalarPrinter):
                 out.append(pad + self.let(s))
             elif isinstance(s, Store):
                 out.append(pad + self.store(s))
+            elif isinstance(s, Loop) and self.nest_divided_loops and nested(s) is not None:
+                self.stmts((nested(s),), depth, out)
             elif isinstance(s, Loop) and invariant_divisors(s):
                 self.versioned_loop(s, invariant_divisors(s), depth, out)
-            elif isinstance(s, Loop) and split_points(s):  # a concat along it: one loop per piece
-                for start, stop, piece in pieces(s):
+            elif isinstance(s, Loop) and split_points(s, self.affine_splits):  # one loop per piece
+                for start, stop, piece in pieces(s, self.affine_splits):
                     self.counted_loop(s.var, str(start), str(stop), piece, depth, out)
             elif isinstance(s, Loop):
                 self.counted_loop(s.var, None, self.expr(s.extent), s.body, depth, out)

@@ -1,13 +1,75 @@
-"""Vectorizable float32 exp, tanh and erf for the Numba CPU target.
+"""Vectorizable float32 exp, tanh and erf for the CPU kernels, written once for Numba and for C.
 
-Numba calls libm's scalar ``expf``/``tanhf``/``erff`` for ``math.*``; without Intel's SVML
-LLVM cannot vectorize loops that contain them. These versions are plain arithmetic (plus
-one integer-to-float bit cast for 2^n), so LLVM vectorizes the kernels that use them.
+Numba calls libm's scalar ``expf``/``tanhf``/``erff`` for ``math.*``, and gcc calls them from C;
+neither compiler vectorizes a loop around a call. These versions are plain arithmetic (plus
+bit casts for 2^n), so both compilers vectorize the kernels that use them. The constants live in
+the tables below and both printers read them: ``SOURCE`` (Numba functions ``exp32``, ``tanh32``,
+``erf32``) and ``C_SOURCE`` (``lm_exp32``, ``lm_tanh32``, ``lm_erf32``) compute the same formulas.
 Accuracy: exp (Cephes) within 1 ulp over its whole range, subnormal results included; tanh and
-erf (Eigen's rational fits) within a few ulp.
-"""
+erf (Eigen's rational fits) within a few ulp. A NaN input gives NaN.
 
-SOURCE = r'''
+exp rounds ``x / ln 2`` to an integer ``n`` in two ways. Numba: ``floor(t + 0.5)``, which LLVM
+vectorizes, and which stays right when the function is inlined into a kernel compiled with
+``reassoc`` (attention's). C: by adding and subtracting 1.5 * 2^23 and reading ``n`` from the sum's
+bits, float arithmetic only: gcc vectorizes no loop that clamps a value and then converts it to an
+integer (it splits the clamped path off), and ``floorf`` only under ``-fno-trapping-math``; C kernels
+are compiled without reassociation. The two can differ only where ``t`` is within rounding of a
+half-integer, and both reductions are exact there.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class RationalFit:
+    """``p(x) / q(x)`` on ``x`` clamped to ``[-clamp, clamp]``; p odd (``x * P(x^2)``), q even."""
+    clamp: float
+    p: tuple[float, ...]  # coefficients of P in x^2, highest power first
+    q: tuple[float, ...]  # coefficients of Q in x^2, highest power first
+
+
+EXP_LOW = -104.0                 # exp(-104) rounds to 0 in float32
+EXP_HIGH = 88.72283              # above: inf
+LOG2E = 1.44269504088896341
+LN2_HIGH, LN2_LOW = 0.693359375, -2.12194440e-4  # ln 2 split so n * LN2_HIGH is exact
+EXP_POLY = (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1)
+ROUND_SHIFT = 12582912.0         # 1.5 * 2^23: t + this, minus this, is t rounded to an integer
+ROUND_SHIFT_BITS = 0x4B400000    # its bits; the rounded integer is the sum's bits minus these
+
+FITS = {
+    "tanh": RationalFit(7.90531110763549805,
+                        p=(-2.76076847742355e-16, 2.00018790482477e-13, -8.60467152213735e-11, 5.12229709037114e-08,
+                           1.48572235717979e-05, 6.37261928875436e-04, 4.89352455891786e-03),
+                        q=(1.19825839466702e-06, 1.18534705686654e-04, 2.26843463243900e-03, 4.89352518554385e-03)),
+    "erf": RationalFit(4.0,
+                       p=(-2.72614225801306e-10, 2.77068142495902e-08, -2.10102402082508e-06, -5.69250639462346e-05,
+                          -7.34990630326855e-04, -2.95459980854025e-03, -1.60960333262415e-02),
+                       q=(-1.45660718464996e-05, -2.13374055278905e-04, -1.68282697438203e-03, -7.37332916720468e-03,
+                          -1.42647390514189e-02)),
+}
+
+
+def _horner(coefficients: tuple[float, ...], x: str, const) -> str:
+    """``(((c0 * x + c1) * x + c2) ...)`` with each constant printed by ``const``."""
+    text = const(coefficients[0])
+    for c in coefficients[1:]:
+        text = f"({text} * {x} + {const(c)})"
+    return text
+
+
+def _numba_source() -> str:
+    f = lambda v: f"np.float32({v!r})"  # noqa: E731
+    i = lambda v: f"np.int32({v})"  # noqa: E731
+    rational = "".join(f'''
+
+@numba.njit(inline="always", fastmath={{"contract"}}, error_model="numpy")
+def {name}32(x):
+    c = np.minimum(np.maximum(x, {f(-fit.clamp)}), {f(fit.clamp)})  # NaN flows through
+    x2 = c * c
+    return c * {_horner(fit.p, "x2", f)} / {_horner(fit.q, "x2", f)}
+''' for name, fit in FITS.items())
+    return f'''
 from numba.core import types as _types
 from numba.extending import intrinsic as _intrinsic
 
@@ -22,62 +84,49 @@ def _bits_to_f32(typingctx, bits):
     return sig, codegen
 
 
-@numba.njit(inline="always", fastmath={"contract"}, error_model="numpy")
+@numba.njit(inline="always", fastmath={{"contract"}}, error_model="numpy")
 def exp32(x):
-    # clamps by compare-and-select, each one vminps/vmaxps, and a NaN x stays NaN (the select keeps x)
-    c = np.float32(-104.0) if x < np.float32(-104.0) else x  # exp(-104) rounds to 0 in float32
-    c = np.float32(88.72283) if c > np.float32(88.72283) else c
-    n = np.floor(c * np.float32(1.44269504088896341) + np.float32(0.5))  # np.floor keeps float32 (math.floor gives int64)
-    r = c - n * np.float32(0.693359375) - n * np.float32(-2.12194440e-4)
-    z = r * r
-    p = ((((np.float32(1.9875691500e-4) * r + np.float32(1.3981999507e-3)) * r + np.float32(8.3334519073e-3)) * r
-          + np.float32(4.1665795894e-2)) * r + np.float32(1.6666665459e-1)) * r + np.float32(5.0000001201e-1)
-    y = p * z + r + np.float32(1.0)
+    # clamps by compare-and-select (vminps/vmaxps); a NaN x stays NaN (the select keeps x)
+    c = {f(EXP_LOW)} if x < {f(EXP_LOW)} else x
+    c = {f(EXP_HIGH)} if c > {f(EXP_HIGH)} else c
+    n = np.floor(c * {f(LOG2E)} + {f(0.5)})  # np.floor keeps float32 (math.floor gives int64)
+    r = c - n * {f(LN2_HIGH)} - n * {f(LN2_LOW)}
+    y = {_horner(EXP_POLY, "r", f)} * (r * r) + r + {f(1.0)}
     # 2^n as 2^h * 2^(n-h), h = n // 2: both factors are normal for n in [-150, 128], so results
     # below 2^-126 come out as the subnormals they are (one bit shift cannot make those)
     ni = np.int32(n)
-    h = ni >> np.int32(1)
-    y = y * _bits_to_f32((h + np.int32(127)) << np.int32(23)) * _bits_to_f32((ni - h + np.int32(127)) << np.int32(23))
+    h = ni >> {i(1)}
+    y = y * _bits_to_f32((h + {i(127)}) << {i(23)}) * _bits_to_f32((ni - h + {i(127)}) << {i(23)})
     # above the range -> inf, by select (no division). Row kernels keep exp out of reduction loops
     # (codegen/scratch.py), where a select would stop vectorization.
-    return np.float32(np.inf) if x > np.float32(88.72283) else y
+    return np.float32(np.inf) if x > {f(EXP_HIGH)} else y
+''' + rational
 
 
-@numba.njit(inline="always", fastmath={"contract"}, error_model="numpy")
-def tanh32(x):
-    c = np.minimum(np.maximum(x, np.float32(-7.90531110763549805)), np.float32(7.90531110763549805))
-    x2 = c * c
-    p = np.float32(-2.76076847742355e-16)
-    p = p * x2 + np.float32(2.00018790482477e-13)
-    p = p * x2 + np.float32(-8.60467152213735e-11)
-    p = p * x2 + np.float32(5.12229709037114e-08)
-    p = p * x2 + np.float32(1.48572235717979e-05)
-    p = p * x2 + np.float32(6.37261928875436e-04)
-    p = p * x2 + np.float32(4.89352455891786e-03)
-    p = p * c
-    q = np.float32(1.19825839466702e-06)
-    q = q * x2 + np.float32(1.18534705686654e-04)
-    q = q * x2 + np.float32(2.26843463243900e-03)
-    q = q * x2 + np.float32(4.89352518554385e-03)
-    return p / q  # NaN flows through the clamps
+def _c_source() -> str:
+    f = lambda v: f"{v!r}f"  # noqa: E731
+    rational = "".join(f'''static inline float lm_{name}32(float x) {{
+  float c = x < {f(-fit.clamp)} ? {f(-fit.clamp)} : x;
+  c = c > {f(fit.clamp)} ? {f(fit.clamp)} : c;
+  const float x2 = c * c;
+  return c * {_horner(fit.p, "x2", f)} / {_horner(fit.q, "x2", f)};
+}}
+''' for name, fit in FITS.items())
+    return f'''static inline float lm_bits_to_f32(int32_t bits) {{ float f; memcpy(&f, &bits, 4); return f; }}
+static inline int32_t lm_f32_to_bits(float f) {{ int32_t i; memcpy(&i, &f, 4); return i; }}
+static inline float lm_exp32(float x) {{
+  float c = x < {f(EXP_LOW)} ? {f(EXP_LOW)} : x;
+  c = c > {f(EXP_HIGH)} ? {f(EXP_HIGH)} : c;
+  const float shifted = c * {f(LOG2E)} + {f(ROUND_SHIFT)};
+  const float n = shifted - {f(ROUND_SHIFT)};
+  const float r = c - n * {f(LN2_HIGH)} - n * {f(LN2_LOW)};
+  float y = {_horner(EXP_POLY, "r", f)} * (r * r) + r + 1.0f;
+  const int32_t ni = lm_f32_to_bits(shifted) - {ROUND_SHIFT_BITS}, h = ni >> 1;
+  y = y * lm_bits_to_f32((h + 127) << 23) * lm_bits_to_f32((ni - h + 127) << 23);
+  return x > {f(EXP_HIGH)} ? INFINITY : y;
+}}
+''' + rational
 
 
-@numba.njit(inline="always", fastmath={"contract"}, error_model="numpy")
-def erf32(x):
-    c = np.minimum(np.maximum(x, np.float32(-4.0)), np.float32(4.0))
-    x2 = c * c
-    p = np.float32(-2.72614225801306e-10)
-    p = p * x2 + np.float32(2.77068142495902e-08)
-    p = p * x2 + np.float32(-2.10102402082508e-06)
-    p = p * x2 + np.float32(-5.69250639462346e-05)
-    p = p * x2 + np.float32(-7.34990630326855e-04)
-    p = p * x2 + np.float32(-2.95459980854025e-03)
-    p = p * x2 + np.float32(-1.60960333262415e-02)
-    p = p * c
-    q = np.float32(-1.45660718464996e-05)
-    q = q * x2 + np.float32(-2.13374055278905e-04)
-    q = q * x2 + np.float32(-1.68282697438203e-03)
-    q = q * x2 + np.float32(-7.37332916720468e-03)
-    q = q * x2 + np.float32(-1.42647390514189e-02)
-    return p / q  # NaN flows through the clamps
-'''
+SOURCE = _numba_source()
+C_SOURCE = _c_source()

@@ -12,7 +12,7 @@ the row's alone, which gcc moves out of the loop.
 from __future__ import annotations
 
 from ..ir.dtypes import DType
-from .kernel import Call, Const, Expr, LoopVar, walk
+from .kernel import Call, Const, Expr, Let, Load, Loop, LoopVar, Reduce, Var, body_exprs, inline_lets, walk
 from .loop_split import Interval, simplify
 
 
@@ -86,16 +86,16 @@ def loop_ranges(*exprs: Expr) -> dict[str, Interval]:
     return {v.name: (0, v.extent - 1) for e in exprs for v in walk(e) if isinstance(v, LoopVar) and v.extent > 0}
 
 
-def guarded_read(guard: Expr, index: Expr) -> tuple[Expr | None, Expr] | None:
+def guarded_read(guard: Expr, index: Expr, known: frozenset[Expr] = frozenset()) -> tuple[Expr | None, Expr] | None:
     """For ``where(guard, x[index], pad)`` (lets inlined): the guard still needed (None: always true;
     ``Const(False)``: never) and the index without the clamps that the guard or the loop's range make
-    redundant; None when neither changes anything."""
+    redundant; None when neither changes anything. Terms in ``known`` hold (a versioned loop's test)."""
     env = loop_ranges(guard, index)
     atoms = conjuncts(guard)
     left = [simplify(a, env) for a in atoms]
     if any(isinstance(a, Const) and not a.value for a in left):
         return Const(DType.bool, False), index
-    left = [a for a in left if not isinstance(a, Const)]
+    left = [a for a in left if not isinstance(a, Const) and a not in known]
     bounded = simplify(index, env)
     unclamped = unclamped_index(guard, bounded)
     new_index = unclamped if unclamped is not None else bounded
@@ -105,3 +105,39 @@ def guarded_read(guard: Expr, index: Expr) -> tuple[Expr | None, Expr] | None:
     for a in left:
         remaining = a if remaining is None else Call(DType.bool, "logical_and", (remaining, a))
     return remaining, new_index
+
+
+MAX_VERSIONED_TERMS = 6  # a loop versioned on more guard terms than this stays as it is
+
+
+def invariant_guard_terms(var: str, body: tuple, lets: dict[str, Expr], known: frozenset[Expr]) -> list[Expr]:
+    """The terms of the guards of ``body``'s padded reads (``where(guard, load, pad)``, ``lets`` and the
+    body's own followed) that do not depend on loop ``var`` or any loop inside it, not already
+    ``known``; empty when there are none or more than ``MAX_VERSIONED_TERMS``."""
+    scope = {**lets, **{s.name: s.value for s in body if isinstance(s, Let)}}
+    varying = {var} | _loop_vars(body)
+    terms: list[Expr] = []
+    for expr in body_exprs(body):
+        for e in walk(expr):
+            if not (isinstance(e, Call) and e.op == "where"):
+                continue
+            value = inline_lets(e.args[1], scope)
+            if not isinstance(value, Load):
+                continue
+            read = guarded_read(inline_lets(e.args[0], scope), value.index, known)
+            guard = inline_lets(e.args[0], scope) if read is None else read[0]
+            if guard is None or isinstance(guard, Const):
+                continue
+            for t in conjuncts(guard):
+                names = {v.name for v in walk(t) if isinstance(v, Var)}
+                if not names & varying and not any(isinstance(v, Load) for v in walk(t)) and t not in terms:
+                    terms.append(t)
+    return terms if len(terms) <= MAX_VERSIONED_TERMS else []
+
+
+def _loop_vars(body: tuple) -> set[str]:
+    found: set[str] = set()
+    for s in body:
+        if isinstance(s, (Loop, Reduce)):
+            found |= {s.var} | _loop_vars(s.body)
+    return found

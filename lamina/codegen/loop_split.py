@@ -28,24 +28,26 @@ _COMPARE = {"lt", "le", "gt", "ge"}
 _MIRROR = {"lt": "gt", "le": "ge", "gt": "lt", "ge": "le"}
 
 
-def split_points(loop: Loop) -> list[int]:
+def split_points(loop: Loop, affine: bool = False) -> list[int]:
     """Where the loop's index crosses a constant it is compared with (strictly inside the range);
-    empty when the loop should stay whole."""
+    empty when the loop should stay whole. With ``affine``, also where ``a * j + b`` (the body's lets
+    followed) crosses one: a padded window's edges, ``2 * j + 2 < 112``."""
     if not isinstance(loop.extent, Const):
         return []
     n = int(loop.extent.value)
     points: set[int] = set()
+    lets = {s.name: s.value for s in loop.body if isinstance(s, Let)} if affine else {}
     for expr in body_exprs(loop.body):
         for e in walk(expr):
-            flip = _flip_point(e, loop.var)
+            flip = _flip_point(e, loop.var) if not affine else _affine_flip_point(e, loop.var, lets)
             if flip is not None and 0 < flip < n:
                 points.add(flip)
     return sorted(points) if 0 < len(points) < MAX_PIECES else []
 
 
-def pieces(loop: Loop) -> list[tuple[int, int, tuple]]:
+def pieces(loop: Loop, affine: bool = False) -> list[tuple[int, int, tuple]]:
     """``(start, stop, body)`` for each range of the split loop, the body simplified for it."""
-    bounds = [0, *split_points(loop), int(loop.extent.value)]  # type: ignore[union-attr]
+    bounds = [0, *split_points(loop, affine), int(loop.extent.value)]  # type: ignore[union-attr]
     return [(a, b, specialize(loop.body, loop.var, a, b - 1)) for a, b in zip(bounds, bounds[1:])]
 
 
@@ -61,6 +63,49 @@ def _flip_point(e: Expr, var: str) -> int | None:
         return None
     c = int(b.value)
     return c if op in ("lt", "ge") else c + 1
+
+
+def _affine_flip_point(e: Expr, var: str, lets: dict[str, Expr]) -> int | None:
+    """For ``a * var + b < c`` (and <=, >, >=, either side; ``a`` > 0, lets followed): the first value of
+    ``var`` where the result changes."""
+    if not isinstance(e, Call) or e.op not in _COMPARE or e.args[0].dtype.is_float:
+        return None
+    left, right = (_affine(x, var, lets) for x in e.args)
+    if left is None or right is None:
+        return None
+    a, b = left[0] - right[0], right[1] - left[1]  # a * var  op  b
+    op = e.op
+    if a < 0:
+        a, b, op = -a, -b, _MIRROR[op]
+    if a == 0:
+        return None
+    if op in ("lt", "ge"):  # a * var < b  holds below ceil(b / a)
+        return -(-b // a)
+    return b // a + 1  # a * var <= b  holds up to floor(b / a)
+
+
+def _affine(e: Expr, var: str, lets: dict[str, Expr], depth: int = 0) -> tuple[int, int] | None:
+    """``(a, b)`` with ``e == a * var + b`` (integers), or None."""
+    if depth > 32:
+        return None
+    if isinstance(e, Const) and not e.dtype.is_float and e.dtype is not DType.bool:
+        return 0, int(e.value)
+    if isinstance(e, Var):
+        if e.name == var:
+            return 1, 0
+        return _affine(lets[e.name], var, lets, depth + 1) if e.name in lets else None
+    if isinstance(e, Call) and e.op in ("add", "sub", "mul") and len(e.args) == 2:
+        x, y = (_affine(a, var, lets, depth + 1) for a in e.args)
+        if x is None or y is None:
+            return None
+        if e.op == "add":
+            return x[0] + y[0], x[1] + y[1]
+        if e.op == "sub":
+            return x[0] - y[0], x[1] - y[1]
+        if x[0] and y[0]:
+            return None
+        return x[0] * y[1] + y[0] * x[1], x[1] * y[1]
+    return None
 
 
 def specialize(body: tuple, var: str, lo: int, hi: int) -> tuple:

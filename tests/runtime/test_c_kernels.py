@@ -122,6 +122,48 @@ def test_padded_window_reads_are_loads_under_their_guard(stride: int, dilation: 
             assert rel_error(got[keep], want[keep]) <= F32_TOL
 
 
+class _TfPaddedBlock(nn.Module):
+    """Depthwise stride 2 after padding on the right and bottom only (MobileNetV2's and EfficientNet's
+    TF-style "same" padding), batch norm and SiLU; the same followed by a squeeze mean; a batch norm
+    on a 7 x 7 map."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.convs = nn.ModuleList(nn.Conv2d(8, 8, 3, stride=2, groups=8, bias=False) for _ in range(2))
+        self.norms = nn.ModuleList(nn.BatchNorm2d(8) for _ in range(3))
+
+    def block(self, k: int, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.silu(self.norms[k](self.convs[k](nn.functional.pad(x, (0, 1, 0, 1)))))
+
+    def forward(self, x: torch.Tensor, x2: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return self.block(0, x), self.block(1, x2).mean((2, 3)), nn.functional.relu6(self.norms[2](y))
+
+
+def test_window_edges_and_flattened_rows_run_as_vectorizable_loops() -> None:
+    """The stride-2 window's last column runs apart (an affine split), rows at the bottom edge take the
+    guarded copy of a loop versioned on the row's guard, a mean over H x W and a batch norm over 7 x 7
+    loop over rows: the same numbers as eager at every border, NaN where eager has it."""
+    model = _TfPaddedBlock().eval()
+    with torch.no_grad():
+        for norm in model.norms:
+            norm.running_var.uniform_(0.5, 2.0)
+            norm.running_mean.normal_()
+    x, y = torch.randn(2, 8, 32, 32), torch.randn(2, 8, 7, 7)
+    x[1, 3, 31, 31] = float("nan")  # the bottom-right corner: the last window of the last row
+    compiled = c_compile(model, (x, x.clone(), y))
+    sources = "".join(ck.source for ck in compiled._executor.kernels.values())
+    assert "if ((((o % 16) * 2) >= 0) && " in sources  # a loop versioned on its row's guard
+    assert "j = 15; j < 16" in sources and "r_lo = 15; r_lo < 16" in sources  # last columns apart
+    assert "o_hi" in sources and "r_hi" in sources  # flattened rows as nested loops
+    with torch.no_grad():
+        for trial in range(2):
+            inputs = (x, x.clone(), y) if trial == 0 else (torch.randn_like(x), torch.randn_like(x), torch.randn_like(y))
+            for got, want in zip(compiled(*inputs), model(*inputs)):
+                assert torch.equal(got.isnan(), want.isnan())
+                keep = ~want.isnan()
+                assert rel_error(got[keep], want[keep]) <= F32_TOL
+
+
 def test_unclamped_index_drops_only_the_clamps_its_guard_proves() -> None:
     from lamina.codegen.guarded_loads import guarded_read, unclamped_index
     from lamina.codegen.kernel import Call, Const, LoopVar, Var
