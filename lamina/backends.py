@@ -52,19 +52,29 @@ def _reference(graph: "Graph", options: "CompileOptions") -> Any:
     return reference_executor(graph)
 
 
-# the languages each backend's kernels can be written in, its default first
-KERNEL_LANGUAGES = MappingProxyType({"cpu": ("numba", "c"), "cuda": ("cuda_c", "numba"), "reference": ()})
+# the languages each backend's kernels can be written in, its default first. The cpu backend's C
+# kernels compile 4-8x faster than Numba's and run about as fast (benchmarks/RESULTS.md); without a C
+# compiler on the machine it writes Numba.
+KERNEL_LANGUAGES = MappingProxyType({"cpu": ("c", "numba"), "cuda": ("cuda_c", "numba"), "reference": ()})
 
 
 def kernel_language(name: str, options: "CompileOptions") -> str | None:
     """The kernel language ``options`` ask of backend ``name`` (its default when they name none)."""
     languages = KERNEL_LANGUAGES[name]
     if options.kernel_language is None:
+        if name == "cpu" and _no_c_compiler():
+            return "numba"
         return languages[0] if languages else None
     if options.kernel_language not in languages:
         raise LaminaError(f"kernel_language={options.kernel_language!r} is not one of the {name} backend's: "
                           f"{', '.join(languages) or 'it compiles no kernels'}")
     return options.kernel_language
+
+
+def _no_c_compiler() -> bool:
+    from .runtime.native_kernels import compiler
+
+    return compiler() is None
 
 
 def _cpu(graph: "Graph", options: "CompileOptions") -> Any:

@@ -50,13 +50,13 @@ class Program:
     outputs: list[int] = field(default_factory=list)
     transposed_calls: bool = False
     through_dynamo: bool = False
-    c_kernels: bool = False
+    numba_kernels: bool = False
 
     def source(self) -> str:
         """The program as Python, for a failure report."""
         lines = [f"# called with {'transposed (non-contiguous)' if self.transposed_calls else 'contiguous'} inputs"
                  f"{', also through torch.compile' if self.through_dynamo else ''}"
-                 f"{', also with C kernels' if self.c_kernels else ''}"]
+                 f"{', also with Numba kernels' if self.numba_kernels else ''}"]
         lines += [f"x{i} = {_describe(t)}" for i, t in enumerate(self.inputs)]
         n = len(self.inputs)
         lines += [f"x{n + k} = {s.text.format(*(f'x{a}' for a in s.args))}" for k, s in enumerate(self.steps)]
@@ -402,7 +402,7 @@ def programs(max_steps: int = 6) -> Any:
         program.outputs = sorted(picks)  # intermediates too, some of them views of others
         program.transposed_calls = draw(st.booleans())  # call with non-contiguous inputs (same values)
         program.through_dynamo = draw(st.integers(0, 3)) == 0  # also through torch.compile(backend="lamina")
-        program.c_kernels = draw(st.integers(0, 2)) == 0  # also with the cpu backend's C kernels
+        program.numba_kernels = draw(st.integers(0, 2)) == 0  # also with the cpu backend's other language
         return program
 
     return draw_program()
@@ -458,8 +458,9 @@ def check(program: Program) -> Outcome:
             compiled = lamina.compile(model, args, fallback=False, poison=True)
             ir = str(compiled.graph)
             runners = {"cpu": compiled, "reference": lamina.compile(model, args, fallback=False, backend="reference")}
-            if program.c_kernels and native_kernels.compiler() is not None:
-                runners["cpu, C kernels"] = lamina.compile(model, args, fallback=False, poison=True, kernel_language="c")
+            if program.numba_kernels and native_kernels.compiler() is not None:  # C is the default
+                runners["cpu, Numba kernels"] = lamina.compile(model, args, fallback=False, poison=True,
+                                                               kernel_language="numba")
             if program.through_dynamo:
                 torch._dynamo.reset()
                 runners["torch.compile"] = torch.compile(model, backend=LaminaBackend({"poison": True}))

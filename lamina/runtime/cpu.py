@@ -156,10 +156,10 @@ def _linear16_lines(target: "CpuTarget", kernel: Callable[[], Any], op: Op, args
     views, per_call = [], []
     for name in (*args, out):
         tensor = plan.value_of(name)
-        if tensor is not None and tensor.is_contiguous():
-            views.append(plan.static(target.view(tensor), "H"))
+        if tensor is not None and tensor.is_contiguous():  # a Numba kernel under either kernel language
+            views.append(plan.static(numpy_view(tensor), "H"))
         else:
-            views.append(f"_kernel_view({name})")
+            views.append(f"_numpy_view({name})")
             per_call.append(name)
     if len(args) == 2:
         views.insert(2, views[1])  # no bias: the kernel does not read it
@@ -248,19 +248,25 @@ class CpuTarget(Target):
 
     def namespace(self) -> dict[str, Any]:
         return {"flat_strided": flat_strided, "math": math, "InputMismatchError": InputMismatchError,
-                "_kernel_view": self.view}
+                "_kernel_view": self.view, "_numpy_view": numpy_view}
 
     def view(self, tensor: torch.Tensor) -> Any:
-        """A kernel's flat NumPy view of ``tensor``; 16-bit floats as their int16 bits (NumPy has no bfloat16)."""
-        if tensor.dtype in (torch.bfloat16, torch.float16):
-            tensor = tensor.view(torch.int16)
-        return tensor.numpy().reshape(-1)
+        """A kernel's flat NumPy view of ``tensor`` (``numpy_view``)."""
+        return numpy_view(tensor)
 
     def view_expr(self, name: str) -> str:
         return f"_kernel_view({name}.contiguous())"
 
     def launch(self, fn: str, args: Sequence[str], kernel: Kernel, outer: Size, inner: Size | None) -> str:
         return f"{fn}({', '.join(args)})"
+
+
+def numpy_view(tensor: torch.Tensor) -> Any:
+    """The flat NumPy view a Numba kernel takes of ``tensor``; 16-bit floats as their int16 bits (NumPy
+    has no bfloat16)."""
+    if tensor.dtype in (torch.bfloat16, torch.float16):
+        tensor = tensor.view(torch.int16)
+    return tensor.numpy().reshape(-1)
 
 
 def _argument_kinds(ck: CompiledKernel) -> tuple[str, ...]:

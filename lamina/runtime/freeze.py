@@ -50,7 +50,7 @@ def freeze(graph: Graph, weights: Mapping[str, torch.Tensor], output: str,
     if any(op.name == "qlinear" for op in graph.walk()):
         raise NotFreezable("its quantized linears run on the cpu target's Numba kernels, which a frozen plan "
                            "does not carry")
-    target = NativeCpuTarget()
+    target = NativeCpuTarget(numba_natives=False)
     try:
         executor = Executor(graph, target)
     except NativeBuildError as e:

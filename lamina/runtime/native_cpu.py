@@ -2,9 +2,10 @@
 
 Plans are the cpu target's (the same wrapper code, arena and library calls); only the fused
 kernels differ: C with OpenMP (``codegen/cpu_c.py``) compiled by the system's C compiler into one
-library (``runtime/native_kernels.py``) instead of Numba functions. Library ops always run as torch
-calls here (the cpu target's Numba-only kernels for attention and 16-bit GEMVs are not used).
-A saved module carries its kernels in this form, so that loading it needs no Numba.
+library (``runtime/native_kernels.py``) instead of Numba functions. The cpu target's own kernels for
+library ops (batch-1 attention, 16-bit GEMVs, quantized linears) are Numba's under either language,
+except in a frozen plan. A saved module carries its kernels in this form, so that loading it needs no
+Numba.
 """
 from __future__ import annotations
 
@@ -36,12 +37,17 @@ def native_function(kernel: Kernel, parallel: bool | None = None) -> NativeFunct
 
 
 class NativeCpuTarget(CpuTarget):
-    """CpuTarget whose fused kernels are C; ``library_bytes`` is the compiled library (what a save stores)."""
+    """CpuTarget whose fused kernels are C; ``library_bytes`` is the compiled library (what a save stores).
+
+    With ``numba_natives`` the library ops the cpu target runs on kernels of its own (batch-1 attention,
+    16-bit GEMVs, quantized linears) still do, compiled by Numba on first use; without (a frozen plan,
+    which must load without Numba) they run as torch calls."""
 
     language = "c"
 
-    def __init__(self) -> None:
+    def __init__(self, numba_natives: bool = True) -> None:
         super().__init__()
+        self.numba_natives = numba_natives
         self.functions: list[NativeFunction] = []
         self.library_bytes: bytes | None = None
         self.library: NativeLibrary | None = None
@@ -73,7 +79,7 @@ class NativeCpuTarget(CpuTarget):
                                self.library.path)
 
     def native(self, op: Op) -> Callable[[], Any] | None:
-        return None  # library ops run as torch calls
+        return super().native(op) if self.numba_natives else None
 
     def view(self, tensor: torch.Tensor) -> Any:
         """The tensor as a C kernel receives it (its data pointer); 16-bit floats as their int16 bits."""

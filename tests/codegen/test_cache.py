@@ -75,7 +75,7 @@ import torch, lamina
 from lamina.models import make_mlp
 model, args = make_mlp()
 with torch.no_grad():
-    print(float((lamina.compile(model, args)(*args) - model(*args)).abs().max()))
+    print(float((lamina.compile(model, args, kernel_language="numba")(*args) - model(*args)).abs().max()))
 """
 
 

@@ -227,7 +227,7 @@ class SqueezeExcite(nn.Module):
 def test_a_row_read_from_scratch_is_not_computed_again() -> None:
     torch.manual_seed(2)
     model, x = SqueezeExcite().eval(), torch.randn(1, 16, 14, 14)
-    compiled = lamina.compile(model, (x,), poison=True)
+    compiled = lamina.compile(model, (x,), poison=True, kernel_language="numba")  # reads its Numba source
     with torch.no_grad():
         for got, want in zip(compiled(x), model(x)):
             torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
@@ -262,7 +262,7 @@ def test_short_rows_of_an_nchw_kernel_span_the_plane(size: int) -> None:
     the rows span the channels too only if enough rows are left, else stay as they were."""
     torch.manual_seed(size)
     model, x = NormAct(32).eval(), torch.randn(2, 32, size, size)
-    compiled = lamina.compile(model, (x,), poison=True)
+    compiled = lamina.compile(model, (x,), poison=True, kernel_language="numba")  # reads its Numba source
     with torch.no_grad():
         torch.testing.assert_close(compiled(x), model(x), rtol=1e-5, atol=1e-5)
     source = "".join(compiled._executor.sources().values())

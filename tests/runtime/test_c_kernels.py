@@ -63,8 +63,17 @@ def test_no_compiler_is_a_clear_error(monkeypatch) -> None:
         c_compile(_Exp(), (torch.randn(8),))
 
 
+def test_c_is_the_default_and_numba_where_there_is_no_compiler(monkeypatch) -> None:
+    x = torch.randn(8)
+    assert "void k_" in "".join(lamina.compile(_Exp(), (x,))._executor.sources().values())
+    monkeypatch.setattr(native_kernels, "compiler", lambda: None)
+    compiled = lamina.compile(_Exp(), (x,), poison=True)
+    assert "@numba.njit" in "".join(compiled._executor.sources().values())
+    assert rel_error(compiled(x), _Exp()(x)) <= F32_TOL
+
+
 def test_a_kernel_language_the_backend_lacks_is_a_clear_error() -> None:
-    with pytest.raises(lamina.LaminaError, match="kernel_language='cuda_c' is not one of the cpu backend's: numba, c"):
+    with pytest.raises(lamina.LaminaError, match="kernel_language='cuda_c' is not one of the cpu backend's: c, numba"):
         lamina.compile(_Exp(), (torch.randn(8),), kernel_language="cuda_c")
 
 
