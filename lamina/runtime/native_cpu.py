@@ -48,6 +48,7 @@ class NativeCpuTarget(CpuTarget):
     def __init__(self, numba_natives: bool = True) -> None:
         super().__init__()
         self.numba_natives = numba_natives
+        self.printed: dict[str, NativeFunction] = {}  # each kernel's function, by the source it was printed as
         self.functions: list[NativeFunction] = []
         self.library_bytes: bytes | None = None
         self.library: NativeLibrary | None = None
@@ -56,16 +57,20 @@ class NativeCpuTarget(CpuTarget):
         return native_function(kernel).source
 
     def compiled_kernels(self, kernels: Sequence[Kernel]) -> list[CompiledKernel]:
-        shared = share_structure(kernels, key=_parallel)
-        return [CompiledKernel(s.kernel, native_function(s.kernel, _parallel(k)).source, values=s.values)
-                for k, s in zip(kernels, shared)]
+        compiled = []
+        for k, s in zip(kernels, share_structure(kernels, key=_parallel)):
+            f = native_function(s.kernel, _parallel(k))
+            self.printed[f.source] = f
+            compiled.append(CompiledKernel(s.kernel, f.source, values=s.values))
+        return compiled
 
     def compile(self, kernels: Sequence[CompiledKernel]) -> None:
-        """One library for all distinct kernels (compiled by the C compiler now)."""
+        """One library for all distinct kernels (compiled by the C compiler now); ``kernels`` are those
+        ``compiled_kernels`` made."""
         distinct: dict[str, NativeFunction] = {}
         names = []
         for ck in kernels:
-            f = native_function(ck.kernel, "#pragma omp parallel" in ck.source)
+            f = self.printed[ck.source]
             distinct.setdefault(f.name, f)
             names.append(f.name)
         self.functions = list(distinct.values())
