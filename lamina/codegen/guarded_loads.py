@@ -107,7 +107,8 @@ def guarded_read(guard: Expr, index: Expr, known: frozenset[Expr] = frozenset())
     return remaining, new_index
 
 
-MAX_VERSIONED_TERMS = 6  # a loop versioned on more guard terms than this stays as it is
+MAX_VERSIONED_TERMS = 16  # a loop versioned on more guard terms than this stays as it is (a 3x3 window
+# over NHWC has 12 invariant in its channel loop: 4 per tap row and column, shared)
 
 
 def invariant_guard_terms(var: str, body: tuple, lets: dict[str, Expr], known: frozenset[Expr]) -> list[Expr]:
