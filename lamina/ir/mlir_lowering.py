@@ -707,16 +707,19 @@ class Lowering:
     def op_conv2d(self, op: Op, x: T, w: T, *bias: T) -> T:
         a, dt = op.attrs, x.dtype
         (sh, sw), (ph, pw), (dh, dw) = (pair(k, a[k]) for k in ("stride", "padding", "dilation"))
-        padded = self._pad(x, ph, pw, 0.0)
+        last = a["layout"] == "nhwc"
+        padded = self._pad_dims(x, [0, ph, pw, 0], [0, ph, pw, 0], 0.0) if last else self._pad(x, ph, pw, 0.0)
         out = op.result.type.shape
         per_group_in, per_group_out = w.shape[1], w.shape[0] // a["groups"]
-        # loops: n, o, y, x, c (in-group channel), ky, kx
-        chan = self.floordiv(self.d(1), per_group_out) * per_group_in + self.d(4) if a["groups"] > 1 else self.d(4)
-        x_exprs = [self.d(0), chan, self.d(2) * sh + self.d(5) * dh, self.d(3) * sw + self.d(6) * dw]
-        w_exprs = [self.d(1), self.d(4), self.d(5), self.d(6)]
+        # loops: the output's dims (n, o, y, x; n, y, x, o with layout=nhwc), c (in-group channel), ky, kx
+        o, y_, x_ = (self.d(3), self.d(1), self.d(2)) if last else (self.d(1), self.d(2), self.d(3))
+        chan = self.floordiv(o, per_group_out) * per_group_in + self.d(4) if a["groups"] > 1 else self.d(4)
+        rows, cols = y_ * sh + self.d(5) * dh, x_ * sw + self.d(6) * dw
+        x_exprs = [self.d(0), rows, cols, chan] if last else [self.d(0), chan, rows, cols]
+        w_exprs = [o, self.d(4), self.d(5), self.d(6)]
         y = self.contract((padded, x_exprs), (w, w_exprs), out, 7, [4, 5, 6], dt)
         if bias:
-            y = self.ew(lambda v, b: self.add(v, b, dt), [y, (bias[0], [self.d(1)])], out, dt)
+            y = self.ew(lambda v, b: self.add(v, b, dt), [y, (bias[0], [o])], out, dt)
         return y
 
 

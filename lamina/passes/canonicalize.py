@@ -1,7 +1,6 @@
 """canonicalize: dead code, common subexpressions, constant folding, trivial layout/cast removal."""
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
@@ -9,8 +8,8 @@ import numpy as np
 from ..ir.core import Graph, Op, Value
 from ..ir.opdef import Category
 from ..ir.ops import REGISTRY
-from ..ir.ops.window import pair, pool_geometry
 from .rewrite import Rewriter, apply_rules, rule
+from .windows import depthwise_window_sum, is_pointwise, is_small_depthwise, is_small_max_pool, max_window
 
 
 def _same(op: Op, x: Value) -> bool:
@@ -132,9 +131,7 @@ def _pointwise_conv_as_matmul(op: Op, out: Rewriter) -> tuple[Value, ...] | None
     tensors 1.6-17x slower than the GEMM on the project's CPU (MobileNetV2's 16->96 expansion at
     112x112: 4.2 ms against 0.25)."""
     x, w = op.operands[0], op.operands[1]
-    ones = all(pair(k, op.attrs[k]) == (1, 1) for k in ("stride", "dilation"))
-    if not ones or pair("padding", op.attrs["padding"]) != (0, 0) or op.attrs["groups"] != 1 \
-            or tuple(w.type.shape[2:]) != (1, 1):
+    if not is_pointwise(op) or op.attrs["layout"] != "nchw":
         return None
     n, cin, h, wd = x.type.shape
     cout = w.type.shape[0]
@@ -146,37 +143,6 @@ def _pointwise_conv_as_matmul(op: Op, out: Rewriter) -> tuple[Value, ...] | None
     return (y,)
 
 
-MAX_WINDOW_TERMS = 9  # a window of up to 3x3 taps: its sum (or max) stays one kernel (fuse's MAX_OPS)
-
-
-def _window_geometry(op: Op) -> tuple[tuple[int, int], ...]:
-    """(stride, padding, dilation) of a convolution or pool (a pool's stride defaults to its kernel)."""
-    stride = op.attrs["stride"] or op.attrs["kernel"]
-    return pair("stride", stride), pair("padding", op.attrs["padding"]), pair("dilation", op.attrs.get("dilation", [1]))
-
-
-def _taps(x: Value, op: Op, kernel: tuple[int, int], pad_high: tuple[int, int], fill: float,
-          out: Rewriter) -> list[tuple[int, int, Value]]:
-    """Each tap (i, j) of ``op``'s window with the slice of ``x`` (padded with ``fill``: ``padding`` low,
-    ``pad_high`` high) that the tap reads for every output element: shifted by the tap, strided by the
-    window's stride."""
-    (sh, sw), (ph, pw), (dh, dw) = _window_geometry(op)
-    _, _, oh, ow = op.result.type.shape
-    if ph or pw or any(pad_high):
-        x = out.emit("pad", x, low=[0, 0, ph, pw], high=[0, 0, *pad_high], value=fill, loc=op.loc)
-    taps = []
-    for i in range(kernel[0]):
-        rows = out.emit("slice", x, dim=2, start=i * dh, end=i * dh + (oh - 1) * sh + 1, step=sh, loc=op.loc)
-        for j in range(kernel[1]):
-            taps.append((i, j, out.emit("slice", rows, dim=3, start=j * dw, end=j * dw + (ow - 1) * sw + 1,
-                                        step=sw, loc=op.loc)))
-    return taps
-
-
-def _static_window(x: Value, kernel: tuple[int, int]) -> bool:
-    return kernel[0] * kernel[1] <= MAX_WINDOW_TERMS and all(isinstance(d, int) for d in (*x.type.shape[2:], *kernel))
-
-
 @rule("conv2d")
 def _depthwise_conv_as_window_sum(op: Op, out: Rewriter) -> tuple[Value, ...] | None:
     """A depthwise convolution (one filter per channel) of up to 3x3 taps is a sum of shifted, strided
@@ -184,40 +150,20 @@ def _depthwise_conv_as_window_sum(op: Op, out: Rewriter) -> tuple[Value, ...] | 
     with what reads and feeds it (MobileNet's batch norm and ReLU6) into one kernel that reads the
     input once. oneDNN's NCHW depthwise convolution is the slowest op of MobileNetV2 on the project's
     CPU (96 channels at 112x112: 1.9 ms)."""
-    x, w = op.operands[0], op.operands[1]
-    c = x.type.shape[1]
-    kernel = tuple(w.type.shape[2:])
-    if op.attrs["groups"] != c or w.type.shape[0] != c or w.type.shape[1] != 1 or not _static_window(x, kernel):
-        return None
-    ph, pw = pair("padding", op.attrs["padding"])
-    total = None
-    for i, j, window in _taps(x, op, kernel, (ph, pw), 0.0, out):
-        tap = out.emit("slice", out.emit("slice", w, dim=2, start=i, end=i + 1, step=1, loc=op.loc),
-                       dim=3, start=j, end=j + 1, step=1, loc=op.loc)
-        term = out.emit("mul", window, out.emit("reshape", tap, shape=[1, c, 1, 1], loc=op.loc), loc=op.loc)
-        total = term if total is None else out.emit("add", total, term, loc=op.loc)
-    if len(op.operands) == 3:
-        total = out.emit("add", total, out.emit("reshape", op.operands[2], shape=[1, c, 1, 1], loc=op.loc),
-                         loc=op.loc)
-    return (total,)
+    return (depthwise_window_sum(op, op.operands[0], False, out),) if is_small_depthwise(op) else None
 
 
 @rule("max_pool2d")
 def _max_pool_as_window_max(op: Op, out: Rewriter) -> tuple[Value, ...] | None:
     """A float max pool of up to 3x3 taps is a NaN-propagating maximum of shifted, strided slices of the
-    input padded with -inf, as torch's own max pool computes it: elementwise ops that fuse with the batch
-    norm and ReLU before it. torch's NCHW max pool of ResNet's stem (64 channels at 112x112, batch 8)
-    took 28 ms on the project's CPU, 7% of the model."""
-    x = op.operands[0]
-    kernel = pair("kernel", op.attrs["kernel"])
-    if not x.type.dtype.is_float or not _static_window(x, kernel):
-        return None
-    # ceil_mode's last window may run past the high padding: pad that far too (it never starts there)
-    _, _, _, (ph, pw), _, (eh, ew) = pool_geometry(x.type, op.attrs)
-    result = None
-    for _, _, window in _taps(x, op, kernel, (ph + eh, pw + ew), -math.inf, out):
-        result = window if result is None else out.emit("maximum", result, window, loc=op.loc)
-    return (result,)
+    input padded with -inf: elementwise ops that fuse with the batch norm and ReLU before it. torch's
+    NCHW max pool of ResNet's stem (64 channels at 112x112, batch 8) took 28 ms on the project's CPU,
+    7% of the model."""
+    return (max_window(op, op.operands[0], False, out),) if is_small_max_pool(op) else None
+
+
+# the rules that undo layout changes: other passes that move permutes and reshapes run them too
+LAYOUT_RULES = (_drop_identity_permute, _merge_permutes, _drop_noop_layout, _merge_reshapes)
 
 
 def _full_value(op: Op | None) -> Any:

@@ -109,12 +109,25 @@ def _attention(op: Op, a: list[str], out: str | None, results: Sequence[str], de
     return f"{results[0]} = {attention_expr(op, a)}"
 
 
-@library_call("conv2d")
+@library_call("conv2d", writes_into_out=True)
 def _conv2d(op: Op, a: list[str], out: str | None, results: Sequence[str], derive: Derived) -> str:
+    """An NHWC convolution (``layout=nhwc``) is torch's on the channels-last view of its input, with the
+    weight kept channels-last too (oneDNN would reorder it on every call), written into its arena
+    buffer seen as channels-last NCHW. The input's ``contiguous`` is free when it is dense already (an
+    NHWC image from a kernel) and copies otherwise (the model's NCHW input seen as NHWC)."""
     at = op.attrs
     bias = a[2] if len(a) == 3 else "None"
-    return (f"{results[0]} = torch.nn.functional.conv2d({a[0]}, {a[1]}, {bias}, stride={tuple(at['stride'])}, "
-            f"padding={tuple(at['padding'])}, dilation={tuple(at['dilation'])}, groups={at['groups']})")
+    geometry = f"{list(at['stride'])}, {list(at['padding'])}, {list(at['dilation'])}, False, [0], {at['groups']}"
+    if at["layout"] == "nhwc":
+        weight = derive(a[1], ".contiguous(memory_format=torch.channels_last)")
+        image = f"{a[0]}.permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)"
+        if out is not None:
+            return f"torch.ops.aten.convolution.out({image}, {weight}, {bias}, {geometry}, out={out}.permute(0, 3, 1, 2))"
+        return (f"{results[0]} = torch.ops.aten.convolution({image}, {weight}, {bias}, {geometry})"
+                f".permute(0, 2, 3, 1).contiguous()")
+    if out is not None:
+        return f"torch.ops.aten.convolution.out({a[0]}, {a[1]}, {bias}, {geometry}, out={out})"
+    return f"{results[0]} = torch.ops.aten.convolution({a[0]}, {a[1]}, {bias}, {geometry})"
 
 
 def _window(op: Op, x: str) -> str:

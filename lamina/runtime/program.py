@@ -482,12 +482,16 @@ class _PlanBuilder(PlanContext):
         return self.glb.get(name)
 
     def derive(self, base: str, suffix: str) -> str:
-        """``base + suffix`` as a static view when ``base`` is static and the view shares its memory."""
+        """``base + suffix`` computed once when ``base`` is static: a view that shares its memory, or, of
+        a weight, a copy kept in step with it (a ``Snapshot``: a transposed or channels-last weight)."""
         if base not in self.glb or SIZE_NAME.search(suffix):
             return f"{base}{suffix}"
+        tensor = self.glb[base]
         view = eval(f"{base}{suffix}", self.glb)  # noqa: S307 - our own generated code
-        if view.untyped_storage().data_ptr() != self.glb[base].untyped_storage().data_ptr():
-            return f"{base}{suffix}"  # a copy would be a stale snapshot
+        if view.untyped_storage().data_ptr() != tensor.untyped_storage().data_ptr():
+            if self.in_arena(tensor):
+                return f"{base}{suffix}"  # kernels write the arena: a copy made now would be stale
+            view = self.snapshot([tensor], lambda: eval(f"{base}{suffix}", self.glb))  # noqa: S307
         return self.static(view, "D")
 
     def snapshot(self, sources: Sequence[torch.Tensor], compute: Callable[[], torch.Tensor]) -> torch.Tensor:

@@ -48,7 +48,8 @@ def _fn_names(compiled) -> list[str]:
 def test_stages_of_one_structure_share_their_kernels_and_match_torch() -> None:
     torch.manual_seed(0)
     model, x = Stages().eval(), torch.randn(1, 3, 512, 512)  # rows of 256 and 128 at the first two stages
-    compiled = lamina.compile(model, (x,), poison=True)
+    # NCHW, where a stage's kernel loops over rows of H x W (channels-last's rows are its few channels)
+    compiled = lamina.compile(model, (x,), poison=True, pipeline="canonicalize,fuse")
     with torch.no_grad():
         torch.testing.assert_close(compiled(x), model(x), rtol=1e-5, atol=1e-5)
     names = _fn_names(compiled)
@@ -59,7 +60,7 @@ def test_stages_of_one_structure_share_their_kernels_and_match_torch() -> None:
         assert len(ck.values) == len(ck.kernel.params)
     # another input size: the same shared functions, new values
     y = torch.randn(1, 3, 256, 384)
-    compiled_y = lamina.compile(model, (y,), poison=True)
+    compiled_y = lamina.compile(model, (y,), poison=True, pipeline="canonicalize,fuse")
     with torch.no_grad():
         torch.testing.assert_close(compiled_y(y), model(y), rtol=1e-5, atol=1e-5)
 

@@ -180,6 +180,8 @@ DEFS = [
     _unary("log1p", np.log1p, "log(1 + x), accurate for small x"),
     _composite("sign", _sign, "-1, 0 or 1 by the sign of x (0 for NaN, as torch)", numeric=True),
     _composite("relu", lambda f, x: f.maximum(x, f.const(0)), "max(x, 0)", numeric=True),
+    _composite("copy", lambda f, x: x, "x in memory of its own: a view of weights read once per plan into a "
+               "dense tensor (channels-last's depthwise taps)", numeric=True),
     _unary("neg", np.negative, "-x", numeric=True),
     _unary("abs", np.abs, "|x|", numeric=True),
     OpDef("logical_not", ("x",), lambda t, at: [_checked_bool("logical_not", t[0])],

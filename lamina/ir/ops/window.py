@@ -1,4 +1,4 @@
-"""Sliding-window ops over NCHW images: conv2d, max/avg pooling, and inference batch_norm."""
+"""Sliding-window ops over NCHW images: conv2d (also NHWC), max/avg pooling, and inference batch_norm."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -34,21 +34,28 @@ def _out_size(size: Any, kernel: int, stride: int, pad: int, dilation: int, name
     return out
 
 
+LAYOUTS = ("nchw", "nhwc")  # conv2d's image layouts: channels second, or last (``layout=nhwc``)
+
+
 def _conv_infer(types: Sequence[TensorType], attrs: Mapping[str, Any]) -> list[TensorType]:
     x, w = types[0], types[1]
     same_dtype("conv2d", types)
     need_float("conv2d", x)
     need_rank("conv2d", x, 4)
     need_rank("conv2d", w, 4)
+    if attrs["layout"] not in LAYOUTS:
+        raise InferenceError(f"conv2d: layout must be one of {', '.join(LAYOUTS)}, got {attrs['layout']!r}")
+    last = attrs["layout"] == "nhwc"
+    n, c, h_in, w_in = (x.shape[0], x.shape[3], x.shape[1], x.shape[2]) if last else x.shape
     groups = attrs["groups"]
-    if x.shape[1] != w.shape[1] * groups or w.shape[0] % groups:
+    if c != w.shape[1] * groups or w.shape[0] % groups:
         raise InferenceError(f"conv2d: input {x} and weight {w} disagree on channels with groups={groups}")
     if len(types) == 3 and types[2].shape != (w.shape[0],):
         raise InferenceError(f"conv2d: bias {types[2]} should be [{w.shape[0]}]")
     (sh, sw), (ph, pw), (dh, dw) = (pair("conv2d " + k, attrs[k]) for k in ("stride", "padding", "dilation"))
-    h = _out_size(x.shape[2], w.shape[2], sh, ph, dh, "conv2d")
-    wd = _out_size(x.shape[3], w.shape[3], sw, pw, dw, "conv2d")
-    return [TensorType((x.shape[0], w.shape[0], h, wd), x.dtype)]
+    h = _out_size(h_in, w.shape[2], sh, ph, dh, "conv2d")
+    wd = _out_size(w_in, w.shape[3], sw, pw, dw, "conv2d")
+    return [TensorType((n, h, wd, w.shape[0]) if last else (n, w.shape[0], h, wd), x.dtype)]
 
 
 def _windows(x: np.ndarray, kernel: tuple[int, int], stride: tuple[int, int], dilation: tuple[int, int]) -> np.ndarray:
@@ -60,6 +67,9 @@ def _windows(x: np.ndarray, kernel: tuple[int, int], stride: tuple[int, int], di
 
 def conv2d(a: Sequence[np.ndarray], attrs: Mapping[str, Any]) -> np.ndarray:
     x, w = a[0], a[1]
+    if attrs["layout"] == "nhwc":  # the same cross-correlation on the transposed image
+        return np.ascontiguousarray(conv2d([x.transpose(0, 3, 1, 2), *a[1:]], {**attrs, "layout": "nchw"})
+                                    .transpose(0, 2, 3, 1))
     (ph, pw) = pair("padding", attrs["padding"])
     x = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
     win = _windows(x, (w.shape[2], w.shape[3]), pair("stride", attrs["stride"]), pair("dilation", attrs["dilation"]))
@@ -159,9 +169,10 @@ def _conv_flops(operands: Sequence[Sequence[int]], results: Sequence[Sequence[in
 
 DEFS = [
     OpDef("conv2d", ("x", "weight", "bias?"), _conv_infer, conv2d, Category.LIBRARY,
-          "2-D cross-correlation, NCHW input, [out, in/groups, kh, kw] weight",
+          "2-D cross-correlation, NCHW input (NHWC with layout=nhwc, the result likewise), "
+          "[out, in/groups, kh, kw] weight",
           {"stride": AttrSpec("ints", [1]), "padding": AttrSpec("ints", [0]), "dilation": AttrSpec("ints", [1]),
-           "groups": AttrSpec("int", 1)}, flops=_conv_flops),
+           "groups": AttrSpec("int", 1), "layout": AttrSpec("str", "nchw")}, flops=_conv_flops),
     OpDef("max_pool2d", ("x",), _pool_infer("max_pool2d"), max_pool2d, Category.LIBRARY, "max over windows (NCHW)",
           {**_POOL, "dilation": AttrSpec("ints", [1])}),
     OpDef("avg_pool2d", ("x",), _pool_infer("avg_pool2d"), avg_pool2d, Category.LIBRARY, "mean over windows (NCHW)",
