@@ -6,7 +6,7 @@ Then every permute back to NCHW sinks past the ops that read it: elementwise ops
 per-channel operands reshaped to [1, 1, 1, C]), batch norm (as the same arithmetic on NHWC), pads,
 slices, concatenations and reductions, until it meets the next convolution's permute to NHWC and
 both cancel. What stays NCHW (a flatten, a pool torch runs) reads through one permute, which the
-fuse pass folds into a kernel's indexing.
+fuse pass folds into a kernel's indexing; an image the graph returns is copied to NCHW memory.
 
 Graphs with fewer than ``MIN_CONVS`` convolutions (a ViT's patch embedding) are left as they are:
 their one permute would buy nothing. On the project's CPU, torch's convolutions took 0.6-0.95x
@@ -15,6 +15,7 @@ elementwise kernels between them read and write whole channel rows.
 """
 from __future__ import annotations
 
+from ..ir.builder import OpEmitter
 from ..ir.core import Graph, Op, Value
 from ..ir.opdef import Category
 from ..ir.ops import REGISTRY
@@ -207,4 +208,19 @@ def channels_last(graph: Graph) -> Graph:
     convs = sum(1 for op in graph.walk() if op.name == "conv2d" and _images(op))
     if convs < MIN_CONVS:
         return graph
-    return apply_rules(graph, RULES)
+    return _dense_outputs(apply_rules(graph, RULES))
+
+
+def _dense_outputs(graph: Graph) -> Graph:
+    """An image the caller receives is NCHW in memory, as eager's is: a ``copy`` of the NHWC one seen
+    through its permute (which fuse folds into the kernel that makes it)."""
+    made = {id(v): op for op in graph.ops for v in op.results}
+    out = OpEmitter()
+    outputs = []
+    for v in graph.outputs:
+        op = made.get(id(v))
+        nhwc = op is not None and op.name == "permute" and list(op.attrs["dims"]) == TO_NCHW
+        outputs.append(out.emit("copy", v, loc=op.loc) if nhwc else v)
+    if not out.ops:
+        return graph
+    return graph.replace(ops=graph.ops + tuple(out.ops), outputs=tuple(outputs))

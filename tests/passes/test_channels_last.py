@@ -100,6 +100,16 @@ def test_pass_is_pure_and_idempotent() -> None:
     assert print_graph(channels_last(once)) == print_graph(once)
 
 
+def test_images_come_back_nchw_in_memory_as_eager_gives_them() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 5, 3, padding=1)).eval()
+    x = torch.randn(2, 3, 8, 8)
+    compiled = lamina.compile(model, (x,), poison=True)
+    assert any(op.attrs.get("layout") == "nhwc" for op in compiled.graph.walk() if op.name == "conv2d")
+    with torch.no_grad():
+        got = compiled(x)
+        assert got.is_contiguous() and rel_error(got, model(x)) <= F32_TOL
+
+
 def test_a_graph_with_one_convolution_is_left_alone() -> None:
     model = nn.Sequential(nn.Conv2d(3, 8, 4, stride=4), nn.Flatten(2))  # a ViT's patch embedding
     graph = lamina.trace(model.eval(), (torch.randn(1, 3, 16, 16),))
