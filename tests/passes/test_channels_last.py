@@ -146,3 +146,26 @@ def test_an_unknown_layout_is_a_clear_error() -> None:
           %0 = conv2d(%x, %w) {stride=[1], padding=[0], dilation=[1], groups=1, layout="nwhc"} : f32[1,4,4,2]
           return %0
         }""")
+
+
+def test_a_dynamic_batch_runs_channels_last() -> None:
+    from torch.export import Dim
+
+    model, (x,) = _model()
+    compiled = lamina.compile(model, (x,), dynamic_shapes=({0: Dim("batch", min=1, max=64)},), poison=True)
+    assert any(op.attrs.get("layout") == "nhwc" for op in compiled.graph.walk() if op.name == "conv2d")
+    with torch.no_grad():
+        for batch in (1, 3, 5):
+            images = torch.randn(batch, 3, 32, 32)
+            assert rel_error(compiled(images), model(images)) <= F32_TOL
+
+
+def test_a_saved_frozen_cnn_keeps_its_channels_last_weights(tmp_path) -> None:
+    model, args = _model()
+    compiled = lamina.compile(model, args)
+    path = tmp_path / "cnn.lamina"
+    lamina.save(compiled, str(path), frozen=True)  # channels-last weight copies travel as buffers
+    loaded = lamina.load(str(path))
+    assert type(loaded).__name__ == "FrozenModule"  # thawed: no planning, the C library and the buffers
+    with torch.no_grad():
+        assert rel_error(loaded(*args), model(*args)) <= F32_TOL
