@@ -44,7 +44,7 @@ from .library import call_line, hoisted_when_static, view_expr, writes_into_out
 from . import collectives  # registers the collective ops' library calls
 from .collectives import collective_kind
 from .timeline import Event
-from .snapshot import Snapshot, refresh_all
+from .snapshot import Snapshot, refresh_all, version_of
 
 class BackendError(LaminaError, RuntimeError):
     """The backend cannot run this graph (an unsupported dtype, a missing device)."""
@@ -347,7 +347,7 @@ class _LineResults:
         self.versions: list[int] | None = None
 
     def result(self, name: str) -> Any:
-        versions = [s._version for s in self.sources]
+        versions = [version_of(s) for s in self.sources]
         if versions != self.versions:
             exec(self.line, self.scope)  # noqa: S102 - our own generated code
             self.versions = versions

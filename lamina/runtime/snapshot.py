@@ -15,6 +15,13 @@ from dataclasses import dataclass, field
 import torch
 
 
+def version_of(tensor: torch.Tensor) -> int:
+    """torch's in-place write counter of ``tensor``. An inference tensor (made under
+    ``torch.inference_mode``: a constant torch.export lifted while tracing under it, or a weight created
+    there) has none; it counts as never written."""
+    return 0 if tensor.is_inference() else tensor._version
+
+
 @dataclass(eq=False)
 class Snapshot:
     """``target`` holds ``compute()`` as of the sources' ``versions``."""
@@ -25,17 +32,17 @@ class Snapshot:
     versions: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.versions = [s._version for s in self.sources]
+        self.versions = [version_of(s) for s in self.sources]
 
     @classmethod
     def of(cls, sources: Sequence[torch.Tensor], compute: Callable[[], torch.Tensor]) -> "Snapshot":
         return cls(tuple(sources), compute(), compute)
 
     def refresh_if_stale(self) -> None:
-        if any(s._version != v for s, v in zip(self.sources, self.versions)):
+        if any(version_of(s) != v for s, v in zip(self.sources, self.versions)):
             with torch.no_grad():
                 self.target.copy_(self.compute())
-            self.versions = [s._version for s in self.sources]
+            self.versions = [version_of(s) for s in self.sources]
 
 
 def refresh_all(snapshots: Sequence[Snapshot]) -> None:

@@ -98,3 +98,16 @@ def test_two_instances_sharing_one_dynamo_graph_each_get_their_weights() -> None
         for _ in range(3):  # alternating calls
             torch.testing.assert_close(a(x), first(x), rtol=1e-5, atol=1e-6)
             torch.testing.assert_close(b(x), second(x), rtol=1e-5, atol=1e-6)
+
+
+def test_compiled_and_called_under_inference_mode() -> None:
+    """torch.export under inference_mode lifts constants (a rotary table) as inference tensors, which
+    have no version counter: the plan takes them as constants; weights changed there are still seen."""
+    from lamina.models.hf import tiny_hf_model
+
+    model, ids = tiny_hf_model("llama", layers=2, width=64), torch.randint(1, 128, (1, 16))
+    with torch.inference_mode():
+        compiled = lamina.compile(model, (ids,), example_kwargs={"use_cache": False})
+        assert rel_error(compiled(ids, use_cache=False).logits, model(ids, use_cache=False).logits) <= 1e-5
+        model.model.layers[0].mlp.up_proj.weight.mul_(2)
+        assert rel_error(compiled(ids, use_cache=False).logits, model(ids, use_cache=False).logits) <= 1e-5
