@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -24,22 +25,43 @@ def _torchrun(*args: str) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", *args, str(EXAMPLE)]
 
 
+# torch elastic's agents lose their rendezvous store now and then when the machine is saturated (the
+# test suite's other worker on a 2-core CI machine): that launch, and only that failure, is retried once
+STORE_LOST = "RendezvousConnectionError"
+
+
+def _launch(commands: list[list[str]]) -> list[str]:
+    """Run ``commands`` at once; the stderr of each that failed."""
+    nodes = [subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for c in commands]
+    errors = []
+    for node in nodes:
+        _, err = node.communicate(timeout=300)
+        if node.returncode != 0:
+            errors.append(err.decode())
+    return errors
+
+
+def _run_launch(make: Callable[[], list[list[str]]]) -> None:
+    errors = _launch(make())
+    if errors and all(STORE_LOST in e for e in errors):
+        errors = _launch(make())  # fresh ports and rendezvous
+    assert not errors, errors[0][-2000:]
+
+
 def test_torchrun_on_one_node(tmp_path) -> None:
     out = tmp_path / "out.pt"
-    subprocess.run([*_torchrun("--nproc-per-node=2", f"--master-port={free_port()}"), "--out", str(out)],
-                   check=True, timeout=300, capture_output=True)
+    _run_launch(lambda: [[*_torchrun("--nproc-per-node=2", f"--master-port={free_port()}"), "--out", str(out)]])
     torch.testing.assert_close(torch.load(out), _want(), rtol=1e-5, atol=1e-5)
 
 
 def test_two_nodes_on_localhost_with_the_c10d_rendezvous(tmp_path) -> None:
     out = tmp_path / "out.pt"
-    endpoint = f"127.0.0.1:{free_port()}"
-    common = ["--nnodes=2", "--nproc-per-node=1", "--rdzv-backend=c10d", f"--rdzv-endpoint={endpoint}",
-              "--rdzv-id=lamina-test"]
-    nodes = [subprocess.Popen([*_torchrun(*common, f"--node-rank={n}"), "--out", str(out),
-                               "--overlap", "overlap{chunks=4}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-             for n in range(2)]
-    for node in nodes:
-        _, err = node.communicate(timeout=300)
-        assert node.returncode == 0, err.decode()[-2000:]
+
+    def commands() -> list[list[str]]:
+        common = ["--nnodes=2", "--nproc-per-node=1", "--rdzv-backend=c10d",
+                  f"--rdzv-endpoint=127.0.0.1:{free_port()}", "--rdzv-id=lamina-test"]
+        return [[*_torchrun(*common, f"--node-rank={n}"), "--out", str(out), "--overlap", "overlap{chunks=4}"]
+                for n in range(2)]
+
+    _run_launch(commands)
     torch.testing.assert_close(torch.load(out), _want(), rtol=1e-5, atol=1e-5)
