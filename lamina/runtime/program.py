@@ -491,12 +491,14 @@ class _PlanBuilder(PlanContext):
         if view.untyped_storage().data_ptr() != tensor.untyped_storage().data_ptr():
             if self.in_arena(tensor):
                 return f"{base}{suffix}"  # kernels write the arena: a copy made now would be stale
-            view = self.snapshot([tensor], lambda: eval(f"{base}{suffix}", self.glb))  # noqa: S307
+            view = self.snapshot([tensor], lambda: eval(f"{base}{suffix}", self.glb), made=view)  # noqa: S307
         return self.static(view, "D")
 
-    def snapshot(self, sources: Sequence[torch.Tensor], compute: Callable[[], torch.Tensor]) -> torch.Tensor:
-        """A copy of weights kept in step with them (see ``runtime/snapshot.py``)."""
-        snap = Snapshot.of(sources, compute)
+    def snapshot(self, sources: Sequence[torch.Tensor], compute: Callable[[], torch.Tensor],
+                 made: torch.Tensor | None = None) -> torch.Tensor:
+        """A copy of weights kept in step with them (see ``runtime/snapshot.py``); ``made``: its first
+        value when the caller has computed it already."""
+        snap = Snapshot.of(sources, compute) if made is None else Snapshot(tuple(sources), made, compute)
         self.snapshots.append(snap)
         return snap.target
 

@@ -169,3 +169,13 @@ def test_a_saved_frozen_cnn_keeps_its_channels_last_weights(tmp_path) -> None:
     assert type(loaded).__name__ == "FrozenModule"  # thawed: no planning, the C library and the buffers
     with torch.no_grad():
         assert rel_error(loaded(*args), model(*args)) <= F32_TOL
+
+
+def test_a_weight_changed_in_place_reaches_its_channels_last_copy() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 5, 3, padding=1)).eval()
+    x = torch.randn(2, 3, 8, 8)
+    compiled = lamina.compile(model, (x,))
+    with torch.no_grad():
+        compiled(x)
+        model[2].weight.mul_(2)  # its channels-last copy is a snapshot, refreshed on the version change
+        assert rel_error(compiled(x), model(x)) <= F32_TOL
