@@ -146,31 +146,43 @@ def _linear16_kernel(target: "CpuTarget", op: Op) -> Callable[[], Any] | None:
 
 def _linear16_lines(target: "CpuTarget", kernel: Callable[[], Any], op: Op, args: Sequence[str], out: str,
                     plan: PlanContext) -> list[str]:
-    """Up to ``GEMV16_ROWS`` rows the GEMV, else (or when a tensor is not contiguous) torch's linear;
-    decided now when the sizes are static, else per call."""
+    """The Numba GEMV ``fn(x, w, b, out, M, N)`` up to ``GEMV16_ROWS`` rows (no bias: the weight is
+    passed in its place, unread)."""
+    def call(fn: str, views: list[str], rows: Size, n: Size, k: Size) -> str:
+        return f"{fn}({', '.join(views if len(args) == 3 else [*views[:2], views[1], views[2]])}, {rows}, {n})"
+
+    return few_rows_lines(target, kernel, op, args, out, plan, GEMV16_ROWS, call)
+
+
+GemvCall = Callable[[str, list[str], Size, Size, Size], str]  # (function, views of args and out, M, N, K) -> line
+
+
+def few_rows_lines(target: "CpuTarget", kernel: Callable[[], Any], op: Op, args: Sequence[str], out: str,
+                   plan: PlanContext, max_rows: int, call: GemvCall) -> list[str]:
+    """A ``linear`` on a GEMV kernel of the target's up to ``max_rows`` input rows, else (or when a
+    tensor is not contiguous) torch's linear; decided now when the sizes are static, else per call.
+    Tensors fixed for the plan are viewed once (``target.view``), the others on every call."""
     library = [call_line(op, list(args), [out], [out], plan.derive)]
     *lead, k = (plan.size(d) for d in op.operands[0].type.shape)
     rows = math.prod(lead)  # SizeCode multiplies into per-call code when a size is symbolic
-    if is_static(rows) and rows > GEMV16_ROWS:
+    if is_static(rows) and rows > max_rows:
         return library
     views, per_call = [], []
     for name in (*args, out):
         tensor = plan.value_of(name)
-        if tensor is not None and tensor.is_contiguous():  # a Numba kernel under either kernel language
-            views.append(plan.static(numpy_view(tensor), "H"))
+        if tensor is not None and tensor.is_contiguous():
+            views.append(plan.static(target.view(tensor), "H"))
         else:
-            views.append(f"_numpy_view({name})")
+            views.append(f"_kernel_view({name})")
             per_call.append(name)
-    if len(args) == 2:
-        views.insert(2, views[1])  # no bias: the kernel does not read it
     n = plan.size(op.results[0].type.shape[-1])
-    call = f"{plan.static(kernel(), 'G')}({', '.join(views)}, {rows}, {n})"
+    line = call(plan.static(kernel(), "G"), views, rows, n, k)
     conditions = [f"{name}.is_contiguous()" for name in per_call]
     if not is_static(rows):
-        conditions.insert(0, f"{rows} <= {GEMV16_ROWS}")
+        conditions.insert(0, f"{rows} <= {max_rows}")
     if not conditions:
-        return [call]
-    return [f"if {' and '.join(conditions)}:", f"    {call}", "else:", *("    " + x for x in library)]
+        return [line]
+    return [f"if {' and '.join(conditions)}:", f"    {line}", "else:", *("    " + x for x in library)]
 
 
 def _qlinear_kernel(target: "CpuTarget", op: Op) -> Callable[[], Any] | None:
@@ -248,7 +260,7 @@ class CpuTarget(Target):
 
     def namespace(self) -> dict[str, Any]:
         return {"flat_strided": flat_strided, "math": math, "InputMismatchError": InputMismatchError,
-                "_kernel_view": self.view, "_numpy_view": numpy_view}
+                "_kernel_view": self.view}
 
     def view(self, tensor: torch.Tensor) -> Any:
         """A kernel's flat NumPy view of ``tensor`` (``numpy_view``)."""

@@ -3,9 +3,10 @@
 Plans are the cpu target's (the same wrapper code, arena and library calls); only the fused
 kernels differ: C with OpenMP (``codegen/cpu_c.py``) compiled by the system's C compiler into one
 library (``runtime/native_kernels.py``) instead of Numba functions. The cpu target's own kernels for
-library ops (batch-1 attention, 16-bit GEMVs, quantized linears) are Numba's under either language,
-except in a frozen plan. A saved module carries its kernels in this form, so that loading it needs no
-Numba.
+library ops (batch-1 attention, quantized linears) are Numba's under either language, except in a
+frozen plan; the GEMV of a ``linear`` over few rows (decoding) is C here (``codegen/gemv_c.py``),
+compiled into the same library. A saved module carries its kernels in this form, so that loading it
+needs no Numba.
 """
 from __future__ import annotations
 
@@ -16,15 +17,19 @@ import torch
 
 from ..codegen.cpu_c import PRELUDE, c_source, param_ctype
 from ..codegen.dead_code import drop_dead_lets
+from ..codegen.gemv_c import ARGUMENTS as GEMV_ARGUMENTS
+from ..codegen.gemv_c import MAX_ROWS as GEMV_ROWS
+from ..codegen.gemv_c import gemv_name, gemv_source, needs_scratch
 from ..codegen.kernel import Kernel
 from ..codegen.scratch import use_scratch_rows
 from ..codegen.shared_kernels import share_structure
 from ..ir.core import Op
+from ..ir.size_code import Size
 from ..log import logger
-from .cpu import CpuTarget, _parallel
+from .cpu import CpuTarget, _parallel, few_rows_lines
 from .frozen import kernel_view
 from .native_kernels import NativeFunction, NativeLibrary, argument_kinds, build_library
-from .program import CompiledKernel
+from .program import CompiledKernel, PlanContext
 
 
 def native_function(kernel: Kernel, parallel: bool | None = None) -> NativeFunction:
@@ -40,8 +45,9 @@ class NativeCpuTarget(CpuTarget):
     """CpuTarget whose fused kernels are C; ``library_bytes`` is the compiled library (what a save stores).
 
     With ``numba_natives`` the library ops the cpu target runs on kernels of its own (batch-1 attention,
-    16-bit GEMVs, quantized linears) still do, compiled by Numba on first use; without (a frozen plan,
-    which must load without Numba) they run as torch calls."""
+    quantized linears) still do, compiled by Numba on first use; without (a frozen plan, which must
+    load without Numba) they run as torch calls. A ``linear`` over few rows runs the C GEMV either way
+    (``gemv_c.py``: one function per dtype, added to the library by ``native``)."""
 
     language = "c"
 
@@ -49,6 +55,7 @@ class NativeCpuTarget(CpuTarget):
         super().__init__()
         self.numba_natives = numba_natives
         self.printed: dict[str, NativeFunction] = {}  # each kernel's function, by the source it was printed as
+        self.gemvs: dict[str, NativeFunction] = {}  # the GEMVs the plans' linears call, by name
         self.functions: list[NativeFunction] = []
         self.library_bytes: bytes | None = None
         self.library: NativeLibrary | None = None
@@ -73,7 +80,7 @@ class NativeCpuTarget(CpuTarget):
             f = self.printed[ck.source]
             distinct.setdefault(f.name, f)
             names.append(f.name)
-        self.functions = list(distinct.values())
+        self.functions = list(distinct.values()) + list(self.gemvs.values())
         if not self.functions:
             return
         self.library_bytes = build_library(self.functions, PRELUDE)
@@ -84,7 +91,32 @@ class NativeCpuTarget(CpuTarget):
                                self.library.path)
 
     def native(self, op: Op) -> Callable[[], Any] | None:
+        if op.name == "linear":
+            return self._gemv(op)
         return super().native(op) if self.numba_natives else None
+
+    def _gemv(self, op: Op) -> Callable[[], Any] | None:
+        """The C GEMV of a ``linear`` whose operands share a dtype it has (else None: torch's linear);
+        its function joins the library that ``compile`` builds, and is looked up there when planned."""
+        dtype = op.results[0].type.dtype
+        if dtype not in GEMV_ROWS or any(v.type.dtype != dtype for v in op.operands):
+            return None
+        name = gemv_name(dtype)
+        self.gemvs.setdefault(name, NativeFunction(name, GEMV_ARGUMENTS, gemv_source(dtype)))
+        return lambda: self.library[name]
+
+    def native_lines(self, kernel: Callable[[], Any], op: Op, args: Sequence[str], out: str,
+                     plan: PlanContext) -> list[str]:
+        if op.name != "linear":
+            return super().native_lines(kernel, op, args, out, plan)
+        dtype = op.results[0].type.dtype
+
+        def call(fn: str, views: list[str], rows: Size, n: Size, k: Size) -> str:
+            x, w, *bias, y = views
+            scratch = f"_kernel_view(torch.empty({rows} * {k}, dtype=torch.float32))" if needs_scratch(dtype) else "None"
+            return f"{fn}({x}, {w}, {bias[0] if bias else 'None'}, {y}, {scratch}, {rows}, {n}, {k})"
+
+        return few_rows_lines(self, kernel, op, args, out, plan, GEMV_ROWS[dtype], call)
 
     def view(self, tensor: torch.Tensor) -> Any:
         """The tensor as a C kernel receives it (its data pointer); 16-bit floats as their int16 bits."""

@@ -117,12 +117,13 @@ class _Linears(nn.Module):
 @pytest.mark.parametrize("dtype", HALF)
 @pytest.mark.parametrize("rows", [1, 2, 40])
 def test_16_bit_linears_run_the_gemv_for_few_rows_and_torch_for_many(dtype: torch.dtype, rows: int) -> None:
-    """For one row the 16-bit GEMV (float32 accumulation, one rounding: as torch's own linear, so
-    within one unit in the last place of it); past that torch's linear."""
+    """Under the Numba kernel language, for one row the 16-bit GEMV of Numba (float32 accumulation,
+    one rounding: as torch's own linear, so within one unit in the last place of it); past that
+    torch's linear. (The C language's GEMV: tests/runtime/test_gemv.py.)"""
     torch.manual_seed(0)
     model = _Linears().to(dtype).eval()
     x = torch.randn(rows, 96).to(dtype)
-    compiled = lamina.compile(model, (x,), poison=True)
+    compiled = lamina.compile(model, (x,), poison=True, kernel_language="numba")
     with torch.no_grad():
         got, want = compiled(x), model(x)
     gemv = [name for name in compiled._executor.target.cache.loaded if name.startswith("k_gemv_")]
@@ -137,7 +138,8 @@ def test_the_gemv_decides_per_call_when_the_row_count_is_symbolic() -> None:
     torch.manual_seed(0)
     model = _Linears().to(torch.bfloat16).eval()
     x = torch.randn(3, 96).to(torch.bfloat16)
-    compiled = lamina.compile(model, (x,), dynamic_shapes=({0: Dim("rows", min=1, max=64)},))
+    compiled = lamina.compile(model, (x,), dynamic_shapes=({0: Dim("rows", min=1, max=64)},),
+                              kernel_language="numba")
     with torch.no_grad():
         for rows in (1, 7, 33):
             x = torch.randn(rows, 96).to(torch.bfloat16)

@@ -1,0 +1,78 @@
+"""A GEMV in C for few rows on the CPU: ``out = x @ w^T (+ b)`` in float32, bfloat16 or float16,
+reading the weight once.
+
+Decoding multiplies one token (or a handful) by every weight matrix, so its speed is how fast the
+weights stream from memory. torch's float32 linear (MKL's sgemv/sgemm) streams 14-18 GB/s at one
+row on the AMD EPYC of benchmarks/RESULTS.md and 5-9 GB/s at two to eight rows; a plain loop over
+each weight row, vectorized by the C compiler with 16-lane accumulators and split over the output
+channels with OpenMP, reads 27-31 GB/s (torch.sum's own read rate there is 31). 16-bit weights are
+widened to float32 in registers (``lm_bf16_load`` / ``lm_f16_load`` of the prelude) and the sum is
+rounded once to the 16-bit type, as torch rounds its own. ``MAX_ROWS`` says up to how many rows a
+dtype's GEMV beats torch (measured: past it oneDNN's 16-bit kernels and MKL's float32 GEMM win).
+
+Rows are taken four, then two, then one at a time, so that each weight value loaded feeds every row
+of the block. 16-bit input rows are widened to float32 once, into the caller's ``scratch`` (M x K
+float32; a float32 GEMV reads x itself and takes NULL). The size K is an argument: one function per
+dtype serves every layer.
+"""
+from __future__ import annotations
+
+from ..ir.dtypes import DType
+
+MAX_ROWS = {DType.f32: 8, DType.bf16: 1, DType.f16: 1}
+ROW_BLOCKS = (4, 2, 1)
+ARGUMENTS = "pppppiii"  # x, w, b (NULL: no bias), out, scratch, M, N, K (``native_kernels.ARGUMENT_TYPES``)
+
+_TYPES = {DType.f32: ("f32", "float", "", ""),
+          DType.bf16: ("bf16", "int16_t", "lm_bf16_load", "lm_bf16_store"),
+          DType.f16: ("f16", "int16_t", "lm_f16_load", "lm_f16_store")}
+
+
+def gemv_name(dtype: DType) -> str:
+    return f"lamina_gemv_{_TYPES[dtype][0]}"
+
+
+def _row_block(rows: int, load: str, store: str) -> str:
+    """The loop over one weight row for ``rows`` input rows at once (the last ``M - m`` at least that many)."""
+    accumulators = ", ".join(f"a{r} = 0.0f" for r in range(rows))
+    names = ", ".join(f"a{r}" for r in range(rows))
+    body = " ".join(f"a{r} += xr[{r} * K + j] * v;" for r in range(rows))
+    stores = " ".join(f"out[(m + {r}) * N + n] = {store}(a{r} + bias);" for r in range(rows))
+    return f"""      if (M - m >= {rows}) {{
+        const float* restrict xr = xf + m * K;
+        float {accumulators};
+        #pragma omp simd reduction(+:{names})
+        for (int64_t j = 0; j < K; j++) {{ const float v = {load}(wr[j]); {body} }}
+        {stores}
+        m += {rows};
+        continue;
+      }}
+"""
+
+
+def needs_scratch(dtype: DType) -> bool:
+    """Whether the GEMV of ``dtype`` widens its input rows into a float32 scratch of M x K."""
+    return dtype != DType.f32
+
+
+def gemv_source(dtype: DType) -> str:
+    """C source of ``gemv_name(dtype)(x, w, b, out, scratch, M, N, K)``: x [M, K], w [N, K], b [N] or
+    NULL, out [M, N], all contiguous, 16-bit floats as their int16 bits; scratch [M, K] float32 where
+    ``needs_scratch``. Needs ``cpu_c.PRELUDE``."""
+    _, ctype, load, store = _TYPES[dtype]
+    blocks = "".join(_row_block(r, load, store) for r in ROW_BLOCKS)
+    widen = (f"  for (int64_t i = 0; i < M * K; i++) scratch[i] = {load}(x[i]);\n  const float* restrict xf = scratch;"
+             if needs_scratch(dtype) else "  const float* restrict xf = x;")
+    return f"""
+void {gemv_name(dtype)}(const {ctype}* restrict x, const {ctype}* restrict w, const {ctype}* restrict b,
+                        {ctype}* restrict out, float* restrict scratch, int64_t M, int64_t N, int64_t K) {{
+{widen}
+  #pragma omp parallel for schedule(static)
+  for (int64_t n = 0; n < N; n++) {{
+    const {ctype}* restrict wr = w + n * K;
+    const float bias = b ? {load}(b[n]) : 0.0f;
+    for (int64_t m = 0; m < M;) {{
+{blocks}    }}
+  }}
+}}
+"""
