@@ -13,12 +13,15 @@ KERNELS = {
 }
 
 
-def kernel_description(backend: str, fmt: QuantFormat, k: int, act: str) -> str:
-    """What runs a ``qlinear`` of this format on ``backend`` (the cpu backend's choice depends on the CPU)."""
+def kernel_description(backend: str, fmt: QuantFormat, k: int, act: str, language: str | None = None) -> str:
+    """What runs a ``qlinear`` of this format on ``backend`` in kernel ``language`` (None: the backend's
+    default); the cpu backend's choice depends on the CPU."""
     if backend == "cpu":
+        from ..backends import kernel_language
+        from ..options import CompileOptions
         from ..runtime.qlinear_cpu import describe
 
-        return describe(fmt, k, act)
+        return describe(fmt, k, act, language=kernel_language("cpu", CompileOptions(kernel_language=language)) or "numba")
     return KERNELS.get(backend, backend) + (" (act=int8: on int8-quantized rows)" if act == "int8" else "")
 
 
@@ -41,9 +44,10 @@ class LayerQuantization:
         return f"{self.module or self.weight}: {fmt}{score}, {size}, {self.kernel}"
 
 
-def quantization_report(graph: Graph, backend: str = "cpu") -> list[LayerQuantization]:
-    """The linear layers of ``graph`` (those reading a weight parameter, quantized or not), in order. A
-    quantized layer's weight is packed by a ``quantize`` op, or already packed (a loaded module)."""
+def quantization_report(graph: Graph, backend: str = "cpu", language: str | None = None) -> list[LayerQuantization]:
+    """The linear layers of ``graph`` (those reading a weight parameter, quantized or not), in order, with
+    the kernels of ``backend`` in ``language`` (None: its default). A quantized layer's weight is packed
+    by a ``quantize`` op, or already packed (a loaded module)."""
     keys = {p.value: p.key for p in graph.params}
     for op in graph.ops:  # a transposed weight (a matmul's [in, out] parameter) is named by its parameter
         if op.name == "permute" and op.operands[0] in keys:
@@ -56,7 +60,7 @@ def quantization_report(graph: Graph, backend: str = "cpu") -> list[LayerQuantiz
             weight = keys.get(packer.operands[0], "") if packer else keys.get(op.operands[1], "").rsplit(".", 1)[0]
             score = packer.attrs.get("score") if packer else None
             fmt = QuantFormat.of(op.attrs)
-            kernel = kernel_description(backend, fmt, op.operands[0].type.shape[-1], op.attrs["act"])
+            kernel = kernel_description(backend, fmt, op.operands[0].type.shape[-1], op.attrs["act"], language)
             rows.append(LayerQuantization(op.loc.module, weight, fmt, score,
                                           sum(_nbytes(v.type) for v in op.operands[1:]), kernel))
         elif op.name in ("linear", "matmul") and op.operands[1] in keys and op.operands[1].type.rank == 2:

@@ -354,7 +354,7 @@ class CompiledModule:
         runs it (``passes/quant_report.py``); ``print(*compiled.quantization, sep="\n")`` shows them."""
         from ..passes.quant_report import quantization_report
 
-        return quantization_report(self.graph, self.options.backend)
+        return quantization_report(self.graph, self.options.backend, self.options.kernel_language)
 
     @property
     def plan_cache(self) -> Any:

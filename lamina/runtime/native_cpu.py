@@ -4,8 +4,9 @@ Plans are the cpu target's (the same wrapper code, arena and library calls); onl
 kernels differ: C with OpenMP (``codegen/cpu_c.py``) compiled by the system's C compiler into one
 library (``runtime/native_kernels.py``) instead of Numba functions. The cpu target's own kernels for
 library ops (batch-1 attention, quantized linears) are Numba's under either language, except in a
-frozen plan; the GEMV of a ``linear`` over few rows (decoding) is C here (``codegen/gemv_c.py``),
-compiled into the same library. A saved module carries its kernels in this form, so that loading it
+frozen plan; the GEMV of a ``linear`` over few rows (decoding, ``codegen/gemv_c.py``) and the integer
+kernel of an ``act=int8`` ``qlinear`` over few rows (``codegen/vnni_c.py``) are C here, compiled into
+the same library. A saved module carries its kernels in this form, so that loading it
 needs no Numba.
 """
 from __future__ import annotations
@@ -23,12 +24,18 @@ from ..codegen.gemv_c import gemv_name, gemv_source, needs_scratch
 from ..codegen.kernel import Kernel
 from ..codegen.scratch import use_scratch_rows
 from ..codegen.shared_kernels import share_structure
+from ..codegen.vnni_c import ARGUMENTS as VNNI_ARGUMENTS
+from ..codegen.vnni_c import VnniC
+from ..codegen.vnni_dot import host_has_vnni
+from ..ir.quant_format import QuantFormat
 from ..ir.core import Op
 from ..ir.size_code import Size
 from ..log import logger
 from .cpu import CpuTarget, _parallel, few_rows_lines
 from .frozen import kernel_view
 from .native_kernels import NativeFunction, NativeLibrary, argument_kinds, build_library
+from .qlinear_call import qlinear_lines
+from .qlinear_cpu import QLinearCpu
 from .program import CompiledKernel, PlanContext
 
 
@@ -55,7 +62,7 @@ class NativeCpuTarget(CpuTarget):
         super().__init__()
         self.numba_natives = numba_natives
         self.printed: dict[str, NativeFunction] = {}  # each kernel's function, by the source it was printed as
-        self.gemvs: dict[str, NativeFunction] = {}  # the GEMVs the plans' linears call, by name
+        self.own: dict[str, NativeFunction] = {}  # the library ops' C kernels the plans call, by name
         self.functions: list[NativeFunction] = []
         self.library_bytes: bytes | None = None
         self.library: NativeLibrary | None = None
@@ -80,7 +87,7 @@ class NativeCpuTarget(CpuTarget):
             f = self.printed[ck.source]
             distinct.setdefault(f.name, f)
             names.append(f.name)
-        self.functions = list(distinct.values()) + list(self.gemvs.values())
+        self.functions = list(distinct.values()) + list(self.own.values())
         if not self.functions:
             return
         self.library_bytes = build_library(self.functions, PRELUDE)
@@ -93,7 +100,16 @@ class NativeCpuTarget(CpuTarget):
     def native(self, op: Op) -> Callable[[], Any] | None:
         if op.name == "linear":
             return self._gemv(op)
+        if op.name == "qlinear" and self.numba_natives:
+            self._vnni(op)
         return super().native(op) if self.numba_natives else None
+
+    def _vnni(self, op: Op) -> None:
+        """The C integer kernel of an ``act=int8`` qlinear, added to the library where this CPU has VNNI
+        and the format fits it (else the Numba kernels run it)."""
+        kernel = VnniC(QuantFormat.of(op.attrs), op.operands[0].type.shape[-1])
+        if op.attrs["act"] == "int8" and host_has_vnni() and kernel.unsupported() is None:
+            self.own.setdefault(kernel.name, NativeFunction(kernel.name, VNNI_ARGUMENTS, kernel.source()))
 
     def _gemv(self, op: Op) -> Callable[[], Any] | None:
         """The C GEMV of a ``linear`` whose operands share a dtype it has (else None: torch's linear);
@@ -102,11 +118,18 @@ class NativeCpuTarget(CpuTarget):
         if dtype not in GEMV_ROWS or any(v.type.dtype != dtype for v in op.operands):
             return None
         name = gemv_name(dtype)
-        self.gemvs.setdefault(name, NativeFunction(name, GEMV_ARGUMENTS, gemv_source(dtype)))
+        self.own.setdefault(name, NativeFunction(name, GEMV_ARGUMENTS, gemv_source(dtype)))
         return lambda: self.library[name]
 
     def native_lines(self, kernel: Callable[[], Any], op: Op, args: Sequence[str], out: str,
                      plan: PlanContext) -> list[str]:
+        if op.name == "qlinear":
+            def make(fmt: QuantFormat, k: int, n: int, act: str) -> QLinearCpu:
+                name = VnniC(fmt, k).name
+                native = self.library[name] if self.library is not None and name in self.own else None
+                return QLinearCpu(fmt, k, n, self.cache, act, native_vnni=native)
+
+            return qlinear_lines(op, list(args), out, plan, make)
         if op.name != "linear":
             return super().native_lines(kernel, op, args, out, plan)
         dtype = op.results[0].type.dtype

@@ -4,9 +4,10 @@ Which path runs is decided per call by the number of input rows M (tokens times 
 
 - M = 1 (decoding): the one-row kernel of ``codegen/qlinear_cpu.py``, reading the packed weight once;
 - 1 < M <= ``KERNEL_ROWS``: its several-row variant, still reading the weight once;
-- with ``act=int8``, up to ``KERNEL_ROWS`` rows: on a CPU with AVX-512 VNNI the integer kernel of
-  ``codegen/qlinear_vnni_cpu.py`` (rows quantized and dotted with the packed bytes as integers,
-  for every format whose group fits its 64-byte chunks); elsewhere the rows are quantized and
+- with ``act=int8``, up to ``KERNEL_ROWS`` rows: on a CPU with AVX-512 VNNI an integer kernel (rows
+  quantized and dotted with the packed bytes as integers, for every format whose group fits its
+  64-byte chunks): the C one of ``codegen/vnni_c.py`` when the target gives it (``native_vnni``,
+  the C kernel language), else Numba's of ``codegen/qlinear_vnni_cpu.py``; elsewhere the rows are quantized and
   the float kernel runs on their values. Past ``KERNEL_ROWS``, 8-bit per-channel symmetric
   weights go to ``torch._int_mm`` (an integer GEMM, about 3.7x torch.mm's float32 speed on the
   project's CPU), other formats to the blocked path on the quantized rows;
@@ -30,6 +31,7 @@ from ..codegen.prefetch import SOURCE as PREFETCH_SOURCE
 from ..codegen.qlinear_cpu import QLinearVariant, dequantize_source, qlinear_source
 from ..codegen.qlinear_vnni_cpu import HEADER as VNNI_HEADER
 from ..codegen.qlinear_vnni_cpu import vnni_source
+from ..codegen.vnni_c import VnniC
 from ..codegen.vnni_dot import VnniDot, host_has_vnni
 from ..ir.quant_format import QuantFormat
 from .qlinear_call import KERNEL_ROWS, integer_gemm_format, run_by_rows
@@ -46,8 +48,9 @@ def load_kernel(variant: QLinearVariant, cache: KernelCache, dequantize: bool = 
     return getattr(module, name)
 
 
-def describe(fmt: QuantFormat, k: int, act: str, integer_kernels: bool | None = None) -> str:
-    """Which kernels a layer of this format, input size and ``act`` runs on the cpu backend (for reports)."""
+def describe(fmt: QuantFormat, k: int, act: str, integer_kernels: bool | None = None, language: str = "numba") -> str:
+    """Which kernels a layer of this format, input size and ``act`` runs on the cpu backend (for reports);
+    ``language``: the integer kernel's, ``c`` or ``numba``."""
     if act != "int8":
         return f"numba dequantize-in-the-loop kernel for up to {KERNEL_ROWS} rows, else blocked dequantize + torch.mm"
     dot = VnniDot(fmt, k)
@@ -55,6 +58,7 @@ def describe(fmt: QuantFormat, k: int, act: str, integer_kernels: bool | None = 
     if integer_kernels is not None and not integer_kernels and not why_not:
         why_not = "integer kernels off"
     few = (f"numba dequantize-in-the-loop kernel on int8-quantized rows ({why_not})" if why_not else
+           "integer dot products (AVX-512 VNNI, C)" if language == "c" and VnniC(fmt, k).unsupported() is None else
            "integer dot products (AVX-512 VNNI, LLVM IR in numba)")
     many = ("torch._int_mm" if integer_gemm_format(fmt, k) else "blocked dequantize + torch.mm on int8-quantized rows")
     return f"{few} for up to {KERNEL_ROWS} rows, else {many}"
@@ -70,6 +74,7 @@ class QLinearCpu:
     cache: KernelCache
     act: str = "none"
     integer_kernels: bool = field(default_factory=host_has_vnni)  # act=int8's VNNI kernel where it can run
+    native_vnni: Callable[..., None] | None = None  # the C VNNI kernel of this format (``codegen/vnni_c.py``)
     kernels: dict[str, Callable[..., None]] = field(default_factory=dict)
     views: dict = field(default_factory=dict)
     blocks: int = field(init=False)       # the kernels' view of a row: blocks of values / of bytes
@@ -81,6 +86,9 @@ class QLinearCpu:
         self.blocks, self.block_values, self.block_bytes = v.blocks, v.block_values, v.block_bytes
         self.dot = VnniDot(self.fmt, self.k)
         self.integer_kernels = self.integer_kernels and self.act == "int8" and self.dot.unsupported() is None
+        self.vnni_c = VnniC(self.fmt, self.k)
+        if not self.integer_kernels or self.vnni_c.unsupported() is not None:
+            self.native_vnni = None
 
     def kernel(self, kind: str) -> Callable[..., None]:
         """``gemv``, ``gemm`` or ``dequantize``, compiled on first use (a prefill-only plan never needs the GEMV)."""
@@ -95,7 +103,7 @@ class QLinearCpu:
         return self.kernels[kind]
 
     def describe(self) -> str:
-        return describe(self.fmt, self.k, self.act, self.integer_kernels)
+        return describe(self.fmt, self.k, self.act, self.integer_kernels, "c" if self.native_vnni else "numba")
 
     def __call__(self, x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None,
                  out: torch.Tensor) -> None:
@@ -113,8 +121,15 @@ class QLinearCpu:
             self.blocked(x2, qweight, scales, zeros, out2)
 
         def int8_few(x2: torch.Tensor, out2: torch.Tensor) -> None:
+            rows = x2.shape[0]
+            if self.native_vnni is not None and all(t is None or t.is_contiguous() for t in (qweight, scales, zeros)):
+                scratch = torch.empty(self.vnni_c.scratch_bytes(rows), dtype=torch.uint8)
+                self.native_vnni(x2.data_ptr(), qweight.data_ptr(), scales.data_ptr(),
+                                 (zeros if zeros is not None else scales).data_ptr(), out2.data_ptr(),
+                                 scratch.data_ptr(), rows, self.n, self.k, self.fmt.group_size(self.k))
+                return
             _, q, s, z = self.weight_views(qweight, scales, zeros)
-            self.kernel("vnni")(x2.numpy(), q.reshape(self.n, -1), s, z, out2.numpy(), x2.shape[0], self.n)
+            self.kernel("vnni")(x2.numpy(), q.reshape(self.n, -1), s, z, out2.numpy(), rows, self.n)
 
         run_by_rows(x, out, self.k, self.n, self.act, few, many, int8_few if self.integer_kernels else None,
                     int8_many if integer_gemm_format(self.fmt, self.k) else None)

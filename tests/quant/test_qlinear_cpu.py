@@ -20,9 +20,9 @@ class Layer(nn.Module):
         return self.fc(x) * 1.0  # a consumer kernel, so qlinear writes an arena buffer
 
 
-def _check(model: nn.Module, x: torch.Tensor, pipeline: str) -> lamina.CompiledModule:
+def _check(model: nn.Module, x: torch.Tensor, pipeline: str, **options: object) -> lamina.CompiledModule:
     """Compile with poisoned buffers and compare with the interpreter; the compiled module, for more checks."""
-    compiled = lamina.compile(model, (x,), pipeline=pipeline, poison=True)
+    compiled = lamina.compile(model, (x,), pipeline=pipeline, poison=True, **options)
     params = {k: v.detach().numpy() for k, v in model.state_dict().items()}
     (want,) = interpret(compiled.graph, [x.numpy()], params)
     with torch.no_grad():

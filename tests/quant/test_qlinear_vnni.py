@@ -1,5 +1,6 @@
-"""act=int8 on the cpu backend: the AVX-512 VNNI kernels (codegen/vnni_dot.py, qlinear_vnni_cpu.py) against the
-interpreter's exact integer products, for every format, and the float fallback where they cannot run."""
+"""act=int8 on the cpu backend: the AVX-512 VNNI kernels (Numba's: codegen/vnni_dot.py, qlinear_vnni_cpu.py; C's:
+codegen/vnni_c.py) against the interpreter's exact integer products, for every format, and the float fallback
+where they cannot run."""
 from __future__ import annotations
 
 import threading
@@ -9,13 +10,29 @@ import pytest
 import torch
 import lamina
 from lamina.codegen.cache import KernelCache
+from lamina.codegen.cpu_c import PRELUDE
+from lamina.codegen.vnni_c import ARGUMENTS, VnniC
 from lamina.codegen.vnni_dot import VnniDot, host_has_vnni
 from lamina.ir.quant_format import QuantFormat, int8_product, quantize, quantize_rows, unpack
+from lamina.runtime.native_kernels import NativeFunction, NativeLibrary, build_library, compiler
 from lamina.runtime.qlinear_cpu import QLinearCpu
 
 from .test_qlinear_cpu import Layer, _check
 
 needs_vnni = pytest.mark.skipif(not host_has_vnni(), reason="this CPU has no AVX-512 VNNI")
+LANGUAGES = ["numba", pytest.param("c", marks=pytest.mark.skipif(compiler() is None, reason="no C compiler"))]
+
+
+def _dispatcher(fmt: QuantFormat, k: int, n: int, language: str) -> QLinearCpu:
+    """``act=int8``'s dispatcher with the integer kernel of ``language``."""
+    native = None
+    if language == "c":
+        kernel = VnniC(fmt, k)
+        f = NativeFunction(kernel.name, ARGUMENTS, kernel.source())
+        native = NativeLibrary.load(build_library([f], PRELUDE), [f])[kernel.name]
+    q = QLinearCpu(fmt, k, n, KernelCache(), act="int8", native_vnni=native)
+    assert ("VNNI, C" in q.describe()) == (language == "c")
+    return q
 
 FORMATS = [QuantFormat(b, g, s) for b in (8, 4) for s in ("sym", "asym") for g in (0, 32, 64, 128, 256)]
 
@@ -36,18 +53,22 @@ def test_every_variant_is_valid_llvm_ir(fmt: QuantFormat) -> None:
 
 
 @needs_vnni
+@pytest.mark.parametrize("language", LANGUAGES)
 @pytest.mark.parametrize("rows", [1, 3, 16], ids=lambda r: f"rows{r}")
 @pytest.mark.parametrize("fmt", FORMATS, ids=lambda f: f.label.replace(" ", "_"))
-def test_vnni_kernels_match_the_interpreter(fmt: QuantFormat, rows: int) -> None:
+def test_vnni_kernels_match_the_interpreter(fmt: QuantFormat, rows: int, language: str) -> None:
     torch.manual_seed(rows)
-    compiled = _check(Layer(256, 37), torch.randn(rows, 256), f"quantize{{{_options(fmt)},act=int8,keep=none}},fuse")
-    assert "VNNI" in compiled.quantization[0].kernel
+    compiled = _check(Layer(256, 37), torch.randn(rows, 256), f"quantize{{{_options(fmt)},act=int8,keep=none}},fuse",
+                      kernel_language=language)
+    kernel = compiled.quantization[0].kernel
+    assert "VNNI" in kernel and ("VNNI, C" in kernel) == (language == "c")
 
 
 @needs_vnni
+@pytest.mark.parametrize("language", LANGUAGES)
 @pytest.mark.parametrize("fmt", [QuantFormat(8, 0), QuantFormat(4, 0), QuantFormat(8, 0, "asym")],
                          ids=lambda f: f.label.replace(" ", "_"))
-def test_per_channel_integer_sums_are_exact(fmt: QuantFormat) -> None:
+def test_per_channel_integer_sums_are_exact(fmt: QuantFormat, language: str) -> None:
     """One scale per row: the int32 lanes hold the exact sum, so the result is the reference's to the last bit
     or one unit in the last place (the reference rounds a float64 sum, the kernel a float64 product)."""
     torch.manual_seed(8)
@@ -55,7 +76,7 @@ def test_per_channel_integer_sums_are_exact(fmt: QuantFormat) -> None:
     w, x = torch.randn(n, k), torch.randn(4, k) * 3
     stored = quantize(w, fmt)
     zeros = stored[2] if len(stored) == 3 else None
-    q = QLinearCpu(fmt, k, n, KernelCache(), act="int8")
+    q = _dispatcher(fmt, k, n, language)
     out = torch.full((4, n), float("nan"))
     q(x, stored[0], stored[1], zeros, out)
     want = int8_product(x, stored[0], stored[1], zeros, fmt)
@@ -63,7 +84,8 @@ def test_per_channel_integer_sums_are_exact(fmt: QuantFormat) -> None:
 
 
 @needs_vnni
-def test_extreme_inputs() -> None:
+@pytest.mark.parametrize("language", LANGUAGES)
+def test_extreme_inputs(language: str) -> None:
     """All-zero rows (scale 0), ties at .5 after scaling, the most negative int8 weight, huge magnitudes."""
     torch.manual_seed(9)
     k, n = 256, 16
@@ -77,7 +99,7 @@ def test_extreme_inputs() -> None:
     x[3] = torch.randn(k) * 1e-30
     stored = quantize(w, fmt)
     out = torch.full((4, n), float("nan"))
-    QLinearCpu(fmt, k, n, KernelCache(), act="int8")(x, *stored, None, out)
+    _dispatcher(fmt, k, n, language)(x, *stored, None, out)
     want = int8_product(x, *stored, None, fmt)
     assert (out[0] == 0).all()
     np.testing.assert_allclose(out.numpy(), want.numpy(), rtol=1e-6, atol=0)
