@@ -90,8 +90,10 @@ class StepRow:
 
 
 def kernel_rows(timeline: Timeline, limits: "Limits | None" = None) -> list[StepRow]:
-    """The timeline's steps by label, slowest first: GFLOP/s for arithmetic-bound ops (against
-    ``limits.gemm_gflops``), GB/s of operands and results for the others (against ``limits.copy_gbps``)."""
+    """The timeline's steps by label, slowest first, with GB/s of their operands and results and, for ops
+    with a FLOP count (GEMMs, convolutions, attention), GFLOP/s. ``of_limit`` is the roofline's: the
+    larger of GFLOP/s against ``limits.gemm_gflops`` and GB/s against ``limits.copy_gbps``, so a GEMM
+    over one row (decoding: memory-bound) is judged by its bandwidth and a large one by its FLOPs."""
     grouped: dict[str, list[Event]] = {}
     for e in timeline.events:
         grouped.setdefault(e.label, []).append(e)
@@ -103,11 +105,12 @@ def kernel_rows(timeline: Timeline, limits: "Limits | None" = None) -> list[Step
         nbytes = sum(e.nbytes for e in events)
         flops = [e.flops for e in events if e.flops is not None]
         gflops = sum(flops) / seconds / 1e9 if flops else None
-        gbps = nbytes / seconds / 1e9 if nbytes and not flops else None
+        gbps = nbytes / seconds / 1e9 if nbytes else None
         of_limit = None
         if limits is not None:
-            of_limit = gflops / limits.gemm_gflops if gflops is not None else \
-                gbps / limits.copy_gbps if gbps is not None else None
+            fractions = [r / limit for r, limit in ((gflops, limits.gemm_gflops), (gbps, limits.copy_gbps))
+                         if r is not None]
+            of_limit = max(fractions) if fractions else None
         rows.append(StepRow(label, len(events), ms, ms / total, gbps, gflops, of_limit))
     return sorted(rows, key=lambda r: -r.ms)
 
