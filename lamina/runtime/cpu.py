@@ -158,14 +158,17 @@ GemvCall = Callable[[str, list[str], Size, Size, Size], str]  # (function, views
 
 
 def few_rows_lines(target: "CpuTarget", kernel: Callable[[], Any], op: Op, args: Sequence[str], out: str,
-                   plan: PlanContext, max_rows: int, call: GemvCall) -> list[str]:
-    """A ``linear`` on a GEMV kernel of the target's up to ``max_rows`` input rows, else (or when a
-    tensor is not contiguous) torch's linear; decided now when the sizes are static, else per call.
-    Tensors fixed for the plan are viewed once (``target.view``), the others on every call."""
+                   plan: PlanContext, max_rows: int, call: GemvCall,
+                   many: Callable[[list[str], Size, Size, Size], str] | None = None) -> list[str]:
+    """A ``linear`` on a GEMV kernel of the target's up to ``max_rows`` input rows; past that the line
+    ``many(views, M, N, K)`` gives (a GEMM of the target's), or torch's linear; torch's linear too when a
+    tensor is not contiguous. Decided now when the sizes are static, else per call. Tensors fixed for
+    the plan are viewed once (``target.view``), the others on every call."""
     library = [call_line(op, list(args), [out], [out], plan.derive)]
     *lead, k = (plan.size(d) for d in op.operands[0].type.shape)
     rows = math.prod(lead)  # SizeCode multiplies into per-call code when a size is symbolic
-    if is_static(rows) and rows > max_rows:
+    few = not is_static(rows) or rows <= max_rows
+    if not few and many is None:
         return library
     views, per_call = [], []
     for name in (*args, out):
@@ -176,13 +179,19 @@ def few_rows_lines(target: "CpuTarget", kernel: Callable[[], Any], op: Op, args:
             views.append(f"_kernel_view({name})")
             per_call.append(name)
     n = plan.size(op.results[0].type.shape[-1])
-    line = call(plan.static(kernel(), "G"), views, rows, n, k)
     conditions = [f"{name}.is_contiguous()" for name in per_call]
-    if not is_static(rows):
-        conditions.insert(0, f"{rows} <= {max_rows}")
+    gemv = call(plan.static(kernel(), "G"), views, rows, n, k) if few else ""
+    if many is None:  # few rows only, or torch's linear
+        body = [gemv]
+        if not is_static(rows):
+            conditions.insert(0, f"{rows} <= {max_rows}")
+    elif is_static(rows):
+        body = [gemv if few else many(views, rows, n, k)]
+    else:
+        body = [f"if {rows} <= {max_rows}:", f"    {gemv}", "else:", f"    {many(views, rows, n, k)}"]
     if not conditions:
-        return [line]
-    return [f"if {' and '.join(conditions)}:", f"    {line}", "else:", *("    " + x for x in library)]
+        return body
+    return [f"if {' and '.join(conditions)}:", *("    " + x for x in body), "else:", *("    " + x for x in library)]
 
 
 def _qlinear_kernel(target: "CpuTarget", op: Op) -> Callable[[], Any] | None:

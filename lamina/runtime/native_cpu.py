@@ -11,6 +11,7 @@ needs no Numba.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -18,6 +19,9 @@ import torch
 
 from ..codegen.cpu_c import PRELUDE, c_source, param_ctype
 from ..codegen.dead_code import drop_dead_lets
+from ..codegen.gemm_c import ARGUMENTS as GEMM_ARGUMENTS
+from ..codegen.gemm_c import NAME as GEMM_NAME
+from ..codegen.gemm_c import gemm_source, pack_weight
 from ..codegen.gemv_c import ARGUMENTS as GEMV_ARGUMENTS
 from ..codegen.gemv_c import MAX_ROWS as GEMV_ROWS
 from ..codegen.gemv_c import gemv_name, gemv_source, needs_scratch
@@ -29,14 +33,34 @@ from ..codegen.vnni_c import VnniC
 from ..codegen.vnni_dot import host_has_vnni
 from ..ir.quant_format import QuantFormat
 from ..ir.core import Op
+from ..ir.dtypes import DType
 from ..ir.size_code import Size
 from ..log import logger
 from .cpu import CpuTarget, _parallel, few_rows_lines
+from .library import call_line
 from .frozen import kernel_view
-from .native_kernels import NativeFunction, NativeLibrary, argument_kinds, build_library
+from .native_kernels import NativeFunction, NativeLibrary, argument_kinds, build_library, cpu_features
 from .qlinear_call import qlinear_lines
 from .qlinear_cpu import QLinearCpu
 from .program import CompiledKernel, PlanContext
+
+
+def c_gemm_is_faster() -> bool:
+    """Whether this CPU runs lamina's C GEMM (``codegen/gemm_c.py``) rather than torch's for float32
+    linears: an AMD CPU with AVX-512, where MKL takes its AVX2 code (1.3-2.4x slower there)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            amd = any(line.startswith("vendor_id") and "AuthenticAMD" in line for line in f)
+    except OSError:
+        return False
+    return amd and "avx512f" in cpu_features()
+
+
+def _weight_matmul(op: Op) -> bool:
+    """A float32 ``matmul`` of rows [..., M, K] by a 2-d [K, N]: a linear layer stored as [in, out]."""
+    x, w = op.operands
+    return (len(w.type.shape) == 2 and len(x.type.shape) >= 2 and
+            all(v.type.dtype == DType.f32 for v in (*op.operands, *op.results)))
 
 
 def native_function(kernel: Kernel, parallel: bool | None = None) -> NativeFunction:
@@ -58,9 +82,10 @@ class NativeCpuTarget(CpuTarget):
 
     language = "c"
 
-    def __init__(self, numba_natives: bool = True) -> None:
+    def __init__(self, numba_natives: bool = True, c_gemm: bool | None = None) -> None:
         super().__init__()
         self.numba_natives = numba_natives
+        self.c_gemm = c_gemm_is_faster() if c_gemm is None else c_gemm  # float32 linears past the GEMV's rows
         self.printed: dict[str, NativeFunction] = {}  # each kernel's function, by the source it was printed as
         self.own: dict[str, NativeFunction] = {}  # the library ops' C kernels the plans call, by name
         self.functions: list[NativeFunction] = []
@@ -100,6 +125,9 @@ class NativeCpuTarget(CpuTarget):
     def native(self, op: Op) -> Callable[[], Any] | None:
         if op.name == "linear":
             return self._gemv(op)
+        if op.name == "matmul" and self.c_gemm and _weight_matmul(op):
+            self.own.setdefault(GEMM_NAME, NativeFunction(GEMM_NAME, GEMM_ARGUMENTS, gemm_source()))
+            return lambda: self.library[GEMM_NAME]
         if op.name == "qlinear" and self.numba_natives:
             self._vnni(op)
         return super().native(op) if self.numba_natives else None
@@ -119,6 +147,8 @@ class NativeCpuTarget(CpuTarget):
             return None
         name = gemv_name(dtype)
         self.own.setdefault(name, NativeFunction(name, GEMV_ARGUMENTS, gemv_source(dtype)))
+        if dtype == DType.f32 and self.c_gemm:
+            self.own.setdefault(GEMM_NAME, NativeFunction(GEMM_NAME, GEMM_ARGUMENTS, gemm_source()))
         return lambda: self.library[name]
 
     def native_lines(self, kernel: Callable[[], Any], op: Op, args: Sequence[str], out: str,
@@ -130,6 +160,8 @@ class NativeCpuTarget(CpuTarget):
                 return QLinearCpu(fmt, k, n, self.cache, act, native_vnni=native)
 
             return qlinear_lines(op, list(args), out, plan, make)
+        if op.name == "matmul":
+            return self._matmul_lines(kernel, op, args, out, plan)
         if op.name != "linear":
             return super().native_lines(kernel, op, args, out, plan)
         dtype = op.results[0].type.dtype
@@ -139,7 +171,52 @@ class NativeCpuTarget(CpuTarget):
             scratch = f"_kernel_view(torch.empty({rows} * {k}, dtype=torch.float32))" if needs_scratch(dtype) else "None"
             return f"{fn}({x}, {w}, {bias[0] if bias else 'None'}, {y}, {scratch}, {rows}, {n}, {k})"
 
-        return few_rows_lines(self, kernel, op, args, out, plan, GEMV_ROWS[dtype], call)
+        packed = self._packed_weight(args[1], plan) if dtype == DType.f32 and GEMM_NAME in self.own else None
+        gemm = plan.static(self.library[GEMM_NAME], "G") if packed is not None else ""
+
+        def many(views: list[str], rows: Size, n: Size, k: Size) -> str:
+            x, _, *bias, y = views
+            return f"{gemm}({x}, {packed}, {bias[0] if bias else 'None'}, {y}, {rows}, {n}, {k})"
+
+        return few_rows_lines(self, kernel, op, args, out, plan, GEMV_ROWS[dtype], call,
+                              many if packed is not None else None)
+
+    def _matmul_lines(self, kernel: Callable[[], Any], op: Op, args: Sequence[str], out: str,
+                      plan: PlanContext) -> list[str]:
+        """``x @ w`` with ``w`` [K, N] fixed for the plan (GPT-2's Conv1D) on the C GEMM (its weight packed
+        from ``w^T``); torch's matmul when ``w`` is not fixed or x or the output is strided."""
+        library = [call_line(op, list(args), [out], [out], plan.derive)]
+        packed = self._packed_weight(args[1], plan, ".t()")
+        if packed is None:
+            return library
+        *lead, k = (plan.size(d) for d in op.operands[0].type.shape)
+        views, conditions = [], []
+        for name in (args[0], out):
+            tensor = plan.value_of(name)
+            if tensor is not None and tensor.is_contiguous():
+                views.append(plan.static(self.view(tensor), "H"))
+            else:
+                views.append(f"_kernel_view({name})")
+                conditions.append(f"{name}.is_contiguous()")
+        n = plan.size(op.results[0].type.shape[-1])
+        line = f"{plan.static(kernel(), 'G')}({views[0]}, {packed}, None, {views[1]}, {math.prod(lead)}, {n}, {k})"
+        if not conditions:
+            return [line]
+        return [f"if {' and '.join(conditions)}:", f"    {line}", "else:", *("    " + x for x in library)]
+
+    def _packed_weight(self, weight: str, plan: PlanContext, suffix: str = "") -> str | None:
+        """The C GEMM's view of ``weight + suffix`` (an [N, K] weight) packed in tiles
+        (``gemm_c.pack_weight``), made once per plan and kept in step with the weight; None when the
+        weight is not fixed for the plan (then torch's linear runs)."""
+        tensor = plan.value_of(weight)
+        if tensor is None or plan.in_arena(tensor) or tensor.dim() != 2:
+            return None
+        packed = plan.derive(weight, suffix, call="_pack_gemm")
+        value = plan.value_of(packed)
+        return None if value is None else plan.static(self.view(value), "H")
+
+    def namespace(self) -> dict[str, Any]:
+        return {**super().namespace(), "_pack_gemm": pack_weight}
 
     def view(self, tensor: torch.Tensor) -> Any:
         """The tensor as a C kernel receives it (its data pointer); 16-bit floats as their int16 bits."""

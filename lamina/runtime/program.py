@@ -481,17 +481,19 @@ class _PlanBuilder(PlanContext):
     def value_of(self, name: str) -> Any | None:
         return self.glb.get(name)
 
-    def derive(self, base: str, suffix: str) -> str:
-        """``base + suffix`` computed once when ``base`` is static: a view that shares its memory, or, of
-        a weight, a copy kept in step with it (a ``Snapshot``: a transposed or channels-last weight)."""
+    def derive(self, base: str, suffix: str, call: str = "") -> str:
+        """``call(base + suffix)`` (``call`` a function of the namespace, or none) computed once when
+        ``base`` is static: a view that shares its memory, or, of a weight, a copy kept in step with it
+        (a ``Snapshot``: a transposed, channels-last or packed weight)."""
+        expr = f"{call}({base}{suffix})" if call else f"{base}{suffix}"
         if base not in self.glb or SIZE_NAME.search(suffix):
-            return f"{base}{suffix}"
+            return expr
         tensor = self.glb[base]
-        view = eval(f"{base}{suffix}", self.glb)  # noqa: S307 - our own generated code
+        view = eval(expr, self.glb)  # noqa: S307 - our own generated code
         if view.untyped_storage().data_ptr() != tensor.untyped_storage().data_ptr():
             if self.in_arena(tensor):
-                return f"{base}{suffix}"  # kernels write the arena: a copy made now would be stale
-            view = self.snapshot([tensor], lambda: eval(f"{base}{suffix}", self.glb), made=view)  # noqa: S307
+                return expr  # kernels write the arena: a copy made now would be stale
+            view = self.snapshot([tensor], lambda: eval(expr, self.glb), made=view)  # noqa: S307
         return self.static(view, "D")
 
     def snapshot(self, sources: Sequence[torch.Tensor], compute: Callable[[], torch.Tensor],

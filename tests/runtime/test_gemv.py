@@ -15,6 +15,7 @@ from torch import nn
 import lamina
 from lamina.codegen.gemv_c import MAX_ROWS
 from lamina.ir.dtypes import DType
+from lamina.runtime import native_cpu
 from lamina.runtime.native_kernels import compiler
 from tests.conftest import rel_error
 
@@ -23,6 +24,12 @@ pytestmark = pytest.mark.skipif(compiler() is None, reason="no C compiler")
 TOL = {torch.float32: 1e-5, torch.bfloat16: 2 ** -7, torch.float16: 2 ** -10}
 DTYPES = {torch.float32: DType.f32, torch.bfloat16: DType.bf16, torch.float16: DType.f16}
 GEMV_CALL = re.compile(r"\bG\d+\(")
+
+
+@pytest.fixture(autouse=True)
+def torch_gemm(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past the GEMV's rows torch's linear (the C GEMM, where a CPU takes it: tests/runtime/test_gemm.py)."""
+    monkeypatch.setattr(native_cpu, "c_gemm_is_faster", lambda: False)
 
 
 class _Linears(nn.Module):

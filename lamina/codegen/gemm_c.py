@@ -1,0 +1,79 @@
+"""A float32 GEMM in C with AVX-512 for the cpu backend: ``out = x @ w^T (+ b)`` for a ``linear`` whose
+weight is fixed for the plan.
+
+On the AMD EPYC of benchmarks/RESULTS.md, torch's float32 GEMM (MKL) runs 60-150 GFLOP/s with two
+threads: MKL takes its AVX2 code on AMD CPUs. This kernel is the classic register-blocked one: the
+weight is packed once per plan (``pack_weight``: tiles of 32 output channels, each tile [K, 32]
+contiguous, the last one padded with zeros; a snapshot kept in step with the weight), and each
+6 x 32 block of the output keeps 12 vector accumulators while it walks K, loading two vectors of
+the tile and broadcasting one input value per row per step. Blocks are split over OpenMP threads;
+the last tile stores through a mask. Measured there against ``torch.mm`` (GFLOP/s): 64 x 256 x
+256 110 / 88, 64 x 1024 x 256 109 / 61, 1576 x 768 x 3072 209 / 137, 512 x 2048 x 5632 210 / 122,
+25088 x 64 x 256 177 / 102. MKL is fast on Intel CPUs, so the backend uses this kernel on AMD CPUs
+only (``runtime/native_cpu.py``).
+"""
+from __future__ import annotations
+
+import torch
+
+TILE = 32
+ROWS = 6
+ARGUMENTS = "ppppiii"  # x, packed weight, bias (NULL: none), out, M, N, K (``native_kernels.ARGUMENT_TYPES``)
+NAME = "lamina_gemm_f32"
+
+
+def pack_weight(w: torch.Tensor) -> torch.Tensor:
+    """``w`` [N, K] as tiles [ceil(N / 32), K, 32]: tile t, row k, column j is ``w[32 t + j, k]`` (zero
+    past N)."""
+    n, k = w.shape
+    tiles = -(-n // TILE)
+    padded = torch.nn.functional.pad(w.detach(), (0, 0, 0, tiles * TILE - n))
+    return padded.reshape(tiles, TILE, k).transpose(1, 2).contiguous()
+
+
+def _block(rows: int) -> str:
+    """The kernel of one block of ``rows`` output rows by one tile (``m0`` its first row)."""
+    init = " ".join(f"__m512 c{r}0 = b0, c{r}1 = b1;" for r in range(rows))
+    step = " ".join(f"{{ const __m512 a = _mm512_set1_ps(xr[{r} * K + k]); c{r}0 = _mm512_fmadd_ps(a, w0, c{r}0); "
+                    f"c{r}1 = _mm512_fmadd_ps(a, w1, c{r}1); }}" for r in range(rows))
+    store = " ".join(f"_mm512_mask_storeu_ps(cr + {r} * N, lo, c{r}0); _mm512_mask_storeu_ps(cr + {r} * N + 16, hi, "
+                     f"c{r}1);" for r in range(rows))
+    return f"""static inline void lamina_gemm_block{rows}(const float* restrict xr, const float* restrict tile,
+    float* restrict cr, __m512 b0, __m512 b1, __mmask16 lo, __mmask16 hi, int64_t N, int64_t K) {{
+  {init}
+  for (int64_t k = 0; k < K; k++) {{
+    const __m512 w0 = _mm512_loadu_ps(tile + k * 32), w1 = _mm512_loadu_ps(tile + k * 32 + 16);
+    {step}
+  }}
+  {store}
+}}
+"""
+
+
+def gemm_source() -> str:
+    """C source of ``NAME(x, packed, b, out, M, N, K)``: x [M, K], packed ``pack_weight(w)``, b [N] or NULL,
+    out [M, N], all float32 and contiguous. Needs ``cpu_c.PRELUDE`` and AVX-512F."""
+    blocks = "".join(_block(r) for r in range(1, ROWS + 1))
+    cases = " ".join(f"case {r}: lamina_gemm_block{r}(xr, tile, cr, b0, b1, lo, hi, N, K); break;"
+                     for r in range(1, ROWS + 1))
+    return f"""
+#include <immintrin.h>
+{blocks}
+void {NAME}(const float* restrict x, const float* restrict packed, const float* restrict b, float* restrict out,
+            int64_t M, int64_t N, int64_t K) {{
+  const int64_t tiles = (N + 31) / 32, blocks = (M + {ROWS - 1}) / {ROWS};
+  #pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < tiles * blocks; i++) {{
+    const int64_t t = i / blocks, m0 = i % blocks * {ROWS}, rows = M - m0 < {ROWS} ? M - m0 : {ROWS};
+    const int64_t left = N - t * 32;
+    const __mmask16 lo = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1u);
+    const __mmask16 hi = left >= 32 ? (__mmask16)0xFFFF : left > 16 ? (__mmask16)((1u << (left - 16)) - 1u) : 0;
+    const __m512 b0 = b ? _mm512_maskz_loadu_ps(lo, b + t * 32) : _mm512_setzero_ps();
+    const __m512 b1 = b ? _mm512_maskz_loadu_ps(hi, b + t * 32 + 16) : _mm512_setzero_ps();
+    const float* xr = x + m0 * K;
+    const float* tile = packed + t * K * 32;
+    float* cr = out + m0 * N + t * 32;
+    switch (rows) {{ {cases} }}
+  }}
+}}
+"""
