@@ -18,7 +18,7 @@ import torch
 
 TILE = 32
 ROWS = 6
-ARGUMENTS = "ppppiii"  # x, packed weight, bias (NULL: none), out, M, N, K (``native_kernels.ARGUMENT_TYPES``)
+ARGUMENTS = "ppppiiii"  # x, packed weight, bias (NULL: none), out, M, N, K, out's row stride (``ARGUMENT_TYPES``)
 NAME = "lamina_gemm_f32"
 
 
@@ -36,10 +36,10 @@ def _block(rows: int) -> str:
     init = " ".join(f"__m512 c{r}0 = b0, c{r}1 = b1;" for r in range(rows))
     step = " ".join(f"{{ const __m512 a = _mm512_set1_ps(xr[{r} * K + k]); c{r}0 = _mm512_fmadd_ps(a, w0, c{r}0); "
                     f"c{r}1 = _mm512_fmadd_ps(a, w1, c{r}1); }}" for r in range(rows))
-    store = " ".join(f"_mm512_mask_storeu_ps(cr + {r} * N, lo, c{r}0); _mm512_mask_storeu_ps(cr + {r} * N + 16, hi, "
+    store = " ".join(f"_mm512_mask_storeu_ps(cr + {r} * ldc, lo, c{r}0); _mm512_mask_storeu_ps(cr + {r} * ldc + 16, hi, "
                      f"c{r}1);" for r in range(rows))
     return f"""static inline void lamina_gemm_block{rows}(const float* restrict xr, const float* restrict tile,
-    float* restrict cr, __m512 b0, __m512 b1, __mmask16 lo, __mmask16 hi, int64_t N, int64_t K) {{
+    float* restrict cr, __m512 b0, __m512 b1, __mmask16 lo, __mmask16 hi, int64_t ldc, int64_t K) {{
   {init}
   for (int64_t k = 0; k < K; k++) {{
     const __m512 w0 = _mm512_loadu_ps(tile + k * 32), w1 = _mm512_loadu_ps(tile + k * 32 + 16);
@@ -51,16 +51,17 @@ def _block(rows: int) -> str:
 
 
 def gemm_source() -> str:
-    """C source of ``NAME(x, packed, b, out, M, N, K)``: x [M, K], packed ``pack_weight(w)``, b [N] or NULL,
-    out [M, N], all float32 and contiguous. Needs ``cpu_c.PRELUDE`` and AVX-512F."""
+    """C source of ``NAME(x, packed, b, out, M, N, K, ldc)``: x [M, K], packed ``pack_weight(w)``, b [N] or
+    NULL, out [M, N] with rows ``ldc`` apart (N: contiguous; more: a block of a wider output's columns),
+    all float32. Needs ``cpu_c.PRELUDE`` and AVX-512F."""
     blocks = "".join(_block(r) for r in range(1, ROWS + 1))
-    cases = " ".join(f"case {r}: lamina_gemm_block{r}(xr, tile, cr, b0, b1, lo, hi, N, K); break;"
+    cases = " ".join(f"case {r}: lamina_gemm_block{r}(xr, tile, cr, b0, b1, lo, hi, ldc, K); break;"
                      for r in range(1, ROWS + 1))
     return f"""
 #include <immintrin.h>
 {blocks}
 void {NAME}(const float* restrict x, const float* restrict packed, const float* restrict b, float* restrict out,
-            int64_t M, int64_t N, int64_t K) {{
+            int64_t M, int64_t N, int64_t K, int64_t ldc) {{
   const int64_t tiles = (N + 31) / 32, blocks = (M + {ROWS - 1}) / {ROWS};
   #pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < tiles * blocks; i++) {{
@@ -72,7 +73,7 @@ void {NAME}(const float* restrict x, const float* restrict packed, const float* 
     const __m512 b1 = b ? _mm512_maskz_loadu_ps(hi, b + t * 32 + 16) : _mm512_setzero_ps();
     const float* xr = x + m0 * K;
     const float* tile = packed + t * K * 32;
-    float* cr = out + m0 * N + t * 32;
+    float* cr = out + m0 * ldc + t * 32;
     switch (rows) {{ {cases} }}
   }}
 }}

@@ -130,6 +130,8 @@ class NativeCpuTarget(CpuTarget):
             return lambda: self.library[GEMM_NAME]
         if op.name == "qlinear" and self.numba_natives:
             self._vnni(op)
+            if self.c_gemm:
+                self.own.setdefault(GEMM_NAME, NativeFunction(GEMM_NAME, GEMM_ARGUMENTS, gemm_source()))
         return super().native(op) if self.numba_natives else None
 
     def _vnni(self, op: Op) -> None:
@@ -157,7 +159,8 @@ class NativeCpuTarget(CpuTarget):
             def make(fmt: QuantFormat, k: int, n: int, act: str) -> QLinearCpu:
                 name = VnniC(fmt, k).name
                 native = self.library[name] if self.library is not None and name in self.own else None
-                return QLinearCpu(fmt, k, n, self.cache, act, native_vnni=native)
+                gemm = self.library[GEMM_NAME] if self.library is not None and GEMM_NAME in self.own else None
+                return QLinearCpu(fmt, k, n, self.cache, act, native_vnni=native, native_gemm=gemm)
 
             return qlinear_lines(op, list(args), out, plan, make)
         if op.name == "matmul":
@@ -176,7 +179,7 @@ class NativeCpuTarget(CpuTarget):
 
         def many(views: list[str], rows: Size, n: Size, k: Size) -> str:
             x, _, *bias, y = views
-            return f"{gemm}({x}, {packed}, {bias[0] if bias else 'None'}, {y}, {rows}, {n}, {k})"
+            return f"{gemm}({x}, {packed}, {bias[0] if bias else 'None'}, {y}, {rows}, {n}, {k}, {n})"
 
         return few_rows_lines(self, kernel, op, args, out, plan, GEMV_ROWS[dtype], call,
                               many if packed is not None else None)
@@ -199,7 +202,7 @@ class NativeCpuTarget(CpuTarget):
                 views.append(f"_kernel_view({name})")
                 conditions.append(f"{name}.is_contiguous()")
         n = plan.size(op.results[0].type.shape[-1])
-        line = f"{plan.static(kernel(), 'G')}({views[0]}, {packed}, None, {views[1]}, {math.prod(lead)}, {n}, {k})"
+        line = f"{plan.static(kernel(), 'G')}({views[0]}, {packed}, None, {views[1]}, {math.prod(lead)}, {n}, {k}, {n})"
         if not conditions:
             return [line]
         return [f"if {' and '.join(conditions)}:", f"    {line}", "else:", *("    " + x for x in library)]

@@ -13,8 +13,9 @@ Which path runs is decided per call by the number of input rows M (tokens times 
   project's CPU), other formats to the blocked path on the quantized rows;
 - M > ``KERNEL_ROWS`` (prefill): GEMM-bound, so the weight is dequantized ``DEQUANT_BLOCK_BYTES`` of
   float at a time (blocks of output channels, one parallel pass of a generated kernel into a
-  buffer reused for every block) and each block multiplied with torch.mm; the float weight
-  never exists whole.
+  buffer reused for every block) and each block multiplied with torch.mm, or with the C GEMM
+  where the target gives it (``native_gemm``: AMD CPUs, packing each block into its tiles); the
+  float weight never exists whole.
 
 ``QLinearCpu.describe()`` says which; ``lamina dump`` and ``compiled.quantization`` print it.
 """
@@ -27,6 +28,7 @@ import torch
 
 from ..codegen.cache import KernelCache, content_key
 from ..codegen.cpu_numba import MODULE_HEADER
+from ..codegen.gemm_c import TILE, pack_weight
 from ..codegen.prefetch import SOURCE as PREFETCH_SOURCE
 from ..codegen.qlinear_cpu import QLinearVariant, dequantize_source, qlinear_source
 from ..codegen.qlinear_vnni_cpu import HEADER as VNNI_HEADER
@@ -75,6 +77,7 @@ class QLinearCpu:
     act: str = "none"
     integer_kernels: bool = field(default_factory=host_has_vnni)  # act=int8's VNNI kernel where it can run
     native_vnni: Callable[..., None] | None = None  # the C VNNI kernel of this format (``codegen/vnni_c.py``)
+    native_gemm: Callable[..., None] | None = None  # the C GEMM for the blocked path (``codegen/gemm_c.py``)
     kernels: dict[str, Callable[..., None]] = field(default_factory=dict)
     views: dict = field(default_factory=dict)
     blocks: int = field(init=False)       # the kernels' view of a row: blocks of values / of bytes
@@ -149,6 +152,8 @@ class QLinearCpu:
     def blocked(self, x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None,
                 out: torch.Tensor) -> None:
         step = max(1, DEQUANT_BLOCK_BYTES // (4 * self.k))
+        if self.native_gemm is not None:  # whole tiles of the GEMM's packed weight
+            step = max(TILE, step // TILE * TILE)
         block = torch.empty(min(step, self.n), self.k)
         dequantize = self.kernel("dequantize")
         packed = qweight.numpy().reshape(self.n, self.blocks, self.block_bytes)
@@ -159,4 +164,9 @@ class QLinearCpu:
             w = block[:hi - lo]
             dequantize(packed[lo:hi], s[lo:hi], z[lo:hi], w.numpy().reshape(hi - lo, self.blocks, self.block_values),
                         hi - lo)
-            out[:, lo:hi] = torch.mm(x, w.t())
+            if self.native_gemm is not None:  # x and out are contiguous (run_by_rows)
+                tiles = pack_weight(w)
+                self.native_gemm(x.data_ptr(), tiles.data_ptr(), None, out.data_ptr() + lo * out.element_size(),
+                                 x.shape[0], hi - lo, self.k, self.n)
+            else:
+                out[:, lo:hi] = torch.mm(x, w.t())

@@ -105,3 +105,19 @@ def test_a_frozen_module_carries_the_gemm(tmp_path) -> None:
     assert any(f.name == "lamina_gemm_f32" for f in loaded._frozen_plan.functions)
     with torch.no_grad():
         assert rel_error(loaded(x), model(x)) <= TOL
+
+
+@pytest.mark.parametrize("options", ["bits=8", "bits=4,group=32", "bits=8,group=32,scheme=asym"])
+def test_quantized_prefill_multiplies_its_dequantized_blocks_on_the_gemm(options: str,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past the quantized kernels' rows each block of dequantized output channels is packed and
+    multiplied on the GEMM, written into its columns of the output: blocks of 32 channels here, so 70
+    channels are three blocks, the last a partial tile."""
+    from lamina.runtime import qlinear_cpu
+    from tests.quant.test_qlinear_cpu import Layer, _check
+
+    monkeypatch.setattr(qlinear_cpu, "DEQUANT_BLOCK_BYTES", 32 * 256 * 4)
+    torch.manual_seed(3)
+    compiled = _check(Layer(256, 70), torch.randn(40, 256), f"quantize{{{options},keep=none}},fuse",
+                      kernel_language="c")
+    assert "lamina_gemm_f32" in compiled._executor.target.own
