@@ -35,6 +35,8 @@ _MATH = ("exp", "log", "sqrt", "tanh", "sin", "cos", "erf", "floor", "log1p")
 _HALF = {DType.bf16: "bf16", DType.f16: "f16"}
 _FAST32 = frozenset({"exp", "tanh", "erf"})  # float32 versions in the prelude that vectorize
 
+LANES = 16  # lane accumulators of a vectorized max or min reduction
+
 PRELUDE = r"""
 #include <math.h>
 #include <stdint.h>
@@ -277,7 +279,10 @@ class CPrinter(CpuStatementPrinter):
         simple = not any(isinstance(x, (Loop, Reduce)) for x in s.body)
         if wide and simple:  # reassociating the sum lets it vectorize, as Numba's fastmath 'reassoc' does
             out.append(f"{pad}#pragma omp simd reduction(+:{acc})")
-        out.append(f"{pad}for (int64_t {s.var} = 0; {s.var} < {self.expr(s.extent)}; {s.var}++) {{")
+        start = "0"
+        if simple and s.kind in ("max", "min") and s.dtype.is_float:
+            start = self._lane_blocked(s, depth, out)
+        out.append(f"{pad}for (int64_t {s.var} = {start}; {s.var} < {self.expr(s.extent)}; {s.var}++) {{")
         self.stmts(s.body, depth + 1, out)
         value = self.expr(s.value)
         if s.kind == "sum":
@@ -289,8 +294,32 @@ class CPrinter(CpuStatementPrinter):
             cmp = ">" if s.kind == "max" else "<"
             out.append(f"{pad}  {{ const {COMPUTE[s.dtype]} v_ = {value}; if (v_ {cmp} {acc}) {acc} = v_; }}")
         out.append(f"{pad}}}")
+        if start != "0":  # the lanes' results join the remainder's (max and min do not depend on order)
+            out.append(f"{pad}for (int l_ = 0; l_ < {LANES}; l_++) {acc} = {self._extremum(s, acc, acc + '_lanes[l_]')};")
         self.inner_loops -= 1
         out.append(f"{pad}const {COMPUTE[s.dtype]} {s.acc} = ({COMPUTE[s.dtype]}){acc};")
+
+    def _extremum(self, s: Reduce, a: str, b: str) -> str:
+        return f"lm_{s.kind}_nan_{'f' if s.dtype in _SINGLE else 'd'}({a}, {b})"
+
+    def _lane_blocked(self, s: Reduce, depth: int, out: list[str]) -> str:
+        """A float max or min over whole blocks of ``LANES`` iterations into lane accumulators, as a loop
+        the compiler vectorizes (a running NaN-propagating max is a chain of selects it leaves scalar);
+        returns where the remainder loop starts."""
+        pad, acc, base = "  " * depth, f"{s.acc}_acc", f"{s.acc}_base"
+        ctype = COMPUTE[s.dtype]
+        out.append(f"{pad}{ctype} {acc}_lanes[{LANES}];")
+        out.append(f"{pad}for (int l_ = 0; l_ < {LANES}; l_++) {acc}_lanes[l_] = {acc};")
+        out.append(f"{pad}int64_t {base} = 0;")
+        out.append(f"{pad}for (; {base} + {LANES} <= {self.expr(s.extent)}; {base} += {LANES}) {{")
+        out.append(f"{pad}  #pragma omp simd")
+        out.append(f"{pad}  for (int l_ = 0; l_ < {LANES}; l_++) {{")
+        out.append(f"{pad}    const int64_t {s.var} = {base} + l_;")
+        self.stmts(s.body, depth + 2, out)
+        out.append(f"{pad}    {acc}_lanes[l_] = {self._extremum(s, acc + '_lanes[l_]', self.expr(s.value))};")
+        out.append(f"{pad}  }}")
+        out.append(f"{pad}}}")
+        return base
 
 
 def param_ctype(name: str, kernel: Kernel) -> str:
