@@ -50,6 +50,7 @@ def workloads() -> dict[str, tuple[nn.Module, tuple]]:
         "exp/tanh/gelu chain, 4M f32": (TranscendentalChain(), (torch.randn(4 * 2**20),)),
         "layer_norm 4096x1024": (nn.LayerNorm(1024).eval(), (torch.randn(4096, 1024),)),
         "softmax 4096x1024": (nn.Softmax(dim=-1), (torch.randn(4096, 1024),)),
+        "log_softmax 4096x1024": (nn.LogSoftmax(dim=-1), (torch.randn(4096, 1024),)),
         "gpt2 stack b4 s128 d256 L4": (stack, (idx,)),
         "gpt2 stack b1 s1 d256 L4": (stack, (torch.randint(0, 512, (1, 1)),)),
     }
