@@ -28,7 +28,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..ir.quant_format import QuantFormat
 from .vnni_dot import LANES, VnniDot
 
 ARGUMENTS = "ppppppiiii"  # x, q, scales, zeros, out, scratch, M, N, K, G (``native_kernels.ARGUMENT_TYPES``)
@@ -40,31 +39,25 @@ def _aligned(n: int) -> int:
 
 
 @dataclass(frozen=True)
-class VnniC:
-    """The C VNNI kernel of one weight format (bits and scheme), for an input of ``k`` values."""
-
-    fmt: QuantFormat
-    k: int
+class VnniC(VnniDot):
+    """The C VNNI kernel of one weight format (bits and scheme), for an input of ``k`` values: the layout,
+    chunks and offsets of ``VnniDot``, one function for every K and group."""
 
     @property
     def name(self) -> str:
         return f"lamina_vnni_q{self.fmt.bits}_{self.fmt.scheme}"
 
-    @property
-    def chunk_values(self) -> int:
-        return 128 if self.fmt.bits == 4 else 64
-
     def unsupported(self) -> str | None:
         """Why this format and size cannot run on the kernel (None: it can)."""
-        why = VnniDot(self.fmt, self.k).unsupported()
-        if why is None and self.fmt.group_size(self.k) % 4:
-            why = f"group {self.fmt.group_size(self.k)} splits the 4-byte lanes of the dot product"
+        why = super().unsupported()
+        if why is None and self.group % 4:
+            why = f"group {self.group} splits the 4-byte lanes of the dot product"
         return why
 
     def scratch_bytes(self, rows: int) -> int:
         """Bytes of ``scratch`` for ``rows`` input rows: x bytes, lane offsets, group sums, row scales."""
-        chunks, groups = self.k // self.chunk_values, self.k // self.fmt.group_size(self.k)
-        return _aligned(rows * self.k) + _aligned(rows * chunks * LANES * 4) + _aligned(rows * groups * 8) + rows * 8
+        groups = self.k // self.group
+        return _aligned(rows * self.k) + _aligned(rows * self.chunks * LANES * 4) + _aligned(rows * groups * 8) + rows * 8
 
     def source(self) -> str:
         """C source of ``name(x, q, s, z, out, scratch, M, N, K, G)``: x float32 [M, K], q the packed
@@ -72,7 +65,7 @@ class VnniC:
         f = self.fmt
         four = f.bits == 4
         sym = f.scheme == "sym"
-        bias = 8 if four else 128
+        bias = self.bias  # read for sym only
         cv = self.chunk_values
         if four:  # value k's byte: its chunk, then low / high half, then its block, then its place
             position = "k - k % 128 + k % 32 / 16 * 64 + k % 128 / 32 * 16 + k % 16"
