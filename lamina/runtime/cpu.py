@@ -170,16 +170,8 @@ def few_rows_lines(target: "CpuTarget", kernel: Callable[[], Any], op: Op, args:
     few = not is_static(rows) or rows <= max_rows
     if not few and many is None:
         return library
-    views, per_call = [], []
-    for name in (*args, out):
-        tensor = plan.value_of(name)
-        if tensor is not None and tensor.is_contiguous():
-            views.append(plan.static(target.view(tensor), "H"))
-        else:
-            views.append(f"_kernel_view({name})")
-            per_call.append(name)
+    views, conditions = kernel_views(target, plan, (*args, out))
     n = plan.size(op.results[0].type.shape[-1])
-    conditions = [f"{name}.is_contiguous()" for name in per_call]
     gemv = call(plan.static(kernel(), "G"), views, rows, n, k) if few else ""
     if many is None:  # few rows only, or torch's linear
         body = [gemv]
@@ -189,9 +181,28 @@ def few_rows_lines(target: "CpuTarget", kernel: Callable[[], Any], op: Op, args:
         body = [gemv if few else many(views, rows, n, k)]
     else:
         body = [f"if {rows} <= {max_rows}:", f"    {gemv}", "else:", f"    {many(views, rows, n, k)}"]
+    return guarded(body, conditions, library)
+
+
+def kernel_views(target: "CpuTarget", plan: PlanContext, names: Sequence[str]) -> tuple[list[str], list[str]]:
+    """A kernel's views of tensors ``names``: made once when a tensor is fixed for the plan and
+    contiguous, else per call under a contiguity test (the second list: tests to pass)."""
+    views, conditions = [], []
+    for name in names:
+        tensor = plan.value_of(name)
+        if tensor is not None and tensor.is_contiguous():
+            views.append(plan.static(target.view(tensor), "H"))
+        else:
+            views.append(f"_kernel_view({name})")
+            conditions.append(f"{name}.is_contiguous()")
+    return views, conditions
+
+
+def guarded(body: list[str], conditions: list[str], otherwise: list[str]) -> list[str]:
+    """``body`` where every condition holds, else ``otherwise`` (``body`` alone without conditions)."""
     if not conditions:
         return body
-    return [f"if {' and '.join(conditions)}:", *("    " + x for x in body), "else:", *("    " + x for x in library)]
+    return [f"if {' and '.join(conditions)}:", *("    " + x for x in body), "else:", *("    " + x for x in otherwise)]
 
 
 def _qlinear_kernel(target: "CpuTarget", op: Op) -> Callable[[], Any] | None:

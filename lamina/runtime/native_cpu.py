@@ -36,7 +36,7 @@ from ..ir.core import Op
 from ..ir.dtypes import DType
 from ..ir.size_code import Size
 from ..log import logger
-from .cpu import CpuTarget, _parallel, few_rows_lines
+from .cpu import CpuTarget, _parallel, few_rows_lines, guarded, kernel_views
 from .library import call_line
 from .frozen import kernel_view
 from .native_kernels import NativeFunction, NativeLibrary, argument_kinds, build_library, cpu_features
@@ -126,20 +126,26 @@ class NativeCpuTarget(CpuTarget):
         if op.name == "linear":
             return self._gemv(op)
         if op.name == "matmul" and self.c_gemm and _weight_matmul(op):
-            self.own.setdefault(GEMM_NAME, NativeFunction(GEMM_NAME, GEMM_ARGUMENTS, gemm_source()))
-            return lambda: self.library[GEMM_NAME]
+            return self._add(GEMM_NAME, GEMM_ARGUMENTS, gemm_source)
         if op.name == "qlinear" and self.numba_natives:
             self._vnni(op)
             if self.c_gemm:
-                self.own.setdefault(GEMM_NAME, NativeFunction(GEMM_NAME, GEMM_ARGUMENTS, gemm_source()))
+                self._add(GEMM_NAME, GEMM_ARGUMENTS, gemm_source)
         return super().native(op) if self.numba_natives else None
+
+    def _add(self, name: str, arguments: str, source: Callable[[], str]) -> Callable[[], Any]:
+        """Function ``name`` joins the library ``compile`` builds (its source printed once); returns the
+        loader a plan calls to look it up there."""
+        if name not in self.own:
+            self.own[name] = NativeFunction(name, arguments, source())
+        return lambda: self.library[name]
 
     def _vnni(self, op: Op) -> None:
         """The C integer kernel of an ``act=int8`` qlinear, added to the library where this CPU has VNNI
         and the format fits it (else the Numba kernels run it)."""
         kernel = VnniC(QuantFormat.of(op.attrs), op.operands[0].type.shape[-1])
         if op.attrs["act"] == "int8" and host_has_vnni() and kernel.unsupported() is None:
-            self.own.setdefault(kernel.name, NativeFunction(kernel.name, VNNI_ARGUMENTS, kernel.source()))
+            self._add(kernel.name, VNNI_ARGUMENTS, kernel.source)
 
     def _gemv(self, op: Op) -> Callable[[], Any] | None:
         """The C GEMV of a ``linear`` whose operands share a dtype it has (else None: torch's linear);
@@ -147,11 +153,9 @@ class NativeCpuTarget(CpuTarget):
         dtype = op.results[0].type.dtype
         if dtype not in GEMV_ROWS or any(v.type.dtype != dtype for v in op.operands):
             return None
-        name = gemv_name(dtype)
-        self.own.setdefault(name, NativeFunction(name, GEMV_ARGUMENTS, gemv_source(dtype)))
         if dtype == DType.f32 and self.c_gemm:
-            self.own.setdefault(GEMM_NAME, NativeFunction(GEMM_NAME, GEMM_ARGUMENTS, gemm_source()))
-        return lambda: self.library[name]
+            self._add(GEMM_NAME, GEMM_ARGUMENTS, gemm_source)
+        return self._add(gemv_name(dtype), GEMV_ARGUMENTS, lambda: gemv_source(dtype))
 
     def native_lines(self, kernel: Callable[[], Any], op: Op, args: Sequence[str], out: str,
                      plan: PlanContext) -> list[str]:
@@ -193,19 +197,10 @@ class NativeCpuTarget(CpuTarget):
         if packed is None:
             return library
         *lead, k = (plan.size(d) for d in op.operands[0].type.shape)
-        views, conditions = [], []
-        for name in (args[0], out):
-            tensor = plan.value_of(name)
-            if tensor is not None and tensor.is_contiguous():
-                views.append(plan.static(self.view(tensor), "H"))
-            else:
-                views.append(f"_kernel_view({name})")
-                conditions.append(f"{name}.is_contiguous()")
+        (x, y), conditions = kernel_views(self, plan, (args[0], out))
         n = plan.size(op.results[0].type.shape[-1])
-        line = f"{plan.static(kernel(), 'G')}({views[0]}, {packed}, None, {views[1]}, {math.prod(lead)}, {n}, {k}, {n})"
-        if not conditions:
-            return [line]
-        return [f"if {' and '.join(conditions)}:", f"    {line}", "else:", *("    " + x for x in library)]
+        line = f"{plan.static(kernel(), 'G')}({x}, {packed}, None, {y}, {math.prod(lead)}, {n}, {k}, {n})"
+        return guarded([line], conditions, library)
 
     def _packed_weight(self, weight: str, plan: PlanContext, suffix: str = "") -> str | None:
         """The C GEMM's view of ``weight + suffix`` (an [N, K] weight) packed in tiles
