@@ -1,7 +1,8 @@
 """Print a Kernel as a C function for the CPU: an OpenMP ``parallel for`` over the outer loop.
 
 The same kernels the Numba printer (``cpu_numba.py``) prints, with the same semantics: sums of
-floats accumulate in double, max and min of floats propagate NaN, 16-bit floats are loaded from and
+floats accumulate in double (a vectorized sum of 16 lanes adds a few terms per lane in the float
+type first, then into double lanes), max and min of floats propagate NaN, 16-bit floats are loaded from and
 stored to their int16 bits and computed in float32, checked indices and integer divisions record
 their failure in the error buffer ``err`` and go on with a safe value. A saved module carries its
 kernels compiled this way as one shared library (``runtime/native_kernels.py``), so that loading it
@@ -35,7 +36,8 @@ _MATH = ("exp", "log", "sqrt", "tanh", "sin", "cos", "erf", "floor", "log1p")
 _HALF = {DType.bf16: "bf16", DType.f16: "f16"}
 _FAST32 = frozenset({"exp", "tanh", "erf"})  # float32 versions in the prelude that vectorize
 
-LANES = 16  # lane accumulators of a vectorized max or min reduction
+LANES = 16  # lane accumulators of a vectorized reduction
+SUM_FLUSH = 16  # blocks of LANES terms a float sum's lanes take before they are added into double
 
 PRELUDE = r"""
 #include <math.h>
@@ -57,6 +59,13 @@ PRELUDE = r"""
     T m = a < b ? a : b; m = a == b ? eq : m; return a != a ? a : m; }
 LM_MINMAX(float, f, int32_t)
 LM_MINMAX(double, d, int64_t)
+/* an integer that orders as the float does, -0 below +0 (its bits, the magnitude bits flipped for
+   negatives; the map is its own inverse); NaNs have no place in it, and the reductions count them apart */
+static inline int32_t lm_key_f(float x) { int32_t i; memcpy(&i, &x, 4); return i ^ ((i >> 31) & 0x7FFFFFFF); }
+static inline float lm_unkey_f(int32_t k) { k ^= (k >> 31) & 0x7FFFFFFF; float x; memcpy(&x, &k, 4); return x; }
+static inline int64_t lm_key_d(double x) {
+  int64_t i; memcpy(&i, &x, 8); return i ^ ((i >> 63) & INT64_C(0x7FFFFFFFFFFFFFFF)); }
+static inline double lm_unkey_d(int64_t k) { k ^= (k >> 63) & INT64_C(0x7FFFFFFFFFFFFFFF); double x; memcpy(&x, &k, 8); return x; }
 static inline float lm_max_nan_f(float a, float b) { return b != b ? b : lm_maxf(a, b); }
 static inline float lm_min_nan_f(float a, float b) { return b != b ? b : lm_minf(a, b); }
 static inline double lm_max_nan_d(double a, double b) { return b != b ? b : lm_maxd(a, b); }
@@ -277,47 +286,91 @@ class CPrinter(CpuStatementPrinter):
         out.append(f"{pad}{COMPUTE[acc_type]} {acc} = {literal(init, acc_type)};")
         self.inner_loops += 1
         simple = not any(isinstance(x, (Loop, Reduce)) for x in s.body)
-        if wide and simple:  # reassociating the sum lets it vectorize, as Numba's fastmath 'reassoc' does
-            out.append(f"{pad}#pragma omp simd reduction(+:{acc})")
         start = "0"
         if simple and s.kind in ("max", "min") and s.dtype.is_float:
             start = self._lane_blocked(s, depth, out)
+        elif wide and simple:
+            start = self._lane_blocked_sum(s, depth, out)
         out.append(f"{pad}for (int64_t {s.var} = {start}; {s.var} < {self.expr(s.extent)}; {s.var}++) {{")
         self.stmts(s.body, depth + 1, out)
         value = self.expr(s.value)
         if s.kind == "sum":
             out.append(f"{pad}  {acc} += {value};")
         elif s.dtype.is_float:  # NaN-propagating, as torch's max and min
-            suffix = "f" if s.dtype in _SINGLE else "d"
-            out.append(f"{pad}  {acc} = lm_{s.kind}_nan_{suffix}({acc}, {value});")
+            out.append(f"{pad}  {acc} = lm_{s.kind}_nan_{self._suffix(s)}({acc}, {value});")
         else:
             cmp = ">" if s.kind == "max" else "<"
             out.append(f"{pad}  {{ const {COMPUTE[s.dtype]} v_ = {value}; if (v_ {cmp} {acc}) {acc} = v_; }}")
         out.append(f"{pad}}}")
-        if start != "0":  # the lanes' results join the remainder's (max and min do not depend on order)
-            out.append(f"{pad}for (int l_ = 0; l_ < {LANES}; l_++) {acc} = {self._extremum(s, acc, acc + '_lanes[l_]')};")
         self.inner_loops -= 1
         out.append(f"{pad}const {COMPUTE[s.dtype]} {s.acc} = ({COMPUTE[s.dtype]}){acc};")
 
-    def _extremum(self, s: Reduce, a: str, b: str) -> str:
-        return f"lm_{s.kind}_nan_{'f' if s.dtype in _SINGLE else 'd'}({a}, {b})"
+    @staticmethod
+    def _suffix(s: Reduce) -> str:
+        return "f" if s.dtype in _SINGLE else "d"
+
+    def _lane_blocked_sum(self, s: Reduce, depth: int, out: list[str]) -> str:
+        """A float sum over whole blocks of ``LANES`` iterations, as a loop the compiler vectorizes: lane
+        accumulators of the sum's own type, added into double lanes after every ``SUM_FLUSH`` blocks, so
+        a float32 sum rounds only within a lane's few terms and stays accurate at any length (a double
+        accumulator for every term, as the remainder loop keeps, converts each value and runs at half the
+        width). Returns where the remainder loop starts."""
+        pad, acc, base = "  " * depth, f"{s.acc}_acc", f"{s.acc}_base"
+        lane_type, extent = COMPUTE[s.dtype], self.expr(s.extent)
+        out.append(f"{pad}double {acc}_wide[{LANES}];")
+        out.append(f"{pad}{lane_type} {acc}_lanes[{LANES}];")
+        out.append(f"{pad}for (int l_ = 0; l_ < {LANES}; l_++) {acc}_wide[l_] = 0.0;")
+        out.append(f"{pad}int64_t {base} = 0;")
+        out.append(f"{pad}while ({base} + {LANES} <= {extent}) {{")
+        out.append(f"{pad}  const int64_t {acc}_stop = {base} + {LANES * SUM_FLUSH} <= {extent} ? "
+                   f"{base} + {LANES * SUM_FLUSH} : {extent};")
+        out.append(f"{pad}  for (int l_ = 0; l_ < {LANES}; l_++) {acc}_lanes[l_] = 0;")
+        out.append(f"{pad}  for (; {base} + {LANES} <= {acc}_stop; {base} += {LANES}) {{")
+        out.append(f"{pad}    #pragma omp simd")
+        out.append(f"{pad}    for (int l_ = 0; l_ < {LANES}; l_++) {{")
+        out.append(f"{pad}      const int64_t {s.var} = {base} + l_;")
+        self.stmts(s.body, depth + 3, out)
+        out.append(f"{pad}      {acc}_lanes[l_] += {self.expr(s.value)};")
+        out.append(f"{pad}    }}")
+        out.append(f"{pad}  }}")
+        out.append(f"{pad}  #pragma omp simd")
+        out.append(f"{pad}  for (int l_ = 0; l_ < {LANES}; l_++) {acc}_wide[l_] += {acc}_lanes[l_];")
+        out.append(f"{pad}}}")
+        out.append(f"{pad}for (int l_ = 0; l_ < {LANES}; l_++) {acc} += {acc}_wide[l_];")
+        return base
 
     def _lane_blocked(self, s: Reduce, depth: int, out: list[str]) -> str:
-        """A float max or min over whole blocks of ``LANES`` iterations into lane accumulators, as a loop
-        the compiler vectorizes (a running NaN-propagating max is a chain of selects it leaves scalar);
-        returns where the remainder loop starts."""
-        pad, acc, base = "  " * depth, f"{s.acc}_acc", f"{s.acc}_base"
-        ctype = COMPUTE[s.dtype]
-        out.append(f"{pad}{ctype} {acc}_lanes[{LANES}];")
-        out.append(f"{pad}for (int l_ = 0; l_ < {LANES}; l_++) {acc}_lanes[l_] = {acc};")
+        """A float max or min over whole blocks of ``LANES`` iterations, as a loop the compiler vectorizes
+        (a running NaN-propagating max is a chain of selects it leaves scalar, and even vectorized it is
+        a dozen dependent instructions): each lane keeps the max (min) of the values' order keys
+        (``lm_key_f``: one integer max, -0 below +0 as torch orders them) and whether it saw a NaN. The
+        result is exactly the running max's, except where a NaN was seen: then the exact loop runs the
+        whole reduction again. Returns where that loop starts."""
+        pad, acc, base, s_ = "  " * depth, f"{s.acc}_acc", f"{s.acc}_base", self._suffix(s)
+        itype = "int32_t" if s_ == "f" else "int64_t"
+        keys, nans, better = f"{acc}_keys", f"{acc}_nans", ">" if s.kind == "max" else "<"
+        out.append(f"{pad}{itype} {keys}[{LANES}];")
+        out.append(f"{pad}int32_t {nans}[{LANES}];")
+        out.append(f"{pad}for (int l_ = 0; l_ < {LANES}; l_++) {{ {keys}[l_] = lm_key_{s_}({acc}); {nans}[l_] = 0; }}")
         out.append(f"{pad}int64_t {base} = 0;")
         out.append(f"{pad}for (; {base} + {LANES} <= {self.expr(s.extent)}; {base} += {LANES}) {{")
         out.append(f"{pad}  #pragma omp simd")
         out.append(f"{pad}  for (int l_ = 0; l_ < {LANES}; l_++) {{")
         out.append(f"{pad}    const int64_t {s.var} = {base} + l_;")
         self.stmts(s.body, depth + 2, out)
-        out.append(f"{pad}    {acc}_lanes[l_] = {self._extremum(s, acc + '_lanes[l_]', self.expr(s.value))};")
+        out.append(f"{pad}    const {COMPUTE[s.dtype]} v_ = {self.expr(s.value)};")
+        out.append(f"{pad}    const {itype} k_ = lm_key_{s_}(v_);")
+        out.append(f"{pad}    {keys}[l_] = k_ {better} {keys}[l_] ? k_ : {keys}[l_];")
+        out.append(f"{pad}    {nans}[l_] |= v_ != v_;")
         out.append(f"{pad}  }}")
+        out.append(f"{pad}}}")
+        out.append(f"{pad}{{")
+        out.append(f"{pad}  {itype} k_ = {keys}[0];")
+        out.append(f"{pad}  int32_t nan_ = {nans}[0];")
+        out.append(f"{pad}  for (int l_ = 1; l_ < {LANES}; l_++) {{ k_ = {keys}[l_] {better} k_ ? {keys}[l_] : k_; "
+                   f"nan_ |= {nans}[l_]; }}")
+        out.append(f"{pad}  if (nan_) {base} = 0;  /* the exact loop again, from the start */")
+        out.append(f"{pad}  else {acc} = lm_unkey_{s_}(k_);")
         out.append(f"{pad}}}")
         return base
 

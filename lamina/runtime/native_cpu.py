@@ -26,7 +26,7 @@ from ..codegen.gemv_c import ARGUMENTS as GEMV_ARGUMENTS
 from ..codegen.gemv_c import MAX_ROWS as GEMV_ROWS
 from ..codegen.gemv_c import gemv_name, gemv_source, needs_scratch
 from ..codegen.kernel import Kernel
-from ..codegen.scratch import use_scratch_rows
+from ..codegen.scratch import rows_in_outputs, use_scratch_rows
 from ..codegen.shared_kernels import share_structure
 from ..codegen.vnni_c import ARGUMENTS as VNNI_ARGUMENTS
 from ..codegen.vnni_c import VnniC
@@ -67,7 +67,7 @@ def native_function(kernel: Kernel, parallel: bool | None = None) -> NativeFunct
     """``kernel`` as a library function, named for its structure and whether it runs in parallel."""
     parallel = _parallel(kernel) if parallel is None else parallel
     name = f"{kernel.name}_{'p' if parallel else 's'}"
-    prepared = drop_dead_lets(use_scratch_rows(kernel))
+    prepared = rows_in_outputs(drop_dead_lets(use_scratch_rows(kernel, fill_in_reduction=True)))
     kinds = argument_kinds(len(kernel.buffers), len(kernel.sizes), {p: param_ctype(p, prepared) for p in kernel.params})
     return NativeFunction(name, kinds, c_source(prepared, name, parallel))
 

@@ -196,3 +196,38 @@ def test_unclamped_index_drops_only_the_clamps_its_guard_proves() -> None:
     # j - 1 < 56 holds for every j < 56: what is left of the guard is j - 1 >= 0
     assert guard == Call(b, "ge", (shifted, Const(i64, 0)))
     assert read == Call(i64, "add", (Call(i64, "mul", (r, Const(i64, 56))), shifted))
+
+
+class _ScoresSoftmax(nn.Module):
+    """Attention-like scores (a matmul, whose result the softmax may overwrite in place), softmax and
+    log_softmax over rows, and a softmax whose last loop also reads another tensor."""
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor, y: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        scores = a @ b
+        return scores.softmax(-1), torch.log_softmax(y, -1), z.softmax(-1) * a[..., :1]
+
+
+def test_softmax_fills_its_output_in_the_sum_and_scales_it_in_place() -> None:
+    """Softmax's exps go straight to the output row as the sum adds them (no scratch row), log_softmax
+    fills no row at all; a last loop that reads another tensor keeps its scratch row. Rows with a NaN,
+    -inf entries, all -inf, huge values, and lengths the 16 lanes and their remainder both see; outputs
+    poisoned before the kernels run."""
+    a, b, y = torch.randn(6, 40), torch.randn(40, 1037), torch.randn(6, 1037)
+    y[1, 1036] = float("nan")
+    y[2, ::3] = float("-inf")
+    y[3] = float("-inf")
+    y[4] = y[4] * 1e4
+    compiled = c_compile(_ScoresSoftmax(), (a, b, y, y.clone()))
+    sources = {ck.source.split("(")[0]: ck.source for ck in compiled._executor.kernels.values()}
+    (softmax,) = [s for name, s in sources.items() if name.startswith("void k_softmax_") and "_mul_" not in name]
+    (log_softmax,) = [s for name, s in sources.items() if name.startswith("void k_log_softmax_")]
+    (product,) = [s for name, s in sources.items() if "_mul_" in name]
+    assert "malloc" not in softmax and "malloc" not in log_softmax and "malloc" in product
+    assert "out0[" in softmax.split("_acc_lanes[l_] +=")[0]  # the exps are stored before the sum adds them
+    for trial in range(2):
+        inputs = (a, b, y, y.clone()) if trial == 0 else (torch.randn_like(a), torch.randn_like(b), torch.randn_like(y),
+                                                         torch.randn_like(y))
+        for got, want in zip(compiled(*inputs), _ScoresSoftmax()(*inputs)):
+            assert torch.equal(got.isnan(), want.isnan()) and torch.equal(got.isinf(), want.isinf())
+            keep = want.isfinite()
+            assert rel_error(got[keep], want[keep]) <= F32_TOL

@@ -225,7 +225,7 @@ class _Extremes(torch.nn.Module):
 def test_max_and_min_reductions_propagate_nan_and_vectorize(dtype: torch.dtype, language: str) -> None:
     """Float max/min reductions run on llvm.maximum/minimum (NaN in, NaN out, as torch): rows with one
     NaN, all NaN, all -inf, +inf, and signed zeros, at a length the vector loop and its tail both see."""
-    x = torch.randn(9, 1027, dtype=dtype)
+    x = torch.randn(11, 1027, dtype=dtype)
     x[1, 1026] = float("nan")  # in the tail
     x[2, 0] = float("nan")
     x[3] = float("nan")
@@ -234,15 +234,28 @@ def test_max_and_min_reductions_propagate_nan_and_vectorize(dtype: torch.dtype, 
     x[6] = 0.0
     x[6, ::2] = -0.0
     x[7, 500] = float("-inf")
+    x[8] = -0.0
+    x[8, 1025] = 0.0  # the one +0 in the tail: max +0, min -0
+    x[9] = -x[9].abs()
+    x[9, 3] = -float("nan")  # a NaN with its sign bit set (what 0 * -inf gives on x86)
+    x[10] = x[10].abs() + 1.0
+    x[10, 700] = 0.0
+    x[10, 701] = -0.0  # min over signed zeros among positives: -0
     compiled = lamina.compile(_Extremes(), (x,), poison=True, kernel_language=language)
     sources = "".join(k.source for k in compiled._executor.kernels.values())
     if language == "numba":
         suffix = "32" if dtype == torch.float32 else "64"
         assert f"fmaximum{suffix}(" in sources and f"fminimum{suffix}(" in sources
-    for got, want in zip(compiled(x), _Extremes()(x)):
+    outputs = compiled(x)
+    for got, want in zip(outputs, _Extremes()(x)):
         assert torch.equal(got.isnan(), want.isnan())
         keep = ~want.isnan()
         assert torch.allclose(got[keep], want[keep], rtol=1e-5, atol=0), (got, want)
+    # signed zeros as IEEE 754's maximum and minimum order them, +0 above -0, wherever they stand (torch's
+    # own max returns either zero, by the order it meets them)
+    amax, amin = outputs[0], outputs[1]
+    assert [bool(amax[r].signbit()) for r in (6, 8)] == [False, False] and amax[6] == 0 and amax[8] == 0
+    assert [bool(amin[r].signbit()) for r in (6, 8, 10)] == [True, True, True] and amin[10] == 0
 
 
 class _DivideByRowSum(torch.nn.Module):
@@ -257,7 +270,7 @@ def test_division_by_a_row_constant_multiplies_only_where_the_reciprocal_is_norm
     x = torch.rand(8, 300) + 0.5
     x[1] = 0.0                      # 0/0: NaN
     x[2] = 1e-41                    # subnormal sum
-    x[3] = 1e36                     # sum near the float32 limit: 1/sum is subnormal
+    x[3] = 2.0 ** 119               # sum near the float32 limit (exact in any order): 1/sum is subnormal
     x[4, 5] = float("inf")
     x[5, 9] = float("nan")
     x[6] = -x[6]
