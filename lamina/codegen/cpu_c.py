@@ -84,6 +84,18 @@ static inline float lm_f16_load(int16_t bits) { _Float16 h; memcpy(&h, &bits, 2)
 static inline int16_t lm_f16_store(float x) { _Float16 h = (_Float16)x; int16_t b; memcpy(&b, &h, 2); return b; }
 static inline float lm_f16_round(float x) { return lm_f16_load(lm_f16_store(x)); }
 
+/* act=int8's quantization of a row (quant_format.quantize_rows): its scale max|x| / 127, and each value
+   divided by the scale (by 1 in an all-zero row), rounded half to even, clamped to +-127 */
+static inline float lm_int8_row_scale(const float* x, int64_t K) {
+  float top = 0.0f;
+  for (int64_t k = 0; k < K; k++) top = fmaxf(top, fabsf(x[k]));
+  return top / 127.0f;
+}
+static inline float lm_int8_quantize(float x, float scale) {
+  const float v = nearbyintf(x / (scale != 0.0f ? scale : 1.0f));
+  return v < -127.0f ? -127.0f : v > 127.0f ? 127.0f : v;
+}
+
 static inline void lm_fail(int64_t* err, int64_t check, int64_t value, int64_t size) {
   int64_t expected = 0;
   if (__atomic_compare_exchange_n(err, &expected, check, 0, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {

@@ -50,16 +50,22 @@ def _block(rows: int) -> str:
 """
 
 
+def block_functions() -> str:
+    """The block kernels for 1..``ROWS`` rows, defined once in a translation unit however many sources
+    include them (the quantized GEMM of ``qgemm_c.py`` runs them too)."""
+    blocks = "".join(_block(r) for r in range(1, ROWS + 1))
+    return f"#ifndef LAMINA_GEMM_BLOCKS\n#define LAMINA_GEMM_BLOCKS\n{blocks}#endif\n"
+
+
 def gemm_source() -> str:
     """C source of ``NAME(x, packed, b, out, M, N, K, ldc)``: x [M, K], packed ``pack_weight(w)``, b [N] or
     NULL, out [M, N] with rows ``ldc`` apart (N: contiguous; more: a block of a wider output's columns),
     all float32. Needs ``cpu_c.PRELUDE`` and AVX-512F."""
-    blocks = "".join(_block(r) for r in range(1, ROWS + 1))
     cases = " ".join(f"case {r}: lamina_gemm_block{r}(xr, tile, cr, b0, b1, lo, hi, ldc, K); break;"
                      for r in range(1, ROWS + 1))
     return f"""
 #include <immintrin.h>
-{blocks}
+{block_functions()}
 void {NAME}(const float* restrict x, const float* restrict packed, const float* restrict b, float* restrict out,
             int64_t M, int64_t N, int64_t K, int64_t ldc) {{
   const int64_t tiles = (N + 31) / 32, blocks = (M + {ROWS - 1}) / {ROWS};

@@ -115,15 +115,9 @@ void {self.name}(const float* restrict x, const uint8_t* restrict q, const float
   for (int64_t m = 0; m < M; m++) {{
     const float* restrict xm = x + m * K;
     uint8_t* restrict xr = xb + m * K;
-    float top = 0.0f;
-    for (int64_t k = 0; k < K; k++) top = fmaxf(top, fabsf(xm[k]));
-    const float sx = top / 127.0f, d = sx != 0.0f ? sx : 1.0f;
+    const float sx = lm_int8_row_scale(xm, K);
     sxs[m] = (double)sx;
-    for (int64_t k = 0; k < K; k++) {{
-      float v = nearbyintf(xm[k] / d);
-      v = v < -127.0f ? -127.0f : v > 127.0f ? 127.0f : v;
-      xr[{position}] = (uint8_t)(int8_t)v;
-    }}{group_sums}{init}
+    for (int64_t k = 0; k < K; k++) xr[{position}] = (uint8_t)(int8_t)lm_int8_quantize(xm[k], sx);{group_sums}{init}
   }}
   int32_t lane_group[16];
   for (int l = 0; l < 16; l++) lane_group[l] = per > 1 ? ({lane_base}) / (int32_t)G : 0;

@@ -26,6 +26,9 @@ from ..codegen.gemv_c import ARGUMENTS as GEMV_ARGUMENTS
 from ..codegen.gemv_c import MAX_ROWS as GEMV_ROWS
 from ..codegen.gemv_c import gemv_name, gemv_source, needs_scratch
 from ..codegen.kernel import Kernel
+from ..codegen.qgemm_c import ARGUMENTS as QGEMM_ARGUMENTS
+from ..codegen.qgemm_c import NAME as QGEMM_NAME
+from ..codegen.qgemm_c import qgemm_source
 from ..codegen.scratch import rows_in_outputs, use_scratch_rows
 from ..codegen.shared_kernels import share_structure
 from ..codegen.vnni_c import ARGUMENTS as VNNI_ARGUMENTS
@@ -130,7 +133,7 @@ class NativeCpuTarget(CpuTarget):
         if op.name == "qlinear" and self.numba_natives:
             self._vnni(op)
             if self.c_gemm:
-                self._add(GEMM_NAME, GEMM_ARGUMENTS, gemm_source)
+                self._add(QGEMM_NAME, QGEMM_ARGUMENTS, qgemm_source)
         return super().native(op) if self.numba_natives else None
 
     def _add(self, name: str, arguments: str, source: Callable[[], str]) -> Callable[[], Any]:
@@ -163,8 +166,8 @@ class NativeCpuTarget(CpuTarget):
             def make(fmt: QuantFormat, k: int, n: int, act: str) -> QLinearCpu:
                 name = VnniC(fmt, k).name
                 native = self.library[name] if self.library is not None and name in self.own else None
-                gemm = self.library[GEMM_NAME] if self.library is not None and GEMM_NAME in self.own else None
-                return QLinearCpu(fmt, k, n, self.cache, act, native_vnni=native, native_gemm=gemm)
+                gemm = self.library[QGEMM_NAME] if self.library is not None and QGEMM_NAME in self.own else None
+                return QLinearCpu(fmt, k, n, self.cache, act, native_vnni=native, native_qgemm=gemm)
 
             return qlinear_lines(op, list(args), out, plan, make)
         if op.name == "matmul":

@@ -24,10 +24,12 @@ Path = Callable[[torch.Tensor, torch.Tensor], None]  # (x [rows, K] contiguous, 
 
 def run_by_rows(x: torch.Tensor, out: torch.Tensor, k: int, n: int, act: str, few: Path, many: Path,
                 int8_few: Path | None = None,
-                int8_many: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None] | None = None) -> None:
+                int8_many: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None] | None = None,
+                int8_rows_many: Path | None = None) -> None:
     """``few`` for up to ``KERNEL_ROWS`` rows of ``x``, else ``many``. With ``act=int8``: ``int8_few`` (a
     kernel that quantizes the rows itself) for few rows where the target has one, and past
-    ``KERNEL_ROWS`` ``int8_many(values, row scales, out)`` (an integer GEMM) where the format allows;
+    ``KERNEL_ROWS`` ``int8_many(values, row scales, out)`` (an integer GEMM) where the format allows,
+    else ``int8_rows_many`` (a float GEMM that quantizes the rows itself) where the target has one;
     otherwise the rows are quantized here and ``few`` / ``many`` run on their dequantized values.
     A non-contiguous ``out`` is written through a contiguous buffer."""
     rows = x.numel() // k
@@ -38,6 +40,8 @@ def run_by_rows(x: torch.Tensor, out: torch.Tensor, k: int, n: int, act: str, fe
     out2 = target.view(rows, n)
     if act == "int8" and rows <= KERNEL_ROWS and int8_few is not None:
         int8_few(x2, out2)
+    elif act == "int8" and rows > KERNEL_ROWS and int8_many is None and int8_rows_many is not None:
+        int8_rows_many(x2, out2)
     elif act == "int8":
         xq, sx = quantize_rows(x2)
         if rows > KERNEL_ROWS and int8_many is not None:

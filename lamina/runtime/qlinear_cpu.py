@@ -11,11 +11,13 @@ Which path runs is decided per call by the number of input rows M (tokens times 
   the float kernel runs on their values. Past ``KERNEL_ROWS``, 8-bit per-channel symmetric
   weights go to ``torch._int_mm`` (an integer GEMM, about 3.7x torch.mm's float32 speed on the
   project's CPU), other formats to the blocked path on the quantized rows;
-- M > ``KERNEL_ROWS`` (prefill): GEMM-bound, so the weight is dequantized ``DEQUANT_BLOCK_BYTES`` of
-  float at a time (blocks of output channels, one parallel pass of a generated kernel into a
-  buffer reused for every block) and each block multiplied with torch.mm, or with the C GEMM
-  where the target gives it (``native_gemm``: AMD CPUs, packing each block into its tiles); the
-  float weight never exists whole.
+- M > ``KERNEL_ROWS`` (prefill): GEMM-bound. Where the target gives it (``native_qgemm``: the C
+  kernel language on AMD CPUs with AVX-512, as for float32 linears), the C GEMM of
+  ``codegen/qgemm_c.py`` dequantizes tiles of 32 output channels straight into its packed layout
+  and multiplies every row by each, in one OpenMP pool. Elsewhere the weight is dequantized
+  ``DEQUANT_BLOCK_BYTES`` of float at a time (blocks of output channels, one parallel pass of a
+  generated kernel into a buffer reused for every block) and each block multiplied with
+  torch.mm. Either way the float weight never exists whole.
 
 ``QLinearCpu.describe()`` says which; ``lamina dump`` and ``compiled.quantization`` print it.
 """
@@ -28,8 +30,8 @@ import torch
 
 from ..codegen.cache import KernelCache, content_key
 from ..codegen.cpu_numba import MODULE_HEADER
-from ..codegen.gemm_c import TILE, pack_weight
 from ..codegen.prefetch import SOURCE as PREFETCH_SOURCE
+from ..codegen.qgemm_c import storage
 from ..codegen.qlinear_cpu import QLinearVariant, dequantize_source, qlinear_source
 from ..codegen.qlinear_vnni_cpu import HEADER as VNNI_HEADER
 from ..codegen.qlinear_vnni_cpu import vnni_source
@@ -50,11 +52,13 @@ def load_kernel(variant: QLinearVariant, cache: KernelCache, dequantize: bool = 
     return getattr(module, name)
 
 
-def describe(fmt: QuantFormat, k: int, act: str, integer_kernels: bool | None = None, language: str = "numba") -> str:
+def describe(fmt: QuantFormat, k: int, act: str, integer_kernels: bool | None = None, language: str = "numba",
+             c_gemm: bool = False) -> str:
     """Which kernels a layer of this format, input size and ``act`` runs on the cpu backend (for reports);
-    ``language``: the integer kernel's, ``c`` or ``numba``."""
+    ``language``: the integer kernel's, ``c`` or ``numba``; ``c_gemm``: whether many rows run the C GEMM."""
+    blocked = "C GEMM dequantizing 32-channel tiles" if c_gemm else "blocked dequantize + torch.mm"
     if act != "int8":
-        return f"numba dequantize-in-the-loop kernel for up to {KERNEL_ROWS} rows, else blocked dequantize + torch.mm"
+        return f"numba dequantize-in-the-loop kernel for up to {KERNEL_ROWS} rows, else {blocked}"
     dot = VnniDot(fmt, k)
     why_not = dot.unsupported() or ("" if host_has_vnni() else "no AVX-512 VNNI on this CPU")
     if integer_kernels is not None and not integer_kernels and not why_not:
@@ -62,7 +66,7 @@ def describe(fmt: QuantFormat, k: int, act: str, integer_kernels: bool | None = 
     few = (f"numba dequantize-in-the-loop kernel on int8-quantized rows ({why_not})" if why_not else
            "integer dot products (AVX-512 VNNI, C)" if language == "c" and VnniC(fmt, k).unsupported() is None else
            "integer dot products (AVX-512 VNNI, LLVM IR in numba)")
-    many = ("torch._int_mm" if integer_gemm_format(fmt, k) else "blocked dequantize + torch.mm on int8-quantized rows")
+    many = ("torch._int_mm" if integer_gemm_format(fmt, k) else f"{blocked} on int8-quantized rows")
     return f"{few} for up to {KERNEL_ROWS} rows, else {many}"
 
 
@@ -77,7 +81,7 @@ class QLinearCpu:
     act: str = "none"
     integer_kernels: bool = field(default_factory=host_has_vnni)  # act=int8's VNNI kernel where it can run
     native_vnni: Callable[..., None] | None = None  # the C VNNI kernel of this format (``codegen/vnni_c.py``)
-    native_gemm: Callable[..., None] | None = None  # the C GEMM for the blocked path (``codegen/gemm_c.py``)
+    native_qgemm: Callable[..., None] | None = None  # the C quantized GEMM for many rows (``codegen/qgemm_c.py``)
     kernels: dict[str, Callable[..., None]] = field(default_factory=dict)
     views: dict = field(default_factory=dict)
     blocks: int = field(init=False)       # the kernels' view of a row: blocks of values / of bytes
@@ -106,7 +110,8 @@ class QLinearCpu:
         return self.kernels[kind]
 
     def describe(self) -> str:
-        return describe(self.fmt, self.k, self.act, self.integer_kernels, "c" if self.native_vnni else "numba")
+        return describe(self.fmt, self.k, self.act, self.integer_kernels, "c" if self.native_vnni else "numba",
+                        self.native_qgemm is not None)
 
     def __call__(self, x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None,
                  out: torch.Tensor) -> None:
@@ -120,7 +125,7 @@ class QLinearCpu:
             # the integer GEMM (AMX/VNNI through oneDNN where the CPU has them)
             torch.mul(torch._int_mm(xq, qweight.t()).to(torch.float32), sx * scales.reshape(1, -1), out=out2)
 
-        def many(x2: torch.Tensor, out2: torch.Tensor) -> None:
+        def blocked(x2: torch.Tensor, out2: torch.Tensor) -> None:
             self.blocked(x2, qweight, scales, zeros, out2)
 
         def int8_few(x2: torch.Tensor, out2: torch.Tensor) -> None:
@@ -134,8 +139,10 @@ class QLinearCpu:
             _, q, s, z = self.weight_views(qweight, scales, zeros)
             self.kernel("vnni")(x2.numpy(), q.reshape(self.n, -1), s, z, out2.numpy(), rows, self.n)
 
-        run_by_rows(x, out, self.k, self.n, self.act, few, many, int8_few if self.integer_kernels else None,
-                    int8_many if integer_gemm_format(self.fmt, self.k) else None)
+        run_by_rows(x, out, self.k, self.n, self.act, few, self.native_many(qweight, scales, zeros, False) or blocked,
+                    int8_few if self.integer_kernels else None,
+                    int8_many if integer_gemm_format(self.fmt, self.k) else None,
+                    self.native_many(qweight, scales, zeros, True))
 
     def weight_views(self, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None) -> tuple:
         """The kernels' NumPy views of a layer's packed weight (as blocks and flat), scales and zero points;
@@ -149,11 +156,24 @@ class QLinearCpu:
             self.views = {key: views}  # one layer's weights at a time: a new tensor replaces the old views
         return views
 
+    def native_many(self, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None,
+                    act_int8: bool) -> Callable[[torch.Tensor, torch.Tensor], None] | None:
+        """The C quantized GEMM as a path of ``run_by_rows`` (x and out contiguous), its rows quantized
+        first with ``act_int8``; None where the target has none or the weight is strided."""
+        if self.native_qgemm is None or not all(t is None or t.is_contiguous() for t in (qweight, scales, zeros)):
+            return None
+
+        def many(x: torch.Tensor, out: torch.Tensor) -> None:
+            self.native_qgemm(x.data_ptr(), qweight.data_ptr(), scales.data_ptr(),
+                              zeros.data_ptr() if zeros is not None else None, out.data_ptr(), x.shape[0], self.n,
+                              self.k, self.fmt.group_size(self.k), self.n, storage(self.fmt), float(self.fmt.offset),
+                              int(act_int8))
+        return many
+
     def blocked(self, x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None,
                 out: torch.Tensor) -> None:
+        """``out = x @ dequantize(...)^T`` for many rows, a block of output channels at a time."""
         step = max(1, DEQUANT_BLOCK_BYTES // (4 * self.k))
-        if self.native_gemm is not None:  # whole tiles of the GEMM's packed weight
-            step = max(TILE, step // TILE * TILE)
         block = torch.empty(min(step, self.n), self.k)
         dequantize = self.kernel("dequantize")
         packed = qweight.numpy().reshape(self.n, self.blocks, self.block_bytes)
@@ -164,9 +184,4 @@ class QLinearCpu:
             w = block[:hi - lo]
             dequantize(packed[lo:hi], s[lo:hi], z[lo:hi], w.numpy().reshape(hi - lo, self.blocks, self.block_values),
                         hi - lo)
-            if self.native_gemm is not None:  # x and out are contiguous (run_by_rows)
-                tiles = pack_weight(w)
-                self.native_gemm(x.data_ptr(), tiles.data_ptr(), None, out.data_ptr() + lo * out.element_size(),
-                                 x.shape[0], hi - lo, self.k, self.n)
-            else:
-                out[:, lo:hi] = torch.mm(x, w.t())
+            out[:, lo:hi] = torch.mm(x, w.t())

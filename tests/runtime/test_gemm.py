@@ -13,6 +13,7 @@ from torch import nn
 
 import lamina
 from lamina.codegen.gemm_c import pack_weight
+from lamina.ir.interpreter import interpret
 from lamina.runtime import native_cpu
 from lamina.runtime.native_kernels import compiler, cpu_features
 from tests.conftest import rel_error
@@ -107,17 +108,42 @@ def test_a_frozen_module_carries_the_gemm(tmp_path) -> None:
         assert rel_error(loaded(x), model(x)) <= TOL
 
 
-@pytest.mark.parametrize("options", ["bits=8", "bits=4,group=32", "bits=8,group=32,scheme=asym"])
-def test_quantized_prefill_multiplies_its_dequantized_blocks_on_the_gemm(options: str,
-                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    """Past the quantized kernels' rows each block of dequantized output channels is packed and
-    multiplied on the GEMM, written into its columns of the output: blocks of 32 channels here, so 70
-    channels are three blocks, the last a partial tile."""
-    from lamina.runtime import qlinear_cpu
+QUANT_FORMATS = [f"bits={b},group={g},scheme={s}" for b in (8, 4) for s in ("sym", "asym") for g in (0, 32, 128)]
+QUANT_FORMATS += ["bits=4,group=32,act=int8", "bits=8,group=32,scheme=asym,act=int8"]  # the rows quantized first
+
+
+@pytest.mark.parametrize("options", QUANT_FORMATS)
+def test_quantized_prefill_dequantizes_tiles_into_the_gemm(options: str) -> None:
+    """Past the quantized kernels' rows, the quantized GEMM (``codegen/qgemm_c.py``) dequantizes each
+    tile of 32 output channels into the GEMM's layout and multiplies every row by it: 70 channels are
+    three tiles, the last partial; 40 rows are six blocks of 6 and one of 4; every format, group and
+    scheme; outputs poisoned before the call."""
     from tests.quant.test_qlinear_cpu import Layer, _check
 
-    monkeypatch.setattr(qlinear_cpu, "DEQUANT_BLOCK_BYTES", 32 * 256 * 4)
     torch.manual_seed(3)
     compiled = _check(Layer(256, 70), torch.randn(40, 256), f"quantize{{{options},keep=none}},fuse",
                       kernel_language="c")
-    assert "lamina_gemm_f32" in compiled._executor.target.own
+    assert "lamina_qgemm_f32" in compiled._executor.target.own
+    assert all("C GEMM dequantizing 32-channel tiles" in layer.kernel for layer in compiled.quantization)
+
+
+def test_quantized_prefill_quantizes_rows_with_nan_and_zeros_as_the_reference_does() -> None:
+    """``act=int8`` past the integer kernels' rows: the GEMM quantizes each row itself; an all-zero row
+    (scale 0) gives zeros, a row with a NaN or an infinity gives NaN, as the interpreter's."""
+    from tests.quant.test_qlinear_cpu import Layer
+
+    torch.manual_seed(4)
+    x = torch.randn(20, 256)
+    x[3] = 0.0
+    x[5, 17] = float("nan")
+    x[7, 200] = float("inf")
+    model = Layer(256, 70)
+    compiled = lamina.compile(model, (x,), pipeline="quantize{bits=4,group=32,act=int8,keep=none},fuse", poison=True,
+                              kernel_language="c")
+    (want,) = interpret(compiled.graph, [x.numpy()], {k: v.detach().numpy() for k, v in model.state_dict().items()})
+    want = torch.from_numpy(want)
+    with torch.no_grad():
+        got = compiled(x)
+    assert torch.equal(got.isnan(), want.isnan()) and bool(got[5].isnan().all()) and bool(got[7].isnan().all())
+    keep = ~want.isnan()
+    assert rel_error(got[keep], want[keep]) <= TOL
