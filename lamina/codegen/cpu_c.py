@@ -348,7 +348,8 @@ class CPrinter(CpuStatementPrinter):
         out.append(f"{pad}  #pragma omp simd")
         out.append(f"{pad}  for (int l_ = 0; l_ < {LANES}; l_++) {acc}_wide[l_] += {acc}_lanes[l_];")
         out.append(f"{pad}}}")
-        out.append(f"{pad}for (int l_ = 0; l_ < {LANES}; l_++) {acc} += {acc}_wide[l_];")
+        out.append(pad + _halving(f"{acc}_wide[l_] += {acc}_wide[l_ + h_];"))
+        out.append(f"{pad}{acc} += {acc}_wide[0];")
         return base
 
     def _lane_blocked(self, s: Reduce, depth: int, out: list[str]) -> str:
@@ -376,15 +377,18 @@ class CPrinter(CpuStatementPrinter):
         out.append(f"{pad}    {nans}[l_] |= v_ != v_;")
         out.append(f"{pad}  }}")
         out.append(f"{pad}}}")
-        out.append(f"{pad}{{")
-        out.append(f"{pad}  {itype} k_ = {keys}[0];")
-        out.append(f"{pad}  int32_t nan_ = {nans}[0];")
-        out.append(f"{pad}  for (int l_ = 1; l_ < {LANES}; l_++) {{ k_ = {keys}[l_] {better} k_ ? {keys}[l_] : k_; "
-                   f"nan_ |= {nans}[l_]; }}")
-        out.append(f"{pad}  if (nan_) {base} = 0;  /* the exact loop again, from the start */")
-        out.append(f"{pad}  else {acc} = lm_unkey_{s_}(k_);")
-        out.append(f"{pad}}}")
+        join = (f"{keys}[l_] = {keys}[l_ + h_] {better} {keys}[l_] ? {keys}[l_ + h_] : {keys}[l_]; "
+                f"{nans}[l_] |= {nans}[l_ + h_];")
+        out.append(pad + _halving(join))
+        out.append(f"{pad}if ({nans}[0]) {base} = 0;  /* the exact loop again, from the start */")
+        out.append(f"{pad}else {acc} = lm_unkey_{s_}({keys}[0]);")
         return base
+
+
+def _halving(step: str) -> str:
+    """A loop joining ``LANES`` lanes into lane 0 by halves (lane ``l_`` with lane ``l_ + h_``): a tree of
+    independent operations the compiler vectorizes, where a running join is a chain of them."""
+    return f"for (int h_ = {LANES // 2}; h_ > 0; h_ /= 2) for (int l_ = 0; l_ < h_; l_++) {{ {step} }}"
 
 
 def param_ctype(name: str, kernel: Kernel) -> str:
