@@ -34,7 +34,7 @@ COMPUTE = {**STORAGE, DType.bf16: "float", DType.f16: "float"}
 _SINGLE = frozenset({DType.f32, DType.bf16, DType.f16})
 _MATH = ("exp", "log", "sqrt", "tanh", "sin", "cos", "erf", "floor", "log1p")
 _HALF = {DType.bf16: "bf16", DType.f16: "f16"}
-_FAST32 = frozenset({"exp", "tanh", "erf"})  # float32 versions in the prelude that vectorize
+_FAST32 = frozenset({"exp", "log", "tanh", "erf"})  # float32 versions in the prelude that vectorize
 
 LANES = 16  # lane accumulators of a vectorized reduction
 SUM_FLUSH = 16  # blocks of LANES terms a float sum's lanes take before they are added into double
@@ -178,6 +178,7 @@ class CPrinter(CpuStatementPrinter):
         self.lets: dict[str, Expr] = {}  # the kernel's bindings so far (names are unique in a kernel)
         self.known: frozenset[Expr] = frozenset()  # guard terms known to hold here (a versioned loop's test)
         self.inner_loops = 0  # how many loops inside the kernel's outer loop enclose what is printed now
+        self.row_kernel = False  # a row kernel's outer loop runs scalar (once per row), a pointwise one vectorized
 
     def counted_loop(self, var: str, start: str | None, stop: str, body: tuple, depth: int, out: list[str]) -> None:
         """The loop, versioned on the guard terms of its padded reads that do not depend on it (a row
@@ -220,8 +221,8 @@ class CPrinter(CpuStatementPrinter):
         if op == "div" and not dt.is_float:
             raise NotImplementedError("integer true division in a kernel")
         if op in _MATH:
-            if single and op in _FAST32:
-                return f"lm_{op}32({a[0]})"
+            if single and op in _FAST32 and (self.inner_loops or not self.row_kernel):
+                return f"lm_{op}32({a[0]})"  # where it vectorizes; once per row libm's is faster (less latency)
             return f"{op}{'f' if single else ''}({a[0]})"
         if op == "pow":
             return f"{'powf' if single else 'pow'}({a[0]}, {a[1]})"
@@ -410,6 +411,7 @@ def c_source(kernel: Kernel, name: str, parallel: bool) -> str:
     ``parallel for`` when ``parallel``. A kernel with scratch rows runs its outer loop in chunks, each
     allocating its scratch once (as the Numba printer does)."""
     printer = CPrinter({b.name: b.dtype for b in kernel.buffers if b.dtype in _HALF})
+    printer.row_kernel = kernel.kind == "row"
     params = [f"{'' if b.output or b.name == 'err' else 'const '}{STORAGE[b.dtype]}* {b.name}" for b in kernel.buffers]
     params += [f"int64_t {s}" for s in kernel.sizes] + [f"{param_ctype(p, kernel)} {p}" for p in kernel.params]
     lines = [f"void {name}({', '.join(params)}) {{"]

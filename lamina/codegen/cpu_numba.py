@@ -28,7 +28,7 @@ _FLOAT_MINMAX = {DType.f32: {"max": "fmaximum32", "min": "fminimum32"},
                  DType.f64: {"max": "fmaximum64", "min": "fminimum64"}}  # codegen/float_minmax.py
 _HALF = {DType.bf16: "bf16", DType.f16: "f16"}  # 16-bit floats: {prefix}_load / _store / _round
 _SINGLE = frozenset({DType.f32, DType.bf16, DType.f16})  # what computes in float32
-_FAST32 = frozenset({"exp", "tanh", "erf"})  # float32 versions in fastmath32 that vectorize
+_FAST32 = frozenset({"exp", "log", "tanh", "erf"})  # float32 versions in fastmath32 that vectorize
 
 # Numba's parallel passes beyond prange (array expressions, comprehensions, ...) find nothing in
 # generated kernels but cost ~0.17 s of compile time per kernel.

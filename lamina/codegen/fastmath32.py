@@ -1,12 +1,13 @@
-"""Vectorizable float32 exp, tanh and erf for the CPU kernels, written once for Numba and for C.
+"""Vectorizable float32 exp, log, tanh and erf for the CPU kernels, written once for Numba and for C.
 
 Numba calls libm's scalar ``expf``/``tanhf``/``erff`` for ``math.*``, and gcc calls them from C;
 neither compiler vectorizes a loop around a call. These versions are plain arithmetic (plus
 bit casts for 2^n), so both compilers vectorize the kernels that use them. The constants live in
-the tables below and both printers read them: ``SOURCE`` (Numba functions ``exp32``, ``tanh32``,
-``erf32``) and ``C_SOURCE`` (``lm_exp32``, ``lm_tanh32``, ``lm_erf32``) compute the same formulas.
-Accuracy: exp (Cephes) within 1 ulp over its whole range, subnormal results included; tanh and
-erf (Eigen's rational fits) within a few ulp. A NaN input gives NaN.
+the tables below and both printers read them: ``SOURCE`` (Numba functions ``exp32``, ``log32``,
+``tanh32``, ``erf32``) and ``C_SOURCE`` (``lm_exp32``, ``lm_log32``, ...) compute the same formulas.
+Accuracy: exp and log (Cephes) within 1 ulp over their whole ranges, subnormals included; tanh
+and erf (Eigen's rational fits) within a few ulp. A NaN input gives NaN; log of a negative number
+is NaN, of zero -inf.
 
 exp rounds ``x / ln 2`` to an integer ``n`` in two ways. Numba: ``floor(t + 0.5)``, which LLVM
 vectorizes, and which stays right when the function is inlined into a kernel compiled with
@@ -34,6 +35,10 @@ EXP_HIGH = 88.72283              # above: inf
 LOG2E = 1.44269504088896341
 LN2_HIGH, LN2_LOW = 0.693359375, -2.12194440e-4  # ln 2 split so n * LN2_HIGH is exact
 EXP_POLY = (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1)
+LOG_POLY = (7.0376836292e-2, -1.1514610310e-1, 1.1676998740e-1, -1.2420140846e-1, 1.4249322787e-1,
+            -1.6668057665e-1, 2.0000714765e-1, -2.4999993993e-1, 3.3333331174e-1)  # Cephes logf
+SQRT_HALF = 0.707106781186547524
+SMALLEST_NORMAL = 1.17549435e-38
 ROUND_SHIFT = 12582912.0         # 1.5 * 2^23: t + this, minus this, is t rounded to an integer
 ROUND_SHIFT_BITS = 0x4B400000    # its bits; the rounded integer is the sum's bits minus these
 
@@ -84,6 +89,34 @@ def _bits_to_f32(typingctx, bits):
     return sig, codegen
 
 
+@_intrinsic
+def _f32_to_bits(typingctx, value):
+    sig = _types.int32(_types.float32)
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], context.get_value_type(_types.int32))
+
+    return sig, codegen
+
+
+@numba.njit(inline="always", fastmath={{"contract"}}, error_model="numpy")
+def log32(x):
+    # x = m 2^e with m in [sqrt(1/2), sqrt(2)): log x = log1p(m - 1) + e log 2 (subnormals scaled by 2^23 first)
+    small = x < {f(SMALLEST_NORMAL)}
+    bits = _f32_to_bits(x * {f(8388608.0)} if small else x)
+    e = ((bits >> {i(23)}) & {i(255)}) - ({i(149)} if small else {i(126)})
+    m = _bits_to_f32((bits & {i(0x007FFFFF)}) | {i(0x3F000000)})
+    low = m < {f(SQRT_HALF)}
+    e = e - {i(1)} if low else e
+    m = (m + m - {f(1.0)}) if low else m - {f(1.0)}
+    z = m * m
+    fe = np.float32(e)
+    y = {_horner(LOG_POLY, "m", f)} * m * z + fe * {f(LN2_LOW)} - {f(0.5)} * z
+    r = m + y + fe * {f(LN2_HIGH)}
+    special = np.float32(-np.inf) if x == {f(0.0)} else x + (np.float32(np.nan) if x < {f(0.0)} else {f(0.0)})
+    return r if (x > {f(0.0)}) & (x <= {f(3.4028234663852886e38)}) else special  # +inf, NaN: x; x < 0: NaN
+
+
 @numba.njit(inline="always", fastmath={{"contract"}}, error_model="numpy")
 def exp32(x):
     # clamps by compare-and-select (vminps/vmaxps); a NaN x stays NaN (the select keeps x)
@@ -114,6 +147,27 @@ def _c_source() -> str:
 ''' for name, fit in FITS.items())
     return f'''static inline float lm_bits_to_f32(int32_t bits) {{ float f; memcpy(&f, &bits, 4); return f; }}
 static inline int32_t lm_f32_to_bits(float f) {{ int32_t i; memcpy(&i, &f, 4); return i; }}
+/* the special cases are joined by bit masks: gcc turns a select after the polynomial into a branch
+   around it, and then vectorizes no loop calling this */
+static inline float lm_log32(float x) {{
+  const float scale = x < {f(SMALLEST_NORMAL)} ? 8388608.0f : 1.0f;
+  const int32_t bits = lm_f32_to_bits(x * scale);
+  const int32_t bias = x < {f(SMALLEST_NORMAL)} ? 149 : 126;
+  int32_t e = ((bits >> 23) & 255) - bias;
+  float m = lm_bits_to_f32((bits & 0x007FFFFF) | 0x3F000000);
+  const int32_t low = m < {f(SQRT_HALF)} ? 1 : 0;
+  e -= low;
+  m = m + (low ? m : 0.0f) - 1.0f;
+  const float z = m * m, fe = (float)e;
+  const float y = {_horner(LOG_POLY, "m", f)} * m * z + fe * {f(LN2_LOW)} - 0.5f * z;
+  const float r = m + y + fe * {f(LN2_HIGH)};
+  const int32_t zero = -(int32_t)(x == 0.0f), negative = -(int32_t)(x < 0.0f);
+  const int32_t keep = -(int32_t)((x > 0.0f) & (x <= 3.4028234663852886e38f));
+  /* log 0 = -inf; x < 0: x + NaN; +inf and NaN: x + 0 */
+  const int32_t special = (lm_f32_to_bits(-INFINITY) & zero) |
+                          (lm_f32_to_bits(x + lm_bits_to_f32(0x7FC00000 & negative)) & ~zero);
+  return lm_bits_to_f32((lm_f32_to_bits(r) & keep) | (special & ~keep));
+}}
 static inline float lm_exp32(float x) {{
   float c = x < {f(EXP_LOW)} ? {f(EXP_LOW)} : x;
   c = c > {f(EXP_HIGH)} ? {f(EXP_HIGH)} : c;
