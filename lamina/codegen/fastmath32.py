@@ -79,24 +79,19 @@ from numba.core import types as _types
 from numba.extending import intrinsic as _intrinsic
 
 
-@_intrinsic
-def _bits_to_f32(typingctx, bits):
-    sig = _types.float32(_types.int32)
+def _bitcast(result, argument):
+    """An intrinsic reinterpreting an ``argument`` value's bits as a ``result``."""
+    def cast(typingctx, value):
+        def codegen(context, builder, signature, args):
+            return builder.bitcast(args[0], context.get_value_type(result))
 
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], context.get_value_type(_types.float32))
+        return result(argument), codegen
 
-    return sig, codegen
+    return _intrinsic(cast)
 
 
-@_intrinsic
-def _f32_to_bits(typingctx, value):
-    sig = _types.int32(_types.float32)
-
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], context.get_value_type(_types.int32))
-
-    return sig, codegen
+_bits_to_f32 = _bitcast(_types.float32, _types.int32)
+_f32_to_bits = _bitcast(_types.int32, _types.float32)
 
 
 @numba.njit(inline="always", fastmath={{"contract"}}, error_model="numpy")
