@@ -37,6 +37,11 @@ class ArithmeticChain(nn.Module):
         return (y - 1.0) * 0.75 + y
 
 
+class Log(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.log(x)
+
+
 class TranscendentalChain(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return nn.functional.gelu(torch.tanh(torch.exp(x * 0.5) - 1.0) * x)
@@ -51,6 +56,9 @@ def workloads() -> dict[str, tuple[nn.Module, tuple]]:
         "layer_norm 4096x1024": (nn.LayerNorm(1024).eval(), (torch.randn(4096, 1024),)),
         "softmax 4096x1024": (nn.Softmax(dim=-1), (torch.randn(4096, 1024),)),
         "log_softmax 4096x1024": (nn.LogSoftmax(dim=-1), (torch.randn(4096, 1024),)),
+        "softmax 16384x64": (nn.Softmax(dim=-1), (torch.randn(16384, 64),)),
+        "log_softmax 16384x64": (nn.LogSoftmax(dim=-1), (torch.randn(16384, 64),)),
+        "log 4096x1024": (Log(), (torch.rand(4096, 1024) + 0.01,)),
         "gpt2 stack b4 s128 d256 L4": (stack, (idx,)),
         "gpt2 stack b1 s1 d256 L4": (stack, (torch.randint(0, 512, (1, 1)),)),
     }
