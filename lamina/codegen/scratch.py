@@ -105,7 +105,8 @@ def rows_in_outputs(kernel: Kernel) -> Kernel:
                 Store(out, _rename(index, last.var, fill.var), t.value) if _stores(t, row.name) else t
                 for t in fill.body))
             body[-1] = replace(last, body=tuple(
-                Let(s.name, _moved(s.value, row.name, out, index)) if isinstance(s, Let) else s for s in last.body))
+                Let(s.name, _moved(s.value, row.name, out, index)) if isinstance(s, Let) else
+                replace(s, value=_moved(s.value, row.name, out, index)) for s in last.body))
         scratch.remove(row)
     if len(scratch) == len(kernel.scratch):
         return kernel
@@ -124,7 +125,7 @@ def _output_row(kernel: Kernel, loop, row: Buffer, fill: Reduce) -> tuple[str, E
     """(output, its index in the loop's variable) where ``loop`` reads ``row`` only at its own element
     ``j`` and nothing else, and stores once, to an output of the row's dtype at ``base + j`` (one
     element per ``j``, so the fill writes each output element once); else None."""
-    if not isinstance(loop, Loop) or loop.extent != fill.extent:
+    if not isinstance(loop, Loop) or loop.extent != fill.extent or not all(isinstance(s, (Let, Store)) for s in loop.body):
         return None
     stores = [s for s in loop.body if isinstance(s, Store)]
     outputs = {b.name: b for b in kernel.buffers if b.output}
@@ -140,8 +141,8 @@ def _output_row(kernel: Kernel, loop, row: Buffer, fill: Reduce) -> tuple[str, E
         return None
     own = [a for a in index.args if isinstance(a, Var) and a.name == loop.var]
     rest = [a for a in index.args if not (isinstance(a, Var) and a.name == loop.var)]
-    if len(own) != 1 or any(isinstance(e, Var) and e.name == loop.var for e in walk(rest[0])):
-        return None
+    if len(own) != 1 or any(isinstance(e, Load) or isinstance(e, Var) and e.name == loop.var for e in walk(rest[0])):
+        return None  # the row's base reads nothing: the fill computes it before the loop would
     return stores[0].buffer, index
 
 
