@@ -45,9 +45,9 @@ PRELUDE = r"""
 #include <stdlib.h>
 #include <string.h>
 
-/* NaN-propagating max and min, +0 above -0 (torch's), as selects only (no branches, so gcc
-   vectorizes the loops using them): equal values meet bitwise, AND for max (+0 from -0 and +0), OR
-   for min; a NaN a is kept by the last select, a NaN b by the first */
+/* NaN-propagating max and min, +0 above -0 (IEEE 754's maximum and minimum), as selects only (no
+   branches, so gcc vectorizes the loops using them): equal values meet bitwise, AND for max (+0 from
+   -0 and +0), OR for min; a NaN a is kept by the last select, a NaN b by the first */
 #define LM_MINMAX(T, S, I) \
   static inline T lm_max##S(T a, T b) { \
     I ia, ib; memcpy(&ia, &a, sizeof(T)); memcpy(&ib, &b, sizeof(T)); \
@@ -357,7 +357,7 @@ class CPrinter(CpuStatementPrinter):
         """A float max or min over whole blocks of ``LANES`` iterations, as a loop the compiler vectorizes
         (a running NaN-propagating max is a chain of selects it leaves scalar, and even vectorized it is
         a dozen dependent instructions): each lane keeps the max (min) of the values' order keys
-        (``lm_key_f``: one integer max, -0 below +0 as torch orders them) and whether it saw a NaN. The
+        (``lm_key_f``: one integer max, -0 below +0 as ``lm_maxf`` orders them) and whether it saw a NaN. The
         result is exactly the running max's, except where a NaN was seen: then the exact loop runs the
         whole reduction again. Returns where that loop starts."""
         pad, acc, base, s_ = "  " * depth, f"{s.acc}_acc", f"{s.acc}_base", self._suffix(s)

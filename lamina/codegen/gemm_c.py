@@ -54,7 +54,15 @@ def block_functions() -> str:
     """The block kernels for 1..``ROWS`` rows, defined once in a translation unit however many sources
     include them (the quantized GEMM of ``qgemm_c.py`` runs them too)."""
     blocks = "".join(_block(r) for r in range(1, ROWS + 1))
-    return f"#ifndef LAMINA_GEMM_BLOCKS\n#define LAMINA_GEMM_BLOCKS\n{blocks}#endif\n"
+    masks = """/* the store masks of a tile with ``left`` output channels from its first on (32 or more: all) */
+static inline __mmask16 lamina_gemm_mask_lo(int64_t left) {
+  return left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1u);
+}
+static inline __mmask16 lamina_gemm_mask_hi(int64_t left) {
+  return left >= 32 ? (__mmask16)0xFFFF : left > 16 ? (__mmask16)((1u << (left - 16)) - 1u) : 0;
+}
+"""
+    return f"#ifndef LAMINA_GEMM_BLOCKS\n#define LAMINA_GEMM_BLOCKS\n{blocks}{masks}#endif\n"
 
 
 def gemm_source() -> str:
@@ -73,8 +81,7 @@ void {NAME}(const float* restrict x, const float* restrict packed, const float* 
   for (int64_t i = 0; i < tiles * blocks; i++) {{
     const int64_t t = i / blocks, m0 = i % blocks * {ROWS}, rows = M - m0 < {ROWS} ? M - m0 : {ROWS};
     const int64_t left = N - t * 32;
-    const __mmask16 lo = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1u);
-    const __mmask16 hi = left >= 32 ? (__mmask16)0xFFFF : left > 16 ? (__mmask16)((1u << (left - 16)) - 1u) : 0;
+    const __mmask16 lo = lamina_gemm_mask_lo(left), hi = lamina_gemm_mask_hi(left);
     const __m512 b0 = b ? _mm512_maskz_loadu_ps(lo, b + t * 32) : _mm512_setzero_ps();
     const __m512 b1 = b ? _mm512_maskz_loadu_ps(hi, b + t * 32 + 16) : _mm512_setzero_ps();
     const float* xr = x + m0 * K;

@@ -155,8 +155,7 @@ void {NAME}(const float* restrict x, const void* restrict q, const float* restri
           for (int64_t k = 0; k < K; k++) tile[k * {TILE} + j] = row[k];
         }}
       }}
-      const __mmask16 lo = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1u);
-      const __mmask16 hi = left >= 32 ? (__mmask16)0xFFFF : left > 16 ? (__mmask16)((1u << (left - 16)) - 1u) : 0;
+      const __mmask16 lo = lamina_gemm_mask_lo(left), hi = lamina_gemm_mask_hi(left);
       for (int64_t m = 0; m < blocks; m++) {{
         const int64_t m0 = m * {ROWS}, rows = M - m0 < {ROWS} ? M - m0 : {ROWS};
         const float* xr = rows_of_x + m0 * K;
