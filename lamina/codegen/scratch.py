@@ -96,7 +96,8 @@ def rows_in_outputs(kernel: Kernel) -> Kernel:
         else:
             between = body[fills[0] + 1:-1]
             reads_between = any(isinstance(e, Load) for x in body_exprs(tuple(between)) for e in walk(x))
-            target = _output_row(kernel, body[-1], row, fill) if readers == [len(body) - 1] and not reads_between else None
+            last_reads_row = readers == [len(body) - 1] and not reads_between
+            target = _output_row(kernel.buffers, body, row, fill) if last_reads_row else None
             if target is None:
                 continue
             out, index = target
@@ -121,20 +122,22 @@ def _reads(expr: Expr, name: str) -> bool:
     return any(isinstance(e, Load) and e.buffer == name for e in walk(expr))
 
 
-def _output_row(kernel: Kernel, loop, row: Buffer, fill: Reduce) -> tuple[str, Expr] | None:
-    """(output, its index in the loop's variable) where ``loop`` reads ``row`` only at its own element
-    ``j`` and nothing else, and stores once, to an output of the row's dtype at ``base + j`` (one
-    element per ``j``, so the fill writes each output element once); else None."""
+def _output_row(buffers: tuple[Buffer, ...], body: list, row: Buffer, fill: Reduce) -> tuple[str, Expr] | None:
+    """(output, its index in the loop's variable) where ``body``'s last loop reads ``row`` only at its own
+    element ``j`` and nothing else, and stores once, to an output of the row's dtype at ``base + j`` that
+    nothing in ``body`` reads (one element per ``j``, so the fill writes each output element once); else
+    None."""
+    loop = body[-1]
     if not isinstance(loop, Loop) or loop.extent != fill.extent or not all(isinstance(s, (Let, Store)) for s in loop.body):
         return None
     stores = [s for s in loop.body if isinstance(s, Store)]
-    outputs = {b.name: b for b in kernel.buffers if b.output}
+    outputs = {b.name: b for b in buffers if b.output}
     if len(stores) != 1 or stores[0].buffer not in outputs or outputs[stores[0].buffer].dtype != row.dtype:
         return None
     loads = [e for e in body_exprs(loop.body) for e in walk(e) if isinstance(e, Load)]
     if any(e.buffer != row.name or not (isinstance(e.index, Var) and e.index.name == loop.var) for e in loads):
         return None
-    if any(_reads(e, stores[0].buffer) for e in body_exprs(kernel.body)):
+    if any(_reads(e, stores[0].buffer) for e in body_exprs(tuple(body))):
         return None
     index = inline_lets(stores[0].index, _local_lets(loop.body))
     if not (isinstance(index, Call) and index.op == "add" and len(index.args) == 2):

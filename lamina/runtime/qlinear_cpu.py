@@ -139,10 +139,17 @@ class QLinearCpu:
             _, q, s, z = self.weight_views(qweight, scales, zeros)
             self.kernel("vnni")(x2.numpy(), q.reshape(self.n, -1), s, z, out2.numpy(), rows, self.n)
 
-        run_by_rows(x, out, self.k, self.n, self.act, few, self.native_many(qweight, scales, zeros, False) or blocked,
+        def qgemm(x2: torch.Tensor, out2: torch.Tensor) -> None:
+            self.qgemm(x2, qweight, scales, zeros, out2, act_int8=False)
+
+        def int8_qgemm(x2: torch.Tensor, out2: torch.Tensor) -> None:
+            self.qgemm(x2, qweight, scales, zeros, out2, act_int8=True)
+
+        native = self.native_qgemm is not None and all(t is None or t.is_contiguous() for t in (qweight, scales, zeros))
+        run_by_rows(x, out, self.k, self.n, self.act, few, qgemm if native else blocked,
                     int8_few if self.integer_kernels else None,
                     int8_many if integer_gemm_format(self.fmt, self.k) else None,
-                    self.native_many(qweight, scales, zeros, True))
+                    int8_qgemm if native else None)
 
     def weight_views(self, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None) -> tuple:
         """The kernels' NumPy views of a layer's packed weight (as blocks and flat), scales and zero points;
@@ -156,19 +163,14 @@ class QLinearCpu:
             self.views = {key: views}  # one layer's weights at a time: a new tensor replaces the old views
         return views
 
-    def native_many(self, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None,
-                    act_int8: bool) -> Callable[[torch.Tensor, torch.Tensor], None] | None:
-        """The C quantized GEMM as a path of ``run_by_rows`` (x and out contiguous), its rows quantized
-        first with ``act_int8``; None where the target has none or the weight is strided."""
-        if self.native_qgemm is None or not all(t is None or t.is_contiguous() for t in (qweight, scales, zeros)):
-            return None
-
-        def many(x: torch.Tensor, out: torch.Tensor) -> None:
-            self.native_qgemm(x.data_ptr(), qweight.data_ptr(), scales.data_ptr(),
-                              zeros.data_ptr() if zeros is not None else None, out.data_ptr(), x.shape[0], self.n,
-                              self.k, self.fmt.group_size(self.k), self.n, storage(self.fmt), float(self.fmt.offset),
-                              int(act_int8))
-        return many
+    def qgemm(self, x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None,
+              out: torch.Tensor, act_int8: bool) -> None:
+        """``out = x @ dequantize(...)^T`` on the C quantized GEMM (x, out and the weight contiguous), the rows
+        of x quantized first with ``act_int8``."""
+        self.native_qgemm(x.data_ptr(), qweight.data_ptr(), scales.data_ptr(),
+                          zeros.data_ptr() if zeros is not None else None, out.data_ptr(), x.shape[0], self.n,
+                          self.k, self.fmt.group_size(self.k), self.n, storage(self.fmt), float(self.fmt.offset),
+                          int(act_int8))
 
     def blocked(self, x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None,
                 out: torch.Tensor) -> None:
