@@ -51,6 +51,38 @@ def test_the_packed_weight_is_tiles_of_32_output_channels() -> None:
     assert not packed[1, :, 13:].any()
 
 
+@pytest.fixture(scope="module")
+def gemm_kernel():
+    """The GEMM as a ctypes function of its own library."""
+    from lamina.codegen.cpu_c import PRELUDE
+    from lamina.codegen.gemm_c import ARGUMENTS, NAME, gemm_source
+    from lamina.runtime.native_kernels import NativeFunction, NativeLibrary, build_library
+
+    function = NativeFunction(NAME, ARGUMENTS, gemm_source())
+    return NativeLibrary.load(build_library([function], PRELUDE), [function])[NAME]
+
+
+@pytest.mark.parametrize("m, k, n", [
+    (13, 97, 1453),    # x in cache: each thread takes whole tiles
+    (700, 97, 1453),   # x past GROUP_BYTES: groups of 21 tiles (21, 21, 4), 116 blocks of 6 and one of 4
+    (40, 2100, 70),    # a tile past GROUP_BYTES alone: groups of one tile, the last partial
+])
+def test_the_gemm_covers_every_block_of_every_tile_group(gemm_kernel, m: int, k: int, n: int) -> None:
+    """Both loop orders of the kernel, on an output block inside a wider poisoned output (row stride
+    ldc > N): every element of the block is written once and nothing beside it."""
+    from lamina.codegen.gemm_c import GROUP_BYTES
+    from lamina.runtime.native_kernels import Flat
+
+    assert (m * k * 4 > GROUP_BYTES) == (m > 13)
+    torch.manual_seed(m)
+    x, w, b = torch.randn(m, k), torch.randn(n, k), torch.randn(n)
+    out = torch.full((m, n + 5), float("nan"))
+    gemm_kernel(Flat(x), Flat(pack_weight(w)), Flat(b), Flat(out), m, n, k, n + 5)
+    want = (x.double() @ w.double().t() + b.double()).float()
+    assert rel_error(out[:, :n], want) <= TOL
+    assert bool(out[:, n:].isnan().all())
+
+
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("pipeline", ["canonicalize,fuse", "canonicalize"])  # without fuse the GEMM adds the bias
 def test_linears_past_the_gemv_run_the_gemm(bias: bool, pipeline: str) -> None:
