@@ -105,9 +105,9 @@ def _always() -> None:
 
 
 BACKENDS = MappingProxyType({
-    "cpu": Backend("cpu", "channels-last,canonicalize,fuse", ("newton-expand", "wrap"), "cpu", CPU_DTYPES, _cpu, _always,
+    "cpu": Backend("cpu", "fold-norms,channels-last,canonicalize,fuse", ("newton-expand", "wrap"), "cpu", CPU_DTYPES, _cpu, _always,
                    "Numba kernels and torch library calls on the CPU (the default)"),
-    "cuda": Backend("cuda", "canonicalize,fuse", ("newton-expand", "wrap"), "cuda", KERNEL_DTYPES, _cuda, _require_gpu,
+    "cuda": Backend("cuda", "fold-norms,canonicalize,fuse", ("newton-expand", "wrap"), "cuda", KERNEL_DTYPES, _cuda, _require_gpu,
                     "CUDA C (CuPy) or Numba-CUDA kernels on an NVIDIA GPU"),
     "reference": Backend("reference", "canonicalize", (), "cpu", None, _reference, _always,
                          "the NumPy interpreter: every op's reference semantics, slow, for checking"),

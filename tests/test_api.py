@@ -41,7 +41,7 @@ def test_compiled_graph_is_the_final_graph() -> None:
 
 def test_default_pipeline_and_empty_pipeline() -> None:
     assert lamina.default_pipeline("reference") == "canonicalize"
-    assert lamina.default_pipeline() == lamina.default_pipeline("cpu") == "channels-last,canonicalize,fuse"
+    assert lamina.default_pipeline() == lamina.default_pipeline("cpu") == "fold-norms,channels-last,canonicalize,fuse"
     model, args = make_mlp()
     compiled = lamina.compile(model, args, pipeline="")  # no optimisation: only the backend's lowering step
     assert [h.split(":")[0] for h in compiled.graph.history] == ["wrap"]
@@ -147,9 +147,9 @@ def test_dump_dir_gets_ir_after_each_pass(tmp_path) -> None:
     model, args = make_mlp()
     lamina.compile(model, args, dump_dir=str(tmp_path))
     files = sorted(p.name for p in tmp_path.iterdir())
-    assert files == ["00-input.lamina", "01-channels-last.lamina", "02-canonicalize.lamina", "03-fuse.lamina",
-                     "04-wrap.lamina"]  # wrap: the cpu backend's lowering
-    assert lamina.parse((tmp_path / "02-canonicalize.lamina").read_text())
+    assert files == ["00-input.lamina", "01-fold-norms.lamina", "02-channels-last.lamina", "03-canonicalize.lamina",
+                     "04-fuse.lamina", "05-wrap.lamina"]  # wrap: the cpu backend's lowering
+    assert lamina.parse((tmp_path / "03-canonicalize.lamina").read_text())
 
 
 def test_dynamic_batch_runs_other_sizes_without_recompiling() -> None:

@@ -21,7 +21,7 @@ def test_dump_text_shows_module_paths(capsys) -> None:
 
 def test_dump_after_pass_with_history(capsys) -> None:
     assert main(["dump", GPT2, "--after", "canonicalize", "--history"]) == 0
-    assert capsys.readouterr().out.startswith("// channels-last: ")  # the history names every pass so far
+    assert capsys.readouterr().out.startswith("// fold-norms: ")  # the history names every pass so far
 
 
 def test_dump_mlir_parses_with_the_bindings(tmp_path) -> None:

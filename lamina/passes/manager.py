@@ -17,6 +17,7 @@ from ..ir.printer import print_graph
 from ..ir.verifier import verify
 from .canonicalize import canonicalize
 from .channels_last import channels_last
+from .fold_norms import fold_norms
 from .fusion import fuse, wrap_loose_ops
 from .newton import NewtonOptions, newton
 from .newton_expand import newton_expand
@@ -44,6 +45,7 @@ class PassInfo:
 PASSES: Mapping[str, PassInfo] = MappingProxyType({
     "canonicalize": PassInfo("canonicalize", canonicalize, None, canonicalize.__doc__ or ""),
     "channels-last": PassInfo("channels-last", channels_last, None, channels_last.__doc__ or ""),
+    "fold-norms": PassInfo("fold-norms", fold_norms, None, fold_norms.__doc__ or ""),
     "fuse": PassInfo("fuse", fuse, None, fuse.__doc__ or ""),
     "newton": PassInfo("newton", newton, NewtonOptions, newton.__doc__ or ""),
     "newton-expand": PassInfo("newton-expand", newton_expand, None, newton_expand.__doc__ or ""),

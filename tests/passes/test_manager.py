@@ -20,7 +20,7 @@ TEXT = """graph @g(%x: f32[4]) {
 def test_parse_pipeline_and_errors() -> None:
     assert [str(s) for s in parse_pipeline("canonicalize, canonicalize")] == ["canonicalize", "canonicalize"]
     assert parse_pipeline("") == []
-    with pytest.raises(PipelineError, match="unknown pass 'fusee'; known passes: canonicalize, channels-last, fuse"):
+    with pytest.raises(PipelineError, match="unknown pass 'fusee'; known passes: canonicalize, channels-last, fold-norms, fuse"):
         parse_pipeline("canonicalize,fusee")
     with pytest.raises(PipelineError, match="takes no options"):
         parse_pipeline("canonicalize{x=1}")
