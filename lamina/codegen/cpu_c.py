@@ -17,7 +17,7 @@ import math
 from typing import Any
 
 from ..ir.dtypes import DType
-from .guarded_loads import guarded_read, invariant_guard_terms
+from .guarded_loads import conjuncts, guarded_read, invariant_guard_terms
 from .loop_nest import nested
 from .kernel import (Call, Const, Expr, Kernel, Let, Load, Loop, Reduce, Store, Var, body_exprs, inline_lets, reduction_identity,
                      walk)
@@ -59,6 +59,14 @@ PRELUDE = r"""
     T m = a < b ? a : b; m = a == b ? eq : m; return a != a ? a : m; }
 LM_MINMAX(float, f, int32_t)
 LM_MINMAX(double, d, int64_t)
+/* c ? a : b by bit masks: gcc vectorizes no loop whose select's condition is an invariant of it (a
+   window's edge row), but does this one */
+#define LM_SELECT(T, S, I) \
+  static inline T lm_select_##S(_Bool c, T a, T b) { \
+    const I m = -(I)c; I ia, ib; memcpy(&ia, &a, sizeof(T)); memcpy(&ib, &b, sizeof(T)); \
+    const I r = (ia & m) | (ib & ~m); T x; memcpy(&x, &r, sizeof(T)); return x; }
+LM_SELECT(float, f, int32_t)
+LM_SELECT(double, d, int64_t)
 /* an integer that orders as the float does, -0 below +0 (its bits, the magnitude bits flipped for
    negatives; the map is its own inverse); NaNs have no place in it, and the reductions count them apart */
 static inline int32_t lm_key_f(float x) { int32_t i; memcpy(&i, &x, 4); return i ^ ((i >> 31) & 0x7FFFFFFF); }
@@ -177,6 +185,7 @@ class CPrinter(CpuStatementPrinter):
         self.half_buffers = half_buffers or {}
         self.lets: dict[str, Expr] = {}  # the kernel's bindings so far (names are unique in a kernel)
         self.known: frozenset[Expr] = frozenset()  # guard terms known to hold here (a versioned loop's test)
+        self.invariant: frozenset[Expr] = frozenset()  # guard terms constant in the loop printed (its else branch)
         self.inner_loops = 0  # how many loops inside the kernel's outer loop enclose what is printed now
         self.row_kernel = False  # a row kernel's outer loop runs scalar (once per row), a pointwise one vectorized
 
@@ -204,7 +213,10 @@ class CPrinter(CpuStatementPrinter):
         super().counted_loop(var, start, stop, body, depth + 1, out)
         self.known = outer
         out.append(pad + "} else {")
+        edge = self.invariant
+        self.invariant = edge | frozenset(terms)
         super().counted_loop(var, start, stop, body, depth + 1, out)
+        self.invariant = edge
         out.append(pad + "}")
 
     def literal(self, value: Any, dtype: DType) -> str:
@@ -235,6 +247,11 @@ class CPrinter(CpuStatementPrinter):
                     return load
                 if isinstance(guard, Const):
                     return a[2]
+                if dt.is_float and isinstance(e.args[1], Var) and set(conjuncts(guard)) <= self.invariant:
+                    # a window's edge row reading a let, loaded already (at its clamped index, in bounds):
+                    # selected by bit masks, as gcc vectorizes neither a masked load nor a select on a
+                    # condition the loop does not change
+                    return f"lm_select_{'f' if single else 'd'}({self.expr(guard)}, {a[1]}, {a[2]})"
                 return f"({self.expr(guard)} ? {load} : {a[2]})"
         if op in ("maximum", "minimum"):
             if dt.is_float:
