@@ -79,6 +79,21 @@ def test_pointwise_and_depthwise_convs_are_rewritten_and_compute_the_same(option
         torch.testing.assert_close(compiled(x), model(x), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("bias", [True, False])
+def test_a_pointwise_conv_over_one_pixel_is_a_linear_layer(bias: bool) -> None:
+    """Squeeze-excite's 1x1 convolutions over [N, C, 1, 1]: one linear over the batch (the weight read
+    once), the same numbers as torch's convolution with poisoned outputs."""
+    import torch
+
+    torch.manual_seed(1)
+    model = _Conv(torch.nn.Conv2d(24, 40, 1, bias=bias)).eval()
+    x = torch.randn(8, 24, 1, 1)
+    compiled = lamina.compile(model, (x,), poison=True)
+    assert [op.name for op in compiled.graph.ops if op.name in ("conv2d", "matmul", "linear")] == ["linear"]
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), model(x), rtol=1e-5, atol=1e-5)
+
+
 def test_wide_depthwise_and_grouped_convs_stay_convolutions() -> None:
     import torch
 
