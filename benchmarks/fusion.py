@@ -7,9 +7,10 @@ over each, compile times (inductor: first call; lamina: compile() plus first cal
 JIT-compiles the kernels unless the kernel cache has them), and peak extra resident memory
 during one call. The arithmetic chain is also compared with ``x.clone()``: one read and one
 write of the same bytes into a new tensor, its memory-bound floor. For the memory-bound workloads
-(all but the GPT-2 stacks) "lamina GB/s" is the bytes of inputs, weights and outputs over lamina's
-time and "of copy" its fraction of the measured copy bandwidth (``runtime/limits.py``); the stacks'
-table row is ``compiled.profile``'s view of where their time goes (GEMMs against torch.mm's rate).
+(all but the GPT-2 stacks and the MobileNetV2 blocks) "lamina GB/s" is the bytes of inputs, weights
+and outputs over lamina's time and "of copy" its fraction of the measured copy bandwidth
+(``runtime/limits.py``); for the stacks and blocks ``compiled.profile`` shows where the time goes
+(GEMMs against torch.mm's rate).
 """
 from __future__ import annotations
 
@@ -47,6 +48,26 @@ class TranscendentalChain(nn.Module):
         return nn.functional.gelu(torch.tanh(torch.exp(x * 0.5) - 1.0) * x)
 
 
+class InvertedResidual(nn.Module):
+    """MobileNetV2's block: 1x1 expansion, 3x3 depthwise, 1x1 projection, each with batch norm (random
+    statistics), ReLU6 after the first two, and the residual add."""
+
+    def __init__(self, channels: int, expand: int) -> None:
+        super().__init__()
+        wide = channels * expand
+        self.layers = nn.Sequential(
+            nn.Conv2d(channels, wide, 1, bias=False), nn.BatchNorm2d(wide), nn.ReLU6(),
+            nn.Conv2d(wide, wide, 3, padding=1, groups=wide, bias=False), nn.BatchNorm2d(wide), nn.ReLU6(),
+            nn.Conv2d(wide, channels, 1, bias=False), nn.BatchNorm2d(channels))
+        for norm in self.layers:
+            if isinstance(norm, nn.BatchNorm2d):
+                norm.running_mean.uniform_(-0.5, 0.5)
+                norm.running_var.uniform_(0.5, 2.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.layers(x)
+
+
 def workloads() -> dict[str, tuple[nn.Module, tuple]]:
     torch.manual_seed(0)
     stack, (idx,) = make_gpt2_stack(batch=4, seq=128, d_model=256, n_heads=4, n_layers=4, vocab=512)
@@ -59,6 +80,8 @@ def workloads() -> dict[str, tuple[nn.Module, tuple]]:
         "softmax 16384x64": (nn.Softmax(dim=-1), (torch.randn(16384, 64),)),
         "log_softmax 16384x64": (nn.LogSoftmax(dim=-1), (torch.randn(16384, 64),)),
         "log 4096x1024": (Log(), (torch.rand(4096, 1024) + 0.01,)),
+        "mobilenet block b8 c32 x6 56x56": (InvertedResidual(32, 6), (torch.randn(8, 32, 56, 56),)),
+        "mobilenet block b8 c160 x6 14x14": (InvertedResidual(160, 6), (torch.randn(8, 160, 14, 14),)),
         "gpt2 stack b4 s128 d256 L4": (stack, (idx,)),
         "gpt2 stack b1 s1 d256 L4": (stack, (torch.randint(0, 512, (1, 1)),)),
     }
@@ -106,7 +129,7 @@ def main() -> None:
         t = medians
         moved = sum(a.nbytes for a in args) + expected.nbytes + sum(p.nbytes for p in model.parameters())
         gbps = moved / t["lamina"] / 1e9
-        memory_bound = not name.startswith("gpt2")
+        memory_bound = not name.startswith(("gpt2", "mobilenet"))
         row = [name, f"{t['eager'] * 1e3:.3f}", f"{t['inductor'] * 1e3:.3f}" if "inductor" in t else "-",
                f"{t['lamina'] * 1e3:.3f}", f"{t['eager'] / t['lamina']:.2f}x",
                f"{t['inductor'] / t['lamina']:.2f}x" if "inductor" in t else "-",
