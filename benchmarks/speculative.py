@@ -7,7 +7,9 @@ trained here, one plainly and one with ``lamina.skip.LayerDropRegularizer`` (cac
 ``~/.cache/lamina/bench``). For each, batch-1 greedy continuation of held-out prompts: eager
 ``model.generate``, lamina's full decode (prefill and decode modules of ``lamina.compile``), and
 self-speculative decoding with the draft schedules of ``--drafts`` (early exit and unified); tokens/s (medians of interleaved
-rounds), the draft acceptance rate and whether the tokens equal eager greedy decoding.
+rounds), the draft acceptance rate and whether the tokens equal eager greedy decoding. Before the table,
+per model, how often each block's early exit agrees with the full model's next token on held-out text
+(``exit_agreement``): what bounds the acceptance of a draft exiting there.
 """
 from __future__ import annotations
 
@@ -91,6 +93,18 @@ def perplexity(model: torch.nn.Module, data: torch.Tensor, seq: int = 128) -> fl
     return float(torch.exp(F.cross_entropy(model(x).logits.flatten(0, 1), y.flatten())))
 
 
+@torch.no_grad()
+def exit_agreement(model: torch.nn.Module, data: torch.Tensor, seq: int = 128) -> list[float]:
+    """Per block l, how often the early exit after block l (final norm and LM head on its hidden state)
+    picks the full model's next token, teacher-forced over ``data``: the most a draft exiting there can
+    be accepted per token."""
+    n = (len(data) - 1) // seq
+    out = model(data[: n * seq].reshape(n, seq), output_hidden_states=True)
+    full = out.logits.argmax(-1)
+    head = lambda h: model.lm_head(model.model.norm(h))  # noqa: E731
+    return [float((head(h).argmax(-1) == full).float().mean()) for h in out.hidden_states[1:-1]]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=600)
@@ -112,6 +126,9 @@ def main() -> None:
     for regularized in (False, True):
         name = "LayerDrop" if regularized else "plain"
         model = trained(data, ns.steps, regularized)
+        agreement = exit_agreement(model, held_out)
+        print(f"{name}: early exit after block l agrees with the full model's next token (held out): "
+              + " ".join(f"{l + 1}:{a:.0%}" for l, a in enumerate(agreement)), flush=True)
         contenders = {"eager generate": None, "lamina full": lamina_loop(model)}
         for draft in ns.drafts.split(";"):
             contenders[f"lamina speculative, {draft}"] = lamina.SpeculativeDecoder(model, draft,
