@@ -35,12 +35,11 @@ def gemm_kernel():
     """The C GEMM as a ctypes function, or None where it cannot run here."""
     from lamina.codegen.cpu_c import PRELUDE
     from lamina.codegen.gemm_c import ARGUMENTS, NAME, gemm_source
-    from lamina.runtime.native_kernels import NativeFunction, NativeLibrary, build_library, compiler, cpu_features
+    from lamina.runtime.native_kernels import NativeFunction, compiled_function, compiler, cpu_features
 
     if compiler() is None or "avx512f" not in cpu_features():
         return None
-    function = NativeFunction(NAME, ARGUMENTS, gemm_source())
-    return NativeLibrary.load(build_library([function], PRELUDE), [function])[NAME]
+    return compiled_function(NativeFunction(NAME, ARGUMENTS, gemm_source()), PRELUDE)
 
 
 def main() -> int:

@@ -218,6 +218,12 @@ class NativeLibrary:
         return cls(path, functions)
 
 
+def compiled_function(function: NativeFunction, prelude: str) -> Any:
+    """``function`` alone in a library (its source after ``prelude``), built or taken from the build cache,
+    as a ctypes function: one kernel to call directly, as tests and benchmarks do."""
+    return NativeLibrary.load(build_library([function], prelude), [function])[function.name]
+
+
 def _stored(data: bytes, digest: str) -> Path:
     for directory in (library_dir(), Path(tempfile.gettempdir()) / f"lamina-native-{os.getuid()}"):
         path = directory / f"{digest}.so"

@@ -14,7 +14,7 @@ from lamina.codegen.cpu_c import PRELUDE
 from lamina.codegen.vnni_c import ARGUMENTS, VnniC
 from lamina.codegen.vnni_dot import VnniDot, host_has_vnni
 from lamina.ir.quant_format import QuantFormat, int8_product, quantize, quantize_rows, unpack
-from lamina.runtime.native_kernels import NativeFunction, NativeLibrary, build_library, compiler
+from lamina.runtime.native_kernels import NativeFunction, compiled_function, compiler
 from lamina.runtime.qlinear_cpu import QLinearCpu
 
 from .test_qlinear_cpu import Layer, _check
@@ -28,8 +28,7 @@ def _dispatcher(fmt: QuantFormat, k: int, n: int, language: str) -> QLinearCpu:
     native = None
     if language == "c":
         kernel = VnniC(fmt, k)
-        f = NativeFunction(kernel.name, ARGUMENTS, kernel.source())
-        native = NativeLibrary.load(build_library([f], PRELUDE), [f])[kernel.name]
+        native = compiled_function(NativeFunction(kernel.name, ARGUMENTS, kernel.source()), PRELUDE)
     q = QLinearCpu(fmt, k, n, KernelCache(), act="int8", native_vnni=native)
     assert ("VNNI, C" in q.describe()) == (language == "c")
     return q

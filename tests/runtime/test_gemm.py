@@ -56,10 +56,9 @@ def gemm_kernel():
     """The GEMM as a ctypes function of its own library."""
     from lamina.codegen.cpu_c import PRELUDE
     from lamina.codegen.gemm_c import ARGUMENTS, NAME, gemm_source
-    from lamina.runtime.native_kernels import NativeFunction, NativeLibrary, build_library
+    from lamina.runtime.native_kernels import NativeFunction, compiled_function
 
-    function = NativeFunction(NAME, ARGUMENTS, gemm_source())
-    return NativeLibrary.load(build_library([function], PRELUDE), [function])[NAME]
+    return compiled_function(NativeFunction(NAME, ARGUMENTS, gemm_source()), PRELUDE)
 
 
 @pytest.mark.parametrize("m, k, n", [
