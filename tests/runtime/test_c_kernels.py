@@ -234,3 +234,29 @@ def test_softmax_fills_its_output_in_the_sum_and_scales_it_in_place() -> None:
             assert torch.equal(got.isnan(), want.isnan()) and torch.equal(got.isinf(), want.isinf())
             keep = want.isfinite()
             assert rel_error(got[keep], want[keep]) <= F32_TOL
+
+
+class _RowSums(nn.Module):
+    """Softmax and a plain sum over rows."""
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return x.softmax(-1), x.sum(-1)
+
+
+@pytest.mark.parametrize("columns, short", [(200, True), (600, False)])
+def test_sums_of_short_rows_join_their_float_lanes_without_double_lanes(columns: int, short: bool) -> None:
+    """A sum of at most 256 terms (16 lanes x 16 blocks) joins its float lanes directly; longer ones flush
+    into double lanes. Both equal eager on rows with a remainder after the blocks, a NaN, -inf entries,
+    all -inf, and values of 1e4 next to small ones (poisoned outputs)."""
+    x = torch.randn(7, columns)
+    x[1, 5] = float("nan")
+    x[2, ::3] = float("-inf")
+    x[3] = float("-inf")
+    x[4, 0] = 1e4
+    compiled = c_compile(_RowSums(), (x,))
+    (source,) = [ck.source for ck in compiled._executor.kernels.values()]
+    assert ("_wide[" not in source) == short and "_acc_lanes[l_] +=" in source
+    for got, want in zip(compiled(x), _RowSums()(x)):
+        assert torch.equal(got.isnan(), want.isnan()) and torch.equal(got.isinf(), want.isinf())
+        keep = want.isfinite()
+        assert rel_error(got[keep], want[keep]) <= F32_TOL
