@@ -66,7 +66,7 @@ class SpeculativeDecoder:
 
     ``draft``: a skip pass (``"skip{speedup=1.5}"``, ``"skip{policy=similarity,drop=block:2}"``), placed in
     ``pipeline`` before its last pass (``pipeline``: lamina's, default ``canonicalize,fuse``), or a whole
-    pipeline (it contains a comma). ``lookahead``: tokens drafted per verification (at least 1).
+    pipeline (more than one pass: ``"canonicalize,skip{speedup=2},fuse"``). ``lookahead``: tokens drafted per verification (at least 1).
     ``calibration``: for the skip policies that read it."""
 
     model: torch.nn.Module
@@ -90,9 +90,14 @@ class SpeculativeDecoder:
 
     @property
     def draft_pipeline(self) -> str:
-        if "," in self.draft:
+        """The draft's pipeline: ``draft`` when it is a whole one (more than one pass), else ``pipeline`` with
+        the skip pass before its last pass (so the draft is fused as the full model is). Passes are told
+        apart by parsing: a skip pass's options have commas of their own."""
+        from .passes.manager import parse_pipeline
+
+        if len(parse_pipeline(self.draft)) > 1:
             return self.draft
-        passes = self.pipeline.split(",")
+        passes = [str(step) for step in parse_pipeline(self.pipeline)]
         return ",".join([*passes[:-1], self.draft, passes[-1]] if len(passes) > 1 else [self.draft, *passes])
 
     def generate(self, input_ids: torch.Tensor, max_new_tokens: int,

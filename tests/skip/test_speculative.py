@@ -64,6 +64,22 @@ def test_verifying_several_char_gpt_tokens_equals_decoding_them_one_by_one() -> 
     torch.testing.assert_close(k4, keys[:, :, :, 8:], rtol=1e-5, atol=1e-6)
 
 
+def test_a_skip_pass_with_several_options_drafts_in_the_full_pipeline() -> None:
+    """A draft that is one skip pass, whatever commas its options have, runs inside the decoder's pipeline, so it
+    is fused as the full model is; one of several passes is a pipeline of its own."""
+    model = tiny_hf_model("llama", layers=4)
+    decoder = SpeculativeDecoder(model, "skip{policy=exit,speedup=2}", lookahead=2)
+    assert decoder.draft_pipeline == "canonicalize,skip{policy=exit,speedup=2},fuse"
+    assert SpeculativeDecoder(model, "canonicalize,skip{speedup=2},fuse").draft_pipeline == \
+        "canonicalize,skip{speedup=2},fuse"
+    decoder.generate(torch.randint(1, 128, (1, 5), generator=torch.Generator().manual_seed(3)), 6)
+
+    def kernels(role: str) -> int:
+        return sum(op.name == "fused" for op in decoder.modules[role].graph.ops)
+
+    assert kernels("draft") < kernels("verify")  # half the blocks, fused alike (unfused: one kernel per op)
+
+
 def test_a_draft_that_always_agrees_is_fully_accepted() -> None:
     """A draft pipeline whose skip removes nothing (speedup 1) is the full model: every draft is accepted, and
     a verification emits lookahead + 1 tokens."""
