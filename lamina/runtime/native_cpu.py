@@ -18,6 +18,10 @@ from typing import Any
 import torch
 
 from ..codegen.cpu_c import PRELUDE, c_source, param_ctype
+from ..codegen.conv_c import ARGUMENTS as CONV_ARGUMENTS
+from ..codegen.conv_c import NAME as CONV_NAME
+from ..codegen.conv_c import conv_source
+from ..codegen.conv_c import pack_weight as pack_conv_weight
 from ..codegen.dead_code import drop_dead_lets
 from ..codegen.gemm_c import ARGUMENTS as GEMM_ARGUMENTS
 from ..codegen.gemm_c import NAME as GEMM_NAME
@@ -37,6 +41,7 @@ from ..codegen.vnni_dot import host_has_vnni
 from ..ir.quant_format import QuantFormat
 from ..ir.core import Op
 from ..ir.dtypes import DType
+from ..ir.ops.window import pair
 from ..ir.size_code import Size
 from ..log import logger
 from .cpu import CpuTarget, _parallel, few_rows_lines, guarded, kernel_views
@@ -64,6 +69,18 @@ def _weight_matmul(op: Op) -> bool:
     x, w = op.operands
     return (len(w.type.shape) == 2 and len(x.type.shape) >= 2 and
             all(v.type.dtype == DType.f32 for v in (*op.operands, *op.results)))
+
+
+def _grouped_conv(op: Op) -> bool:
+    """A float32 NHWC ``conv2d`` in groups of at least 16 channels whose packed group weight fits a core's L2
+    cache (RegNet's 3 x 3 in groups of 64): lamina's C convolution (``codegen/conv_c.py``) runs it."""
+    if op.name != "conv2d" or op.attrs["layout"] != "nhwc" or op.attrs["groups"] < 2:
+        return False
+    w = op.operands[1].type.shape
+    if any(v.type.dtype != DType.f32 for v in (*op.operands, *op.results)) or not all(isinstance(d, int) for d in w):
+        return False
+    per_group = w[0] // op.attrs["groups"]
+    return w[1] >= 16 and w[2] * w[3] * w[1] * -(-per_group // 32) * 32 * 4 <= 512 * 1024
 
 
 def native_function(kernel: Kernel, parallel: bool | None = None) -> NativeFunction:
@@ -130,6 +147,8 @@ class NativeCpuTarget(CpuTarget):
             return self._gemv(op)
         if op.name == "matmul" and self.c_gemm and _weight_matmul(op):
             return self._add(GEMM_NAME, GEMM_ARGUMENTS, gemm_source)
+        if self.c_gemm and _grouped_conv(op):
+            return self._add(CONV_NAME, CONV_ARGUMENTS, conv_source)
         if op.name == "qlinear" and self.numba_natives:
             self._vnni(op)
             if self.c_gemm:
@@ -172,6 +191,8 @@ class NativeCpuTarget(CpuTarget):
             return qlinear_lines(op, list(args), out, plan, make)
         if op.name == "matmul":
             return self._matmul_lines(kernel, op, args, out, plan)
+        if op.name == "conv2d":
+            return self._conv_lines(kernel, op, args, out, plan)
         if op.name != "linear":
             return super().native_lines(kernel, op, args, out, plan)
         dtype = op.results[0].type.dtype
@@ -205,19 +226,38 @@ class NativeCpuTarget(CpuTarget):
         line = f"{plan.static(kernel(), 'G')}({x}, {packed}, None, {y}, {math.prod(lead)}, {n}, {k}, {n})"
         return guarded([line], conditions, library)
 
-    def _packed_weight(self, weight: str, plan: PlanContext, suffix: str = "") -> str | None:
-        """The C GEMM's view of ``weight + suffix`` (an [N, K] weight) packed in tiles
-        (``gemm_c.pack_weight``), made once per plan and kept in step with the weight; None when the
-        weight is not fixed for the plan (then torch's linear runs)."""
+    def _conv_lines(self, kernel: Callable[[], Any], op: Op, args: Sequence[str], out: str,
+                    plan: PlanContext) -> list[str]:
+        """A grouped NHWC convolution on lamina's C kernel, its weight packed once per plan; torch's when the
+        weight is not fixed for the plan or the image is strided."""
+        library = [call_line(op, list(args), [out], [out], plan.derive)]
+        at = op.attrs
+        packed = self._packed_weight(args[1], plan, f", {at['groups']}", "_pack_conv", rank=4)
+        if packed is None:
+            return library
+        (x, *bias, y), conditions = kernel_views(self, plan, (args[0], *args[2:], out))
+        n, h, w, c = (plan.size(d) for d in op.operands[0].type.shape)
+        _, oh, ow, co = (plan.size(d) for d in op.results[0].type.shape)
+        kh, kw = op.operands[1].type.shape[2:]
+        geometry = [*pair("stride", at["stride"]), *pair("padding", at["padding"]), *pair("dilation", at["dilation"])]
+        sizes = ", ".join(str(v) for v in (n, h, w, c, oh, ow, co, kh, kw, *geometry, at["groups"]))
+        line = f"{plan.static(kernel(), 'G')}({x}, {packed}, {bias[0] if bias else 'None'}, {y}, {sizes})"
+        return guarded([line], conditions, library)
+
+    def _packed_weight(self, weight: str, plan: PlanContext, suffix: str = "", call: str = "_pack_gemm",
+                       rank: int = 2) -> str | None:
+        """A C kernel's view of ``call(weight + suffix)``, a packed copy of a weight of ``rank`` dims (the GEMM's
+        [N, K] in tiles, ``gemm_c.pack_weight``; a convolution's, ``conv_c.pack_weight``), made once per plan and
+        kept in step with the weight; None when the weight is not fixed for the plan (then torch runs)."""
         tensor = plan.value_of(weight)
-        if tensor is None or plan.in_arena(tensor) or tensor.dim() != 2:
+        if tensor is None or plan.in_arena(tensor) or tensor.dim() != rank:
             return None
-        packed = plan.derive(weight, suffix, call="_pack_gemm")
+        packed = plan.derive(weight, suffix, call=call)
         value = plan.value_of(packed)
         return None if value is None else plan.static(self.view(value), "H")
 
     def namespace(self) -> dict[str, Any]:
-        return {**super().namespace(), "_pack_gemm": pack_weight}
+        return {**super().namespace(), "_pack_gemm": pack_weight, "_pack_conv": pack_conv_weight}
 
     def view(self, tensor: torch.Tensor) -> Any:
         """The tensor as a C kernel receives it (its data pointer); 16-bit floats as their int16 bits."""
