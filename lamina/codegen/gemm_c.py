@@ -17,6 +17,10 @@ barrier. Measured there against ``torch.mm`` (GFLOP/s, one run): 25088 x 96 x 28
 tiles only: 92), 25088 x 128 x 128 168 / 120 (137), 6272 x 192 x 192 196 / 118 (183), 64 x 256 x
 256 178 / 96, 1576 x 768 x 3072 216 / 146, 512 x 2048 x 5632 191-197 / 115. MKL is fast on Intel
 CPUs, so the backend uses this kernel on AMD CPUs only (``runtime/native_cpu.py``).
+
+``gemm_source(epilogue=True)`` is the same product with a residual added to the accumulators and a
+clamp (ReLU, ReLU6) before they are stored: the kernel after a CNN's 1x1 convolution, done in registers
+(``runtime/gemm_epilogue.py``).
 """
 from __future__ import annotations
 
@@ -27,6 +31,9 @@ ROWS = 6
 GROUP_BYTES = 256 * 1024  # packed weight tiles taken together, so that they stay in a core's L2 cache
 ARGUMENTS = "ppppiiii"  # x, packed weight, bias (NULL: none), out, M, N, K, out's row stride (``ARGUMENT_TYPES``)
 NAME = "lamina_gemm_f32"
+# x, packed weight, bias, residual (NULL: none), out, M, N, K, out's (and the residual's) row stride, clamp bounds
+EPILOGUE_ARGUMENTS = "pppppiiiiff"
+EPILOGUE_NAME = "lamina_gemm_epilogue_f32"
 
 
 def pack_weight(w: torch.Tensor) -> torch.Tensor:
@@ -38,20 +45,29 @@ def pack_weight(w: torch.Tensor) -> torch.Tensor:
     return padded.reshape(tiles, TILE, k).transpose(1, 2).contiguous()
 
 
-def _block(rows: int) -> str:
-    """The kernel of one block of ``rows`` output rows by one tile (``m0`` its first row)."""
+def _block(rows: int, epilogue: bool = False) -> str:
+    """The kernel of one block of ``rows`` output rows by one tile (``m0`` its first row); with ``epilogue``,
+    a residual block (``rr``, NULL: none) is added to the accumulators and they are clamped to
+    [``vmin``, ``vmax``] before the store (max then min with the accumulator second: NaN stays NaN)."""
     init = " ".join(f"__m512 c{r}0 = b0, c{r}1 = b1;" for r in range(rows))
     step = " ".join(f"{{ const __m512 a = _mm512_set1_ps(xr[{r} * K + k]); c{r}0 = _mm512_fmadd_ps(a, w0, c{r}0); "
                     f"c{r}1 = _mm512_fmadd_ps(a, w1, c{r}1); }}" for r in range(rows))
     store = " ".join(f"_mm512_mask_storeu_ps(cr + {r} * ldc, lo, c{r}0); _mm512_mask_storeu_ps(cr + {r} * ldc + 16, hi, "
                      f"c{r}1);" for r in range(rows))
-    return f"""static inline void lamina_gemm_block{rows}(const float* restrict xr, const float* restrict tile,
-    float* restrict cr, __m512 b0, __m512 b1, __mmask16 lo, __mmask16 hi, int64_t ldc, int64_t K) {{
+    name, extra, finish = f"lamina_gemm_block{rows}", "", ""
+    if epilogue:
+        name, extra = f"lamina_gemm_epilogue_block{rows}", ", const float* restrict rr, __m512 vmin, __m512 vmax"
+        add = " ".join(f"c{r}0 = _mm512_add_ps(c{r}0, _mm512_maskz_loadu_ps(lo, rr + {r} * ldc)); "
+                       f"c{r}1 = _mm512_add_ps(c{r}1, _mm512_maskz_loadu_ps(hi, rr + {r} * ldc + 16));" for r in range(rows))
+        clamp = " ".join(f"c{r}{h} = _mm512_min_ps(vmax, _mm512_max_ps(vmin, c{r}{h}));" for r in range(rows) for h in (0, 1))
+        finish = f"\n  if (rr) {{ {add} }}\n  {clamp}"
+    return f"""static inline void {name}(const float* restrict xr, const float* restrict tile,
+    float* restrict cr, __m512 b0, __m512 b1, __mmask16 lo, __mmask16 hi, int64_t ldc, int64_t K{extra}) {{
   {init}
   for (int64_t k = 0; k < K; k++) {{
     const __m512 w0 = _mm512_loadu_ps(tile + k * 32), w1 = _mm512_loadu_ps(tile + k * 32 + 16);
     {step}
-  }}
+  }}{finish}
   {store}
 }}
 """
@@ -72,19 +88,29 @@ static inline __mmask16 lamina_gemm_mask_hi(int64_t left) {
     return f"#ifndef LAMINA_GEMM_BLOCKS\n#define LAMINA_GEMM_BLOCKS\n{blocks}{masks}#endif\n"
 
 
-def gemm_source() -> str:
+def gemm_source(epilogue: bool = False) -> str:
     """C source of ``NAME(x, packed, b, out, M, N, K, ldc)``: x [M, K], packed ``pack_weight(w)``, b [N] or
     NULL, out [M, N] with rows ``ldc`` apart (N: contiguous; more: a block of a wider output's columns),
-    all float32. Needs ``cpu_c.PRELUDE`` and AVX-512F."""
-    cases = " ".join(f"case {r}: lamina_gemm_block{r}(xr, tile, cr, b0, b1, lo, hi, ldc, K); break;"
+    all float32. With ``epilogue``, ``EPILOGUE_NAME(x, packed, b, r, out, M, N, K, ldc, low, high)``: also
+    adds r (out's layout, or NULL) and clamps to [low, high] before each store (``runtime/gemm_epilogue.py``).
+    Needs ``cpu_c.PRELUDE`` and AVX-512F."""
+    block = "lamina_gemm_epilogue_block" if epilogue else "lamina_gemm_block"
+    extra = ", rr, vmin, vmax" if epilogue else ""
+    cases = " ".join(f"case {r}: {block}{r}(xr, tile, cr, b0, b1, lo, hi, ldc, K{extra}); break;"
                      for r in range(1, ROWS + 1))
+    name, residual, bounds, setup, blocks = NAME, "", "", "", ""
+    if epilogue:
+        name, residual, bounds = EPILOGUE_NAME, "const float* restrict r, ", ", float low, float high"
+        setup = "  const __m512 vmin = _mm512_set1_ps(low), vmax = _mm512_set1_ps(high);\n"
+        blocks = "".join(_block(r, epilogue=True) for r in range(1, ROWS + 1))
+    row = "      const float* rr = r ? r + m0 * ldc + t * 32 : NULL;\n" if epilogue else ""
     return f"""
 #include <immintrin.h>
-{block_functions()}
-void {NAME}(const float* restrict x, const float* restrict packed, const float* restrict b, float* restrict out,
-            int64_t M, int64_t N, int64_t K, int64_t ldc) {{
+{block_functions()}{blocks}
+void {name}(const float* restrict x, const float* restrict packed, const float* restrict b, {residual}float* restrict out,
+            int64_t M, int64_t N, int64_t K, int64_t ldc{bounds}) {{
   const int64_t tiles = (N + 31) / 32, blocks = (M + {ROWS - 1}) / {ROWS};
-  /* x in cache: each thread takes whole tiles, so the weight is read once. Else groups of tiles that stay
+{setup}  /* x in cache: each thread takes whole tiles, so the weight is read once. Else groups of tiles that stay
      in L2, each swept by the row blocks, so x is read once per group, not once per tile */
   const int rows_outer = M * K * 4 > {GROUP_BYTES};
   const int64_t per_group = !rows_outer ? tiles : K * 32 * 4 >= {GROUP_BYTES} ? 1 : {GROUP_BYTES} / (K * 32 * 4);
@@ -103,7 +129,7 @@ void {NAME}(const float* restrict x, const float* restrict packed, const float* 
       const float* xr = x + m0 * K;
       const float* tile = packed + t * K * 32;
       float* cr = out + m0 * ldc + t * 32;
-      switch (rows) {{ {cases} }}
+{row}      switch (rows) {{ {cases} }}
     }}
   }}
 }}

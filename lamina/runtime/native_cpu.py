@@ -12,7 +12,7 @@ needs no Numba.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -25,7 +25,7 @@ from ..codegen.conv_c import pack_weight as pack_conv_weight
 from ..codegen.dead_code import drop_dead_lets
 from ..codegen.gemm_c import ARGUMENTS as GEMM_ARGUMENTS
 from ..codegen.gemm_c import NAME as GEMM_NAME
-from ..codegen.gemm_c import gemm_source, pack_weight
+from ..codegen.gemm_c import EPILOGUE_ARGUMENTS, EPILOGUE_NAME, gemm_source, pack_weight
 from ..codegen.gemv_c import ARGUMENTS as GEMV_ARGUMENTS
 from ..codegen.gemv_c import MAX_ROWS as GEMV_ROWS
 from ..codegen.gemv_c import gemv_name, gemv_source, needs_scratch
@@ -39,12 +39,13 @@ from ..codegen.vnni_c import ARGUMENTS as VNNI_ARGUMENTS
 from ..codegen.vnni_c import VnniC
 from ..codegen.vnni_dot import host_has_vnni
 from ..ir.quant_format import QuantFormat
-from ..ir.core import Op
+from ..ir.core import Graph, Op
 from ..ir.dtypes import DType
 from ..ir.ops.window import pair
-from ..ir.size_code import Size
+from ..ir.size_code import Size, is_static
 from ..log import logger
 from .cpu import CpuTarget, _parallel, few_rows_lines, guarded, kernel_views
+from .gemm_epilogue import GemmEpilogue, pairs
 from .library import call_line
 from .frozen import kernel_view
 from .native_kernels import NativeFunction, NativeLibrary, argument_kinds, build_library, cpu_features
@@ -154,6 +155,35 @@ class NativeCpuTarget(CpuTarget):
             if self.c_gemm:
                 self._add(QGEMM_NAME, QGEMM_ARGUMENTS, qgemm_source)
         return super().native(op) if self.numba_natives else None
+
+    def gemm_epilogues(self, graph: Graph, natives: Mapping[int, Any]) -> dict[int, GemmEpilogue]:
+        """The C GEMM with the next kernel's bias, residual and clamp on its accumulators
+        (``runtime/gemm_epilogue.py``) for each pair the graph has; its function joins the library."""
+        if not self.c_gemm:
+            return {}
+        found = {id(pair.fused): pair for pair in pairs(graph) if id(pair.linear) in natives}
+        if found:
+            self._add(EPILOGUE_NAME, EPILOGUE_ARGUMENTS, lambda: gemm_source(epilogue=True))
+        return found
+
+    def epilogue_lines(self, pair: GemmEpilogue, args: Sequence[str], kernel_args: Sequence[str],
+                       apart: list[str], plan: PlanContext) -> list[str]:
+        packed = self._packed_weight(args[1], plan)
+        if packed is None:
+            return apart
+        (x, *bias), conditions = kernel_views(self, plan, args[:1] + args[2:])
+        e = pair.epilogue
+        if e.bias is not None:
+            bias = [kernel_args[e.bias]]
+        residual = kernel_args[e.residual] if e.residual is not None else "None"
+        out = kernel_args[len(pair.fused.operands)]
+        *lead, k = (plan.size(d) for d in pair.linear.operands[0].type.shape)
+        n, rows = plan.size(pair.linear.result.type.shape[-1]), math.prod(lead)
+        if not is_static(rows):  # decided per call, as the GEMV or the GEMM is
+            conditions.insert(0, f"{rows} > {GEMV_ROWS[DType.f32]}")
+        line = (f"{plan.static(self.library[EPILOGUE_NAME], 'G')}({x}, {packed}, {bias[0] if bias else 'None'}, "
+                f"{residual}, {out}, {rows}, {n}, {k}, {n}, float('{e.low!r}'), float('{e.high!r}'))")
+        return guarded([line], conditions, apart)
 
     def _add(self, name: str, arguments: str, source: Callable[[], str]) -> Callable[[], Any]:
         """Function ``name`` joins the library ``compile`` builds (its source printed once); returns the

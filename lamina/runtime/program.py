@@ -38,6 +38,7 @@ from ..ir.shapes import evaluate, numel
 from ..ir.size_code import NotPrintable, Size, SizeCode, is_static, nondecreasing, python_code, size_tuple, size_variable
 from ..ir.ops import REGISTRY, category, lookup
 from ..passes.memory import Lifetime, MemoryPlan, plan_memory
+from .gemm_epilogue import GemmEpilogue, runs_the_gemm
 from .growing_arena import GrowingArena
 from .kernel_errors import check_assumption, check_assumptions, raise_kernel_errors
 from .library import call_line, hoisted_when_static, view_expr, writes_into_out
@@ -132,6 +133,17 @@ class Target:
         """Wrapper lines run before the first launch (e.g. joining the caller's CUDA stream)."""
         return []
 
+    def gemm_epilogues(self, graph: Graph, natives: Mapping[int, Any]) -> dict[int, GemmEpilogue]:
+        """Linears whose GEMM does the next fused kernel's work on its accumulators
+        (``runtime/gemm_epilogue.py``), by the fused op's id; a target without such a GEMM has none."""
+        return {}
+
+    def epilogue_lines(self, pair: GemmEpilogue, args: Sequence[str], kernel_args: Sequence[str],
+                       apart: list[str], plan: PlanContext) -> list[str]:
+        """Wrapper lines computing ``pair``'s linear (operands ``args``) and its kernel (its buffers' views
+        ``kernel_args``: operands, then the result) in one call; ``apart``, the two calls one after the other."""
+        return apart
+
 
 @dataclass
 class Plan:
@@ -195,6 +207,8 @@ class Executor:
                    if id(op) not in self.hoisted_ops]
         self.kernels = {id(op): ck for (op, _), ck in zip(lowered, target.compiled_kernels([k for _, k in lowered]))}
         self.natives = {id(op): fn for op in graph.ops if (fn := target.native(op)) is not None}
+        self.epilogues = {i: pair for i, pair in target.gemm_epilogues(graph, self.natives).items()
+                          if id(pair.linear) not in self.hoisted_ops}
         # a loop body or a routed layer runs as a program of its own, called once per iteration / call
         self.loops = {id(op): Executor(_body_program(op, graph), target, poison)
                       for op in graph.ops if lookup(op.name).program_regions}
@@ -454,6 +468,7 @@ class _PlanBuilder(PlanContext):
         self.in_place: dict[int, int] = {}  # index_put op -> the graph input it may update in place
         self.readers: dict[Value, list[Op]] = {}  # of the graph's values (set by build)
         self.producer: dict[Value, Op] = {}
+        self.pairs: dict[int, GemmEpilogue] = {}  # linear and fused ops run as one call (set by build)
 
     def fresh(self, prefix: str) -> str:
         self.counter += 1
@@ -527,6 +542,7 @@ class _PlanBuilder(PlanContext):
         steps = list(self.g.ops)
         self.readers, self.producer = users(steps), producers(steps)
         self.in_place = self.in_place_updates(steps)
+        self.pairs = self.paired_epilogues()
         memory, fixed, growing = self.plan_arena(steps)
         poison = self.place_in_arena(memory, fixed)
         self.place_in_growing_arena(growing)
@@ -560,6 +576,12 @@ class _PlanBuilder(PlanContext):
         for v in self.g.outputs:
             if v in view_base:
                 last_use[view_base[v]] = len(steps)
+        at = {id(op): i for i, op in enumerate(steps)}
+        for pair in {id(p): p for p in self.pairs.values()}.values():  # the linear's operands (and what they
+            for v in pair.linear.operands:  # view) live until the pair is done: the GEMM writes the kernel's
+                for u in (v, view_base.get(v)):  # result while it still reads them
+                    if u is not None:
+                        last_use[u] = max(last_use.get(u, 0), at[id(pair.fused)])
         placed = [(v, i, last_use.get(v, i)) for i, op in enumerate(steps) if self.writes_into_out(op)
                   for v in op.results if v not in outputs]
         fixed, growing = [], []
@@ -720,13 +742,17 @@ class _PlanBuilder(PlanContext):
         kind = collective_kind(op.name)
         key = self.name.get(id(op.results[0]), "") if kind == "start" else \
             self.name.get(id(op.operands[0]), "") if kind == "wait" else ""
-        label = op.name + (f" {op.loc.module}" if op.loc.module else "")
+        pair = self.pairs.get(id(op))
+        ops = (pair.linear, op) if pair is not None else (op,)  # a linear runs in its epilogue's step
+        label = "+".join(o.name for o in ops) + (f" {ops[0].loc.module}" if ops[0].loc.module else "")
         if self.ex.record_functions:  # torch.profiler is on: the step by name in its trace
             self.lines.insert(at, f"_rf = _record_function({label!r}); _rf.__enter__()")
             self.lines.append("_rf.__exit__(None, None, None)")
             self.glb["_record_function"] = torch.profiler.record_function
         if self.ex.timeline is not None:
-            nbytes, flops = self.work(op)
+            works = [self.work(o) for o in ops]
+            nbytes = sum(b for b, _ in works)
+            flops = None if any(f is None for _, f in works) else sum(f for _, f in works)
             self.lines.insert(at, "_t = _clock()")
             self.lines.append(f"_events.append(_Event({label!r}, {kind!r}, _t, _clock(), {key!r}, {nbytes}, {flops}))")
         return launches
@@ -804,14 +830,24 @@ class _PlanBuilder(PlanContext):
             self.check_index_assumptions(ck.kernel.assumptions)
             if ck.kernel.checks:
                 args.append(self.error_slot(ck.kernel.checks))
-            bound = {s: self.size(sympy.Symbol(s, integer=True, positive=True)) for s in ck.kernel.sizes}
-            args += [str(v) for v in bound.values()]
+            known = self.kernel_sizes(ck)
+            args += [str(known[s]) for s in ck.kernel.sizes]
             args += [str(v) if isinstance(v, int) else self.static(v, "P") for v in ck.values]
-            known = {**bound, **dict(zip(ck.kernel.params, ck.values))}  # a shared kernel's sizes are params
             outer = _evaluate_expr(ck.kernel.outer, known)
             inner = _evaluate_expr(ck.kernel.row_extent, known) if ck.kernel.row_extent is not None else None
-            self.lines.append(self.ex.target.launch(fn, args, ck.kernel, outer, inner))
+            launch = self.ex.target.launch(fn, args, ck.kernel, outer, inner)
+            pair = self.pairs.get(id(op))
+            if pair is None:
+                self.lines.append(launch)
+                return 1
+            linear = pair.linear
+            linear_args = [self.name[id(v)] for v in linear.operands]
+            out = self.name[id(linear.result)]
+            apart = self.ex.target.native_lines(self.ex.natives[id(linear)], linear, linear_args, out, self)
+            self.lines += self.ex.target.epilogue_lines(pair, linear_args, args, apart + [launch], self)
             return 1
+        if id(op) in self.pairs:  # a linear computed with the kernel after it (see above)
+            return 0
         args = [self.name[id(v)] for v in op.operands]
         if id(op) in self.ex.loops:  # a loop body or a routed layer: a program of its own
             return self.route(op, args) if op.name == "route" else self.loop(op, args)
@@ -858,6 +894,32 @@ class _PlanBuilder(PlanContext):
             self.dynamic.add(id(v))
             self.owned.add(id(v))  # a new tensor, or the updated input the model returns as eager would
         return 1
+
+    def kernel_sizes(self, ck: CompiledKernel) -> dict[str, Any]:
+        """The values of a kernel's size symbols and lifted constants in this plan (ints or per-call code)."""
+        bound = {s: self.size(sympy.Symbol(s, integer=True, positive=True)) for s in ck.kernel.sizes}
+        return {**bound, **dict(zip(ck.kernel.params, ck.values))}  # a shared kernel's sizes are params
+
+    def paired_epilogues(self) -> dict[int, GemmEpilogue]:
+        """The target's GEMM epilogue pairs this plan runs as one call, by the ids of both ops: the weight fixed
+        for the plan, and rows enough for the GEMM (``gemm_epilogue.runs_the_gemm``; decided per call where
+        the rows are known only then)."""
+        found: dict[int, GemmEpilogue] = {}
+        for pair in self.ex.epilogues.values():
+            x, w = pair.linear.operands[:2]
+            rows = math.prod(self.shape(x)[:-1])
+            if self.fixed_for_plan(w) and (not is_static(rows) or runs_the_gemm(rows)):
+                found[id(pair.linear)] = found[id(pair.fused)] = pair
+        return found
+
+    def fixed_for_plan(self, v: Value) -> bool:
+        """Whether ``v`` is a weight, computed once per plan from weights (a folded norm's), or a view of one."""
+        if v in self.param_values:
+            return True
+        op = self.producer.get(v)
+        return op is not None and (id(op) in self.ex.hoisted_ops or
+                                   (category(op.name).free and bool(op.operands) and
+                                    all(self.fixed_for_plan(o) for o in op.operands)))
 
     def in_place_updates(self, steps: Sequence[Op]) -> dict[int, int]:
         """The ``index_put`` ops that may write into the graph input they update (``Executor.updates``):

@@ -12,17 +12,12 @@ import lamina
 from lamina.codegen.conv_c import pack_weight
 from lamina.runtime import native_cpu
 from lamina.runtime.frozen import kernel_view
-from lamina.runtime.native_kernels import compiler, cpu_features
 from tests.conftest import rel_error
+from tests.runtime.conftest import C_GEMM
 
-pytestmark = pytest.mark.skipif(compiler() is None or "avx512f" not in cpu_features(),
-                                reason="the C convolution needs a C compiler and AVX-512")
+pytestmark = C_GEMM
 TOL = 1e-5
 
-
-@pytest.fixture(autouse=True)
-def c_gemm(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(native_cpu, "c_gemm_is_faster", lambda: True)
 
 
 @pytest.fixture(scope="module")

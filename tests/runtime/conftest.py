@@ -1,0 +1,18 @@
+"""Helpers of the runtime tests: lamina's own C GEMM and convolution forced on where this CPU can run them."""
+from __future__ import annotations
+
+import pytest
+
+from lamina.runtime import native_cpu
+from lamina.runtime.native_kernels import compiler, cpu_features
+
+# the backend takes its C GEMM and convolution on AMD CPUs with AVX-512 (``native_cpu.c_gemm_is_faster``);
+# modules marked ``C_GEMM`` force them on wherever the CPU has AVX-512 and a C compiler is at hand
+C_GEMM = [pytest.mark.skipif(compiler() is None or "avx512f" not in cpu_features(),
+                             reason="lamina's C GEMM needs a C compiler and AVX-512"),
+          pytest.mark.usefixtures("c_gemm")]
+
+
+@pytest.fixture
+def c_gemm(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(native_cpu, "c_gemm_is_faster", lambda: True)
