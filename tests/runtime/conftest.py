@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from lamina.runtime import native_cpu
 from lamina.runtime.native_kernels import compiler, cpu_features
@@ -16,3 +17,14 @@ C_GEMM = [pytest.mark.skipif(compiler() is None or "avx512f" not in cpu_features
 @pytest.fixture
 def c_gemm(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(native_cpu, "c_gemm_is_faster", lambda: True)
+
+
+def trained_norms(model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` (in eval mode) with batch norm statistics and scales away from the identity, as trained ones are,
+    so that folding them into the layers before is visible in the outputs."""
+    for norm in model.modules():
+        if isinstance(norm, torch.nn.BatchNorm2d):
+            norm.running_mean.uniform_(-1, 1)
+            norm.running_var.uniform_(0.5, 2)
+            norm.weight.data.uniform_(0.5, 2)
+    return model.eval()

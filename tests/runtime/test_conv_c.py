@@ -13,7 +13,7 @@ from lamina.codegen.conv_c import pack_weight
 from lamina.runtime import native_cpu
 from lamina.runtime.frozen import kernel_view
 from tests.conftest import rel_error
-from tests.runtime.conftest import C_GEMM
+from tests.runtime.conftest import C_GEMM, trained_norms
 
 pytestmark = C_GEMM
 TOL = 1e-5
@@ -89,13 +89,7 @@ class _GroupedBlock(nn.Module):
 
 def _block() -> nn.Module:
     torch.manual_seed(3)
-    model = _GroupedBlock().eval()
-    for norm in model.modules():
-        if isinstance(norm, nn.BatchNorm2d):
-            norm.running_mean.uniform_(-1, 1)
-            norm.running_var.uniform_(0.5, 2)
-            norm.weight.data.uniform_(0.5, 2)
-    return model
+    return trained_norms(_GroupedBlock())
 
 
 def test_grouped_convolutions_of_a_model_run_the_kernel_and_follow_weights_changed_in_place() -> None:

@@ -14,7 +14,7 @@ import lamina
 from lamina.codegen.gemm_c import EPILOGUE_NAME
 from lamina.runtime.gemm_epilogue import Epilogue, pairs
 from tests.conftest import rel_error
-from tests.runtime.conftest import C_GEMM
+from tests.runtime.conftest import C_GEMM, trained_norms
 
 pytestmark = C_GEMM
 TOL = 1e-5
@@ -140,11 +140,7 @@ class _Bottleneck(nn.Module):
 
 def test_an_inverted_residual_block_with_its_expansion_and_projection_paired(tmp_path) -> None:
     torch.manual_seed(5)
-    model = _Bottleneck().eval()
-    for norm in model.modules():
-        if isinstance(norm, nn.BatchNorm2d):
-            norm.running_mean.uniform_(-1, 1)
-            norm.running_var.uniform_(0.5, 2)
+    model = trained_norms(_Bottleneck())
     x = torch.randn(2, 16, 20, 20)
     compiled = lamina.compile(model, (x,), kernel_language="c", poison=True)
     assert len(compiled._executor.epilogues) == 2  # expansion + ReLU6, projection + residual + ReLU
