@@ -25,8 +25,12 @@ def machine() -> str:
 
 
 def interleaved_medians(contenders: dict[str, Callable[[], Any]], repeats: int, sync: Callable[[], None] = lambda: None,
-                        warmup: int = 3) -> dict[str, float]:
-    """Median seconds per call; contenders take turns each round, so drift hits all alike."""
+                        warmup: int = 3, block: int = 1) -> dict[str, float]:
+    """Median seconds per call; contenders take turns each round, so drift hits all alike. With ``block`` > 1
+    a turn is one untimed call, which brings the contender's own weights and buffers back into the caches
+    the others used, then ``block`` timed ones: a model called again and again, as a user runs it. With
+    ``block`` 1 every call follows another contender's, which favours those that read the same weight
+    tensors as the one before (eager's and inductor's) over one that keeps its own packed copy."""
     for fn in contenders.values():
         for _ in range(warmup):
             fn()
@@ -34,11 +38,14 @@ def interleaved_medians(contenders: dict[str, Callable[[], Any]], repeats: int, 
     samples: dict[str, list[float]] = {name: [] for name in contenders}
     for _ in range(repeats):
         for name, fn in contenders.items():
-            sync()
-            start = time.perf_counter()
-            fn()
-            sync()
-            samples[name].append(time.perf_counter() - start)
+            if block > 1:
+                fn()
+            for _ in range(block):
+                sync()
+                start = time.perf_counter()
+                fn()
+                sync()
+                samples[name].append(time.perf_counter() - start)
     return {name: statistics.median(s) for name, s in samples.items()}
 
 

@@ -19,11 +19,11 @@ def kernel_description(backend: str, fmt: QuantFormat, k: int, act: str, languag
     if backend == "cpu":
         from ..backends import kernel_language
         from ..options import CompileOptions
-        from ..runtime.native_cpu import c_gemm_is_faster
+        from ..runtime.gemm_choice import GemmChoice
         from ..runtime.qlinear_cpu import describe
 
         chosen = kernel_language("cpu", CompileOptions(kernel_language=language)) or "numba"
-        return describe(fmt, k, act, language=chosen, c_gemm=chosen == "c" and c_gemm_is_faster())
+        return describe(fmt, k, act, language=chosen, c_gemm=chosen == "c" and GemmChoice.for_this_cpu().everywhere)
     return KERNELS.get(backend, backend) + (" (act=int8: on int8-quantized rows)" if act == "int8" else "")
 
 

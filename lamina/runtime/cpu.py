@@ -159,15 +159,20 @@ GemvCall = Callable[[str, list[str], Size, Size, Size], str]  # (function, views
 
 def few_rows_lines(target: "CpuTarget", kernel: Callable[[], Any], op: Op, args: Sequence[str], out: str,
                    plan: PlanContext, max_rows: int, call: GemvCall,
-                   many: Callable[[list[str], Size, Size, Size], str] | None = None) -> list[str]:
-    """A ``linear`` on a GEMV kernel of the target's up to ``max_rows`` input rows; past that the line
-    ``many(views, M, N, K)`` gives (a GEMM of the target's), or torch's linear; torch's linear too when a
-    tensor is not contiguous. Decided now when the sizes are static, else per call. Tensors fixed for
-    the plan are viewed once (``target.view``), the others on every call."""
+                   many: Callable[[list[str], Size, Size, Size], str] | None = None,
+                   many_rows: float = math.inf) -> list[str]:
+    """A ``linear`` on a GEMV kernel of the target's up to ``max_rows`` input rows; past that, up to
+    ``many_rows`` rows, the line ``many(views, M, N, K)`` gives (a GEMM of the target's); otherwise
+    torch's linear, and torch's linear too when a tensor is not contiguous. Decided now when the sizes
+    are static, else per call. Tensors fixed for the plan are viewed once (``target.view``), the others
+    on every call."""
     library = [call_line(op, list(args), [out], [out], plan.derive)]
     *lead, k = (plan.size(d) for d in op.operands[0].type.shape)
     rows = math.prod(lead)  # SizeCode multiplies into per-call code when a size is symbolic
-    few = not is_static(rows) or rows <= max_rows
+    static = is_static(rows)
+    few = not static or rows <= max_rows
+    if many is not None and static and not few and rows > many_rows:
+        many = None
     if not few and many is None:
         return library
     views, conditions = kernel_views(target, plan, (*args, out))
@@ -175,12 +180,17 @@ def few_rows_lines(target: "CpuTarget", kernel: Callable[[], Any], op: Op, args:
     gemv = call(plan.static(kernel(), "G"), views, rows, n, k) if few else ""
     if many is None:  # few rows only, or torch's linear
         body = [gemv]
-        if not is_static(rows):
+        if not static:
             conditions.insert(0, f"{rows} <= {max_rows}")
-    elif is_static(rows):
+    elif static:
         body = [gemv if few else many(views, rows, n, k)]
     else:
-        body = [f"if {rows} <= {max_rows}:", f"    {gemv}", "else:", f"    {many(views, rows, n, k)}"]
+        body = [f"if {rows} <= {max_rows}:", f"    {gemv}"]
+        if math.isfinite(many_rows):
+            body += [f"elif {rows} <= {int(many_rows)}:", f"    {many(views, rows, n, k)}", "else:",
+                     *(f"    {line}" for line in library)]
+        else:
+            body += ["else:", f"    {many(views, rows, n, k)}"]
     return guarded(body, conditions, library)
 
 

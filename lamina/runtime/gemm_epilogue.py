@@ -19,6 +19,7 @@ the two calls when a tensor is not contiguous or the weight is not fixed for the
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..codegen.gemv_c import MAX_ROWS
@@ -45,11 +46,13 @@ class GemmEpilogue:
     linear: Op
     fused: Op
     epilogue: Epilogue
+    most_rows: float = math.inf  # up to how many rows the GEMM runs the linear (past them torch's does)
 
 
-def pairs(graph: Graph) -> list[GemmEpilogue]:
+def pairs(graph: Graph, rows_limit: Callable[[Op], float] = lambda op: math.inf) -> list[GemmEpilogue]:
     """The float32 linears of ``graph`` directly followed by the only op reading their product, a ``fused``
-    one that is an ``Epilogue`` of it."""
+    one that is an ``Epilogue`` of it; ``rows_limit(linear)``: up to how many rows the GEMM runs it (0: never,
+    no pair)."""
     readers = users(graph.ops)
     outputs = set(graph.outputs)
     found = []
@@ -58,11 +61,11 @@ def pairs(graph: Graph) -> list[GemmEpilogue]:
             continue
         if any(v.type.dtype != DType.f32 for v in (*op.operands, op.result, *after.operands, *after.results)):
             continue
-        if any(reader is not after for reader in readers.get(op.result, [])):
+        if any(reader is not after for reader in readers.get(op.result, [])) or not rows_limit(op) > 0:
             continue
         found_epilogue = epilogue(op, after)
         if found_epilogue is not None and not (found_epilogue.bias is not None and len(op.operands) == 3):
-            found.append(GemmEpilogue(op, after, found_epilogue))
+            found.append(GemmEpilogue(op, after, found_epilogue, rows_limit(op)))
     return found
 
 
@@ -106,6 +109,6 @@ def _bound(value: float | None, none: float) -> float:
     return none if value is None else float(value)
 
 
-def runs_the_gemm(rows: int) -> bool:
-    """Whether a float32 linear over ``rows`` rows runs the C GEMM (past the GEMV's rows)."""
-    return rows > MAX_ROWS[DType.f32]
+def runs_the_gemm(rows: int, most: float = math.inf) -> bool:
+    """Whether a float32 linear over ``rows`` rows runs the C GEMM (past the GEMV's rows, up to ``most``)."""
+    return MAX_ROWS[DType.f32] < rows <= most

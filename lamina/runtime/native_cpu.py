@@ -45,24 +45,14 @@ from ..ir.ops.window import pair
 from ..ir.size_code import Size, is_static
 from ..log import logger
 from .cpu import CpuTarget, _parallel, few_rows_lines, guarded, kernel_views
+from .gemm_choice import GemmChoice
 from .gemm_epilogue import GemmEpilogue, pairs
 from .library import call_line
 from .frozen import kernel_view
-from .native_kernels import NativeFunction, NativeLibrary, argument_kinds, build_library, cpu_features
+from .native_kernels import NativeFunction, NativeLibrary, argument_kinds, build_library
 from .qlinear_call import qlinear_lines
 from .qlinear_cpu import QLinearCpu
 from .program import CompiledKernel, PlanContext
-
-
-def c_gemm_is_faster() -> bool:
-    """Whether this CPU runs lamina's C GEMM (``codegen/gemm_c.py``) rather than torch's for float32
-    linears: an AMD CPU with AVX-512, where MKL takes its AVX2 code (1.3-2.4x slower there)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            amd = any(line.startswith("vendor_id") and "AuthenticAMD" in line for line in f)
-    except OSError:
-        return False
-    return amd and "avx512f" in cpu_features()
 
 
 def _weight_matmul(op: Op) -> bool:
@@ -103,10 +93,10 @@ class NativeCpuTarget(CpuTarget):
 
     language = "c"
 
-    def __init__(self, numba_natives: bool = True, c_gemm: bool | None = None) -> None:
+    def __init__(self, numba_natives: bool = True, gemm: GemmChoice | None = None) -> None:
         super().__init__()
         self.numba_natives = numba_natives
-        self.c_gemm = c_gemm_is_faster() if c_gemm is None else c_gemm  # float32 linears past the GEMV's rows
+        self.gemm = GemmChoice.for_this_cpu() if gemm is None else gemm  # which float32 linears run the C GEMM
         self.printed: dict[str, NativeFunction] = {}  # each kernel's function, by the source it was printed as
         self.own: dict[str, NativeFunction] = {}  # the library ops' C kernels the plans call, by name
         self.functions: list[NativeFunction] = []
@@ -146,22 +136,20 @@ class NativeCpuTarget(CpuTarget):
     def native(self, op: Op) -> Callable[[], Any] | None:
         if op.name == "linear":
             return self._gemv(op)
-        if op.name == "matmul" and self.c_gemm and _weight_matmul(op):
+        if op.name == "matmul" and _weight_matmul(op) and self._gemm_rows(op) > 0:
             return self._add(GEMM_NAME, GEMM_ARGUMENTS, gemm_source)
-        if self.c_gemm and _grouped_conv(op):
+        if self.gemm.everywhere and _grouped_conv(op):
             return self._add(CONV_NAME, CONV_ARGUMENTS, conv_source)
         if op.name == "qlinear" and self.numba_natives:
             self._vnni(op)
-            if self.c_gemm:
+            if self.gemm.everywhere:
                 self._add(QGEMM_NAME, QGEMM_ARGUMENTS, qgemm_source)
         return super().native(op) if self.numba_natives else None
 
     def gemm_epilogues(self, graph: Graph, natives: Mapping[int, Any]) -> dict[int, GemmEpilogue]:
         """The C GEMM with the next kernel's bias, residual and clamp on its accumulators
         (``runtime/gemm_epilogue.py``) for each pair the graph has; its function joins the library."""
-        if not self.c_gemm:
-            return {}
-        found = {id(pair.fused): pair for pair in pairs(graph) if id(pair.linear) in natives}
+        found = {id(pair.fused): pair for pair in pairs(graph, self._gemm_rows) if id(pair.linear) in natives}
         if found:
             self._add(EPILOGUE_NAME, EPILOGUE_ARGUMENTS, lambda: gemm_source(epilogue=True))
         return found
@@ -180,10 +168,16 @@ class NativeCpuTarget(CpuTarget):
         *lead, k = (plan.size(d) for d in pair.linear.operands[0].type.shape)
         n, rows = plan.size(pair.linear.result.type.shape[-1]), math.prod(lead)
         if not is_static(rows):  # decided per call, as the GEMV or the GEMM is
-            conditions.insert(0, f"{rows} > {GEMV_ROWS[DType.f32]}")
+            limit = [f"{rows} <= {int(pair.most_rows)}"] if math.isfinite(pair.most_rows) else []
+            conditions[:0] = [f"{rows} > {GEMV_ROWS[DType.f32]}", *limit]
         line = (f"{plan.static(self.library[EPILOGUE_NAME], 'G')}({x}, {packed}, {bias[0] if bias else 'None'}, "
                 f"{residual}, {out}, {rows}, {n}, {k}, {n}, float('{e.low!r}'), float('{e.high!r}'))")
         return guarded([line], conditions, apart)
+
+    def _gemm_rows(self, op: Op) -> float:
+        """Up to how many rows float32 ``linear`` or weight ``matmul`` ``op`` runs the C GEMM (``GemmChoice``)."""
+        k, n = op.operands[0].type.shape[-1], op.results[0].type.shape[-1]
+        return self.gemm.rows_limit(k, n) if is_static(k) and is_static(n) else 0
 
     def _add(self, name: str, arguments: str, source: Callable[[], str]) -> Callable[[], Any]:
         """Function ``name`` joins the library ``compile`` builds (its source printed once); returns the
@@ -205,7 +199,7 @@ class NativeCpuTarget(CpuTarget):
         dtype = op.results[0].type.dtype
         if dtype not in GEMV_ROWS or any(v.type.dtype != dtype for v in op.operands):
             return None
-        if dtype == DType.f32 and self.c_gemm:
+        if dtype == DType.f32 and self._gemm_rows(op) > 0:
             self._add(GEMM_NAME, GEMM_ARGUMENTS, gemm_source)
         return self._add(gemv_name(dtype), GEMV_ARGUMENTS, lambda: gemv_source(dtype))
 
@@ -232,7 +226,8 @@ class NativeCpuTarget(CpuTarget):
             scratch = f"_kernel_view(torch.empty({rows} * {k}, dtype=torch.float32))" if needs_scratch(dtype) else "None"
             return f"{fn}({x}, {w}, {bias[0] if bias else 'None'}, {y}, {scratch}, {rows}, {n}, {k})"
 
-        packed = self._packed_weight(args[1], plan) if dtype == DType.f32 and GEMM_NAME in self.own else None
+        many_rows = self._gemm_rows(op) if dtype == DType.f32 and GEMM_NAME in self.own else 0
+        packed = self._packed_weight(args[1], plan) if many_rows > 0 else None
         gemm = plan.static(self.library[GEMM_NAME], "G") if packed is not None else ""
 
         def many(views: list[str], rows: Size, n: Size, k: Size) -> str:
@@ -240,7 +235,7 @@ class NativeCpuTarget(CpuTarget):
             return f"{gemm}({x}, {packed}, {bias[0] if bias else 'None'}, {y}, {rows}, {n}, {k}, {n})"
 
         return few_rows_lines(self, kernel, op, args, out, plan, GEMV_ROWS[dtype], call,
-                              many if packed is not None else None)
+                              many if packed is not None else None, many_rows)
 
     def _matmul_lines(self, kernel: Callable[[], Any], op: Op, args: Sequence[str], out: str,
                       plan: PlanContext) -> list[str]:
@@ -251,9 +246,14 @@ class NativeCpuTarget(CpuTarget):
         if packed is None:
             return library
         *lead, k = (plan.size(d) for d in op.operands[0].type.shape)
+        rows, most = math.prod(lead), self._gemm_rows(op)
+        if is_static(rows) and rows > most:
+            return library
         (x, y), conditions = kernel_views(self, plan, (args[0], out))
+        if not is_static(rows) and math.isfinite(most):
+            conditions.insert(0, f"{rows} <= {int(most)}")
         n = plan.size(op.results[0].type.shape[-1])
-        line = f"{plan.static(kernel(), 'G')}({x}, {packed}, None, {y}, {math.prod(lead)}, {n}, {k}, {n})"
+        line = f"{plan.static(kernel(), 'G')}({x}, {packed}, None, {y}, {rows}, {n}, {k}, {n})"
         return guarded([line], conditions, library)
 
     def _conv_lines(self, kernel: Callable[[], Any], op: Op, args: Sequence[str], out: str,

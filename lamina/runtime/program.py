@@ -908,7 +908,7 @@ class _PlanBuilder(PlanContext):
         for pair in self.ex.epilogues.values():
             x, w = pair.linear.operands[:2]
             rows = math.prod(self.shape(x)[:-1])
-            if self.fixed_for_plan(w) and (not is_static(rows) or runs_the_gemm(rows)):
+            if self.fixed_for_plan(w) and (not is_static(rows) or runs_the_gemm(rows, pair.most_rows)):
                 found[id(pair.linear)] = found[id(pair.fused)] = pair
         return found
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lamina.runtime import native_cpu
+from lamina.runtime.gemm_choice import GemmChoice
 from lamina.runtime.native_kernels import compiler, cpu_features
 
-# the backend takes its C GEMM and convolution on AMD CPUs with AVX-512 (``native_cpu.c_gemm_is_faster``);
-# modules marked ``C_GEMM`` force them on wherever the CPU has AVX-512 and a C compiler is at hand
+# the backend takes its C GEMM and convolution for every shape on AMD CPUs with AVX-512, the GEMM for some on
+# Intel's (``runtime/gemm_choice.py``); modules marked ``C_GEMM`` force both on for every shape wherever the CPU
+# has AVX-512 and a C compiler is at hand
 C_GEMM = [pytest.mark.skipif(compiler() is None or "avx512f" not in cpu_features(),
                              reason="lamina's C GEMM needs a C compiler and AVX-512"),
           pytest.mark.usefixtures("c_gemm")]
@@ -16,7 +17,7 @@ C_GEMM = [pytest.mark.skipif(compiler() is None or "avx512f" not in cpu_features
 
 @pytest.fixture
 def c_gemm(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(native_cpu, "c_gemm_is_faster", lambda: True)
+    monkeypatch.setattr(GemmChoice, "for_this_cpu", staticmethod(lambda: GemmChoice("all")))
 
 
 def trained_norms(model: torch.nn.Module) -> torch.nn.Module:

@@ -1,6 +1,6 @@
 """The C grouped convolution of the cpu backend (``codegen/conv_c.py``): NHWC ``conv2d`` in groups of 16 or
 more channels, an implicit GEMM on a weight packed once per plan. The backend picks it on AMD CPUs with
-AVX-512 (``native_cpu.c_gemm_is_faster``); these tests force it on wherever the CPU has AVX-512.
+AVX-512 (``runtime/gemm_choice.py``); these tests force it on wherever the CPU has AVX-512.
 Tolerance: float32, 1e-5 relative to the output's scale (another summation order than oneDNN's)."""
 from __future__ import annotations
 

@@ -86,7 +86,7 @@ def test_wrapper_and_kernels_are_inspectable(language: str) -> None:
     plan = executor.plan_for(list(args), compiled._weights)
     # GEMMs: torch's, or on a CPU where it is faster the C kernels' own (runtime/native_cpu.py)
     assert plan.source.startswith("def run(inputs, sizes):") and ("torch.mm(" in plan.source or (
-        language == "c" and executor.target.c_gemm and "lamina_gemm_f32" in executor.target.own))
+        language == "c" and executor.target.gemm.mode != "none" and "lamina_gemm_f32" in executor.target.own))
 
 
 def test_softmax_computes_each_exp_once_through_a_scratch_row() -> None:

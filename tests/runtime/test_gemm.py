@@ -1,7 +1,7 @@
 """The C GEMM of the cpu backend (``codegen/gemm_c.py``): float32 linears past the GEMV's rows, and
 matmuls by a weight stored [in, out] (GPT-2's Conv1D), on a weight packed once per plan. The backend
-picks it on AMD CPUs with AVX-512 (``native_cpu.c_gemm_is_faster``); these tests force it on wherever
-the CPU has AVX-512. Tolerance: float32, 1e-5 relative to the output's scale (another summation order
+picks it for every shape on AMD CPUs with AVX-512 and for narrow or short ones on Intel's
+(``runtime/gemm_choice.py``); these tests force it on wherever the CPU has AVX-512. Tolerance: float32, 1e-5 relative to the output's scale (another summation order
 than MKL's)."""
 from __future__ import annotations
 

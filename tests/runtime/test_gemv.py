@@ -15,7 +15,7 @@ from torch import nn
 import lamina
 from lamina.codegen.gemv_c import MAX_ROWS
 from lamina.ir.dtypes import DType
-from lamina.runtime import native_cpu
+from lamina.runtime.gemm_choice import GemmChoice
 from lamina.runtime.native_kernels import compiler
 from tests.conftest import rel_error
 
@@ -29,7 +29,7 @@ GEMV_CALL = re.compile(r"\bG\d+\(")
 @pytest.fixture(autouse=True)
 def torch_gemm(monkeypatch: pytest.MonkeyPatch) -> None:
     """Past the GEMV's rows torch's linear (the C GEMM, where a CPU takes it: tests/runtime/test_gemm.py)."""
-    monkeypatch.setattr(native_cpu, "c_gemm_is_faster", lambda: False)
+    monkeypatch.setattr(GemmChoice, "for_this_cpu", staticmethod(lambda: GemmChoice("none")))
 
 
 class _Linears(nn.Module):
