@@ -10,8 +10,11 @@ widened to float32 in registers (``lm_bf16_load`` / ``lm_f16_load`` of the prelu
 rounded once to the 16-bit type, as torch rounds its own. ``MAX_ROWS`` says up to how many rows a
 dtype's GEMV beats torch (measured: past it oneDNN's 16-bit kernels and MKL's float32 GEMM win).
 
-Rows are taken four, then two, then one at a time, so that each weight value loaded feeds every row
-of the block. 16-bit input rows are widened to float32 once, into the caller's ``scratch`` (M x K
+Each thread streams ``CHANNELS`` weight rows at once (output channels n .. n + 3; the last N % 4 one at a
+time): on the Intel Xeon of benchmarks/RESULTS.md one row at a time read 25 GB/s of float32 weights at
+one input row and 14-20 at two to eight, four at a time 27 and 19-25 (torch's linear: 27, and 10-26),
+bfloat16 20 -> 23 GB/s (torch 19). Rows are taken four, then two, then one at a time, so that each
+weight value loaded feeds every row of the block. 16-bit input rows are widened to float32 once, into the caller's ``scratch`` (M x K
 float32; a float32 GEMV reads x itself and takes NULL). The size K is an argument: one function per
 dtype serves every layer.
 """
@@ -21,6 +24,7 @@ from ..ir.dtypes import DType
 
 MAX_ROWS = {DType.f32: 8, DType.bf16: 1, DType.f16: 1}
 ROW_BLOCKS = (4, 2, 1)
+CHANNELS = 4  # weight rows streamed at once by a thread
 ARGUMENTS = "pppppiii"  # x, w, b (NULL: no bias), out, scratch, M, N, K (``native_kernels.ARGUMENT_TYPES``)
 
 _TYPES = {DType.f32: ("f32", "float", "", ""),
@@ -32,21 +36,37 @@ def gemv_name(dtype: DType) -> str:
     return f"lamina_gemv_{_TYPES[dtype][0]}"
 
 
-def _row_block(rows: int, load: str, store: str) -> str:
-    """The loop over one weight row for ``rows`` input rows at once (the last ``M - m`` at least that many)."""
-    accumulators = ", ".join(f"a{r} = 0.0f" for r in range(rows))
-    names = ", ".join(f"a{r}" for r in range(rows))
-    body = " ".join(f"a{r} += xr[{r} * K + j] * v;" for r in range(rows))
-    stores = " ".join(f"out[(m + {r}) * N + n] = {store}(a{r} + bias);" for r in range(rows))
+def _row_block(rows: int, load: str, store: str, channels: int = 1) -> str:
+    """The loop over ``channels`` weight rows at once (``w0``, ``w1``, ...: output channels ``n`` on) for
+    ``rows`` input rows at once (the last ``M - m`` at least that many)."""
+    accumulators = ", ".join(f"a{r}_{c} = 0.0f" for r in range(rows) for c in range(channels))
+    names = ", ".join(f"a{r}_{c}" for r in range(rows) for c in range(channels))
+    values = " ".join(f"const float v{c} = {load}(w{c}[j]);" for c in range(channels))
+    body = " ".join(f"a{r}_{c} += xr[{r} * K + j] * v{c};" for r in range(rows) for c in range(channels))
+    stores = " ".join(f"out[(m + {r}) * N + n + {c}] = {store}(a{r}_{c} + bias{c});"
+                      for r in range(rows) for c in range(channels))
     return f"""      if (M - m >= {rows}) {{
         const float* restrict xr = xf + m * K;
         float {accumulators};
         #pragma omp simd reduction(+:{names})
-        for (int64_t j = 0; j < K; j++) {{ const float v = {load}(wr[j]); {body} }}
+        for (int64_t j = 0; j < K; j++) {{ {values} {body} }}
         {stores}
         m += {rows};
         continue;
       }}
+"""
+
+
+def _channels(count: int, ctype: str, load: str, store: str) -> str:
+    """The body of the loop over output channels ``n`` .. ``n + count - 1``: their weight rows, biases and
+    row blocks."""
+    rows = " ".join(f"const {ctype}* restrict w{c} = w + (n + {c}) * K;" for c in range(count))
+    biases = " ".join(f"const float bias{c} = b ? {load}(b[n + {c}]) : 0.0f;" for c in range(count))
+    blocks = "".join(_row_block(r, load, store, count) for r in ROW_BLOCKS)
+    return f"""    {rows}
+    {biases}
+    for (int64_t m = 0; m < M;) {{
+{blocks}    }}
 """
 
 
@@ -60,19 +80,17 @@ def gemv_source(dtype: DType) -> str:
     NULL, out [M, N], all contiguous, 16-bit floats as their int16 bits; scratch [M, K] float32 where
     ``needs_scratch``. Needs ``cpu_c.PRELUDE``."""
     _, ctype, load, store = _TYPES[dtype]
-    blocks = "".join(_row_block(r, load, store) for r in ROW_BLOCKS)
     widen = (f"  for (int64_t i = 0; i < M * K; i++) scratch[i] = {load}(x[i]);\n  const float* restrict xf = scratch;"
              if needs_scratch(dtype) else "  const float* restrict xf = x;")
     return f"""
 void {gemv_name(dtype)}(const {ctype}* restrict x, const {ctype}* restrict w, const {ctype}* restrict b,
                         {ctype}* restrict out, float* restrict scratch, int64_t M, int64_t N, int64_t K) {{
 {widen}
+  const int64_t whole = N / {CHANNELS} * {CHANNELS};
   #pragma omp parallel for schedule(static)
-  for (int64_t n = 0; n < N; n++) {{
-    const {ctype}* restrict wr = w + n * K;
-    const float bias = b ? {load}(b[n]) : 0.0f;
-    for (int64_t m = 0; m < M;) {{
-{blocks}    }}
-  }}
+  for (int64_t n = 0; n < whole; n += {CHANNELS}) {{
+{_channels(CHANNELS, ctype, load, store)}  }}
+  for (int64_t n = whole; n < N; n++) {{  /* the last N % CHANNELS channels, one at a time */
+{_channels(1, ctype, load, store)}  }}
 }}
 """
