@@ -5,7 +5,7 @@ Measured with ``benchmarks/gemm.py`` against ``torch.addmm`` into a preallocated
 
 - AMD CPUs with AVX-512 (Zen 4): MKL takes its AVX2 code there, and lamina's GEMM was 1.2-2.4x
   faster at every shape the models give it, so it runs every linear past the GEMV's rows (``"all"``);
-  the grouped convolution and the quantized prefill GEMM, measured only there, go with it.
+  the grouped convolution, measured only there against oneDNN, goes with it.
 - Intel CPUs with AVX-512 (Sapphire Rapids class): MKL runs at the FMA peak on large products, where
   lamina's GEMM is 0.88-0.97x (K and N both 512 or more over 512 or more rows), but pays for its
   blocking on narrow or short ones, where lamina's is 1.03-2.8x: a side (K or N) of at most
@@ -13,6 +13,10 @@ Measured with ``benchmarks/gemm.py`` against ``torch.addmm`` into a preallocated
   to ``SHORT_ROWS`` rows where the weight has at most ``SHORT_WEIGHT`` values (a transformer's layers
   over a prompt of 64 tokens: 1.15-1.65x; at 128-256 rows the two were within 0.93-1.15x of each
   other, so MKL keeps those). Those run lamina's (``"shape"``), the rest MKL.
+- Quantized weights past the quantized kernels' rows (a prefill) take lamina's quantized GEMM
+  (``codegen/qgemm_c.py``, tiles dequantized into the GEMM's layout) on either CPU: on the Xeon one
+  512 x 2048 x 5632 layer ran it at 0.91-0.92x of MKL's float32 product, and the other path
+  (dequantize blocks of the weight, then ``torch.mm``) at 0.69x.
 - No AVX-512: the GEMM does not compile for the CPU (``"none"``).
 """
 from __future__ import annotations
@@ -46,6 +50,11 @@ class GemmChoice:
         if "avx512f" not in cpu_features():
             return GemmChoice("none")
         return GemmChoice("all" if _vendor() == "AuthenticAMD" else "shape")
+
+    @property
+    def available(self) -> bool:
+        """Whether lamina's GEMM runs on this CPU at all (some shapes, or every one)."""
+        return self.mode != "none"
 
     @property
     def everywhere(self) -> bool:

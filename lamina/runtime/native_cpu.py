@@ -142,7 +142,7 @@ class NativeCpuTarget(CpuTarget):
             return self._add(CONV_NAME, CONV_ARGUMENTS, conv_source)
         if op.name == "qlinear" and self.numba_natives:
             self._vnni(op)
-            if self.gemm.everywhere:
+            if self.gemm.available:
                 self._add(QGEMM_NAME, QGEMM_ARGUMENTS, qgemm_source)
         return super().native(op) if self.numba_natives else None
 

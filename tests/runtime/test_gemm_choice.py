@@ -24,6 +24,7 @@ needs_avx512 = pytest.mark.skipif(compiler() is None or "avx512f" not in cpu_fea
 
 
 def test_all_runs_every_shape_none_runs_none() -> None:
+    assert GemmChoice("all").available and GemmChoice("shape").available and not GemmChoice("none").available
     assert GemmChoice("all").rows_limit(4096, 4096) == math.inf
     assert GemmChoice("none").rows_limit(16, 16) == 0
     assert not GemmChoice("none").runs(64, 16, 16)
@@ -136,3 +137,18 @@ def test_narrow_linears_keep_their_epilogue() -> None:
     assert rel_error(got, want) <= TOL
     assert "lamina_gemm_epilogue_f32" in compiled._executor.target.own
     assert ", 392, 96, 16, 96, float('0.0'), float('6.0'))" in _plan(compiled, x)
+
+
+@needs_avx512
+@pytest.mark.usefixtures("shape_choice")
+@pytest.mark.parametrize("options", ["bits=8,group=0", "bits=4,group=32", "bits=4,group=32,act=int8"])
+def test_quantized_prefill_takes_the_quantized_gemm_wherever_the_gemm_runs(options: str) -> None:
+    """On Intel's choice too, rows past the quantized kernels' go to lamina's quantized GEMM (not blocks of
+    dequantized weight through torch.mm), within the interpreter's tolerance on poisoned outputs."""
+    from tests.quant.test_qlinear_cpu import Layer, _check
+
+    torch.manual_seed(5)
+    compiled = _check(Layer(256, 70), torch.randn(40, 256), f"quantize{{{options},keep=none}},fuse",
+                      kernel_language="c")
+    assert "lamina_qgemm_f32" in compiled._executor.target.own
+    assert all("C GEMM dequantizing 32-channel tiles" in layer.kernel for layer in compiled.quantization)
