@@ -25,14 +25,11 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-from ..codegen.gemv_c import MAX_ROWS
-from ..ir.dtypes import DType
-from .native_kernels import cpu_features
+from .native_kernels import cpu_features, cpu_vendor
 
 NARROW = 128  # K or N at most this: the C GEMM at any number of rows ("shape")
 SHORT_ROWS = 64  # up to this many rows ...
 SHORT_WEIGHT = 1 << 22  # ... where K * N is at most this (a 1024 x 4096 weight)
-GEMV_ROWS = MAX_ROWS[DType.f32]  # up to this many rows the GEMV runs, not a GEMM
 
 Mode = Literal["all", "shape", "none"]
 
@@ -49,7 +46,7 @@ class GemmChoice:
         """The choice measured for this CPU's vendor (see the module doc)."""
         if "avx512f" not in cpu_features():
             return GemmChoice("none")
-        return GemmChoice("all" if _vendor() == "AuthenticAMD" else "shape")
+        return GemmChoice("all" if cpu_vendor() == "AuthenticAMD" else "shape")
 
     @property
     def available(self) -> bool:
@@ -58,29 +55,15 @@ class GemmChoice:
 
     @property
     def everywhere(self) -> bool:
-        """Whether every shape runs lamina's kernels (the grouped convolution and quantized GEMM too)."""
+        """Whether every shape runs lamina's GEMM (and the grouped convolution, measured only where it does)."""
         return self.mode == "all"
 
     def rows_limit(self, k: int, n: int) -> float:
         """Up to how many rows a linear with ``k`` inputs and ``n`` outputs runs lamina's GEMM (past the GEMV's
-        rows): ``math.inf`` for any number, 0 for none."""
+        rows: ``gemm_epilogue.runs_the_gemm``): ``math.inf`` for any number, 0 for none."""
         if self.mode == "all" or (self.mode == "shape" and min(k, n) <= NARROW):
             return math.inf
         if self.mode == "shape" and k * n <= SHORT_WEIGHT:
             return SHORT_ROWS
         return 0
 
-    def runs(self, rows: int, k: int, n: int) -> bool:
-        """Whether ``rows`` rows of such a linear run lamina's GEMM."""
-        return GEMV_ROWS < rows <= self.rows_limit(k, n)
-
-
-def _vendor() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("vendor_id"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return ""

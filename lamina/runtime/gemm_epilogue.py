@@ -61,11 +61,12 @@ def pairs(graph: Graph, rows_limit: Callable[[Op], float] = lambda op: math.inf)
             continue
         if any(v.type.dtype != DType.f32 for v in (*op.operands, op.result, *after.operands, *after.results)):
             continue
-        if any(reader is not after for reader in readers.get(op.result, [])) or not rows_limit(op) > 0:
+        most = rows_limit(op)
+        if any(reader is not after for reader in readers.get(op.result, [])) or not most > 0:
             continue
         found_epilogue = epilogue(op, after)
         if found_epilogue is not None and not (found_epilogue.bias is not None and len(op.operands) == 3):
-            found.append(GemmEpilogue(op, after, found_epilogue, rows_limit(op)))
+            found.append(GemmEpilogue(op, after, found_epilogue, most))
     return found
 
 

@@ -173,17 +173,28 @@ def _store_build(digest: str, data: bytes) -> None:
         pass
 
 
-def cpu_features() -> list[str]:
-    """This CPU's feature flags (Linux ``/proc/cpuinfo``), sorted; empty where they cannot be read.
-    A library compiled for features this CPU lacks is not loaded (it could stop on an illegal instruction)."""
+def _cpuinfo(*fields: str) -> str:
+    """The value of the first of ``fields`` in Linux's ``/proc/cpuinfo`` (its first CPU); empty where it
+    cannot be read."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith(("flags", "Features")):
-                    return sorted(set(line.split(":", 1)[1].split()))
+                if line.startswith(fields):
+                    return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return []
+    return ""
+
+
+def cpu_features() -> list[str]:
+    """This CPU's feature flags, sorted; empty where they cannot be read. A library compiled for
+    features this CPU lacks is not loaded (it could stop on an illegal instruction)."""
+    return sorted(set(_cpuinfo("flags", "Features").split()))
+
+
+def cpu_vendor() -> str:
+    """This CPU's vendor (``GenuineIntel``, ``AuthenticAMD``); empty where it cannot be read."""
+    return _cpuinfo("vendor_id")
 
 
 def library_dir() -> Path:

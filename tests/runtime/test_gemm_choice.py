@@ -14,21 +14,30 @@ from torch import nn
 from torch.export import Dim
 
 import lamina
-from lamina.runtime.gemm_choice import GEMV_ROWS, NARROW, SHORT_ROWS, SHORT_WEIGHT, GemmChoice
+from lamina.codegen.gemv_c import MAX_ROWS
+from lamina.ir.dtypes import DType
+from lamina.runtime.gemm_choice import NARROW, SHORT_ROWS, SHORT_WEIGHT, GemmChoice
+from lamina.runtime.gemm_epilogue import runs_the_gemm
 from lamina.runtime.native_kernels import compiler, cpu_features
 from tests.conftest import rel_error
 
 TOL = 1e-5
+GEMV_ROWS = MAX_ROWS[DType.f32]  # up to this many rows the GEMV runs, not a GEMM
 needs_avx512 = pytest.mark.skipif(compiler() is None or "avx512f" not in cpu_features(),
                                   reason="lamina's C GEMM needs a C compiler and AVX-512")
+
+
+def _runs(choice: GemmChoice, rows: int, k: int, n: int) -> bool:
+    """Whether ``rows`` rows of a linear with ``k`` inputs and ``n`` outputs run lamina's GEMM under ``choice``."""
+    return runs_the_gemm(rows, choice.rows_limit(k, n))
 
 
 def test_all_runs_every_shape_none_runs_none() -> None:
     assert GemmChoice("all").available and GemmChoice("shape").available and not GemmChoice("none").available
     assert GemmChoice("all").rows_limit(4096, 4096) == math.inf
     assert GemmChoice("none").rows_limit(16, 16) == 0
-    assert not GemmChoice("none").runs(64, 16, 16)
-    assert GemmChoice("all").runs(GEMV_ROWS + 1, 4096, 4096) and not GemmChoice("all").runs(GEMV_ROWS, 4096, 4096)
+    assert not _runs(GemmChoice("none"), 64, 16, 16)
+    assert _runs(GemmChoice("all"), GEMV_ROWS + 1, 4096, 4096) and not _runs(GemmChoice("all"), GEMV_ROWS, 4096, 4096)
 
 
 def test_shape_takes_narrow_linears_at_any_rows_and_short_ones_over_few_rows() -> None:
@@ -36,17 +45,17 @@ def test_shape_takes_narrow_linears_at_any_rows_and_short_ones_over_few_rows() -
     assert shape.rows_limit(NARROW, 4096) == math.inf and shape.rows_limit(4096, NARROW) == math.inf
     assert shape.rows_limit(NARROW + 1, SHORT_WEIGHT // (NARROW + 1)) == SHORT_ROWS
     assert shape.rows_limit(2048, 2048) == SHORT_ROWS and shape.rows_limit(2048, 2049) == 0
-    assert shape.runs(SHORT_ROWS, 1024, 1024) and not shape.runs(SHORT_ROWS + 1, 1024, 1024)
-    assert shape.runs(100_000, 64, 3072)
+    assert _runs(shape, SHORT_ROWS, 1024, 1024) and not _runs(shape, SHORT_ROWS + 1, 1024, 1024)
+    assert _runs(shape, 100_000, 64, 3072)
 
 
 def test_the_cpu_vendor_decides(monkeypatch: pytest.MonkeyPatch) -> None:
     from lamina.runtime import gemm_choice
 
     monkeypatch.setattr(gemm_choice, "cpu_features", lambda: ["avx2", "avx512f"])
-    monkeypatch.setattr(gemm_choice, "_vendor", lambda: "AuthenticAMD")
+    monkeypatch.setattr(gemm_choice, "cpu_vendor", lambda: "AuthenticAMD")
     assert GemmChoice.for_this_cpu() == GemmChoice("all")
-    monkeypatch.setattr(gemm_choice, "_vendor", lambda: "GenuineIntel")
+    monkeypatch.setattr(gemm_choice, "cpu_vendor", lambda: "GenuineIntel")
     assert GemmChoice.for_this_cpu() == GemmChoice("shape")
     monkeypatch.setattr(gemm_choice, "cpu_features", lambda: ["avx2"])
     assert GemmChoice.for_this_cpu() == GemmChoice("none")
