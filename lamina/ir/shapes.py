@@ -3,9 +3,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from functools import reduce
-from typing import Any, Union
+from typing import TYPE_CHECKING, Any, Union
 
 import sympy
+
+if TYPE_CHECKING:
+    from .core import Op
 
 Dim = Union[int, sympy.Expr]
 Shape = tuple[Dim, ...]
@@ -73,3 +76,18 @@ def evaluate(d: Dim, bindings: Mapping[sympy.Symbol, int]) -> int:
     if not value.is_Integer:
         raise ValueError(f"dimension {d} is not determined by the bound symbols")
     return int(value)
+
+
+def fixed_sizes(op: "Op") -> bool:
+    """Whether every shape and attribute of ``op`` and of the ops in its regions is a number, no size symbol:
+    what the interpreter can compute before a call binds the sizes."""
+    inner = [o for r in op.regions for o in r.ops]
+    values = [*op.operands, *op.results, *(x for o in inner for x in (*o.operands, *o.results))]
+    return all(isinstance(d, int) for x in values for d in x.type.shape) and \
+        not any(_symbolic(a) for o in (op, *inner) for a in o.attrs.values())
+
+
+def _symbolic(attr: Any) -> bool:
+    if isinstance(attr, (list, tuple)):
+        return any(_symbolic(a) for a in attr)
+    return isinstance(attr, sympy.Basic) and not attr.is_number

@@ -1,4 +1,5 @@
-"""canonicalize: dead code, common subexpressions, constant folding, trivial layout/cast removal."""
+"""canonicalize: dead code, common subexpressions, constant folding, trivial layout/cast removal, attention
+masks the graph fixes (``fixed_masks.py``)."""
 from __future__ import annotations
 
 from typing import Any
@@ -8,6 +9,7 @@ import numpy as np
 from ..ir.core import Graph, Op, Value
 from ..ir.opdef import Category
 from ..ir.ops import REGISTRY
+from .fixed_masks import fixed_mask_rule
 from .rewrite import Rewriter, apply_rules, rule
 from .windows import depthwise_window_sum, is_pointwise, is_small_depthwise, is_small_max_pool, max_window
 
@@ -184,4 +186,4 @@ RULES = (_drop_identity, _drop_noop_layout, _drop_identity_permute, _drop_full_s
 
 def canonicalize(graph: Graph) -> Graph:
     """Simplify ``graph`` to a fixed point without changing what it computes."""
-    return apply_rules(graph, RULES)
+    return apply_rules(graph, (*RULES, fixed_mask_rule()))

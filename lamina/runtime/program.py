@@ -34,7 +34,7 @@ from ..ir.core import Graph, Op, Param, Value, producers, region_graph, users
 from ..ir.dtypes import DType, to_torch
 from ..ir.errors import LaminaError
 from ..ir.binder import ShapeBinder
-from ..ir.shapes import evaluate, numel
+from ..ir.shapes import evaluate, fixed_sizes, numel
 from ..ir.size_code import NotPrintable, Size, SizeCode, is_static, nondecreasing, python_code, size_tuple, size_variable
 from ..ir.ops import REGISTRY, category, lookup
 from ..passes.memory import Lifetime, MemoryPlan, plan_memory
@@ -410,18 +410,7 @@ def _hoisted(g: Graph) -> set[int]:
 def _static_fused(op: Op) -> bool:
     """A fused kernel the interpreter can compute without the call's sizes: every shape and attribute
     in it is a number (an ``arange`` from a position symbol is not, even when its length is)."""
-    if op.name != "fused":
-        return False
-    inner = op.regions[0].ops
-    values = [*op.results, *(v for o in inner for v in (*o.operands, *o.results))]
-    return all(isinstance(d, int) for v in values for d in v.type.shape) and \
-        not any(_symbolic(a) for o in inner for a in o.attrs.values())
-
-
-def _symbolic(attr: Any) -> bool:
-    if isinstance(attr, (list, tuple)):
-        return any(_symbolic(a) for a in attr)
-    return isinstance(attr, sympy.Basic) and not attr.is_number
+    return op.name == "fused" and fixed_sizes(op)
 
 
 def _fused_evaluator(op: Op, device: str) -> Callable[..., tuple[torch.Tensor, ...]]:
