@@ -16,7 +16,17 @@ of once per tile; the same rows fall to the same thread in every group, so the g
 barrier. Measured there against ``torch.mm`` (GFLOP/s, one run): 25088 x 96 x 288 173 / 110 (with
 tiles only: 92), 25088 x 128 x 128 168 / 120 (137), 6272 x 192 x 192 196 / 118 (183), 64 x 256 x
 256 178 / 96, 1576 x 768 x 3072 216 / 146, 512 x 2048 x 5632 191-197 / 115. MKL is fast on Intel
-CPUs, so the backend uses this kernel on AMD CPUs only (``runtime/native_cpu.py``).
+CPUs: there the backend runs this kernel only on the shapes where it measured faster
+(``runtime/gemm_choice.py``).
+
+Each step of K also prefetches the tile ``PREFETCH_STEPS`` steps ahead (past a tile's end: the next
+tile's start; a prefetch never faults). Inside a model the weights come from L3, not L2 (a 4-layer
+transformer's 9 MB of weights pass between two reads of one), and the hardware prefetcher, which
+restarts at every 4 KB page, left the 64-row GEMMs at 175-190 GFLOP/s where they run 280 with the
+weight in L2. On the Xeon of benchmarks/RESULTS.md, whole models compiled both ways in one process
+(median ms): transformers' GPT-2 1 x 64 2.59 -> 2.42, Qwen2 2.14 -> 2.07, Llama 2.17 -> 2.10 (8 steps
+ahead gained half as much, 64 and 128 less); GEMMs alone with the weight in cache 0.96-1.12x
+(512 x 2048 x 5632 1.04x, 8 x 2048 x 2048 1.12x).
 
 ``gemm_source(epilogue=True)`` is the same product with a residual added to the accumulators and a
 clamp (ReLU, ReLU6) before they are stored: the kernel after a CNN's 1x1 convolution, done in registers
@@ -29,6 +39,7 @@ import torch
 TILE = 32
 ROWS = 6
 GROUP_BYTES = 256 * 1024  # packed weight tiles taken together, so that they stay in a core's L2 cache
+PREFETCH_STEPS = 32  # steps of K ahead (4 KB of the tile) the block asks the weight for (see the module doc)
 ARGUMENTS = "ppppiiii"  # x, packed weight, bias (NULL: none), out, M, N, K, out's row stride (``ARGUMENT_TYPES``)
 NAME = "lamina_gemm_f32"
 # x, packed weight, bias, residual (NULL: none), out, M, N, K, out's (and the residual's) row stride, clamp bounds
@@ -65,6 +76,8 @@ def _block(rows: int, epilogue: bool = False) -> str:
     float* restrict cr, __m512 b0, __m512 b1, __mmask16 lo, __mmask16 hi, int64_t ldc, int64_t K{extra}) {{
   {init}
   for (int64_t k = 0; k < K; k++) {{
+    _mm_prefetch((const char*)(tile + (k + {PREFETCH_STEPS}) * 32), _MM_HINT_T0);
+    _mm_prefetch((const char*)(tile + (k + {PREFETCH_STEPS}) * 32 + 16), _MM_HINT_T0);
     const __m512 w0 = _mm512_loadu_ps(tile + k * 32), w1 = _mm512_loadu_ps(tile + k * 32 + 16);
     {step}
   }}{finish}
