@@ -24,25 +24,30 @@ def version_of(tensor: torch.Tensor) -> int:
 
 @dataclass(eq=False)
 class Snapshot:
-    """``target`` holds ``compute()`` as of the sources' ``versions``."""
+    """``target`` holds ``compute()`` as of the ``versions`` of the sources that can change (``watched``:
+    all but inference tensors, which are never written)."""
 
     sources: tuple[torch.Tensor, ...]
     target: torch.Tensor
     compute: Callable[[], torch.Tensor]
     versions: list[int] = field(default_factory=list)
+    watched: tuple[torch.Tensor, ...] = ()
 
     def __post_init__(self) -> None:
-        self.versions = [version_of(s) for s in self.sources]
+        self.watched = tuple(s for s in self.sources if not s.is_inference())
+        self.versions = [s._version for s in self.watched]
 
     @classmethod
     def of(cls, sources: Sequence[torch.Tensor], compute: Callable[[], torch.Tensor]) -> "Snapshot":
         return cls(tuple(sources), compute(), compute)
 
     def refresh_if_stale(self) -> None:
-        if any(version_of(s) != v for s, v in zip(self.sources, self.versions)):
+        # one list of counters compared at once: every call of a plan checks every snapshot (30 for a
+        # 4-layer transformer: 16 us as a generator of version_of calls, 6.5 us so)
+        if [s._version for s in self.watched] != self.versions:
             with torch.no_grad():
                 self.target.copy_(self.compute())
-            self.versions = [version_of(s) for s in self.sources]
+            self.versions = [s._version for s in self.watched]
 
 
 def refresh_all(snapshots: Sequence[Snapshot]) -> None:
