@@ -93,3 +93,22 @@ def test_transformers_masks_become_flags_and_the_models_still_agree(arch: str) -
         want, got = model(ids, **kwargs), compiled(ids, **kwargs)
     key = "last_hidden_state" if arch == "bert" else "logits"
     torch.testing.assert_close(got[key], want[key], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "bert"])
+def test_a_padding_mask_the_caller_passes_stays_and_the_models_still_agree(arch: str) -> None:
+    """A mask built from the caller's ``attention_mask`` depends on the call: it is kept, and padded rows agree."""
+    model = tiny_hf_model(arch)
+    ids = torch.randint(1, 128, (3, 10))
+    padding = torch.ones(3, 10, dtype=torch.long)
+    padding[1, :4] = 0  # left padding
+    padding[2, 7:] = 0  # right padding
+    kwargs = {"attention_mask": padding} | ({} if arch == "bert" else {"use_cache": False})
+    compiled = lamina.compile(model, (ids,), example_kwargs=kwargs, poison=True)
+    attention = [op for op in compiled.graph.walk() if op.name == "attention"]
+    assert attention and all(len(op.operands) == 4 for op in attention)
+    with torch.no_grad():
+        want, got = model(ids, **kwargs), compiled(ids, **kwargs)
+    key = "last_hidden_state" if arch == "bert" else "logits"
+    kept = padding.bool()  # rows of padding tokens may differ (eager's are arbitrary too)
+    torch.testing.assert_close(got[key][kept], want[key][kept], rtol=1e-5, atol=1e-5)
