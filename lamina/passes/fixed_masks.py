@@ -47,8 +47,8 @@ def fixed_mask_rule() -> Rule:
             return None
         causal = np.tril(np.ones((rows, keys), dtype=bool))
         effective = allowed & causal if op.attrs["causal"] else allowed
-        if np.array_equal(np.broadcast_to(effective, np.broadcast_shapes(effective.shape, causal.shape)),
-                          np.broadcast_to(causal, np.broadcast_shapes(effective.shape, causal.shape))):
+        shape = np.broadcast_shapes(effective.shape, causal.shape)
+        if np.array_equal(np.broadcast_to(effective, shape), np.broadcast_to(causal, shape)):
             return (out.emit("attention", q, k, v, loc=op.loc, **{**op.attrs, "causal": True}),)
         if effective.all():
             return (out.emit("attention", q, k, v, loc=op.loc, **op.attrs),)

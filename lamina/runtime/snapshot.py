@@ -31,7 +31,7 @@ class Snapshot:
     target: torch.Tensor
     compute: Callable[[], torch.Tensor]
     versions: list[int] = field(default_factory=list)
-    watched: tuple[torch.Tensor, ...] = ()
+    watched: tuple[torch.Tensor, ...] = field(init=False, default=())
 
     def __post_init__(self) -> None:
         self.watched = tuple(s for s in self.sources if not s.is_inference())
