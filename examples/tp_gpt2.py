@@ -33,6 +33,9 @@ def main() -> None:
         print(f"rank 0 of {torch.distributed.get_world_size()}: output {tuple(out.shape)}, sum {float(out.sum()):.6f}")
         if ns.out:
             torch.save(out, ns.out)
+    # every rank leaves together: a rank that exits while its peer's gloo connection to it is still open
+    # can make the peer abort ("Connection closed by peer") instead of shutting down cleanly
+    torch.distributed.barrier()
     torch.distributed.destroy_process_group()
 
 

@@ -48,7 +48,14 @@ def _run_launch(make: Callable[[], list[list[str]]]) -> None:
         if not errors or not all(any(lost in e for lost in STORE_LOST) for e in errors):
             break
         errors = _launch(make())  # fresh ports and rendezvous
-    assert not errors, errors[0][-2000:]
+    assert not errors, _summary(errors[0])
+
+
+def _summary(stderr: str) -> str:
+    """The lines of a failed launch that say why (a rank's exception or abort), then the launcher's tail."""
+    why = [line for line in stderr.splitlines()
+           if any(mark in line for mark in ("Error", "error:", "terminate called", "what()", "Abort"))]
+    return "\n".join(why[:40]) + "\n...\n" + stderr[-1500:]
 
 
 def test_torchrun_on_one_node(tmp_path) -> None:
