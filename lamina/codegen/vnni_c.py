@@ -21,14 +21,16 @@ One function per bit width and scheme; K and the group size are arguments. A cal
 The asymmetric zero points' correction ``sum_g scale_g zero_g xsum_g`` and the row's scale are applied
 in float64, and the result is rounded to float32 once. On the AMD EPYC of benchmarks/RESULTS.md, one
 5632 x 2048 layer streaming from memory, the Numba kernel reads 15-19 GB/s of packed weight and
-scales, this one 21-25 (int4 g32); taking two output channels at once measured slower (15 GB/s),
-and a software prefetch changed nothing.
+scales, this one 21-25 (int4 g32); taking two output channels at once measured slower (15 GB/s).
+Each chunk prefetches the weight line ``PREFETCH_BYTES`` ahead (and its group scales as many bytes
+ahead): on the Intel Xeon of benchmarks/RESULTS.md that took int4 g32 from 15-19 to 19-27 GB/s
+(the hardware prefetcher stops at every 4 KB page); on the EPYC it had changed nothing.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .vnni_dot import LANES, VnniDot
+from .vnni_dot import LANES, PREFETCH_BYTES, VnniDot
 
 ARGUMENTS = "ppppppiiii"  # x, q, scales, zeros, out, scratch, M, N, K, G (``native_kernels.ARGUMENT_TYPES``)
 ALIGN = 64
@@ -67,9 +69,12 @@ class VnniC(VnniDot):
         sym = f.scheme == "sym"
         bias = self.bias  # read for sym only
         cv = self.chunk_values
+        # the weight row streams from memory: each chunk asks for the line PREFETCH_BYTES ahead, past the
+        # 4 KB page where the hardware prefetcher stops
+        prefetch = f"_mm_prefetch((const char*)(qr + c * 64 + {PREFETCH_BYTES}), _MM_HINT_T0);\n          "
         if four:  # value k's byte: its chunk, then low / high half, then its block, then its place
             position = "k - k % 128 + k % 32 / 16 * 64 + k % 128 / 32 * 16 + k % 16"
-            weights = """const __m512i w = _mm512_loadu_si512(qr + c * 64);
+            weights = prefetch + """const __m512i w = _mm512_loadu_si512(qr + c * 64);
           t = _mm512_dpbusd_epi32(t, _mm512_and_si512(w, nib), _mm512_loadu_si512(xm + c * 128));
           t = _mm512_dpbusd_epi32(t, _mm512_and_si512(_mm512_srli_epi16(w, 4), nib), _mm512_loadu_si512(xm + c * 128 + 64));"""
             lane_sum = "(int32_t)(int8_t)xr[c * 128 + 4 * l + u] + (int32_t)(int8_t)xr[c * 128 + 64 + 4 * l + u]"
@@ -77,7 +82,7 @@ class VnniC(VnniDot):
         else:
             position = "k"
             flip = "_mm512_xor_si512(w, sign), " if sym else "w, "
-            weights = f"""const __m512i w = _mm512_loadu_si512(qr + c * 64);
+            weights = prefetch + f"""const __m512i w = _mm512_loadu_si512(qr + c * 64);
           t = _mm512_dpbusd_epi32(t, {flip.rstrip(', ')}, _mm512_loadu_si512(xm + c * 64));"""
             lane_sum = "(int32_t)(int8_t)xr[c * 64 + 4 * l + u]"
             lane_base = "4 * l"
@@ -162,6 +167,7 @@ void {self.name}(const float* restrict x, const uint8_t* restrict q, const float
         for (int64_t c = 0; c < chunks; c++) {{
           __m512i t = {start};
           {weights}
+          _mm_prefetch((const char*)(sr + c * per + {PREFETCH_BYTES // 4}), _MM_HINT_T0);
           const __m512 sl = _mm512_permutexvar_ps(idx, _mm512_maskz_loadu_ps(scale_mask, sr + c * per));
           a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t), sl, a);
         }}
