@@ -67,32 +67,7 @@ static void lamina_qgemm_row(const void* q, const float* s, const float* z, floa
   }}
 }}
 
-/* the 16 x 16 floats r[0..15] transposed in registers: unpacks of 32-bit, then 64-bit pairs, then 128-bit
-   lanes (row 4 L + c of the result gathers lane L of r[c], r[4 + c], r[8 + c], r[12 + c] after the unpacks) */
-static inline void lamina_transpose16(__m512 r[16]) {{
-  __m512 a[16], b[16];
-  for (int i = 0; i < 8; i++) {{
-    a[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
-    a[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
-  }}
-  for (int i = 0; i < 4; i++) {{
-    const __m512d a0 = _mm512_castps_pd(a[4 * i]), a1 = _mm512_castps_pd(a[4 * i + 1]);
-    const __m512d a2 = _mm512_castps_pd(a[4 * i + 2]), a3 = _mm512_castps_pd(a[4 * i + 3]);
-    b[4 * i] = _mm512_castpd_ps(_mm512_unpacklo_pd(a0, a2));
-    b[4 * i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a0, a2));
-    b[4 * i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(a1, a3));
-    b[4 * i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(a1, a3));
-  }}
-  for (int c = 0; c < 4; c++) {{
-    const __m512 p = _mm512_shuffle_f32x4(b[c], b[4 + c], 0x44), q = _mm512_shuffle_f32x4(b[c], b[4 + c], 0xEE);
-    const __m512 u = _mm512_shuffle_f32x4(b[8 + c], b[12 + c], 0x44), v = _mm512_shuffle_f32x4(b[8 + c], b[12 + c], 0xEE);
-    r[c] = _mm512_shuffle_f32x4(p, u, 0x88);
-    r[4 + c] = _mm512_shuffle_f32x4(p, u, 0xDD);
-    r[8 + c] = _mm512_shuffle_f32x4(q, v, 0x88);
-    r[12 + c] = _mm512_shuffle_f32x4(q, v, 0xDD);
-  }}
-}}
-
+{transpose16_source()}
 /* channels n0 .. n0 + 15 (zeros from N on) at k0 .. k0 + 15, a chunk inside one group, dequantized and
    stored transposed: tile row k0 + i, columns j0 .. j0 + 15 */
 static inline void lamina_qgemm_chunk(const void* q, const float* s, const float* z, float fixed, float* tile,
@@ -168,4 +143,38 @@ void {NAME}(const float* restrict x, const void* restrict q, const float* restri
   }}
   free(quantized);
 }}
+"""
+
+
+def transpose16_source() -> str:
+    """``lamina_transpose16``: 16 zmm registers of 16 floats (or any 32-bit lanes) transposed in registers,
+    defined once in a translation unit however many sources include it."""
+    return "#ifndef LAMINA_TRANSPOSE16\n#define LAMINA_TRANSPOSE16\n" + _TRANSPOSE16 + "#endif\n"
+
+
+_TRANSPOSE16 = """/* the 16 x 16 floats r[0..15] transposed in registers: unpacks of 32-bit, then 64-bit pairs, then 128-bit
+   lanes (row 4 L + c of the result gathers lane L of r[c], r[4 + c], r[8 + c], r[12 + c] after the unpacks) */
+static inline void lamina_transpose16(__m512 r[16]) {
+  __m512 a[16], b[16];
+  for (int i = 0; i < 8; i++) {
+    a[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    a[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  for (int i = 0; i < 4; i++) {
+    const __m512d a0 = _mm512_castps_pd(a[4 * i]), a1 = _mm512_castps_pd(a[4 * i + 1]);
+    const __m512d a2 = _mm512_castps_pd(a[4 * i + 2]), a3 = _mm512_castps_pd(a[4 * i + 3]);
+    b[4 * i] = _mm512_castpd_ps(_mm512_unpacklo_pd(a0, a2));
+    b[4 * i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a0, a2));
+    b[4 * i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(a1, a3));
+    b[4 * i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(a1, a3));
+  }
+  for (int c = 0; c < 4; c++) {
+    const __m512 p = _mm512_shuffle_f32x4(b[c], b[4 + c], 0x44), q = _mm512_shuffle_f32x4(b[c], b[4 + c], 0xEE);
+    const __m512 u = _mm512_shuffle_f32x4(b[8 + c], b[12 + c], 0x44), v = _mm512_shuffle_f32x4(b[8 + c], b[12 + c], 0xEE);
+    r[c] = _mm512_shuffle_f32x4(p, u, 0x88);
+    r[4 + c] = _mm512_shuffle_f32x4(p, u, 0xDD);
+    r[8 + c] = _mm512_shuffle_f32x4(q, v, 0x88);
+    r[12 + c] = _mm512_shuffle_f32x4(q, v, 0xDD);
+  }
+}
 """

@@ -23,7 +23,9 @@ def kernel_description(backend: str, fmt: QuantFormat, k: int, act: str, languag
         from ..runtime.qlinear_cpu import describe
 
         chosen = kernel_language("cpu", CompileOptions(kernel_language=language)) or "numba"
-        return describe(fmt, k, act, language=chosen, c_gemm=chosen == "c" and GemmChoice.for_this_cpu().available)
+        choice = GemmChoice.for_this_cpu()
+        return describe(fmt, k, act, language=chosen, c_gemm=chosen == "c" and choice.available,
+                        amx=chosen == "c" and choice.amx)
     return KERNELS.get(backend, backend) + (" (act=int8: on int8-quantized rows)" if act == "int8" else "")
 
 

@@ -16,7 +16,9 @@ Measured with ``benchmarks/gemm.py`` against ``torch.addmm`` into a preallocated
 - Quantized weights past the quantized kernels' rows (a prefill) take lamina's quantized GEMM
   (``codegen/qgemm_c.py``, tiles dequantized into the GEMM's layout) on either CPU: on the Xeon one
   512 x 2048 x 5632 layer ran it at 0.91-0.92x of MKL's float32 product, and the other path
-  (dequantize blocks of the weight, then ``torch.mm``) at 0.69x.
+  (dequantize blocks of the weight, then ``torch.mm``) at 0.69x. On a CPU with AMX (``amx``) the
+  quantized GEMM multiplies bfloat16 tiles instead (``codegen/qgemm_amx.py``: the weight's integers
+  and x in three exact bfloat16 terms): that layer at 1.7-2.3x MKL's float32 product.
 - No AVX-512: the GEMM does not compile for the CPU (``"none"``).
 """
 from __future__ import annotations
@@ -31,22 +33,24 @@ NARROW = 128  # K or N at most this: the C GEMM at any number of rows ("shape")
 SHORT_ROWS = 64  # up to this many rows ...
 SHORT_WEIGHT = 1 << 22  # ... where K * N is at most this (a 1024 x 4096 weight)
 
+AMX_FEATURES = ("amx_tile", "amx_bf16", "avx512_bf16")  # /proc/cpuinfo flags ``codegen/qgemm_amx.py`` needs
 Mode = Literal["all", "shape", "none"]
 
 
 @dataclass(frozen=True)
 class GemmChoice:
     """``mode``: ``"all"`` (lamina's GEMM for every float32 linear past the GEMV's rows), ``"shape"`` (where
-    ``rows_limit`` says, torch's elsewhere), ``"none"`` (torch's)."""
+    ``rows_limit`` says, torch's elsewhere), ``"none"`` (torch's); ``amx``: quantized prefills on AMX tiles."""
 
     mode: Mode = "none"
+    amx: bool = False  # quantized GEMMs on AMX tiles (``codegen/qgemm_amx.py``); only with the C GEMM available
 
     @staticmethod
     def for_this_cpu() -> "GemmChoice":
         """The choice measured for this CPU's vendor (see the module doc)."""
         if "avx512f" not in cpu_features():
             return GemmChoice("none")
-        return GemmChoice("all" if cpu_vendor() == "AuthenticAMD" else "shape")
+        return GemmChoice("all" if cpu_vendor() == "AuthenticAMD" else "shape", amx=all(f in cpu_features() for f in AMX_FEATURES))
 
     @property
     def available(self) -> bool:

@@ -33,6 +33,8 @@ from ..codegen.kernel import Kernel
 from ..codegen.qgemm_c import ARGUMENTS as QGEMM_ARGUMENTS
 from ..codegen.qgemm_c import NAME as QGEMM_NAME
 from ..codegen.qgemm_c import qgemm_source
+from ..codegen.qgemm_amx import NAME as AMX_NAME
+from ..codegen.qgemm_amx import qgemm_amx_source
 from ..codegen.scratch import rows_in_outputs, use_scratch_rows
 from ..codegen.shared_kernels import share_structure
 from ..codegen.vnni_c import ARGUMENTS as VNNI_ARGUMENTS
@@ -144,6 +146,8 @@ class NativeCpuTarget(CpuTarget):
             self._vnni(op)
             if self.gemm.available:
                 self._add(QGEMM_NAME, QGEMM_ARGUMENTS, qgemm_source)
+                if self.gemm.amx:  # its fallback (rows with inf or NaN, shapes the tiles do not cut) is the above
+                    self._add(AMX_NAME, QGEMM_ARGUMENTS, qgemm_amx_source)
         return super().native(op) if self.numba_natives else None
 
     def gemm_epilogues(self, graph: Graph, natives: Mapping[int, Any]) -> dict[int, GemmEpilogue]:
@@ -209,8 +213,10 @@ class NativeCpuTarget(CpuTarget):
             def make(fmt: QuantFormat, k: int, n: int, act: str) -> QLinearCpu:
                 name = VnniC(fmt, k).name
                 native = self.library[name] if self.library is not None and name in self.own else None
-                gemm = self.library[QGEMM_NAME] if self.library is not None and QGEMM_NAME in self.own else None
-                return QLinearCpu(fmt, k, n, self.cache, act, native_vnni=native, native_qgemm=gemm)
+                gemm_name = AMX_NAME if AMX_NAME in self.own else QGEMM_NAME
+                gemm = self.library[gemm_name] if self.library is not None and gemm_name in self.own else None
+                return QLinearCpu(fmt, k, n, self.cache, act, native_vnni=native, native_qgemm=gemm,
+                                  amx=gemm_name == AMX_NAME)
 
             return qlinear_lines(op, list(args), out, plan, make)
         if op.name == "matmul":

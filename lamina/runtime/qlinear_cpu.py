@@ -12,9 +12,10 @@ Which path runs is decided per call by the number of input rows M (tokens times 
   weights go to ``torch._int_mm`` (an integer GEMM, about 3.7x torch.mm's float32 speed on the
   project's CPU), other formats to the blocked path on the quantized rows;
 - M > ``KERNEL_ROWS`` (prefill): GEMM-bound. Where the target gives it (``native_qgemm``: the C
-  kernel language on AMD CPUs with AVX-512, as for float32 linears), the C GEMM of
+  kernel language on CPUs with AVX-512, as for float32 linears), the C GEMM of
   ``codegen/qgemm_c.py`` dequantizes tiles of 32 output channels straight into its packed layout
-  and multiplies every row by each, in one OpenMP pool. Elsewhere the weight is dequantized
+  and multiplies every row by each, in one OpenMP pool; on CPUs with AMX, ``codegen/qgemm_amx.py``
+  multiplies the weight's integers with x in exact bfloat16 terms on AMX tiles instead. Elsewhere the weight is dequantized
   ``DEQUANT_BLOCK_BYTES`` of float at a time (blocks of output channels, one parallel pass of a
   generated kernel into a buffer reused for every block) and each block multiplied with
   torch.mm. Either way the float weight never exists whole.
@@ -53,10 +54,13 @@ def load_kernel(variant: QLinearVariant, cache: KernelCache, dequantize: bool = 
 
 
 def describe(fmt: QuantFormat, k: int, act: str, integer_kernels: bool | None = None, language: str = "numba",
-             c_gemm: bool = False) -> str:
+             c_gemm: bool = False, amx: bool = False) -> str:
     """Which kernels a layer of this format, input size and ``act`` runs on the cpu backend (for reports);
-    ``language``: the integer kernel's, ``c`` or ``numba``; ``c_gemm``: whether many rows run the C GEMM."""
-    blocked = "C GEMM dequantizing 32-channel tiles" if c_gemm else "blocked dequantize + torch.mm"
+    ``language``: the integer kernel's, ``c`` or ``numba``; ``c_gemm``: whether many rows run the C GEMM,
+    ``amx``: its AMX form."""
+    tiles = ("C GEMM on AMX bfloat16 tiles" if amx and k % 32 == 0 and fmt.group_size(k) % 32 == 0 else
+             "C GEMM dequantizing 32-channel tiles")
+    blocked = tiles if c_gemm else "blocked dequantize + torch.mm"
     if act != "int8":
         return f"numba dequantize-in-the-loop kernel for up to {KERNEL_ROWS} rows, else {blocked}"
     dot = VnniDot(fmt, k)
@@ -82,6 +86,7 @@ class QLinearCpu:
     integer_kernels: bool = field(default_factory=host_has_vnni)  # act=int8's VNNI kernel where it can run
     native_vnni: Callable[..., None] | None = None  # the C VNNI kernel of this format (``codegen/vnni_c.py``)
     native_qgemm: Callable[..., None] | None = None  # the C quantized GEMM for many rows (``codegen/qgemm_c.py``)
+    amx: bool = False  # whether ``native_qgemm`` is its AMX form (``codegen/qgemm_amx.py``)
     kernels: dict[str, Callable[..., None]] = field(default_factory=dict)
     views: dict = field(default_factory=dict)
     blocks: int = field(init=False)       # the kernels' view of a row: blocks of values / of bytes
@@ -111,7 +116,7 @@ class QLinearCpu:
 
     def describe(self) -> str:
         return describe(self.fmt, self.k, self.act, self.integer_kernels, "c" if self.native_vnni else "numba",
-                        self.native_qgemm is not None)
+                        self.native_qgemm is not None, self.amx)
 
     def __call__(self, x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None,
                  out: torch.Tensor) -> None:
