@@ -7,7 +7,9 @@ Every contender decodes the same prompt greedily with transformers' dynamic cach
 (lamina: ``lamina.compile``'s prefill and decode modules, the pipeline ``quantize{...},fuse`` for the
 quantized rows). Rounds are interleaved and the table gives medians. "torch int8" replaces each
 ``nn.Linear`` but the LM head by ``torch._weight_int8pack_mm`` over per-channel int8 weights (torch's
-CPU kernel for weight-only int8; torchao is not installed with this torch); "same tokens" compares with
+CPU kernel for weight-only int8), "torch int4" by ``torch._weight_int4pack_mm_for_cpu`` over lamina's int4 g32
+weights, "torchao int8" is torchao's ``Int8WeightOnlyConfig`` under inductor (where torchao is installed:
+``pip install --no-deps torchao``; its int4 CPU layouts need bfloat16 or extra packages); "same tokens" compares with
 eager fp32 (quantized rows may differ: they compute with other weights). "head too" rows quantize the
 LM head as well (``keep=none``); by default it stays float32 and, with a 32000-token vocabulary, is
 most of what an int4 step reads. "mixed" gives each layer 4 or 8 bits (or float) under an average of
@@ -63,15 +65,48 @@ class Int8Linear(nn.Module):
         return torch._weight_int8pack_mm(rows, self.q, self.scale).reshape(*x.shape[:-1], -1)
 
 
-def torch_int8(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` whose linear layers but the LM head run ``Int8Linear``."""
+class Int4Linear(nn.Module):
+    """A bias-free linear layer through ``torch._weight_int4pack_mm_for_cpu`` (torch's CPU kernel for weight-only
+    int4, groups of 32), on the weights lamina's ``bits=4,group=32`` stores: ``(v - 8) * scale``, zero 0."""
+
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__()
+        from lamina.ir.quant_format import QuantFormat, quantize, unpack
+
+        fmt = QuantFormat(4, 32, "sym")
+        q, scale = quantize(linear.weight.detach(), fmt)
+        self.register_buffer("q", torch.ops.aten._convert_weight_to_int4pack_for_cpu(unpack(q, fmt), 1))
+        self.register_buffer("scales_and_zeros", torch.stack([scale.t(), torch.zeros_like(scale.t())], -1).contiguous())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.reshape(-1, x.shape[-1])
+        return torch._weight_int4pack_mm_for_cpu(rows, self.q, 32, self.scales_and_zeros).reshape(*x.shape[:-1], -1)
+
+
+def with_linears(model: nn.Module, make: Callable[[nn.Linear], nn.Module]) -> nn.Module:
+    """A copy of ``model`` whose linear layers but the LM head are ``make(linear)``."""
     import copy
 
     out = copy.deepcopy(model)
     for name, module in list(out.named_modules()):
         for child_name, child in list(module.named_children()):
             if isinstance(child, nn.Linear) and child.bias is None and "lm_head" not in f"{name}.{child_name}":
-                setattr(module, child_name, Int8Linear(child))
+                setattr(module, child_name, make(child))
+    return out
+
+
+def torchao_int8(model: nn.Module) -> nn.Module | None:
+    """A copy of ``model`` with torchao's weight-only int8 on every linear but the LM head, its forward under
+    ``torch.compile`` (inductor), as torchao's documentation runs it; None without torchao."""
+    import copy
+
+    try:
+        from torchao.quantization import Int8WeightOnlyConfig, quantize_
+    except ImportError:
+        return None
+    out = copy.deepcopy(model)
+    quantize_(out, Int8WeightOnlyConfig(), filter_fn=lambda m, fqn: isinstance(m, nn.Linear) and "lm_head" not in fqn)
+    out.forward = torch.compile(out.forward, backend="inductor")
     return out
 
 
@@ -125,7 +160,13 @@ def main() -> None:
     prompt = torch.randint(1, 32000, (1, 32), generator=torch.Generator().manual_seed(0))
     contenders: dict[str, tuple[Callable, float]] = {"eager fp32": (eager_loop(model), streamed_bytes(model, None, 0))}
     if keep("torch int8"):
-        contenders["torch int8 (_weight_int8pack_mm)"] = (eager_loop(torch_int8(model)), streamed_bytes(model, 8, 0))
+        contenders["torch int8 (_weight_int8pack_mm)"] = (eager_loop(with_linears(model, Int8Linear)),
+                                                          streamed_bytes(model, 8, 0))
+    if keep("torch int4"):
+        contenders["torch int4 g32 (_weight_int4pack_mm_for_cpu)"] = (eager_loop(with_linears(model, Int4Linear)),
+                                                                      streamed_bytes(model, 4, 32))
+    if keep("torchao") and (ao := torchao_int8(model)) is not None:
+        contenders["torchao int8 under inductor"] = (eager_loop(ao), streamed_bytes(model, 8, 0))
     for name, pipeline in PIPELINES.items():
         if not keep(name):
             continue
