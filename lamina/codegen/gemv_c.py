@@ -13,7 +13,8 @@ dtype's GEMV beats torch (measured: past it oneDNN's 16-bit kernels and MKL's fl
 Each thread streams ``CHANNELS`` weight rows at once (output channels n .. n + 3; the last N % 4 one at a
 time): on the Intel Xeon of benchmarks/RESULTS.md one row at a time read 25 GB/s of float32 weights at
 one input row and 14-20 at two to eight, four at a time 27 and 19-25 (torch's linear: 27, and 10-26),
-bfloat16 20 -> 23 GB/s (torch 19). Rows are taken four, then two, then one at a time, so that each
+bfloat16 20 -> 23 GB/s (torch 19). On CPUs with AVX512-BF16 one bfloat16 row runs ``vdpbf16ps`` on the
+weight's pairs instead of widening them, and prefetches the rows it streams next: 23 -> 27-30 GB/s there. Rows are taken four, then two, then one at a time, so that each
 weight value loaded feeds every row of the block. 16-bit input rows are widened to float32 once, into
 the caller's ``scratch`` (M x K float32; a float32 GEMV reads x itself and takes NULL). The size K is an argument: one function per
 dtype serves every layer.
@@ -70,6 +71,46 @@ def _channels(count: int, ctype: str, load: str, store: str) -> str:
 """
 
 
+def _bf16_dot_channels(count: int) -> str:
+    """One row of bfloat16 x times weight rows ``n`` .. ``n + count - 1`` with ``vdpbf16ps`` (pairs of bfloat16
+    products added into float32 lanes), each row's line ``count`` rows on prefetched: the next rows this
+    thread streams."""
+    rows = " ".join(f"const int16_t* restrict w{c} = w + (n + {c}) * K; __m512 a{c} = _mm512_setzero_ps();"
+                    for c in range(count))
+    prefetch = " ".join(f"_mm_prefetch((const char*)(w{c} + j + {count} * K), _MM_HINT_T0);" for c in range(count))
+    dots = " ".join(f"a{c} = _mm512_dpbf16_ps(a{c}, xv, (__m512bh)_mm512_loadu_si512(w{c} + j));"
+                    for c in range(count))
+    ends = " ".join(f"""
+    float s{c} = _mm512_reduce_add_ps(a{c});
+    for (int64_t j = whole; j < K; j++) s{c} += lm_bf16_load(x[j]) * lm_bf16_load(w{c}[j]);
+    out[n + {c}] = lm_bf16_store(s{c} + (b ? lm_bf16_load(b[n + {c}]) : 0.0f));""" for c in range(count))
+    return f"""    {rows}
+    for (int64_t j = 0; j < whole; j += 32) {{
+      const __m512bh xv = (__m512bh)_mm512_loadu_si512(x + j);
+      {prefetch}
+      {dots}
+    }}{ends}
+"""
+
+
+BF16_DOT = f"""
+#ifdef __AVX512BF16__
+#include <immintrin.h>
+/* one bfloat16 row: x's values are bfloat16 already, so vdpbf16ps multiplies them with the weight's exactly
+   and adds into float32 (denormal inputs read as zero), as the widening loops do, at the memory's speed */
+static void lamina_gemv1_bf16(const int16_t* restrict x, const int16_t* restrict w, const int16_t* restrict b,
+                              int16_t* restrict out, int64_t N, int64_t K) {{
+  const int64_t whole = K / 32 * 32, full = N / {CHANNELS} * {CHANNELS};
+  #pragma omp parallel for schedule(static)
+  for (int64_t n = 0; n < full; n += {CHANNELS}) {{
+{_bf16_dot_channels(CHANNELS)}  }}
+  for (int64_t n = full; n < N; n++) {{
+{_bf16_dot_channels(1)}  }}
+}}
+#endif
+"""
+
+
 def needs_scratch(dtype: DType) -> bool:
     """Whether the GEMV of ``dtype`` widens its input rows into a float32 scratch of M x K."""
     return dtype != DType.f32
@@ -82,10 +123,14 @@ def gemv_source(dtype: DType) -> str:
     _, ctype, load, store = _TYPES[dtype]
     widen = (f"  for (int64_t i = 0; i < M * K; i++) scratch[i] = {load}(x[i]);\n  const float* restrict xf = scratch;"
              if needs_scratch(dtype) else "  const float* restrict xf = x;")
-    return f"""
+    one_row = """#ifdef __AVX512BF16__
+  if (M == 1) { lamina_gemv1_bf16(x, w, b, out, N, K); return; }
+#endif
+""" if dtype == DType.bf16 else ""
+    return f"""{BF16_DOT if dtype == DType.bf16 else ""}
 void {gemv_name(dtype)}(const {ctype}* restrict x, const {ctype}* restrict w, const {ctype}* restrict b,
                         {ctype}* restrict out, float* restrict scratch, int64_t M, int64_t N, int64_t K) {{
-{widen}
+{one_row}{widen}
   const int64_t whole = N / {CHANNELS} * {CHANNELS};
   #pragma omp parallel for schedule(static)
   for (int64_t n = 0; n < whole; n += {CHANNELS}) {{

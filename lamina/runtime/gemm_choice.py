@@ -50,7 +50,8 @@ class GemmChoice:
         """The choice measured for this CPU's vendor (see the module doc)."""
         if "avx512f" not in cpu_features():
             return GemmChoice("none")
-        return GemmChoice("all" if cpu_vendor() == "AuthenticAMD" else "shape", amx=all(f in cpu_features() for f in AMX_FEATURES))
+        amx = all(f in cpu_features() for f in AMX_FEATURES)
+        return GemmChoice("all" if cpu_vendor() == "AuthenticAMD" else "shape", amx=amx)
 
     @property
     def available(self) -> bool:
