@@ -81,6 +81,7 @@ def qgemm_amx_source() -> str:
     h = BLOCK4 // 2
     return f"""
 #include <immintrin.h>
+#include <omp.h>
 #include <string.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -182,25 +183,37 @@ void {NAME}(const float* restrict x, const void* restrict q, const float* restri
     {FLOAT_NAME}(x, q, s, z, out, M, N, K, G, ldc, storage, offset, act_int8);
     return;
   }}
-  uint16_t* xa = (uint16_t*)aligned_alloc(64, (size_t)(terms * Mp * K * 2 + 63) / 64 * 64);
-  float* sx = (float*)aligned_alloc(64, (size_t)(Mp * 4 + 63) / 64 * 64);
+  /* every buffer at once, so that a failed allocation falls back before any work: x's terms, the rows'
+     scales, then per thread a strip's weight pairs and scales, the float accumulators and a tile's store */
+  const size_t terms_bytes = (size_t)terms * Mp * K * 2, scales_bytes = (size_t)(Mp * 4 + 63) / 64 * 64;
+  const size_t strip_bytes = (size_t)K * {STRIP} * 2, strip_scales = (size_t)(K / G) * {STRIP} * 4;
+  const size_t per_thread = strip_bytes + strip_scales + 16 * {STRIP} * 4 + 4 * 256 * 4;
+  const int threads = omp_get_max_threads();
+  uint8_t* work = (uint8_t*)aligned_alloc(64, terms_bytes + scales_bytes + (size_t)threads * per_thread);
+  if (!work) {{
+    {FLOAT_NAME}(x, q, s, z, out, M, N, K, G, ldc, storage, offset, act_int8);
+    return;
+  }}
+  uint16_t* xa = (uint16_t*)work;
+  float* sx = (float*)(work + terms_bytes);
   if (!lamina_amx_terms(x, xa, sx, M, Mp, K, terms)) {{
-    free(xa); free(sx);
+    free(work);
     {FLOAT_NAME}(x, q, s, z, out, M, N, K, G, ldc, storage, offset, act_int8);
     return;
   }}
   const int64_t strips = (N + {STRIP - 1}) / {STRIP};
-  #pragma omp parallel
+  #pragma omp parallel num_threads(threads)
   {{
     lamina_amx_config cfg;
     memset(&cfg, 0, sizeof cfg);
     cfg.palette = 1;
     for (int t = 0; t < 8; t++) {{ cfg.rows[t] = 16; cfg.colsb[t] = 64; }}
     _tile_loadconfig(&cfg);
-    uint16_t* b = (uint16_t*)aligned_alloc(64, (size_t)K * {STRIP} * 2);
-    float* st = (float*)aligned_alloc(64, (size_t)(K / G) * {STRIP} * 4);
-    float* acc = (float*)aligned_alloc(64, 16 * {STRIP} * 4);
-    float* cbuf = (float*)aligned_alloc(64, 4 * 256 * 4);
+    uint8_t* mine = work + terms_bytes + scales_bytes + (size_t)omp_get_thread_num() * per_thread;
+    uint16_t* b = (uint16_t*)mine;
+    float* st = (float*)(mine + strip_bytes);
+    float* acc = (float*)(mine + strip_bytes + strip_scales);
+    float* cbuf = acc + 16 * {STRIP};
     #pragma omp for schedule(static)
     for (int64_t t = 0; t < strips; t++) {{
       const int64_t n0 = t * {STRIP}, cols = N - n0 < {STRIP} ? N - n0 : {STRIP};
@@ -221,8 +234,7 @@ void {NAME}(const float* restrict x, const void* restrict q, const float* restri
       }}
     }}
     _tile_release();
-    free(b); free(st); free(acc); free(cbuf);
   }}
-  free(xa); free(sx);
+  free(work);
 }}
 """
