@@ -10,7 +10,8 @@ Which path runs is decided per call by the number of input rows M (tokens times 
   the C kernel language), else Numba's of ``codegen/qlinear_vnni_cpu.py``; elsewhere the rows are quantized and
   the float kernel runs on their values. Past ``KERNEL_ROWS``, 8-bit per-channel symmetric
   weights go to ``torch._int_mm`` (an integer GEMM, about 3.7x torch.mm's float32 speed on the
-  project's CPU), other formats to the blocked path on the quantized rows;
+  project's CPU) unless the AMX GEMM below runs them (1.7x faster than ``torch._int_mm`` on a
+  512 x 2048 x 5632 layer), other formats to the blocked path on the quantized rows;
 - M > ``KERNEL_ROWS`` (prefill): GEMM-bound. Where the target gives it (``native_qgemm``: the C
   kernel language on CPUs with AVX-512, as for float32 linears), the C GEMM of
   ``codegen/qgemm_c.py`` dequantizes tiles of 32 output channels straight into its packed layout
@@ -53,13 +54,20 @@ def load_kernel(variant: QLinearVariant, cache: KernelCache, dequantize: bool = 
     return getattr(module, name)
 
 
+def amx_takes(fmt: QuantFormat, k: int) -> bool:
+    """Whether the AMX GEMM (``codegen/qgemm_amx.py``) runs a layer of this format and input size itself
+    (else it hands the call to the float32 one); where it does, it also beats ``torch._int_mm`` on the
+    8-bit per-channel rows of ``act=int8`` (1.7x on a 512 x 2048 x 5632 layer, benchmarks/RESULTS.md)."""
+    return k % 32 == 0 and fmt.group_size(k) % 32 == 0
+
+
 def describe(fmt: QuantFormat, k: int, act: str, integer_kernels: bool | None = None, language: str = "numba",
              c_gemm: bool = False, amx: bool = False) -> str:
     """Which kernels a layer of this format, input size and ``act`` runs on the cpu backend (for reports);
     ``language``: the integer kernel's, ``c`` or ``numba``; ``c_gemm``: whether many rows run the C GEMM,
     ``amx``: its AMX form."""
-    tiles = ("C GEMM on AMX bfloat16 tiles" if amx and k % 32 == 0 and fmt.group_size(k) % 32 == 0 else
-             "C GEMM dequantizing 32-channel tiles")
+    on_tiles = c_gemm and amx and amx_takes(fmt, k)
+    tiles = "C GEMM on AMX bfloat16 tiles" if on_tiles else "C GEMM dequantizing 32-channel tiles"
     blocked = tiles if c_gemm else "blocked dequantize + torch.mm"
     if act != "int8":
         return f"numba dequantize-in-the-loop kernel for up to {KERNEL_ROWS} rows, else {blocked}"
@@ -70,7 +78,7 @@ def describe(fmt: QuantFormat, k: int, act: str, integer_kernels: bool | None = 
     few = (f"numba dequantize-in-the-loop kernel on int8-quantized rows ({why_not})" if why_not else
            "integer dot products (AVX-512 VNNI, C)" if language == "c" and VnniC(fmt, k).unsupported() is None else
            "integer dot products (AVX-512 VNNI, LLVM IR in numba)")
-    many = ("torch._int_mm" if integer_gemm_format(fmt, k) else f"{blocked} on int8-quantized rows")
+    many = ("torch._int_mm" if integer_gemm_format(fmt, k) and not on_tiles else f"{blocked} on int8-quantized rows")
     return f"{few} for up to {KERNEL_ROWS} rows, else {many}"
 
 
@@ -153,7 +161,8 @@ class QLinearCpu:
         native = self.native_qgemm is not None and all(t is None or t.is_contiguous() for t in (qweight, scales, zeros))
         run_by_rows(x, out, self.k, self.n, self.act, few, qgemm if native else blocked,
                     int8_few if self.integer_kernels else None,
-                    int8_many if integer_gemm_format(self.fmt, self.k) else None,
+                    int8_many if integer_gemm_format(self.fmt, self.k)
+                    and not (native and self.amx and amx_takes(self.fmt, self.k)) else None,
                     int8_qgemm if native else None)
 
     def weight_views(self, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None) -> tuple:

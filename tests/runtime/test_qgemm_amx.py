@@ -96,16 +96,19 @@ def test_groups_the_tiles_do_not_cut_take_the_float_kernel(library: Any) -> None
                        _run(library, qgemm_c.NAME, x, packed, fmt, False))
 
 
-@pytest.mark.parametrize("options", ["bits=4,group=32", "bits=8,group=0,scheme=asym", "bits=4,group=32,act=int8"])
+@pytest.mark.parametrize("options", ["bits=4,group=32", "bits=8,group=0,scheme=asym", "bits=4,group=32,act=int8",
+                                     "bits=8,group=0,act=int8"])
 def test_the_backend_takes_it_for_a_prefill_where_the_cpu_has_amx(monkeypatch: pytest.MonkeyPatch,
                                                                    options: str) -> None:
     """A prefill's quantized linears run the AMX GEMM (reported by ``compiled.quantization``), matching the
-    interpreter on poisoned buffers."""
+    interpreter on poisoned buffers; 8-bit per-channel ``act=int8`` rows too, instead of ``torch._int_mm``."""
     from tests.quant.test_qlinear_cpu import Layer, _check
 
     monkeypatch.setattr(GemmChoice, "for_this_cpu", staticmethod(lambda: GemmChoice("shape", amx=True)))
+    monkeypatch.setattr(torch, "_int_mm", lambda *args: pytest.fail("torch._int_mm ran instead of the AMX GEMM"))
     torch.manual_seed(4)
     compiled = _check(Layer(256, 70), torch.randn(40, 256), f"quantize{{{options},keep=none}},fuse",
                       kernel_language="c")
     assert qgemm_amx.NAME in compiled._executor.target.own
-    assert all("AMX bfloat16 tiles" in layer.kernel for layer in compiled.quantization)
+    assert all("AMX bfloat16 tiles" in layer.kernel and "_int_mm" not in layer.kernel
+               for layer in compiled.quantization)
