@@ -14,8 +14,9 @@ Each thread streams ``CHANNELS`` weight rows at once (output channels n .. n + 3
 time): on the Intel Xeon of benchmarks/RESULTS.md one row at a time read 25 GB/s of float32 weights at
 one input row and 14-20 at two to eight, four at a time 27 and 19-25 (torch's linear: 27, and 10-26),
 bfloat16 20 -> 23 GB/s (torch 19). On CPUs with AVX512-BF16 one bfloat16 row runs ``vdpbf16ps`` on the
-weight's pairs instead of widening them, and prefetches the rows it streams next: 23 -> 27-30 GB/s there. Rows are taken four, then two, then one at a time, so that each
-weight value loaded feeds every row of the block. 16-bit input rows are widened to float32 once, into
+weight's pairs instead of widening them, and prefetches the rows it streams next: 23 -> 27-30 GB/s there.
+Rows are taken four, then two, then one at a time, so that each weight value loaded feeds every row of
+the block. 16-bit input rows are widened to float32 once, into
 the caller's ``scratch`` (M x K float32; a float32 GEMV reads x itself and takes NULL). The size K is an argument: one function per
 dtype serves every layer.
 """

@@ -32,7 +32,7 @@ def _torchrun(*args: str) -> list[str]:
 # test suite's other worker on a 2-core CI machine): the agent says so, or the store's client aborts
 # on a read that timed out. About one launch in ten under such load also had a rank abort in torch's
 # C++ with "terminate called without an active exception" and no Python error (not reproduced outside
-# pytest in 30 launches). Those launches, and only those failures, are retried (twice at most), with a
+# pytest in 26 launches). Those launches, and only those failures, are retried (twice at most), with a
 # warning that carries what the failed launch printed
 RETRIED = ("RendezvousConnectionError", "recvValueWithTimeout failed", "terminate called without an active exception")
 
