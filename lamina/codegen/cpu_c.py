@@ -22,6 +22,7 @@ from .loop_nest import nested
 from .kernel import (Call, Const, Expr, Kernel, Let, Load, Loop, Reduce, Store, Var, body_exprs, inline_lets, reduction_identity,
                      walk)
 from .reciprocal import SAFE_RANGE, inverse_name
+from .row_blocks import BLOCK, RowPhases, row_phases
 from .cpu_statements import CpuStatementPrinter
 from .fastmath32 import C_SOURCE as FAST32_C
 from .scalar_printer import infix_forms
@@ -441,6 +442,37 @@ def _param_dtype(name: str, kernel: Kernel) -> DType:
     return DType.f64
 
 
+def _row_blocks(printer: CPrinter, phases: RowPhases, rows: str, omp: str | None, lines: list[str]) -> None:
+    """The outer loop over blocks of ``BLOCK`` rows, each in three passes (``codegen/row_blocks.py``):
+    every row's ``before``, the block's row math as one vectorized loop, every row's ``after``; the
+    values crossing passes kept in per-block arrays named ``<value>_blk``."""
+    if omp:
+        lines.append(omp)
+    lines.append(f"  for (int64_t ob_ = 0; ob_ < {rows}; ob_ += {BLOCK}) {{")
+    lines.append(f"    const int64_t oe_ = ob_ + {BLOCK} < {rows} ? ob_ + {BLOCK} : {rows};")
+    lines += [f"    {COMPUTE[t]} {n}_blk[{BLOCK}];" for n, t in phases.carried.items()]
+    math_names = {s.name for s in phases.math}
+    early = [n for n in phases.carried if n not in math_names]
+    lines.append("    for (int64_t o = ob_; o < oe_; o++) {")
+    printer.stmts(phases.before, 3, lines)
+    lines += [f"      {n}_blk[o - ob_] = {n};" for n in early]
+    lines.append("    }")
+    lines.append("    #pragma omp simd")
+    lines.append("    for (int64_t i_ = 0; i_ < oe_ - ob_; i_++) {")
+    lines += [f"      const {COMPUTE[t]} {n} = {n}_blk[i_];" for n, t in phases.carried.items() if n in phases.into_math]
+    printer.inner_loops += 1  # the math is the loop's body here: the vectorizing forms
+    printer.stmts(phases.math, 3, lines)
+    printer.inner_loops -= 1
+    lines += [f"      {n}_blk[i_] = {n};" for n in phases.carried if n in math_names]
+    lines.append("    }")
+    lines.append("    for (int64_t o = ob_; o < oe_; o++) {")
+    lines += [f"      const {COMPUTE[t]} {n} = {n}_blk[o - ob_];" for n, t in phases.carried.items()
+              if n in phases.into_after]
+    printer.stmts(phases.after, 3, lines)
+    lines.append("    }")
+    lines.append("  }")
+
+
 def c_source(kernel: Kernel, name: str, parallel: bool) -> str:
     """C of ``kernel`` as ``void name(buffers..., sizes..., params...)``; the outer loop an OpenMP
     ``parallel for`` when ``parallel``. A kernel with scratch rows runs its outer loop in chunks, each
@@ -468,6 +500,11 @@ def c_source(kernel: Kernel, name: str, parallel: bool) -> str:
         lines.append("  }")
     else:
         rows = nested(Loop("o", kernel.outer, kernel.body))  # o // w and o % w: rows of w, an inner loop
+        phases = row_phases(kernel.body, "o", kernel.outer) if rows is None and printer.row_kernel else None
+        if phases is not None:
+            _row_blocks(printer, phases, outer, omp, lines)
+            lines.append("}")
+            return "\n".join(lines) + "\n"
         var, body = ("o", kernel.body) if rows is None else (rows.var, rows.body)
         if rows is not None:
             outer = printer.expr(rows.extent)
