@@ -63,6 +63,19 @@ def test_wrong_dtype_and_arity_are_clear() -> None:
         compiled(args[0].double())
     with pytest.raises(lamina.InputMismatchError, match="compiled for 1 positional argument"):
         compiled(args[0], args[0])
+    with pytest.raises(lamina.InputMismatchError, match="is on meta; backend 'cpu' takes CPU tensors"):
+        compiled(args[0].to("meta"))
+
+
+def test_an_input_that_requires_grad_is_taken_without_its_history() -> None:
+    model, args = make_mlp()
+    compiled = lamina.compile(model, args)
+    x = args[0].clone().requires_grad_()
+    with torch.no_grad():
+        want = model(x)
+    got = compiled(x)
+    assert not got.requires_grad and torch.equal(got, compiled(args[0]))
+    assert rel_error(got, want) <= 1e-5
 
 
 def test_changed_non_tensor_argument_is_refused() -> None:

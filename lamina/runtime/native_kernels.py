@@ -64,7 +64,7 @@ class Flat:
 
     def __init__(self, tensor: torch.Tensor) -> None:
         self.tensor = tensor
-        self._as_parameter_ = ctypes.c_void_p(tensor.data_ptr())
+        self._as_parameter_ = tensor.data_ptr()  # an int: every kernel's argtypes make it a c_void_p
 
     def __getitem__(self, index: Any) -> Any:
         return self.tensor[index]
