@@ -14,7 +14,9 @@ Each thread streams ``CHANNELS`` weight rows at once (output channels n .. n + 3
 time): on the Intel Xeon of benchmarks/RESULTS.md one row at a time read 25 GB/s of float32 weights at
 one input row and 14-20 at two to eight, four at a time 27 and 19-25 (torch's linear: 27, and 10-26),
 bfloat16 20 -> 23 GB/s (torch 19). On CPUs with AVX512-BF16 one bfloat16 row runs ``vdpbf16ps`` on the
-weight's pairs instead of widening them, and prefetches the rows it streams next: 23 -> 27-30 GB/s there.
+weight's pairs instead of widening them, ``BF16_DOT_CHANNELS`` rows at once, and prefetches the rows it
+streams next: 23 -> 29-30 GB/s there, about what one core's outstanding misses allow (a copy runs 16.9
+GB/s on one thread, 32 on two).
 Rows are taken four, then two, then one at a time, so that each weight value loaded feeds every row of
 the block. 16-bit input rows are widened to float32 once, into
 the caller's ``scratch`` (M x K float32; a float32 GEMV reads x itself and takes NULL). The size K is an argument: one function per
@@ -27,6 +29,7 @@ from ..ir.dtypes import DType
 MAX_ROWS = {DType.f32: 8, DType.bf16: 1, DType.f16: 1}
 ROW_BLOCKS = (4, 2, 1)
 CHANNELS = 4  # weight rows streamed at once by a thread
+BF16_DOT_CHANNELS = 8  # ... by the one-row vdpbf16ps loop (2-3% faster than 4 over decode's shapes)
 ARGUMENTS = "pppppiii"  # x, w, b (NULL: no bias), out, scratch, M, N, K (``native_kernels.ARGUMENT_TYPES``)
 
 _TYPES = {DType.f32: ("f32", "float", "", ""),
@@ -101,10 +104,10 @@ BF16_DOT = f"""
    and adds into float32 (denormal inputs read as zero), as the widening loops do, at the memory's speed */
 static void lamina_gemv1_bf16(const int16_t* restrict x, const int16_t* restrict w, const int16_t* restrict b,
                               int16_t* restrict out, int64_t N, int64_t K) {{
-  const int64_t whole = K / 32 * 32, full = N / {CHANNELS} * {CHANNELS};
+  const int64_t whole = K / 32 * 32, full = N / {BF16_DOT_CHANNELS} * {BF16_DOT_CHANNELS};
   #pragma omp parallel for schedule(static)
-  for (int64_t n = 0; n < full; n += {CHANNELS}) {{
-{_bf16_dot_channels(CHANNELS)}  }}
+  for (int64_t n = 0; n < full; n += {BF16_DOT_CHANNELS}) {{
+{_bf16_dot_channels(BF16_DOT_CHANNELS)}  }}
   for (int64_t n = full; n < N; n++) {{
 {_bf16_dot_channels(1)}  }}
 }}
