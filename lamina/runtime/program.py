@@ -45,6 +45,7 @@ from .library import call_line, hoisted_when_static, view_expr, writes_into_out
 from . import collectives  # registers the collective ops' library calls
 from .collectives import collective_kind
 from .timeline import Event
+from .traffic import bytes_read
 from .snapshot import Snapshot, refresh_all, version_of
 
 class BackendError(LaminaError, RuntimeError):
@@ -761,7 +762,9 @@ class _PlanBuilder(PlanContext):
         shapes = [self.shape(v) for v in values]
         if not all(isinstance(d, int) for shape in shapes for d in shape):
             return 0, None
-        nbytes = sum(self.nbytes(v) for v in values)  # torch's element sizes: a bf16 element is 2 bytes
+        # torch's element sizes (a bf16 element is 2 bytes); a gathered table counts the rows read
+        nbytes = sum(bytes_read(op, k, self.nbytes) for k in range(len(op.operands))) + \
+            sum(self.nbytes(v) for v in op.results)
         opdef = REGISTRY.get(op.name)
         n = len(op.operands)
         flops = opdef.flop_count(shapes[:n], shapes[n:], op.attrs) if opdef is not None else None

@@ -30,7 +30,7 @@ class Event:
     start: float
     end: float
     key: str = ""  # a started collective's handle, shared by its start and wait events
-    nbytes: int = 0  # bytes of its operands and results (0: sizes unknown when the plan was built)
+    nbytes: int = 0  # bytes it reads and writes (0: sizes unknown when the plan was built; runtime/traffic.py)
     flops: int | None = None  # for GEMMs, convolutions and attention (the op registry's count)
 
     @property

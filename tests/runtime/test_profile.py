@@ -21,6 +21,24 @@ def _stack() -> tuple[torch.nn.Module, torch.Tensor]:
     return model, idx
 
 
+class _EmbedThenNorm(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.table, self.norm = torch.nn.Embedding(50000, 64), torch.nn.LayerNorm(64)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.table(idx))
+
+
+def test_a_gathered_table_counts_the_rows_read_not_the_table() -> None:
+    idx = torch.tensor([[3, 49999, 7, 3]])
+    compiled = lamina.compile(_EmbedThenNorm(), (idx,))
+    with torch.no_grad():
+        (event,) = compiled.profile(idx).events
+    rows, index, norm, out = 4 * 64 * 4, 4 * 8, 2 * 64 * 4, 4 * 64 * 4
+    assert event.nbytes == rows + index + norm + out  # the table itself is 12.8 MB
+
+
 def test_the_registry_counts_flops_of_the_arithmetic_bound_ops() -> None:
     assert REGISTRY["linear"].flop_count([(8, 64), (32, 64)], [(8, 32)], {}) == 2 * 8 * 32 * 64
     assert REGISTRY["matmul"].flop_count([(3, 8, 64), (3, 64, 5)], [(3, 8, 5)], {}) == 2 * 3 * 8 * 5 * 64
