@@ -229,8 +229,16 @@ class NativeCpuTarget(CpuTarget):
 
         def call(fn: str, views: list[str], rows: Size, n: Size, k: Size) -> str:
             x, w, *bias, y = views
-            scratch = f"_kernel_view(torch.empty({rows} * {k}, dtype=torch.float32))" if needs_scratch(dtype) else "None"
-            return f"{fn}({x}, {w}, {bias[0] if bias else 'None'}, {y}, {scratch}, {rows}, {n}, {k})"
+            return f"{fn}({x}, {w}, {bias[0] if bias else 'None'}, {y}, {scratch(rows, k)}, {rows}, {n}, {k})"
+
+        def scratch(rows: Size, k: Size) -> str:
+            """The 16-bit GEMV's float32 copy of x: one buffer kept by the plan where the sizes are fixed (calls
+            take turns), else made per call (a torch.empty and its view: 2 us a call, 29 calls a decode step)."""
+            if not needs_scratch(dtype):
+                return "None"
+            if is_static(rows, k):
+                return plan.static(self.view(torch.empty(int(rows) * int(k), dtype=torch.float32)), "S")
+            return f"_kernel_view(torch.empty({rows} * {k}, dtype=torch.float32))"
 
         many_rows = self._gemm_rows(op) if dtype == DType.f32 and GEMM_NAME in self.own else 0
         packed = self._packed_weight(args[1], plan) if many_rows > 0 else None
