@@ -224,10 +224,16 @@ def const(v: int) -> Const:
     return Const(I64, int(v))
 
 
+def _zero(e: Expr) -> bool:
+    """Whether ``e`` is 0 wherever it is read: the constant, or the index of a loop of one iteration (a
+    row kernel over rows of one element: ``o * 1 + j`` is the row ``o``, as its reductions are read)."""
+    return (isinstance(e, Const) and e.value == 0) or (isinstance(e, LoopVar) and e.extent == 1)
+
+
 def add(a: Expr, b: Expr) -> Expr:
-    if isinstance(a, Const) and a.value == 0:
+    if _zero(a):
         return b
-    if isinstance(b, Const) and b.value == 0:
+    if _zero(b):
         return a
     if isinstance(a, Const) and isinstance(b, Const):
         return const(a.value + b.value)
@@ -238,7 +244,7 @@ def mul(a: Expr, b: Expr) -> Expr:
     for x, y in ((a, b), (b, a)):
         if isinstance(x, Const) and x.value == 1:
             return y
-        if isinstance(x, Const) and x.value == 0:
+        if _zero(x):
             return const(0)
     if isinstance(a, Const) and isinstance(b, Const):
         return const(a.value * b.value)

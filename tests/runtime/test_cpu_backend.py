@@ -164,6 +164,21 @@ def test_a_reduction_over_size_one_axes_reads_its_own_rows() -> None:
     assert rel_error(compiled(x), SqueezeExcite()(x)) <= 1e-6
 
 
+@pytest.mark.parametrize("language", KERNEL_LANGUAGES)
+@pytest.mark.parametrize("rows", [4, 1030])
+def test_a_sum_over_a_size_one_axis_read_back_through_unsqueeze(rows: int, language: str) -> None:
+    """Regression (found by a row-kernel fuzz run): ``(x * y).sum(-1).unsqueeze(-1) * x`` over [rows, 1] read
+    the sum at ``o * 1 + j``, ``j`` the size-1 axis's loop, which the row check refused as another row
+    ("a fusion bug"); a loop of one iteration now indexes as 0."""
+    class RowScale(torch.nn.Module):
+        def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            return (x * y).sum(-1).log1p().exp().unsqueeze(-1) * x
+
+    x, y = torch.rand(rows, 1), torch.rand(rows, 1)
+    compiled = lamina.compile(RowScale(), (x, y), poison=True, kernel_language=language)
+    assert rel_error(compiled(x, y), RowScale()(x, y)) <= 1e-5
+
+
 def test_one_plan_serves_every_length_and_its_arena_grows_geometrically() -> None:
     """A dynamic length with a new value per call (a decode loop) builds one plan; the values whose size
     follows the length live in an arena that grows to the next power of two when a call passes it."""
