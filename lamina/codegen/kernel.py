@@ -237,7 +237,25 @@ def add(a: Expr, b: Expr) -> Expr:
         return a
     if isinstance(a, Const) and isinstance(b, Const):
         return const(a.value + b.value)
+    whole = _recombined(a, b)
+    if whole is not None:
+        return whole
     return Call(I64, "add", (a, b))
+
+
+def _recombined(a: Expr, b: Expr) -> Expr | None:
+    """``x`` for ``(x // c) * c + x % c`` in either order (an identity under C's truncating division and
+    Python's flooring one alike): a flat index unravelled and linearized again through a size-1 axis
+    (a row kernel reading a reduction of [16, 1, 16] over its middle axis, ``var`` then ``unsqueeze``)
+    reads the row ``o`` itself, which the row check compares by its spelling."""
+    for product, rest in ((a, b), (b, a)):
+        if not (isinstance(product, Call) and product.op == "mul" and isinstance(rest, Call) and rest.op == "mod"):
+            continue
+        x, c = rest.args
+        for q, k in (product.args, product.args[::-1]):
+            if k == c and isinstance(q, Call) and q.op == "floordiv" and q.args == (x, c):
+                return x
+    return None
 
 
 def mul(a: Expr, b: Expr) -> Expr:

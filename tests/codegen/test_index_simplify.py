@@ -60,3 +60,33 @@ def test_window_reverse_kernel_matches_torch() -> None:
     source = "".join(compiled._executor.sources().values())
     inner = [line for line in source.splitlines() if line.startswith(" " * 12) and "//" in line]
     assert not inner, f"divisions inside the row loops: {inner}"
+
+
+def test_a_quotient_and_remainder_recombine_and_a_one_iteration_loop_is_zero() -> None:
+    """``(x // c) * c + x % c`` is ``x`` (C's and Python's division alike; checked on negatives too), and the
+    index of a loop of one iteration adds and multiplies as 0: a row kernel reading its reduction
+    through a size-1 axis then reads it at its own row's spelling (see the regression below)."""
+    o = Var(DType.i64, "o")
+    for c in (1, 3, 16):
+        q, r = floordiv(o, const(c)), mod(o, const(c))
+        for whole in (add(mul(q, const(c)), r), add(r, mul(const(c), q))):
+            assert whole == o
+            for ov in range(-40, 40):
+                assert _value(whole, {"o": ov}) == ov
+    assert add(mul(floordiv(o, const(16)), const(8)), mod(o, const(16))) != o  # another multiple: kept
+    one = LoopVar(DType.i64, "j", 1)
+    assert add(o, one) == o and mul(o, one) == const(0)
+
+
+class _VarThroughUnsqueeze(torch.nn.Module):
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return torch.var(x * y, dim=1, unbiased=False).unsqueeze(1) * x + y
+
+
+@pytest.mark.parametrize("language", ["c", "numba"])
+def test_a_reduction_over_a_middle_size_one_axis_read_back_through_unsqueeze(language: str) -> None:
+    """Regression (a reduction fuzz run): var over the size-1 axis of [16, 1, 16], unsqueezed and combined,
+    was refused as "read at another row than the kernel's" (a fusion bug)."""
+    x, y = torch.randn(16, 1, 16), torch.randn(16, 1, 16)
+    compiled = lamina.compile(_VarThroughUnsqueeze(), (x, y), poison=True, kernel_language=language)
+    torch.testing.assert_close(compiled(x, y), _VarThroughUnsqueeze()(x, y), rtol=1e-5, atol=1e-6)
