@@ -1,7 +1,8 @@
 """Differential fuzzing: random torch programs, compiled by lamina, against eager PyTorch.
 
 A program is a list of steps over a pool of tensors (the inputs first). Each step is one torch
-call drawn from ``STEPS``: elementwise chains with broadcasting, reductions over random axes,
+call drawn from ``STEPS``: elementwise chains with broadcasting, reductions over random axes (some
+read back against their operand through a reshape that puts the reduced axes back as size 1),
 layout changes (reshape, permute, expand, slice with steps, pad, concat, split, roll),
 indexing with negative and edge indices, matmuls, and attention with and without masks (bool
 masks broadcast along the keys, float masks read through a permute) and causal flags. Sizes are
@@ -167,6 +168,10 @@ def step_reduce(draw: Any, pool: list[torch.Tensor]) -> Step | None:
     if kind in ("sum", "mean", "amax", "amin", "var"):
         fn = {"sum": torch.sum, "mean": torch.mean, "amax": torch.amax, "amin": torch.amin,
               "var": lambda x, dim, keepdim: torch.var(x, dim, keepdim=keepdim)}[kind]
+        if not keep and draw(st.booleans()):  # read back against its operand through a reshape (unsqueeze)
+            back = [1 if a in dims else n for a, n in enumerate(pool[i].shape)]
+            return Step(lambda x, f=fn, ds=dims, b=back: f(x, ds, keepdim=False).reshape(b) * x, (i,),
+                        f"torch.{kind}({{0}}, {dims}).reshape({back}) * {{0}}")
         return Step(lambda x, f=fn, ds=dims, k=keep: f(x, ds, keepdim=k), (i,), f"torch.{kind}({{0}}, {dims}, keepdim={keep})")
     if kind in ("softmax", "log_softmax", "cumsum"):
         fn = getattr(torch, kind)
