@@ -237,25 +237,51 @@ def add(a: Expr, b: Expr) -> Expr:
         return a
     if isinstance(a, Const) and isinstance(b, Const):
         return const(a.value + b.value)
-    whole = _recombined(a, b)
-    if whole is not None:
-        return whole
     return Call(I64, "add", (a, b))
 
 
+def canonical(e: Expr) -> Expr:
+    """``e`` rebuilt bottom-up with the simplifications of ``add``/``mul``/``floordiv``/``mod``, and
+    ``(x // c) * c + x % c`` read as ``x`` (``_recombined``): one spelling for index expressions that are
+    equal, to compare them (a row kernel checks that a reduction is read at its own row). Kernels keep
+    the spelling they were built with: recombined, a padded depthwise window's rows nest and split into
+    pieces instead of versioning on the row's guard, 8-16% slower in MobileNetV2 at batch 8."""
+    if not isinstance(e, Call) or e.op not in _INDEX_OPS:
+        return e
+    a, b = (canonical(x) for x in e.args)
+    if e.op == "add":
+        whole = _recombined(a, b)
+        return whole if whole is not None else add(a, b)
+    return _INDEX_OPS[e.op](a, b)
+
+
 def _recombined(a: Expr, b: Expr) -> Expr | None:
-    """``x`` for ``(x // c) * c + x % c`` in either order (an identity under C's truncating division and
-    Python's flooring one alike): a flat index unravelled and linearized again through a size-1 axis
-    (a row kernel reading a reduction of [16, 1, 16] over its middle axis, ``var`` then ``unsqueeze``)
-    reads the row ``o`` itself, which the row check compares by its spelling."""
+    """``x`` for ``(x // c) * c + x % c`` in either order, where ``x`` may itself be ``y // k`` and ``x // c``
+    then reads ``y // (k * c)`` (identities under C's truncating division by positive constants and
+    Python's flooring one alike): a flat index unravelled and linearized again (a row kernel reading a
+    reduction back through a reshape that puts the reduced axes back as size 1) reads the row ``o``
+    itself, which the row check compares by its spelling."""
     for product, rest in ((a, b), (b, a)):
         if not (isinstance(product, Call) and product.op == "mul" and isinstance(rest, Call) and rest.op == "mod"):
             continue
         x, c = rest.args
-        for q, k in (product.args, product.args[::-1]):
-            if k == c and isinstance(q, Call) and q.op == "floordiv" and q.args == (x, c):
+        if not (isinstance(c, Const) and c.value > 0):
+            continue
+        base, k = _quotient(x)
+        for q, factor in (product.args, product.args[::-1]):
+            if factor == c and isinstance(q, Call) and q.op == "floordiv" and _quotient(q) == (base, k * c.value):
                 return x
     return None
+
+
+def _quotient(e: Expr) -> tuple[Expr, int]:
+    """``(y, k)`` with ``e`` = ``y // k`` for a positive constant ``k`` (``(e, 1)`` otherwise), nested quotients
+    merged: ``(y // 2) // 16`` is ``(y, 32)``."""
+    k = 1
+    while isinstance(e, Call) and e.op == "floordiv" and isinstance(e.args[1], Const) and e.args[1].value > 0:
+        k *= int(e.args[1].value)
+        e = e.args[0]
+    return e, k
 
 
 def mul(a: Expr, b: Expr) -> Expr:
@@ -322,6 +348,9 @@ def mod(a: Expr, b: Expr) -> Expr:
             if b.value % c == 0:
                 return add(mul(mod(x, const(b.value // c)), const(c)), y)
     return Call(I64, "mod", (a, b))
+
+
+_INDEX_OPS: dict[str, Callable[[Expr, Expr], Expr]] = {"add": add, "mul": mul, "floordiv": floordiv, "mod": mod}
 
 
 def map_body(body: tuple, fn: Callable[[Expr], Expr]) -> tuple:

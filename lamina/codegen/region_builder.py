@@ -20,7 +20,7 @@ from ..ir.ops import category, lookup, reduced_axes
 from ..ir.scalar import ScalarOps, result_dtype
 from ..ir.targets import NoLowering, OpTable
 from .index_range import fits, index_range, nonnegative
-from .kernel import I64, Call, Const, Expr, IndexAssumption, KernelCheck, Load, Var, add, const, floordiv, mod, mul
+from .kernel import I64, Call, Const, Expr, IndexAssumption, KernelCheck, Load, Var, add, canonical, const, floordiv, mod, mul
 
 
 class LoweringError(NoLowering):
@@ -196,7 +196,9 @@ class KernelBuilder:
             raise LoweringError(f"{op.describe()} outside a row kernel")
         full = len(idx.dims) == op.operands[0].type.rank
         outer = tuple(d for i, d in enumerate(idx.dims) if i not in self.row_axes) if full else idx.dims
-        if outer != self.row_outer:  # fusion keeps such reads out of the row's kernel (passes/fusion.py)
+        if outer != self.row_outer and tuple(map(canonical, outer)) != tuple(map(canonical, self.row_outer)):
+            # fusion keeps such reads out of the row's kernel (passes/fusion.py); the same row may be
+            # spelled otherwise when read through a reshape (unravelled, then linearized again)
             raise LoweringError(f"internal: {op.describe()} is read at another row than the kernel's; "
                                 "a fusion bug, please report it")
         x = op.operands[0]

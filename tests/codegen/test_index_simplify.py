@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import lamina
-from lamina.codegen.kernel import Call, Const, LoopVar, Var, add, const, floordiv, mod, mul, walk
+from lamina.codegen.kernel import Call, Const, LoopVar, Var, add, canonical, const, floordiv, mod, mul, walk
 from lamina.ir.dtypes import DType
 
 
@@ -63,17 +63,17 @@ def test_window_reverse_kernel_matches_torch() -> None:
 
 
 def test_a_quotient_and_remainder_recombine_and_a_one_iteration_loop_is_zero() -> None:
-    """``(x // c) * c + x % c`` is ``x`` (C's and Python's division alike; checked on negatives too), and the
-    index of a loop of one iteration adds and multiplies as 0: a row kernel reading its reduction
-    through a size-1 axis then reads it at its own row's spelling (see the regression below)."""
+    """``(x // c) * c + x % c`` canonicalizes to ``x`` (C's and Python's division alike; checked on negatives
+    too), and the index of a loop of one iteration adds and multiplies as 0: a row kernel reading its
+    reduction through a size-1 axis then reads it at its own row (see the regressions below)."""
     o = Var(DType.i64, "o")
     for c in (1, 3, 16):
         q, r = floordiv(o, const(c)), mod(o, const(c))
         for whole in (add(mul(q, const(c)), r), add(r, mul(const(c), q))):
-            assert whole == o
+            assert canonical(whole) == o
             for ov in range(-40, 40):
                 assert _value(whole, {"o": ov}) == ov
-    assert add(mul(floordiv(o, const(16)), const(8)), mod(o, const(16))) != o  # another multiple: kept
+    assert canonical(add(mul(floordiv(o, const(16)), const(8)), mod(o, const(16)))) != o  # another multiple
     one = LoopVar(DType.i64, "j", 1)
     assert add(o, one) == o and mul(o, one) == const(0)
 
@@ -90,3 +90,32 @@ def test_a_reduction_over_a_middle_size_one_axis_read_back_through_unsqueeze(lan
     x, y = torch.randn(16, 1, 16), torch.randn(16, 1, 16)
     compiled = lamina.compile(_VarThroughUnsqueeze(), (x, y), poison=True, kernel_language=language)
     torch.testing.assert_close(compiled(x, y), _VarThroughUnsqueeze()(x, y), rtol=1e-5, atol=1e-6)
+
+
+def test_nested_quotients_recombine() -> None:
+    """``(o // 32) * 16 + (o // 2) % 16`` is ``o // 2`` (unravelling over [4, 16, 2] and linearizing back),
+    and then ``(o // 2) * 2 + o % 2`` is ``o``; checked on negatives too."""
+    o = Var(DType.i64, "o")
+    half = floordiv(o, const(2))
+    middle = add(mul(floordiv(o, const(32)), const(16)), mod(half, const(16)))
+    assert canonical(middle) == half
+    whole = add(mul(middle, const(2)), mod(o, const(2)))
+    assert canonical(whole) == o
+    for ov in range(-70, 70):
+        assert _value(whole, {"o": ov}) == ov
+    assert canonical(add(mul(floordiv(o, const(16)), const(16)), mod(half, const(16)))) != half  # not 2 * 16
+
+
+class _MeanBackThenGlobalMax(torch.nn.Module):
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        out = torch.tanh((x * y + 0.5).mean([0]).reshape(1, 4, 16, 2)) * x + y
+        return out.amax([0, 1, 2, 3], keepdim=True) * out
+
+
+@pytest.mark.parametrize("language", ["c", "numba"])
+def test_a_reduction_over_the_first_axis_read_back_through_a_reshape(language: str) -> None:
+    """Regression (a reduction fuzz run): a mean over axis 0 of [3, 4, 16, 2] read back through a reshape to
+    [1, 4, 16, 2] was refused as "read at another row than the kernel's" (a fusion bug)."""
+    x, y = torch.randn(3, 4, 16, 2), torch.randn(3, 4, 16, 2)
+    compiled = lamina.compile(_MeanBackThenGlobalMax(), (x, y), poison=True, kernel_language=language)
+    torch.testing.assert_close(compiled(x, y), _MeanBackThenGlobalMax()(x, y), rtol=1e-5, atol=1e-6)
