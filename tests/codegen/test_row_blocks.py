@@ -64,3 +64,15 @@ def test_wide_rows_and_few_rows_stay_one_row_at_a_time(shape: tuple[int, int]) -
     compiled = lamina.compile(_LogSoftmax(), (x,), kernel_language="c", poison=True)
     assert not _blocked(compiled)
     assert rel_error(compiled(x), _LogSoftmax()(x)) <= F32_TOL
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float16, 2e-3), (torch.bfloat16, 1e-2)])
+def test_16_bit_short_rows_run_blocked_within_their_type(dtype: torch.dtype, tol: float) -> None:
+    """16-bit rows are computed in float32 and rounded once at the store: against the float64 result and
+    against eager, within the type's tolerance (``tests/test_api.py``'s)."""
+    x = (torch.randn(ROWS, 48) * 3).to(dtype)
+    compiled = lamina.compile(_LogSoftmax(), (x,), kernel_language="c", poison=True)
+    assert _blocked(compiled)
+    exact = torch.log_softmax(x.double(), dim=-1)
+    got, eager = compiled(x).double(), _LogSoftmax()(x).double()
+    assert rel_error(got, exact) <= tol and rel_error(got, eager) <= tol
