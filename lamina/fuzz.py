@@ -3,7 +3,7 @@
 A program is a list of steps over a pool of tensors (the inputs first). Each step is one torch
 call drawn from ``STEPS``: elementwise chains with broadcasting, reductions over random axes (some
 read back against their operand through a reshape that puts the reduced axes back as size 1),
-layout changes (reshape, permute, expand, slice with steps, pad, concat, split, roll),
+layout changes (reshape, permute, expand, slice with steps, pad, concat, split, roll, flip),
 indexing with negative and edge indices, matmuls, and attention with and without masks (bool
 masks broadcast along the keys, float masks read through a permute) and causal flags. Sizes are
 odd, sometimes 1, sometimes 0. Steps are evaluated eagerly while the program is drawn, so every
@@ -197,7 +197,7 @@ def step_layout(draw: Any, pool: list[torch.Tensor]) -> Step | None:
     x = pool[i]
     rank = x.dim()
     kind = draw(st.sampled_from(["reshape", "permute", "transpose", "expand", "slice", "pad", "cat", "split", "roll",
-                                 "unsqueeze", "repeat", "flatten", "contiguous_T"]))
+                                 "unsqueeze", "repeat", "flatten", "contiguous_T", "flip"]))
     if kind == "reshape" and x.numel() > 0:
         shape = [x.numel()] if draw(st.booleans()) or x.numel() % 2 else [2, -1]
         return Step(lambda t, s=shape: t.reshape(s) * 1.0, (i,), f"{{0}}.reshape({shape}) * 1.0")
@@ -241,6 +241,9 @@ def step_layout(draw: Any, pool: list[torch.Tensor]) -> Step | None:
         return Step(lambda t, r=reps: t.repeat(*r) + 0.5, (i,), f"{{0}}.repeat(*{reps}) + 0.5")
     if kind == "flatten" and rank >= 2:
         return Step(lambda t: t.flatten(1) * 3.0, (i,), "{0}.flatten(1) * 3.0")
+    if kind == "flip" and rank >= 1:
+        dims = sorted(set(draw(st.lists(st.integers(0, rank - 1), min_size=1, max_size=rank))))
+        return Step(lambda t, ds=dims: torch.flip(t, ds) * 1.0, (i,), f"torch.flip({{0}}, {dims}) * 1.0")
     return None
 
 
