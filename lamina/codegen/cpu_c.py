@@ -25,6 +25,7 @@ from .reciprocal import SAFE_RANGE, inverse_name
 from .row_blocks import BLOCK, RowPhases, row_phases
 from .cpu_statements import CpuStatementPrinter
 from .fastmath32 import C_SOURCE as FAST32_C
+from .fastmath32 import FLOAT32_COMPUTED, FUNCTIONS
 from .scalar_printer import infix_forms
 
 # storage types; 16-bit floats travel as their bits and compute in float (COMPUTE)
@@ -32,10 +33,10 @@ STORAGE = {DType.f64: "double", DType.f32: "float", DType.bf16: "int16_t", DType
            DType.i64: "int64_t", DType.i32: "int32_t", DType.i8: "int8_t", DType.u8: "uint8_t", DType.i4: "int8_t",
            DType.bool: "_Bool"}
 COMPUTE = {**STORAGE, DType.bf16: "float", DType.f16: "float"}
-_SINGLE = frozenset({DType.f32, DType.bf16, DType.f16})
+_SINGLE = FLOAT32_COMPUTED
 _MATH = ("exp", "log", "sqrt", "tanh", "sin", "cos", "erf", "floor", "log1p")
 _HALF = {DType.bf16: "bf16", DType.f16: "f16"}
-_FAST32 = frozenset({"exp", "log", "tanh", "erf"})  # float32 versions in the prelude that vectorize
+_FAST32 = FUNCTIONS  # float32 versions in the prelude that vectorize
 
 LANES = 16  # lane accumulators of a vectorized reduction
 SUM_FLUSH = 16  # blocks of LANES terms a float sum's lanes take before they are added into double

@@ -6,6 +6,7 @@ from typing import Any
 
 from ..ir.dtypes import DType
 from .checked_ops import NUMBA_CPU as CHECKED_SOURCE
+from .fastmath32 import FLOAT32_COMPUTED, FUNCTIONS
 from .fastmath32 import SOURCE as FAST32_SOURCE
 from .float_minmax import SOURCE as MINMAX_SOURCE
 from .half_floats import SOURCE as HALF_SOURCE
@@ -27,8 +28,8 @@ _FLOAT_MINMAX = {DType.f32: {"max": "fmaximum32", "min": "fminimum32"},
                  DType.f16: {"max": "fmaximum32", "min": "fminimum32"},
                  DType.f64: {"max": "fmaximum64", "min": "fminimum64"}}  # codegen/float_minmax.py
 _HALF = {DType.bf16: "bf16", DType.f16: "f16"}  # 16-bit floats: {prefix}_load / _store / _round
-_SINGLE = frozenset({DType.f32, DType.bf16, DType.f16})  # what computes in float32
-_FAST32 = frozenset({"exp", "log", "tanh", "erf"})  # float32 versions in fastmath32 that vectorize
+_SINGLE = FLOAT32_COMPUTED
+_FAST32 = FUNCTIONS  # float32 versions in fastmath32 that vectorize
 
 # Numba's parallel passes beyond prange (array expressions, comprehensions, ...) find nothing in
 # generated kernels but cost ~0.17 s of compile time per kernel.

@@ -21,6 +21,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..ir.dtypes import DType
+
+FUNCTIONS = frozenset({"exp", "log", "tanh", "erf"})  # the ops these versions replace where a loop vectorizes
+FLOAT32_COMPUTED = frozenset({DType.f32, DType.bf16, DType.f16})  # what computes in float32 (16-bit: widened)
+
 
 @dataclass(frozen=True)
 class RationalFit:

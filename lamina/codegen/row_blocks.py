@@ -18,13 +18,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..ir.dtypes import DType
+from .fastmath32 import FLOAT32_COMPUTED, FUNCTIONS
 from .kernel import Call, Const, Expr, Let, Load, Reduce, Var, body_exprs, walk
 
 BLOCK = 16  # rows per block: one vector of float32 row values
 MIN_BLOCKS = 64  # fewer blocks than this and the kernel keeps one row at a time
 MAX_WIDTH = 64  # longest row (elements) blocked
-VECTOR_MATH = frozenset({"exp", "log", "tanh", "erf"})  # float32 calls with vectorizing forms (fastmath32)
-_SINGLE = frozenset({DType.f32, DType.bf16, DType.f16})
 
 
 @dataclass(frozen=True)
@@ -77,7 +76,7 @@ def _row_math(s: object, row_var: str) -> bool:
 
 
 def _vector_call(e: Expr) -> bool:
-    return any(isinstance(x, Call) and x.op in VECTOR_MATH and x.dtype in _SINGLE for x in walk(e))
+    return any(isinstance(x, Call) and x.op in FUNCTIONS and x.dtype in FLOAT32_COMPUTED for x in walk(e))
 
 
 def _defined(body: tuple) -> dict[str, DType]:
