@@ -97,12 +97,14 @@ def compile_imported(imported: Imported, options: CompileOptions, model_name: st
     return compiled
 
 
-def compile_lowered(imported: Imported, backend: str, model_name: str = "model") -> CompiledModule:
-    """A CompiledModule of a graph the pipeline already lowered (``lamina.load``): no passes run."""
+def compile_lowered(imported: Imported, backend: str, model_name: str = "model",
+                    kernel_language: str | None = None) -> CompiledModule:
+    """A CompiledModule of a graph the pipeline already lowered (``lamina.load``): no passes run;
+    ``kernel_language``: the backend's (None: its default)."""
     from .ir.verifier import verify
 
     verify(imported.graph)
-    options = CompileOptions(backend=backend)
+    options = CompileOptions(backend=backend, kernel_language=kernel_language)
     entry(backend).check()
     executor = entry(backend).make_executor(imported.graph, options)
     return CompiledModule(imported, imported.graph, executor, options, (), model_name)

@@ -76,6 +76,7 @@ def save(compiled: Any, path: str | Path, frozen: bool | None = None) -> None:
         tensors[f"{FROZEN}library"] = torch.frombuffer(bytearray(library), dtype=torch.uint8)
     metadata = {
         "format": FORMAT, "version": VERSION, "ir": print_graph(graph), "backend": compiled.options.backend,
+        "kernel_language": compiled.options.kernel_language or "",
         "model_name": compiled.model_name, "roles": json.dumps(roles), **specs,
         "mutations": json.dumps([asdict(m) for m in imported.mutations]), "keywords": json.dumps(imported.keywords),
         "kernel_mtimes": json.dumps({f.path: f.mtime_ns for f in kernels}), "built_with": json.dumps(built_with()),
@@ -254,7 +255,9 @@ def _compiled_module(path: Path, metadata: Mapping[str, str], tensors: dict[str,
                         pytree.treespec_loads(metadata["in_spec"]), pytree.treespec_loads(metadata["out_spec"]),
                         tuple(Mutation(**m) for m in json.loads(metadata["mutations"])),
                         keywords=tuple(json.loads(metadata["keywords"])))
-    return compile_lowered(imported, backend or metadata["backend"], metadata.get("model_name", "model"))
+    # the kernel language it was compiled with, on its own backend (files from before it was recorded: the default)
+    language = (metadata.get("kernel_language") or None) if backend in (None, metadata["backend"]) else None
+    return compile_lowered(imported, backend or metadata["backend"], metadata.get("model_name", "model"), language)
 
 
 def _install_kernels(path: Path, files: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> None:

@@ -38,13 +38,15 @@ print(json.dumps({"equal": bool(torch.equal(out, torch.load(want))), "seconds": 
 
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory) -> tuple[Path, Path, Path]:
-    """A GPT-2 stack compiled in its own kernel cache and saved, with an input and its output."""
+    """A GPT-2 stack compiled in its own kernel cache and saved, with an input and its output. Its kernels are
+    Numba's: under C kernels the library is carried whole, and the only Numba kernel a GPT-2 stack had there,
+    attention's, is C now too."""
     root = tmp_path_factory.mktemp("warm")
     old = os.environ.get("LAMINA_CACHE_DIR")
     os.environ["LAMINA_CACHE_DIR"] = str(root / "saver-cache")
     try:
         model, (idx,) = make_gpt2_stack(batch=2, seq=16, d_model=64, n_layers=2, vocab=96)
-        compiled = lamina.compile(model, (idx,))
+        compiled = lamina.compile(model, (idx,), kernel_language="numba")  # what the file carries: Numba kernels
         with torch.no_grad():
             want = compiled(idx)
         lamina.save(compiled, root / "gpt2.lamina")
@@ -112,6 +114,14 @@ def test_a_bundled_kernel_the_graph_does_not_generate_is_never_run(saved, tmp_pa
     save_file(tensors, str(tampered), metadata)
     result = _load_in_fresh_process(tampered, idx, want, tmp_path / "cache")
     assert result["equal"] and not planted.exists()
+
+
+def test_a_loaded_module_keeps_the_kernel_language_it_was_compiled_with(saved) -> None:
+    path, idx, want = saved
+    loaded = lamina.load(path, frozen=False)
+    assert loaded.options.kernel_language == "numba"
+    with torch.no_grad():
+        assert torch.equal(loaded(torch.load(idx)), torch.load(want))
 
 
 def test_a_file_from_another_format_version_is_a_clear_error(saved, tmp_path) -> None:
