@@ -6,7 +6,9 @@ took 2.2 s to compile instead of 0.6 s. It takes query rows (b, h, i) in turn an
 per-thread scratch buffer: dot products with every visible key, max, exp and sum, then
 the weighted sum of value rows, scaled by 1/sum. The T x S score matrix never exists in
 memory; causal rows stop at key i (torch's top-left alignment), so half of a causal
-matrix is never computed. Rows whose keys are all masked give zeros, as torch does.
+matrix is never computed. Rows whose keys are all masked give zeros, as torch does. Masked keys
+(False, or an added -inf) are not read, nor their value rows (weight exactly 0): a KV cache past its
+filled length holds no data (torch's sum reads them, so a NaN there makes its row NaN).
 
 Operands are flat arrays with element strides for the batch, head and row dims (their
 last dim is contiguous), so the inner loops over the head dim vectorize and q, k, v can
@@ -37,11 +39,15 @@ def attention_source(variant: AttentionVariant) -> str:
     ft = "np.float32" if variant.f32 else "np.float64"
     exp = "exp32" if variant.f32 else "math.exp"
     visible = "min(i + 1, S)" if variant.causal else "S"
-    masking = ""
-    if variant.mask == "bool":
-        masking = "            if not mask[b * mb + h * mh + i * mt + j * mj]:\n                d = -np.inf\n"
-    elif variant.mask == "add":
-        masking = "            d += mask[b * mb + h * mh + i * mt + j * mj]\n"
+    skip, masking = "", ""
+    if variant.mask == "bool":  # a hidden key is not read (nor its value row: its weight is exactly 0)
+        skip = ("            if not mask[b * mb + h * mh + i * mt + j * mj]:\n"
+                f"                s[j] = {ft}(-np.inf)\n                continue\n")
+    elif variant.mask == "add":  # likewise where it adds -inf
+        skip = ("            added = mask[b * mb + h * mh + i * mt + j * mj]\n"
+                "            if added == -np.inf:\n"
+                f"                s[j] = {ft}(-np.inf)\n                continue\n")
+        masking = "            d += added\n"
     return f'''
 @numba.njit(cache=True, nogil=True, error_model='numpy', boundscheck=False, fastmath={{'reassoc', 'contract'}})
 def {variant.name}(q, k, v, mask, out, scale, first, last, H, T, D, HK, S, DV,
@@ -60,7 +66,7 @@ def {variant.name}(q, k, v, mask, out, scale, first, last, H, T, D, HK, S, DV,
         qo = b * qb + h * qh + i * qt
         m = {ft}(-np.inf)
         for j in range(n):
-            ko = b * kb + hk * kh + j * kt
+{skip}            ko = b * kb + hk * kh + j * kt
             d = {ft}(0.0)
             for c in range(D):
                 d += q[np.uint64(qo + c)] * k[np.uint64(ko + c)]
@@ -73,7 +79,7 @@ def {variant.name}(q, k, v, mask, out, scale, first, last, H, T, D, HK, S, DV,
                 out[np.uint64(oo + c)] = {ft}(0.0)
             continue
         for j in range(n):
-            s[j] = {exp}(s[j] - m)
+            s[j] = {ft}(0.0) if s[j] == -np.inf else {exp}(s[j] - m)
         total = {ft}(0.0)
         for j in range(n):
             total += s[j]
@@ -81,6 +87,8 @@ def {variant.name}(q, k, v, mask, out, scale, first, last, H, T, D, HK, S, DV,
             acc[c] = {ft}(0.0)
         for j in range(n):
             p = s[j]
+            if p == 0.0:
+                continue
             vo = b * vb + hk * vh + j * vt
             for c in range(DV):
                 acc[c] += p * v[np.uint64(vo + c)]

@@ -26,6 +26,7 @@ from ..ir.dtypes import DType
 from ..ir.size_code import Size, is_static
 from ..ir.targets import OpTable
 from .library import attention_expr, call_line
+from .native_kernels import Flat
 from .qlinear_call import qlinear_lines
 from .qlinear_cpu import QLinearCpu
 from .program import BackendError, CompiledKernel, Executor, PlanContext, Target, work
@@ -48,6 +49,14 @@ def flat_strided(t: torch.Tensor, unit_last: bool = True) -> tuple[Any, tuple[in
         t = t.contiguous()
     span = 1 + sum((n - 1) * st for n, st in zip(t.shape, t.stride())) if t.numel() else 0
     return t.as_strided((span,), (1,)).numpy(), tuple(t.stride())
+
+
+def pointer_strided(t: torch.Tensor, unit_last: bool = True) -> tuple[Flat, tuple[int, ...]]:
+    """``flat_strided`` for a C kernel: ``t``'s data pointer (a ``Flat``, which keeps a copy alive while the
+    caller holds it) and element strides."""
+    if unit_last and t.dim() and t.stride(-1) != 1 and t.shape[-1] > 1:
+        t = t.contiguous()
+    return Flat(t), tuple(t.stride())
 
 
 def _copies(t: torch.Tensor, unit_last: bool) -> bool:
@@ -81,10 +90,12 @@ def _attention_kernel(target: "CpuTarget", op: Op) -> Callable[[], Any] | None:
 
 
 def _attention_lines(target: "CpuTarget", kernel: Callable[[], Any], op: Op, args: Sequence[str], out: str,
-                     plan: PlanContext) -> list[str]:
+                     plan: PlanContext, pointers: bool = False) -> list[str]:
     """q, k, v, mask and out as flat arrays with strides, made once where they are fixed for the plan.
     Which of the row kernel and torch's runs is decided by the sizes: now, or per call when the
-    plan is generic in them."""
+    plan is generic in them. With ``pointers`` the kernel is C's (``codegen/attention_c.py``): it takes
+    data pointers (``Flat``, ``pointer_strided``) and says itself whether the mask is bool or added."""
+    view_of, view_name = (pointer_strided, "pointer_strided") if pointers else (flat_strided, "flat_strided")
     lines: list[str] = []
     b, h, t, d = (plan.size(x) for x in op.operands[0].type.shape)
     hk, s, dv = plan.size(op.operands[1].type.shape[1]), plan.size(op.operands[1].type.shape[2]), \
@@ -111,10 +122,10 @@ def _attention_lines(target: "CpuTarget", kernel: Callable[[], Any], op: Op, arg
         if tensor is not None and (not suffix or is_static(b, h, t, s)):  # the mask's expand may be per call
             view = eval(f"t{suffix}", {"t": tensor})  # noqa: S307 - our own code
             if not _copies(view, unit_last):
-                flat, strides = flat_strided(view, unit_last)
+                flat, strides = view_of(view, unit_last)
                 return plan.static(flat, "N"), [str(x) for x in strides]
         flat, st = plan.fresh("n"), plan.fresh("s")
-        lines.append(f"{flat}, {st} = flat_strided({name}{suffix}, {unit_last})")
+        lines.append(f"{flat}, {st} = {view_name}({name}{suffix}, {unit_last})")
         return flat, [f"{st}[{i}]" for i in range(4)]
 
     (fq, sq), (fk, sk), (fv, sv), (fo, so) = (strided(a) for a in (args[0], args[1], args[2], out))
@@ -127,8 +138,13 @@ def _attention_lines(target: "CpuTarget", kernel: Callable[[], Any], op: Op, arg
     if checks:
         lines[:0] = [f"if {' or '.join(checks)}:",
                      f"    raise InputMismatchError({op.describe() + ': keys and values disagree in length or head size'!r})"]
-    lines.append(f"{fn}({fq}, {fk}, {fv}, {fm}, {fo}, {scale_code}, 0, {rows}, {h}, {t}, {d}, "
-                 f"{hk}, {s}, {dv}, {strides}, {', '.join(sm)})")
+    if pointers:
+        kind = 0 if len(args) == 3 else 1 if op.operands[3].type.dtype is DType.bool else 2
+        lines.append(f"{fn}({fq}, {fk}, {fv}, {fm}, {fo}, {scale_code}, {int(op.attrs['causal'])}, {kind}, {rows}, "
+                     f"{h}, {t}, {d}, {hk}, {s}, {dv}, {strides}, {', '.join(sm)})")
+    else:
+        lines.append(f"{fn}({fq}, {fk}, {fv}, {fm}, {fo}, {scale_code}, 0, {rows}, {h}, {t}, {d}, "
+                     f"{hk}, {s}, {dv}, {strides}, {', '.join(sm)})")
     if is_static(work):
         return lines
     return [f"if {work} > {NATIVE_ATTENTION_WORK}:", *("    " + x for x in library), "else:",
@@ -289,7 +305,7 @@ class CpuTarget(Target):
         return NATIVE.get(op.name).lines(self, kernel, op, args, out, plan)
 
     def namespace(self) -> dict[str, Any]:
-        return {"flat_strided": flat_strided, "math": math, "InputMismatchError": InputMismatchError,
+        return {"flat_strided": flat_strided, "pointer_strided": pointer_strided, "math": math, "InputMismatchError": InputMismatchError,
                 "_kernel_view": self.view}
 
     def view(self, tensor: torch.Tensor) -> Any:

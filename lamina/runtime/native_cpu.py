@@ -24,6 +24,9 @@ from ..codegen.conv_c import conv_source
 from ..codegen.conv_c import pack_weight as pack_conv_weight
 from ..codegen.dead_code import drop_dead_lets
 from ..codegen.gemm_c import ARGUMENTS as GEMM_ARGUMENTS
+from ..codegen.attention_c import ARGUMENTS as ATTENTION_ARGUMENTS
+from ..codegen.attention_c import NAME as ATTENTION_NAME
+from ..codegen.attention_c import attention_source as attention_c_source
 from ..codegen.gemm_c import NAME as GEMM_NAME
 from ..codegen.gemm_c import EPILOGUE_ARGUMENTS, EPILOGUE_NAME, gemm_source, pack_weight
 from ..codegen.gemv_c import ARGUMENTS as GEMV_ARGUMENTS
@@ -46,7 +49,7 @@ from ..ir.dtypes import DType
 from ..ir.ops.window import pair
 from ..ir.size_code import Size, is_static
 from ..log import logger
-from .cpu import CpuTarget, _parallel, few_rows_lines, guarded, kernel_views
+from .cpu import CpuTarget, _attention_lines, _parallel, few_rows_lines, guarded, kernel_views
 from .gemm_choice import GemmChoice
 from .gemm_epilogue import GemmEpilogue, pairs
 from .library import call_line
@@ -138,6 +141,8 @@ class NativeCpuTarget(CpuTarget):
     def native(self, op: Op) -> Callable[[], Any] | None:
         if op.name == "linear":
             return self._gemv(op)
+        if _c_attention(op):
+            return self._add(ATTENTION_NAME, ATTENTION_ARGUMENTS, attention_c_source)
         if op.name == "matmul" and _weight_matmul(op) and self._gemm_rows(op) > 0:
             return self._add(GEMM_NAME, GEMM_ARGUMENTS, gemm_source)
         if self.gemm.everywhere and _grouped_conv(op):
@@ -221,6 +226,8 @@ class NativeCpuTarget(CpuTarget):
             return qlinear_lines(op, list(args), out, plan, make)
         if op.name == "matmul":
             return self._matmul_lines(kernel, op, args, out, plan)
+        if op.name == "attention" and _c_attention(op):
+            return _attention_lines(self, kernel, op, args, out, plan, pointers=True)
         if op.name == "conv2d":
             return self._conv_lines(kernel, op, args, out, plan)
         if op.name != "linear":
@@ -306,3 +313,10 @@ class NativeCpuTarget(CpuTarget):
     def view(self, tensor: torch.Tensor) -> Any:
         """The tensor as a C kernel receives it (its data pointer); 16-bit floats as their int16 bits."""
         return kernel_view(tensor)  # what a thawed plan makes too
+
+
+def _c_attention(op: Op) -> bool:
+    """Whether ``op`` is a float32 4-d attention the C row kernel takes (its mask, if any, bool or float32)."""
+    if op.name != "attention" or op.results[0].type.rank != 4 or op.results[0].type.dtype is not DType.f32:
+        return False
+    return len(op.operands) == 3 or op.operands[3].type.dtype in (DType.bool, DType.f32)

@@ -1,4 +1,5 @@
-"""The cpu backend's fused attention kernel (codegen/attention_cpu.py) against torch's sdpa."""
+"""The cpu backend's fused attention kernels against torch's sdpa: the C row kernel (codegen/attention_c.py,
+float32 under kernel_language="c") and the Numba one (codegen/attention_cpu.py: float64, and "numba")."""
 from __future__ import annotations
 
 import pytest
@@ -7,6 +8,18 @@ from torch import nn
 from torch.nn import functional as F
 
 import lamina
+
+
+@pytest.fixture(params=["c", "numba"], autouse=True)
+def language(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test runs under both kernel languages (lamina.compile's default is C)."""
+    original = lamina.compile
+
+    def compile_in(model: nn.Module, args: tuple, **kwargs: object) -> object:
+        return original(model, args, kernel_language=request.param, **kwargs)
+
+    monkeypatch.setattr(lamina, "compile", compile_in)
+    return request.param
 
 
 class Attend(nn.Module):
@@ -28,6 +41,8 @@ def _check(model: nn.Module, args: tuple, dtype: torch.dtype = torch.float32) ->
     plan = compiled._executor.plan_for(list(args), compiled._weights)
     assert "k_attention" not in plan.source and "scaled_dot_product_attention" not in plan.source
     assert compiled._executor.natives, "the attention op should run as the cpu kernel"
+    c_kernel = getattr(compiled._executor.target, "own", {})
+    assert ("lamina_attention_f32" in c_kernel) == (compiled.options.kernel_language == "c" and dtype == torch.float32)
     for trial in range(2):
         fresh = tuple(torch.randn_like(a) if a.is_floating_point() else a for a in args) if trial else args
         got, want = compiled(*fresh), model(*fresh)
@@ -95,7 +110,7 @@ def test_gpt2_style_qkv_views_need_no_copies() -> None:
     model, args = make_gpt2_stack(n_layers=1, batch=2, seq=9)
     compiled = lamina.compile(model, args, poison=True)
     plan = compiled._executor.plan_for(list(args), compiled._weights)
-    assert "flat_strided(" not in plan.source and ".permute(" not in plan.source
+    assert "_strided(" not in plan.source and ".permute(" not in plan.source
     torch.testing.assert_close(compiled(*args), model(*args), rtol=1e-5, atol=1e-5)
 
 
@@ -138,3 +153,19 @@ def test_masks_computed_in_the_graph_are_read_after_they_are_written(kind: str) 
         fresh = tuple(torch.randn_like(a) for a in args) if trial else args
         with torch.no_grad():
             torch.testing.assert_close(compiled(*fresh), model(*fresh), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("mask_kind", ["bool", "add"])
+def test_keys_behind_the_mask_are_not_read(mask_kind: str) -> None:
+    """A preallocated KV cache holds no data past its filled length: the masked keys and their value rows
+    are not read, so even a NaN there leaves the rows as torch computes them with zeros in its place."""
+    q, k, v = qkv(b=1, h=2, t=3, s=10, d=8)
+    v = v[..., :8].contiguous()
+    visible = torch.arange(10)[None, :] <= torch.arange(5, 8)[:, None]  # rows 0..2 see keys up to 5..7
+    mask = visible if mask_kind == "bool" else torch.zeros(3, 10).masked_fill(~visible, float("-inf"))
+    clean = Attend()(q, k, v, mask)
+    k[:, :, 8:], v[:, :, 8:] = float("nan"), float("nan")
+    compiled = lamina.compile(Attend(), (q, k, v, mask), poison=True)
+    got = compiled(q, k, v, mask)
+    assert not got.isnan().any()
+    torch.testing.assert_close(got, clean, rtol=1e-5, atol=1e-5)
