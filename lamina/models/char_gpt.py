@@ -6,9 +6,10 @@ It runs three ways, each a module lamina can compile:
 - ``Prefill(model)(idx)``: logits and every layer's keys and values, ``[layers, batch, heads, T, head]``;
 - ``Decode(model)(idx, past_k, past_v)``: one new token per row attending to the cache; logits and
   the new token's keys and values (the caller appends them: shapes stay static per cache length);
-- ``StaticDecode(model)(idx, pos, *caches)``: one new token per row written in place into
-  preallocated per-layer caches at position ``pos``; every step has the same shapes, so one
-  compiled plan serves a whole generation and no cache is copied (``greedy_static``).
+- ``StaticDecode(model)(idx, pos, *caches)``: new tokens per row written in place into
+  preallocated per-layer caches at positions ``pos``; every step has the same shapes, so one
+  compiled plan serves a whole generation and no cache is copied (``greedy_static``); with several
+  tokens (a speculative verification) each attends to the cache and the new ones before it.
 """
 from __future__ import annotations
 
@@ -48,8 +49,8 @@ class Block(nn.Module):
 
     def forward_static(self, x: torch.Tensor, cache_k: torch.Tensor, cache_v: torch.Tensor, pos: torch.Tensor,
                        visible: torch.Tensor) -> torch.Tensor:
-        """One token per row: its keys and values written into the caches at ``pos`` (in place), then
-        attention over the cache positions ``visible`` marks."""
+        """``x``'s tokens (at positions ``pos``): their keys and values written into the caches at ``pos`` (in
+        place), then attention over the cache positions ``visible`` ([tokens, cache positions]) marks."""
         q, k, v = self.qkv(x)
         cache_k.index_copy_(2, pos, k)
         cache_v.index_copy_(2, pos, v)
@@ -134,9 +135,11 @@ class Decode(nn.Module):
 
 
 class StaticDecode(nn.Module):
-    """One token per row at position ``pos`` (a one-element tensor) after the cache: its keys and values
-    are written into ``caches`` (``k_0, v_0, k_1, v_1, ...``, each ``[batch, heads, max_len, head]``) in
-    place; returns the logits (and the final hidden state with ``with_hidden``)."""
+    """The tokens ``idx`` [batch, t] at positions ``pos`` ([t], consecutive) after the cache: their keys and
+    values are written into ``caches`` (``k_0, v_0, k_1, v_1, ...``, each ``[batch, heads, max_len, head]``) in
+    place, and each attends to the cache positions up to its own; returns the logits (and the final hidden
+    state with ``with_hidden``). Positions after the last of ``pos`` are never read, so a cache cut back to a
+    shorter length needs no clearing."""
 
     def __init__(self, model: CharGPT, with_hidden: bool = False) -> None:
         super().__init__()
@@ -144,7 +147,7 @@ class StaticDecode(nn.Module):
 
     def forward(self, idx: torch.Tensor, pos: torch.Tensor, *caches: torch.Tensor) -> tuple[torch.Tensor, ...]:
         x = self.model.wte(idx) + self.model.wpe(pos)
-        visible = (torch.arange(caches[0].shape[2], device=idx.device) <= pos).view(1, -1)  # the cache up to here
+        visible = torch.arange(caches[0].shape[2], device=idx.device)[None, :] <= pos[:, None]  # [t, max_len]
         for layer, block in enumerate(self.model.h):
             x = block.forward_static(x, caches[2 * layer], caches[2 * layer + 1], pos, visible)
         return (self.model.head(x), x) if self.with_hidden else (self.model.head(x),)

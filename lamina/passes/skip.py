@@ -26,6 +26,10 @@ so no plan reads them. The graph's history records which layers went and the wei
 keeps the ops those need, computed from its input (the stream as the layers before it left it):
 its cache stays filled, so the same caches serve the skipped and the full model (a full model
 verifying a skipped one's drafts recomputes those entries anyway); the rest of its body goes.
+``cache=skip`` drops those entries too, for caches written in place (``index_copy_`` into a
+preallocated cache, as lamina's ``StaticDecode`` and transformers' ``StaticCache`` do): a removed
+layer leaves its cache as it was, which is what a self-speculative draft wants, since its removed
+layers' entries are never read by it and the verifying full model writes them.
 """
 from __future__ import annotations
 
@@ -40,6 +44,7 @@ from .skip_route import route_layers, router_block, temporal_layer, thresholds
 from .toolkit import ValueMap, elements, nbytes
 
 POLICIES = ("unified", "exit", "similarity", "router", "temporal")
+CACHES = ("keep", "skip")
 
 
 class SkipError(LaminaError, ValueError):
@@ -50,12 +55,14 @@ class SkipError(LaminaError, ValueError):
 class SkipOptions:
     """policy: unified, exit, similarity, router or temporal; speedup: the target of unified, exit and router
     (>= 1); drop: similarity's ``block:N``, ``attn:N`` or ``mlp:N`` (optional for temporal); period: temporal's
-    refresh period in calls (>= 1)."""
+    refresh period in calls (>= 1); cache: what a removed layer does with its KV-cache entries, ``keep`` (compute
+    them) or ``skip`` (leave a cache written in place untouched)."""
 
     policy: str = "unified"
     speedup: float = 1.0
     drop: str = ""
     period: int = 0
+    cache: str = "keep"
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
@@ -69,6 +76,11 @@ class SkipOptions:
                             f"refreshes (1 computes every call), got period={self.period!r}")
         if self.period and self.policy != "temporal":
             raise SkipError(f"skip: period= is temporal's option, not policy={self.policy}'s")
+        if self.cache not in CACHES:
+            raise SkipError(f"skip: cache={self.cache!r} is not one of {', '.join(CACHES)}")
+        if self.cache == "skip" and self.policy in ("router", "temporal"):
+            raise SkipError(f"skip: cache=skip removes layers' cache writes at compile time; policy={self.policy} "
+                            "skips at run time and keeps them")
 
 
 def skip(graph: Graph, options: SkipOptions = SkipOptions(), calibration: Any = None) -> Graph:
@@ -95,6 +107,9 @@ def skip(graph: Graph, options: SkipOptions = SkipOptions(), calibration: Any = 
     values = ValueMap()
     for layer in removed:
         values[layer.out] = values[layer.stream]
+        if options.cache == "skip":
+            for export in layer.exports:
+                values[export] = _unwritten(graph, layer, export)
     ops = [values.op(op) for op in graph.ops]
     outputs = values.values(graph.outputs)
     ops = remove_dead(ops, outputs)  # a removed layer's body goes, but for what its exports need
@@ -107,8 +122,21 @@ def skip(graph: Graph, options: SkipOptions = SkipOptions(), calibration: Any = 
     note = (f"skip: removed {len(removed)} of {len(chain.layers)} {unit} "
             f"({', '.join(names)}), {saved / 1e6:.2f} MB of weights"
             + (f", predicted speedup {predicted:.2f}x" if predicted else "")
-            + (f"; {exporting} of them still compute their cache entries" if exporting else ""))
+            + (f"; {exporting} of them still compute their cache entries" if exporting and options.cache == "keep"
+               else f"; {exporting} of them leave their caches unwritten" if exporting else ""))
     return graph.replace(ops=tuple(ops), outputs=outputs, params=params, history=graph.history + (note,))
+
+
+def _unwritten(graph: Graph, layer: Layer, export: Value) -> Value:
+    """For ``cache=skip``: the cache a removed layer's export is the in-place update of (an ``index_put`` into a
+    graph input), which the layer then leaves as it was."""
+    producer = next((op for op in layer.ops if export in op.results), None)
+    if producer is None or producer.name != "index_put" or producer.operands[0] not in graph.inputs:
+        what = f"{producer.name} (keys or values grown by concatenation)" if producer is not None else "a value"
+        raise SkipError(f"skip: cache=skip needs caches written in place (index_copy_ into a preallocated cache, "
+                        f"as lamina's StaticDecode or transformers' StaticCache); layer {layer.module or '?'} exports "
+                        f"{what}; use cache=keep")
+    return producer.operands[0]
 
 
 def _by_cost(graph: Graph, chain: Chain, speedup: float, policy: str) -> tuple[list[Layer], float]:

@@ -196,7 +196,7 @@ class CompiledModule:
             for m in self._mutations:
                 target = flat_args[m.argument] if m.argument is not None else weights[m.weight]
                 new = outputs[m.output]
-                if not _same_memory(new, target):  # the executor may have updated it in place
+                if new is not target and not _same_memory(new, target):  # the executor may have updated it in place
                     target.copy_(new)
         return list(outputs[:self._user_outputs])
 

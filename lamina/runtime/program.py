@@ -665,7 +665,12 @@ class _PlanBuilder(PlanContext):
             self.lines.append(f"    raise_kernel_errors([{slots}])")
         returns, given = [], set()
         updates = set(self.ex.updates.values())
+        # an input "updated" to itself (a skipped layer leaving its cache unwritten) is returned as it is
+        unchanged = {out for inp, out in self.ex.updates.items() if self.g.outputs[out] is self.g.inputs[inp]}
         for i, v in enumerate(self.g.outputs):
+            if i in unchanged:
+                returns.append(self.name[id(v)])
+                continue
             # a fresh tensor is returned once as it is; an arena view or a weight, or a second
             # user-visible occurrence, is copied (an input's new value may alias the output it also is)
             own = (v in fresh_outputs or id(v) in self.owned) and (id(v) not in given or i in updates)

@@ -212,3 +212,63 @@ def test_statistics_of_the_calibrated_model_serve_a_wrapper_around_it(tmp_path) 
                               pipeline="canonicalize,skip{policy=similarity,drop=block:1},quantize{budget=6.0},fuse")
     assert any("(model.h.4)" in h for h in compiled.graph.history)
     assert any(r.score is not None for r in compiled.quantization)
+
+
+def _static_decode_inputs(model: CharGPT, tokens: int) -> tuple:
+    from lamina.models.char_gpt import Prefill, static_caches
+
+    with torch.no_grad():
+        _, keys, values = Prefill(model)(X[:1])
+    return (X[:1, :tokens], torch.arange(16, 16 + tokens), *static_caches(keys, values, 24))
+
+
+@pytest.mark.parametrize("tokens", [1, 3])
+def test_cache_skip_leaves_removed_layers_caches_unwritten(tokens: int) -> None:
+    """skip{...,cache=skip} on caches written in place: the kept layers' caches get their entries, the removed
+    ones are left as they were (no copy, no clone: the plan hands the input back), and the logits are the eager
+    model's without the removed blocks."""
+    from lamina.models.char_gpt import StaticDecode
+
+    model = _model()
+    inputs = _static_decode_inputs(model, tokens)
+    compiled = lamina.compile(StaticDecode(model), inputs, poison=True, fallback=False,
+                              pipeline="canonicalize,skip{policy=exit,speedup=2,cache=skip},fuse")
+    note = next(h for h in compiled.graph.history if h.startswith("skip: removed"))
+    removed = [int(i) for i in re.findall(r"model\.h\.(\d+)", note)]
+    assert removed and "leave their caches unwritten" in note
+    kept = [i for i in range(8) if i not in removed]
+    before = [c.clone() for c in inputs[2:]]
+    with torch.no_grad():
+        (logits,) = compiled(*inputs)
+        eager_inputs = (*inputs[:2], *[c.clone() for i in kept for c in before[2 * i:2 * i + 2]])
+        (want,) = StaticDecode(_without(model, removed))(*eager_inputs)
+    torch.testing.assert_close(logits, want, rtol=1e-5, atol=1e-5)
+    for layer in range(8):
+        for j in (0, 1):
+            now, then = inputs[2 + 2 * layer + j], before[2 * layer + j]
+            if layer in removed:
+                assert torch.equal(now, then), f"layer {layer} wrote its cache"
+            else:
+                torch.testing.assert_close(now, eager_inputs[2 + 2 * kept.index(layer) + j], rtol=1e-5, atol=1e-6)
+                assert not torch.equal(now, then)
+    (plan,) = compiled._executor.plans.values()
+    assert plan.source.count(".clone()") == 1  # the logits; each untouched cache is returned as it is
+
+
+def test_cache_skip_needs_caches_written_in_place() -> None:
+    from lamina.models.char_gpt import Decode, Prefill
+
+    model = _model()
+    with torch.no_grad():
+        _, keys, values = Prefill(model)(X)
+    with pytest.raises(SkipError, match="cache=skip needs caches written in place.*cache=keep"):
+        lamina.compile(Decode(model), (X[:, -1:], keys, values), pipeline="canonicalize,skip{speedup=1.5,cache=skip}")
+
+
+@pytest.mark.parametrize("pipeline, words", [
+    ("canonicalize,skip{speedup=1.5,cache=drop}", "cache='drop' is not one of keep, skip"),
+    ("canonicalize,skip{policy=temporal,period=2,cache=skip}", "cache=skip .* policy=temporal"),
+])
+def test_bad_cache_options_name_the_option(pipeline: str, words: str) -> None:
+    with pytest.raises(SkipError, match=words):
+        run_pipeline(lamina.trace(_model(), (X,)), pipeline)
