@@ -20,8 +20,9 @@ Two kinds of model, each with its cache (a *session*: compiled modules, the cach
 
 - transformers causal LMs with their ``DynamicCache`` (``HFSession``: the forward takes
   ``past_key_values`` and returns ``logits`` and ``past_key_values``; the cache is cut with ``crop``);
-- lamina's ``CharGPT`` (``CharGPTSession``: ``Prefill`` and ``Decode`` modules, the stacked keys and values
-  grown by concatenation and cut by slicing).
+- lamina's ``CharGPT`` (``CharGPTSession``: ``Prefill`` and ``StaticDecode`` modules, per-layer caches
+  preallocated and written in place, cut by setting their length; the draft's removed layers write no
+  entries).
 """
 from __future__ import annotations
 
@@ -109,7 +110,7 @@ class SpeculativeDecoder:
                                    f"a different number of drafts), got shape {list(input_ids.shape)}")
         if max_new_tokens < 1:
             raise SpeculativeError(f"generate: max_new_tokens={max_new_tokens} must be at least 1")
-        session = self._session()
+        session = self._session(input_ids.shape[1] + max_new_tokens + self.lookahead + 1)
         stops = _stop_tokens(self.model, eos_token_id)
         with torch.inference_mode():
             start = time.perf_counter()
@@ -139,20 +140,37 @@ class SpeculativeDecoder:
         new = new[:, :stopped[0] + 1] if stopped else new
         return SpeculativeResult(torch.cat([input_ids, new], 1), new.shape[1], drafted, accepted, forwards, seconds)
 
-    def _session(self) -> "HFSession | CharGPTSession":
+    def _session(self, positions: int) -> "HFSession | CharGPTSession":
+        """A session for one generation that reaches at most ``positions`` cache positions."""
         from .models.char_gpt import CharGPT
 
-        kind = CharGPTSession if isinstance(self.model, CharGPT) else HFSession
-        return kind(self)
+        if not isinstance(self.model, CharGPT):
+            return HFSession(self)
+        limit = self.model.wpe.num_embeddings
+        if positions > limit:
+            raise SpeculativeError(f"generate: the prompt, max_new_tokens and lookahead + 1 need {positions} positions; "
+                                   f"this CharGPT has {limit} (its max_len)")
+        return CharGPTSession(self, capacity=min(limit, -(-positions // 64) * 64))  # few distinct plans
+
+    def in_place_draft_pipeline(self) -> str:
+        """``draft_pipeline`` for caches written in place: its skip passes leave the removed layers' caches
+        unwritten (``cache=skip``; the verification writes those entries) unless the draft says otherwise."""
+        from .passes.manager import PassStep, parse_pipeline
+
+        steps = [PassStep(s.info, {**s.options, "cache": "skip"}) if s.info.name == "skip" and "cache" not in s.options
+                 else s for s in parse_pipeline(self.draft_pipeline)]
+        return ",".join(str(step) for step in steps)
 
     def compiled(self, role: str, module: torch.nn.Module, args: tuple, kwargs: dict | None = None,
-                 dynamic: Any = "auto") -> Any:
+                 dynamic: Any = "auto", in_place: bool = False) -> Any:
         """The module compiled for ``role`` (prefill, draft or verify; the draft under the skip schedule),
-        on first use for inputs like ``args`` and ``kwargs``, ``dynamic``: torch.export's dynamic shapes."""
+        on first use for inputs like ``args`` and ``kwargs``, ``dynamic``: torch.export's dynamic shapes;
+        ``in_place``: the module writes its caches in place."""
         from .api import compile
 
         if role not in self.modules:
-            pipeline = self.draft_pipeline if role == "draft" else self.pipeline
+            draft = self.in_place_draft_pipeline() if in_place else self.draft_pipeline
+            pipeline = draft if role.startswith("draft") else self.pipeline
             self.modules[role] = compile(module, args, pipeline=pipeline, calibration=self.calibration,
                                          fallback=False, example_kwargs=kwargs, dynamic_shapes=dynamic)
         return self.modules[role]
@@ -193,45 +211,52 @@ class HFSession:
 
 @dataclass
 class CharGPTSession:
-    """lamina's CharGPT: stacked keys and values [layers, batch, heads, positions, head dim]."""
+    """lamina's CharGPT with preallocated per-layer caches written in place (``StaticDecode``): cutting the cache
+    back is setting its length, since a position after the length is always written again before it is read.
+    The draft's removed layers write no entries (``skip{...,cache=skip}``): the verification writes them."""
 
     decoder: SpeculativeDecoder
-    keys: torch.Tensor | None = None
-    values: torch.Tensor | None = None
+    capacity: int = 0
+    caches: list[torch.Tensor] = field(default_factory=list)
+    filled: int = 0
+    module: torch.nn.Module | None = None  # StaticDecode of the model, made once (what the draft and verify trace)
 
     def prefill(self, ids: torch.Tensor) -> torch.Tensor:
         from torch.export import Dim
 
-        from .models.char_gpt import Prefill
+        from .models.char_gpt import Prefill, static_caches
 
         dynamic = ({1: Dim("tokens")},)
         prefill = self.decoder.compiled("prefill", Prefill(self.decoder.model), (ids,), dynamic=dynamic)
         logits, keys, values = prefill(ids)
-        self.keys, self.values = keys.contiguous(), values.contiguous()  # plain strides: export guards on them
+        self.caches = static_caches(keys, values, self.capacity)
+        self.filled = ids.shape[1]
         return logits
 
     def step(self, role: str, ids: torch.Tensor) -> torch.Tensor:
         from torch.export import Dim
 
-        from .models.char_gpt import Decode
+        from .models.char_gpt import StaticDecode
 
-        past = Dim("past")
-        window = {1: Dim("window", min=2)} if role == "verify" else None  # one verify module for every lookahead
-        module = self.decoder.compiled(role, Decode(self.decoder.model), (ids, self.keys, self.values),
-                                       dynamic=(window, {3: past}, {3: past}))
-        logits, k, v = module(ids, self.keys, self.values)
-        self.keys, self.values = torch.cat([self.keys, k], 3), torch.cat([self.values, v], 3)
+        if self.module is None:
+            self.module = StaticDecode(self.decoder.model)
+        t = ids.shape[1]
+        if self.filled + t > self.capacity:
+            raise SpeculativeError(f"generate: position {self.filled + t} is past the cache's {self.capacity}")
+        pos = torch.arange(self.filled, self.filled + t)
+        # a verify module per lookahead: static window shapes plan its views away (a dynamic window cost 1.5x)
+        module = self.decoder.compiled(role if t == 1 else f"{role} {t}", self.module, (ids, pos, *self.caches),
+                                       dynamic=(None, None, ({2: Dim("capacity")},) * len(self.caches)), in_place=True)
+        (logits,) = module(ids, pos, *self.caches)
+        self.filled += t
         return logits
 
     def length(self) -> int:
-        assert self.keys is not None
-        return self.keys.shape[3]
+        return self.filled
 
     def truncate(self, length: int) -> None:
-        _check_cut(self.length(), length)
-        assert self.keys is not None and self.values is not None
-        self.keys = self.keys[:, :, :, :length].contiguous()
-        self.values = self.values[:, :, :, :length].contiguous()
+        _check_cut(self.filled, length)
+        self.filled = length
 
 
 def _check_cut(held: int, length: int) -> None:

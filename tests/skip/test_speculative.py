@@ -12,6 +12,13 @@ from lamina.speculative import SpeculativeDecoder, SpeculativeError
 NEW = 16
 
 
+def poison(cache: torch.Tensor) -> None:
+    """Fill ``cache`` with what no valid key or value is (huge, of either sign), so that a position read as
+    visible wrecks the result. Not NaN: attention masks such positions, and even torch's sum would take a
+    masked NaN in as 0 * NaN."""
+    cache.copy_(torch.randn(cache.shape, generator=torch.Generator().manual_seed(cache.numel())) * 1e6)
+
+
 def _greedy(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
         return model.generate(ids, max_new_tokens=NEW, min_new_tokens=NEW, do_sample=False)
@@ -62,6 +69,35 @@ def test_verifying_several_char_gpt_tokens_equals_decoding_them_one_by_one() -> 
             one_by_one.append(logits)
     torch.testing.assert_close(together, torch.cat(one_by_one, 1), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(k4, keys[:, :, :, 8:], rtol=1e-5, atol=1e-6)
+
+
+def test_static_decode_of_several_tokens_equals_decoding_them_one_by_one() -> None:
+    """StaticDecode with several new tokens (the in-place verification) attends causally within them, writes
+    each one's keys and values at its position, and reads nothing past the last of them."""
+    from lamina.models.char_gpt import CharGPT, Prefill, StaticDecode, static_caches
+
+    torch.manual_seed(5)
+    model = CharGPT(d_model=32, n_heads=2, n_layers=2, max_len=64).eval()
+    ids = torch.randint(0, 96, (1, 12))
+    with torch.no_grad():
+        _, keys, values = Prefill(model)(ids[:, :8])
+        together = static_caches(keys, values, 20)
+        for cache in together:
+            poison(cache[:, :, 12:])  # past the new tokens: never read
+        (logits,) = StaticDecode(model)(ids[:, 8:], torch.arange(8, 12), *together)
+        compiled = lamina.compile(StaticDecode(model), (ids[:, 8:], torch.arange(8, 12), *static_caches(keys, values, 20)),
+                                  poison=True, fallback=False)
+        compiled_caches = [c.clone() for c in together]
+        for cache in compiled_caches:
+            poison(cache[:, :, 8:])
+        (compiled_logits,) = compiled(ids[:, 8:], torch.arange(8, 12), *compiled_caches)
+        one_by_one, caches = [], static_caches(keys, values, 20)
+        for i in range(8, 12):
+            one_by_one.append(StaticDecode(model)(ids[:, i:i + 1], torch.tensor([i]), *caches)[0])
+    torch.testing.assert_close(logits, torch.cat(one_by_one, 1), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(compiled_logits, logits, rtol=1e-5, atol=1e-5)
+    for got, want in zip(compiled_caches, caches):
+        torch.testing.assert_close(got[:, :, :12], want[:, :, :12], rtol=1e-5, atol=1e-6)
 
 
 def test_a_skip_pass_with_several_options_drafts_in_the_full_pipeline() -> None:
@@ -141,3 +177,39 @@ def test_one_sequence_at_a_time() -> None:
     with pytest.raises(SpeculativeError, match=r"\[1, tokens\]"):
         lamina.generate(tiny_hf_model("llama", layers=4), torch.ones(2, 3, dtype=torch.long), 4,
                         draft="skip{speedup=1.3}")
+
+
+def test_char_gpt_rollback_leaves_nothing_stale_to_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    """CharGPT's caches are preallocated and cut back by length alone: every position past the verified length
+    is poisoned at each cut, and the tokens still equal greedy decoding, so nothing stale is ever read as a
+    key or value. The draft's removed blocks write no entries (cache=skip), and the verification writes them."""
+    from lamina import speculative
+    from lamina.models.char_gpt import CharGPT, Decode, Prefill, greedy
+
+    torch.manual_seed(7)
+    model = CharGPT(d_model=64, n_heads=4, n_layers=6, max_len=128).eval()
+    ids = torch.randint(0, 96, (1, 9), generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        want = torch.cat([ids, greedy(Prefill(model), Decode(model), ids, NEW)], 1)
+    cuts: list[int] = []
+    original = speculative.CharGPTSession.truncate
+
+    def poisoning(session: speculative.CharGPTSession, length: int) -> None:
+        original(session, length)
+        for cache in session.caches:
+            poison(cache[:, :, length:])
+        cuts.append(length)
+
+    monkeypatch.setattr(speculative.CharGPTSession, "truncate", poisoning)
+    decoder = SpeculativeDecoder(model, "skip{policy=exit,speedup=2}", lookahead=3)
+    assert torch.equal(decoder.generate(ids, NEW).tokens, want)
+    assert cuts and "cache=skip" in str(decoder.in_place_draft_pipeline())
+    assert any("leave their caches unwritten" in h for h in decoder.modules["draft"].graph.history)
+
+
+def test_char_gpt_generation_longer_than_its_positions_is_an_error() -> None:
+    from lamina.models.char_gpt import CharGPT
+
+    model = CharGPT(d_model=32, n_heads=2, n_layers=2, max_len=16).eval()
+    with pytest.raises(SpeculativeError, match="need 22 positions; this CharGPT has 16"):
+        lamina.generate(model, torch.ones(1, 5, dtype=torch.long), 12, draft="skip{speedup=1.3}", lookahead=4)
