@@ -1,7 +1,7 @@
 """Offline character-level data and a training loop for ``CharGPT`` (the SNLP experiment and tests).
 
-The corpus is the Python standard library's own source (always on disk), characters mapped to
-96 symbols: printable ASCII and newline. ``train`` runs AdamW with an optional
+The corpus is the Python standard library's own source (always on disk; or its reference
+documentation, ``docs_corpus``), characters mapped to 96 symbols: printable ASCII and newline. ``train`` runs AdamW with an optional
 ``SNLPRegularizer``; ``perplexity`` evaluates sequentially or with K Newton iterations.
 """
 from __future__ import annotations
@@ -32,6 +32,17 @@ def stdlib_corpus(chars: int, skip: int = 0) -> str:
         if total >= chars + skip:
             break
     return "".join(out)[skip: skip + chars]
+
+
+def docs_corpus(chars: int, skip: int = 0) -> str:
+    """``chars`` characters of Python's reference documentation (``pydoc_data.topics``: English prose with
+    some code, about 465 thousand characters, always on disk), topics in sorted order, after ``skip``."""
+    from pydoc_data.topics import topics
+
+    text = "\n".join(topics[name] for name in sorted(topics))
+    if skip + chars > len(text):
+        raise ValueError(f"docs_corpus: {skip} + {chars} characters asked, the documentation has {len(text)}")
+    return text[skip: skip + chars]
 
 
 def encode(text: str) -> torch.Tensor:
