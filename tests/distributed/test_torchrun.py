@@ -38,8 +38,12 @@ RETRIED = ("RendezvousConnectionError", "recvValueWithTimeout failed", "terminat
 
 
 def _launch(commands: list[list[str]]) -> list[str]:
-    """Run ``commands`` at once; the stderr of each that failed."""
-    env = {**os.environ, "PYTHONFAULTHANDLER": "1"}  # a rank that aborts prints its threads' Python stacks
+    """Run ``commands`` at once; the stderr of each that failed. Each rank's kernels run on one thread, as
+    torchrun sets for several processes on one machine: two ranks and the suite's other worker on 2 cores,
+    each with a team of spinning OpenMP threads, slowed each other down until an agent's store read timed
+    out (300 s; a launch takes 7-11 s)."""
+    env = {**os.environ, "PYTHONFAULTHANDLER": "1", "OMP_NUM_THREADS": "1"}  # PYTHONFAULTHANDLER: a rank
+    # that aborts prints its threads' Python stacks
     nodes = [subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env) for c in commands]
     errors = []
     for node in nodes:
