@@ -54,7 +54,7 @@ def flat_strided(t: torch.Tensor, unit_last: bool = True) -> tuple[Any, tuple[in
 def pointer_strided(t: torch.Tensor, unit_last: bool = True) -> tuple[Flat, tuple[int, ...]]:
     """``flat_strided`` for a C kernel: ``t``'s data pointer (a ``Flat``, which keeps a copy alive while the
     caller holds it) and element strides."""
-    if unit_last and t.dim() and t.stride(-1) != 1 and t.shape[-1] > 1:
+    if _copies(t, unit_last):
         t = t.contiguous()
     return Flat(t), tuple(t.stride())
 
@@ -138,13 +138,13 @@ def _attention_lines(target: "CpuTarget", kernel: Callable[[], Any], op: Op, arg
     if checks:
         lines[:0] = [f"if {' or '.join(checks)}:",
                      f"    raise InputMismatchError({op.describe() + ': keys and values disagree in length or head size'!r})"]
-    if pointers:
+    if pointers:  # C: causal flag and mask kind (0 none, 1 bool, 2 added), then the rows
         kind = 0 if len(args) == 3 else 1 if op.operands[3].type.dtype is DType.bool else 2
-        lines.append(f"{fn}({fq}, {fk}, {fv}, {fm}, {fo}, {scale_code}, {int(op.attrs['causal'])}, {kind}, {rows}, "
-                     f"{h}, {t}, {d}, {hk}, {s}, {dv}, {strides}, {', '.join(sm)})")
-    else:
-        lines.append(f"{fn}({fq}, {fk}, {fv}, {fm}, {fo}, {scale_code}, 0, {rows}, {h}, {t}, {d}, "
-                     f"{hk}, {s}, {dv}, {strides}, {', '.join(sm)})")
+        rows_from = f"{int(op.attrs['causal'])}, {kind}, {rows}"
+    else:  # Numba: the first and last row (the variant fixes causality and mask)
+        rows_from = f"0, {rows}"
+    lines.append(f"{fn}({fq}, {fk}, {fv}, {fm}, {fo}, {scale_code}, {rows_from}, {h}, {t}, {d}, "
+                 f"{hk}, {s}, {dv}, {strides}, {', '.join(sm)})")
     if is_static(work):
         return lines
     return [f"if {work} > {NATIVE_ATTENTION_WORK}:", *("    " + x for x in library), "else:",
@@ -305,8 +305,8 @@ class CpuTarget(Target):
         return NATIVE.get(op.name).lines(self, kernel, op, args, out, plan)
 
     def namespace(self) -> dict[str, Any]:
-        return {"flat_strided": flat_strided, "pointer_strided": pointer_strided, "math": math, "InputMismatchError": InputMismatchError,
-                "_kernel_view": self.view}
+        return {"flat_strided": flat_strided, "pointer_strided": pointer_strided, "math": math,
+                "InputMismatchError": InputMismatchError, "_kernel_view": self.view}
 
     def view(self, tensor: torch.Tensor) -> Any:
         """A kernel's flat NumPy view of ``tensor`` (``numpy_view``)."""
