@@ -1,9 +1,13 @@
 """torchrun launches: one node with two ranks, and two "nodes" on localhost joined by the c10d rendezvous."""
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
+import tempfile
+import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -32,25 +36,82 @@ def _torchrun(*args: str) -> list[str]:
 # test suite's other worker on a 2-core CI machine): the agent says so, or the store's client aborts
 # on a read that timed out. About one launch in ten under such load also had a rank abort in torch's
 # C++ with "terminate called without an active exception" and no Python error (not reproduced outside
-# pytest in 26 launches). Those launches, and only those failures, are retried (twice at most), with a
-# warning that carries what the failed launch printed
+# pytest in 26 launches; in a two-node launch it left the other agent waiting 300 s in the exit barrier,
+# see _launch). Those launches, and only those failures, are retried (twice at most), with a warning
+# that carries what the failed launch printed
 RETRIED = ("RendezvousConnectionError", "recvValueWithTimeout failed", "terminate called without an active exception")
 
 
-def _launch(commands: list[list[str]]) -> list[str]:
-    """Run ``commands`` at once; the stderr of each that failed. Each rank's kernels run on one thread, as
-    torchrun sets for several processes on one machine: two ranks and the suite's other worker on 2 cores,
-    each with a team of spinning OpenMP threads, slowed each other down until an agent's store read timed
-    out (300 s; a launch takes 7-11 s)."""
+def _launch(commands: list[list[str]], deadline_s: float = 240.0) -> list[str]:
+    """Run ``commands`` at once; the stderr of each that failed. When one fails, the others are stopped: an
+    agent whose workers succeeded waits in torch elastic's exit barrier (300 s) for an agent that failed
+    and will never arrive. Past ``deadline_s`` every launch still running is stopped and reported.
+
+    Each rank's kernels run on one thread, as torchrun sets for several processes on one machine: two
+    ranks and the suite's other worker on 2 cores, each with a team of spinning OpenMP threads, slow
+    each other down badly."""
     env = {**os.environ, "PYTHONFAULTHANDLER": "1", "OMP_NUM_THREADS": "1"}  # PYTHONFAULTHANDLER: a rank
     # that aborts prints its threads' Python stacks
-    nodes = [subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env) for c in commands]
-    errors = []
-    for node in nodes:
-        _, err = node.communicate(timeout=300)
-        if node.returncode != 0:
-            errors.append(err.decode())
-    return errors
+    with tempfile.TemporaryDirectory() as logs:  # files, not pipes: nothing blocks on a full pipe while we poll
+        err_paths = [Path(logs) / f"node{n}.err" for n in range(len(commands))]
+        nodes = [_start(c, path, env) for c, path in zip(commands, err_paths)]
+        deadline, stopped = time.monotonic() + deadline_s, []
+        while any(node.poll() is None for node in nodes):
+            failed = any(node.returncode not in (None, 0) for node in nodes)
+            if failed or time.monotonic() > deadline:
+                stopped = [node for node in nodes if node.poll() is None]
+                _stop(stopped)
+                if not failed:
+                    return [f"launch still running after {deadline_s:g} s:\n" + path.read_text()
+                            for path in err_paths]
+                break
+            time.sleep(0.2)
+        # a launch the test stopped failed because it was stopped, not for a cause of its own
+        return [path.read_text() for node, path in zip(nodes, err_paths) if node.returncode != 0 and node not in stopped]
+
+
+def _start(command: list[str], err_path: Path, env: dict[str, str]) -> subprocess.Popen:
+    with err_path.open("wb") as err:
+        return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=err, env=env)
+
+
+def _stop(agents: list[subprocess.Popen]) -> None:
+    """SIGTERM to torchrun agents, which pass it to their workers; SIGKILL 10 s later to the agents and their
+    workers still alive (an agent blocked in a store read runs no signal handler until the read returns)."""
+    workers = [child for agent in agents for child in _children(agent.pid)]
+    for agent in agents:
+        agent.terminate()
+    for agent in agents:
+        try:
+            agent.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            agent.kill()
+            agent.wait()
+    for pid, started in workers:
+        if _start_time(pid) == started:  # still that worker, not a new process given its pid
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _children(pid: int) -> list[tuple[int, int]]:
+    """(pid, start time) of the processes whose parent is ``pid``: torchrun's workers start their own
+    sessions, so a process group does not hold them."""
+    stats = [(int(path.parent.name), _stat(int(path.parent.name))) for path in Path("/proc").glob("[0-9]*/stat")]
+    return [(child, int(stat[19])) for child, stat in stats if stat and int(stat[1]) == pid]
+
+
+def _start_time(pid: int) -> int | None:
+    stat = _stat(pid)
+    return int(stat[19]) if stat else None
+
+
+def _stat(pid: int) -> list[str]:
+    """/proc/PID/stat's fields after the command name (which is in parentheses and may hold spaces):
+    state, ppid, ..., and at index 19 the start time; empty once the process is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return []
 
 
 def _run_launch(make: Callable[[], list[list[str]]]) -> None:
