@@ -92,11 +92,11 @@ def start(kind: str, x: torch.Tensor, group: int, axis: int = 0, link: SlowLink 
     if kind == "all_gather":
         parts = [torch.empty_like(x) for _ in range(group)]
         return Pending(dist.all_gather(parts, x, async_op=True), lambda: torch.cat(parts, axis), ready_at)
-    # reduce_scatter: the sum, then this rank's part (gloo has no reduce_scatter; the sum is the same)
-    total = x.clone()
-    rank = dist.get_rank()
-    return Pending(dist.all_reduce(total, async_op=True),
-                   lambda: total.chunk(group, axis)[rank].contiguous(), ready_at)
+    # reduce_scatter: gloo and NCCL split dim 0, so the reduced axis goes first and comes back after
+    front = x.movedim(axis, 0).contiguous()
+    part = front.new_empty((front.shape[0] // group, *front.shape[1:]))
+    return Pending(dist.reduce_scatter_tensor(part, front, async_op=True),
+                   lambda: part.movedim(0, axis).contiguous(), ready_at)
 
 
 def run(kind: str, x: torch.Tensor, group: int, axis: int = 0, link: SlowLink | None = None) -> torch.Tensor:
