@@ -1,4 +1,4 @@
-"""overlap{chunks=C | split=2 | norm=1}: hide a sharded graph's all-reduces behind compute.
+"""overlap{chunks=C | split=2 | norm=1 | split=2,norm=1}: hide a sharded graph's all-reduces behind compute.
 
 After ``shard``, each sublayer ends in ``all_reduce(linear(x, W))``, and every rank waits for it. This pass
 starts collectives early and waits for them late (``*_start`` / ``wait`` ops), with compute between:
@@ -11,7 +11,8 @@ starts collectives early and waits for them late (``*_start`` / ``wait`` ops), w
   the stack. The batch must be even (and at least 2).
 - ``norm=1`` (sequence parallelism, TokenWeave's all-reduce fused with the norm): the stream split by
   tokens across the ranks; each all-reduce becomes a reduce-scatter, the residual adds and norms run on
-  this rank's tokens, and the norm's output is all-gathered for the next column linears.
+  this rank's tokens, and the norm's output is all-gathered for the next column linears. With ``split=2``
+  as well, the halves run on the token-split stream, and their reduce-scatters and all-gathers are started.
 
 Then a scheduling step (``schedule``) reorders the graph, keeping every dependency: a ``*_start`` as soon
 as its operand is ready, a ``wait`` only when nothing else can run. ``lamina dump`` shows the order. The
@@ -37,15 +38,15 @@ class OverlapError(LaminaError, ValueError):
 @dataclass(frozen=True)
 class OverlapOptions:
     """chunks: T3's chunks of each row linear (>= 2); split: TokenWeave's batch halves (2); norm: 1 for the
-    sequence-parallel stream (reduce-scatter, norms on the token shard, all-gather)."""
+    sequence-parallel stream (reduce-scatter, norms on the token shard, all-gather); split and norm combine."""
 
     chunks: int = 0
     split: int = 0
     norm: int = 0
 
     def __post_init__(self) -> None:
-        if sum(bool(x) for x in (self.chunks, self.split, self.norm)) > 1:
-            raise OverlapError("overlap: give one of chunks=C, split=2 or norm=1")
+        if self.chunks and (self.split or self.norm):
+            raise OverlapError("overlap: chunks=C goes alone; split=2 and norm=1 go alone or together")
         if not self.chunks and not self.split and not self.norm:
             raise OverlapError("overlap: give chunks=C (chunked row GEMMs), split=2 (batch halves) or norm=1 "
                                "(sequence-parallel norms)")
@@ -62,10 +63,11 @@ def overlap(graph: Graph, options: OverlapOptions = OverlapOptions(chunks=2)) ->
     reduces = [op for op in graph.ops if op.name == "all_reduce"]
     if not reduces:
         raise OverlapError(f"overlap: graph @{graph.name} has no all_reduce to overlap; run shard{{tp=N}} first")
+    if options.chunks:
+        return schedule(_chunked(graph, reduces, options.chunks))
     if options.norm:
-        return schedule(_sequence_parallel(graph, reduces))
-    rewritten = _chunked(graph, reduces, options.chunks) if options.chunks else _halves(graph, reduces)
-    return schedule(rewritten)
+        graph = _sequence_parallel(graph, reduces)
+    return schedule(_halves(graph) if options.split else graph)
 
 
 def _chunked(graph: Graph, reduces: Sequence[Op], chunks: int) -> Graph:
@@ -100,7 +102,7 @@ def _chunked(graph: Graph, reduces: Sequence[Op], chunks: int) -> Graph:
                          history=graph.history + (note,))
 
 
-def _halves(graph: Graph, reduces: Sequence[Op]) -> Graph:
+def _halves(graph: Graph) -> Graph:
     """The layer stack's ops twice, once per half of the batch (see the module doc)."""
     chains = find_chains(graph, "sublayer", min_layers=1)
     chain = max(chains, key=lambda c: len(c.layers)) if chains else None
@@ -149,13 +151,14 @@ def _half_op(out: OpEmitter, op: Op, values: dict[Value, Value], batch: int) -> 
     for key in ("shape",):
         if key in attrs and attrs[key] and attrs[key][0] == batch:
             attrs[key] = [batch // 2, *attrs[key][1:]]
-    name = "all_reduce_start" if op.name == "all_reduce" else op.name
+    started = kind_of(op.name) is not None and not op.name.endswith("_start")  # a blocking collective
+    name = f"{op.name}_start" if started else op.name
     try:
         new = out.emit_op(name, operands, attrs, op.loc, op.regions)
     except Exception as e:
         raise OverlapError(f"overlap{{split=2}}: {op.describe()} does not run on half the batch ({e})") from None
     results = list(new.results)
-    if name == "all_reduce_start":
+    if started:
         results = [out.emit("wait", new.results[0], loc=op.loc)]
     for old, fresh in zip(op.results, results):
         if old.type.rank and old.type.shape[0] == batch and fresh.type.shape[0] != batch // 2:
@@ -235,7 +238,8 @@ def _sequence_parallel(graph: Graph, reduces: Sequence[Op]) -> Graph:
 
 def schedule(graph: Graph) -> Graph:
     """``graph``'s ops reordered, dependencies kept: started collectives as early as their operands allow,
-    waits as late as possible (only when nothing else is ready), everything else in its order."""
+    waits as late as possible (only when nothing else is ready; then the wait on the collective started
+    first), everything else in its order."""
     ops = list(graph.ops)
     made = {r: i for i, op in enumerate(ops) for r in op.results}
     needs = [{made[v] for v in op.operands if v in made} for op in ops]
@@ -246,11 +250,20 @@ def schedule(graph: Graph) -> Graph:
     waiting = [len(d) for d in needs]
     ready = {i for i, n in enumerate(waiting) if n == 0}
     order: list[int] = []
+    placed: dict[int, int] = {}  # op index -> its position in the new order
+
+    def oldest_in_flight(wait: int) -> int:  # a wait on the collective started first: the likeliest done
+        started = made.get(ops[wait].operands[0])
+        return placed.get(started, len(ops)) if started is not None else len(ops)
+
     while ready:
         starts = [i for i in ready if _is_start(ops[i])]
         others = [i for i in ready if ops[i].name != "wait" and not _is_start(ops[i])]
-        pick = min(starts) if starts else min(others) if others else min(ready)
+        waits = [i for i in ready if ops[i].name == "wait"]
+        pick = (min(starts) if starts else min(others) if others
+                else min(waits, key=lambda i: (oldest_in_flight(i), i)) if waits else min(ready))
         ready.remove(pick)
+        placed[pick] = len(order)
         order.append(pick)
         for u in users[pick]:
             waiting[u] -= 1

@@ -6,9 +6,10 @@ a ``Pending`` (the work ``torch.distributed`` runs asynchronously and the tensor
 """
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -27,17 +28,27 @@ class DistributedError(LaminaError, RuntimeError):
 CollectiveError = DistributedError  # a collective that failed: a rank died, or the timeout passed
 
 
-@dataclass(frozen=True)
+@dataclass
 class SlowLink:
     """A simulated link of ``gbps`` GB/s: a collective is not done before its bytes could cross it (ring
     algorithms: an all-reduce sends 2 (N-1)/N of its bytes per rank, a gather or scatter (N-1)/N of the
-    whole). On one machine loopback is nearly free; this makes communication cost what it would."""
+    whole), after the bytes of the collectives started before it: collectives in flight together share
+    the link, one after another. On one machine loopback is nearly free; this makes communication cost
+    what it would."""
 
     gbps: float
+    free_at: float = field(default=0.0, compare=False)  # perf_counter time when the link has carried all so far
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def seconds(self, kind: str, nbytes: int, world: int) -> float:
         share = 2 * (world - 1) / world if kind == "all_reduce" else (world - 1) / world
         return share * nbytes / (self.gbps * 1e9)
+
+    def delivered_at(self, kind: str, nbytes: int, world: int) -> float:
+        """When a collective started now has crossed the link, queued behind the ones in flight."""
+        with self._lock:
+            self.free_at = max(time.perf_counter(), self.free_at) + self.seconds(kind, nbytes, world)
+            return self.free_at
 
 
 @dataclass
@@ -47,6 +58,7 @@ class Pending:
     work: Any
     result: Callable[[], torch.Tensor]
     ready_at: float = 0.0  # perf_counter time before which a simulated slow link has not delivered
+    operand: torch.Tensor | None = None  # the copy the collective reads, alive until it is done
 
     def finish(self) -> torch.Tensor:
         try:
@@ -83,20 +95,23 @@ def check_group(group: int, what: str = "this program") -> int:
 def start(kind: str, x: torch.Tensor, group: int, axis: int = 0, link: SlowLink | None = None) -> Pending:
     """Start collective ``kind`` of ``x`` across the ``group`` ranks (see ``ir/ops/collective.py``)."""
     check_group(group)
-    x = x.contiguous()
-    ready_at = time.perf_counter() + link.seconds(kind, x.numel() * x.element_size() * (
-        group if kind == "all_gather" else 1), group) if link is not None else 0.0
+    ready_at = link.delivered_at(kind, x.numel() * x.element_size() * (group if kind == "all_gather" else 1),
+                                 group) if link is not None else 0.0
+    # torch.distributed reads the operand after this returns, and the plan may reuse its buffer for the next
+    # op's result before the wait: every kind works on a copy of its own, which the work keeps alive
+    own = torch.contiguous_format
     if kind == "all_reduce":
-        out = x.clone()
+        out = x.clone(memory_format=own)
         return Pending(dist.all_reduce(out, async_op=True), lambda: out, ready_at)
     if kind == "all_gather":
-        parts = [torch.empty_like(x) for _ in range(group)]
-        return Pending(dist.all_gather(parts, x, async_op=True), lambda: torch.cat(parts, axis), ready_at)
+        mine = x.clone(memory_format=own)
+        parts = [torch.empty_like(mine) for _ in range(group)]
+        return Pending(dist.all_gather(parts, mine, async_op=True), lambda: torch.cat(parts, axis), ready_at, mine)
     # reduce_scatter: gloo and NCCL split dim 0, so the reduced axis goes first and comes back after
-    front = x.movedim(axis, 0).contiguous()
+    front = x.movedim(axis, 0).clone(memory_format=own)
     part = front.new_empty((front.shape[0] // group, *front.shape[1:]))
     return Pending(dist.reduce_scatter_tensor(part, front, async_op=True),
-                   lambda: part.movedim(0, axis).contiguous(), ready_at)
+                   lambda: part.movedim(0, axis).contiguous(), ready_at, front)
 
 
 def run(kind: str, x: torch.Tensor, group: int, axis: int = 0, link: SlowLink | None = None) -> torch.Tensor:

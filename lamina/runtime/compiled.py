@@ -365,6 +365,11 @@ class CompiledModule:
         return quantization_report(self.graph, self.options.backend, self.options.kernel_language)
 
     @property
+    def weight_bytes(self) -> int:
+        """Bytes of the weights this module holds: this rank's shards once sharded (``take_shards``)."""
+        return sum(w.numel() * w.element_size() for w in self._weights.values())
+
+    @property
     def plan_cache(self) -> Any:
         """The executor's plans (a ``PlanCacheInfo``: kept, limit, built in all, arena bytes), or None for
         the reference backend, which plans nothing."""

@@ -183,16 +183,21 @@ def test_overlapped_collectives_equal_the_whole_model(name: str, overlap: str) -
     sharded = run_pipeline(graph, "shard{tp=2}")
     done = run_pipeline(sharded, overlap)
     assert not any(op.name == "all_reduce" for op in done.ops)
-    position = {id(r): i for i, op in enumerate(done.ops) for r in op.results}
-    waits = [(position[id(op.operands[0])], i) for i, op in enumerate(done.ops) if op.name == "wait"]
-    exposed = [w for w in waits if not any(o.name not in ("wait", "all_reduce_start")
-                                           for o in done.ops[w[0] + 1:w[1]])]
+    waits, exposed = _waits(done)
     reduces = sum(op.name == "all_reduce" for op in sharded.ops)
-    assert len(waits) in (2 * reduces, 4 * reduces) and len(exposed) <= reduces  # at most the last piece of each
+    assert waits in (2 * reduces, 4 * reduces) and exposed <= reduces  # at most the last piece of each
     ranks = [{p.key: p.shard.take(weights[p.key], r) if p.shard else weights[p.key] for p in done.params}
              for r in range(2)]
     for out in interpret_group(done, [inputs] * 2, ranks):
         np.testing.assert_allclose(out[0], want, rtol=1e-5, atol=1e-5)
+
+
+def _waits(graph) -> tuple[int, int]:
+    """How many waits ``graph`` has, and how many of them follow their start with no compute in between."""
+    position = {id(r): i for i, op in enumerate(graph.ops) for r in op.results}
+    spans = [(position[id(op.operands[0])], i) for i, op in enumerate(graph.ops) if op.name == "wait"]
+    exposed = [s for s in spans if all(o.name == "wait" or o.name.endswith("_start") for o in graph.ops[s[0] + 1:s[1]])]
+    return len(spans), len(exposed)
 
 
 def test_overlap_errors_name_the_option() -> None:
@@ -218,26 +223,35 @@ def _overlapped_rank(rank: int, world: int, name: str, overlap: str) -> np.ndarr
 
 
 @pytest.mark.parametrize("name", ["gpt2", "llama"])
-def test_the_sequence_parallel_stream_equals_the_whole_model(name: str) -> None:
-    """overlap{norm=1}: each all-reduce a reduce-scatter, norms on the token shard, one all-gather per column input."""
+@pytest.mark.parametrize("split", [False, True])
+def test_the_sequence_parallel_stream_equals_the_whole_model(name: str, split: bool) -> None:
+    """overlap{norm=1}: each all-reduce a reduce-scatter, norms on the token shard, one all-gather per column
+    input; with split=2 too, each half's collectives started, and waited for while the other half computes."""
     _, args, graph, weights = _imported(name)
     inputs = [a.numpy() for a in args]
     want = interpret(graph, inputs, {p.key: weights[p.key] for p in graph.params})[0]
     sharded = run_pipeline(graph, "shard{tp=2}")
-    done = run_pipeline(sharded, "overlap{norm=1}")
+    done = run_pipeline(sharded, "overlap{norm=1,split=2}" if split else "overlap{norm=1}")
     names = [op.name for op in done.ops]
     reduces = sum(op.name == "all_reduce" for op in sharded.ops)
-    assert "all_reduce" not in names and names.count("reduce_scatter") == reduces
-    assert names.count("rank_slice") == 1 and names.count("all_gather") == reduces + 1  # per sublayer, and the end
+    assert "all_reduce" not in names and names.count("rank_slice") == 1
+    if split:  # per sublayer and half: a started reduce-scatter and all-gather, with compute before each wait
+        assert names.count("reduce_scatter_start") == names.count("all_gather_start") == 2 * reduces
+        assert names.count("all_gather") == 1 and "reduce_scatter" not in names  # the end's gather
+        assert _waits(done) == (4 * reduces, 0)  # the other half computes under every collective
+    else:
+        assert names.count("reduce_scatter") == reduces
+        assert names.count("all_gather") == reduces + 1  # per sublayer, and the end
     ranks = [{p.key: p.shard.take(weights[p.key], r) if p.shard else weights[p.key] for p in done.params}
              for r in range(2)]
     for out in interpret_group(done, [inputs] * 2, ranks):
         np.testing.assert_allclose(out[0], want, rtol=1e-5, atol=1e-5)
-    with pytest.raises(lamina.LaminaError, match="one of chunks=C, split=2 or norm=1"):
+    with pytest.raises(lamina.LaminaError, match="chunks=C goes alone"):
         run_pipeline(sharded, "overlap{norm=1,chunks=2}")
 
 
-@pytest.mark.parametrize("overlap", ["overlap{chunks=4}", "overlap{split=2}", "overlap{norm=1}"])
+@pytest.mark.parametrize("overlap", ["overlap{chunks=4}", "overlap{split=2}", "overlap{norm=1}",
+                                     "overlap{split=2,norm=1}"])
 def test_gloo_ranks_with_overlap_equal_the_single_process_model(overlap: str) -> None:
     model, args = MODELS["gpt2"]()
     with torch.no_grad():
