@@ -78,21 +78,27 @@ def test_shard_errors_name_the_op_and_the_option() -> None:
         run_pipeline(mlp, "shard{tp=2}")
 
 
-def _compiled_rank(rank: int, world: int, name: str) -> np.ndarray:
+def _compiled_rank(rank: int, world: int, name: str, overlap: str = "") -> np.ndarray:
+    """This rank's output of model ``name``; without ``overlap``, lamina.distributed.compile adds the shard pass."""
     model, args = MODELS[name]()
-    compiled = lamina.distributed.compile(model, args, pipeline="canonicalize,fuse", example_kwargs=KEYWORDS.get(name))
+    pipeline = f"canonicalize,shard{{tp={world}}},{overlap},fuse" if overlap else "canonicalize,fuse"
+    compiled = lamina.distributed.compile(model, args, pipeline=pipeline, example_kwargs=KEYWORDS.get(name))
     with torch.no_grad():
         out = compiled(*args, **KEYWORDS.get(name, {}))
+        return (out.logits if hasattr(out, "logits") else out).numpy()
+
+
+def _single_process(name: str) -> np.ndarray:
+    model, args = MODELS[name]()
+    with torch.no_grad():
+        out = lamina.compile(model, args, example_kwargs=KEYWORDS.get(name))(*args, **KEYWORDS.get(name, {}))
         return (out.logits if hasattr(out, "logits") else out).numpy()
 
 
 @pytest.mark.parametrize("name, world", [("gpt2", 2), ("llama", 2), ("gpt2", 4), ("hf-llama", 2),
                                          ("llama-8-heads", 4)])
 def test_gloo_ranks_equal_the_single_process_model(name: str, world: int) -> None:
-    model, args = MODELS[name]()
-    with torch.no_grad():
-        out = lamina.compile(model, args, example_kwargs=KEYWORDS.get(name))(*args, **KEYWORDS.get(name, {}))
-        want = (out.logits if hasattr(out, "logits") else out).numpy()
+    want = _single_process(name)
     for got in spawn(_compiled_rank, world, name, timeout_s=300):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
@@ -215,13 +221,6 @@ def test_overlap_errors_name_the_option() -> None:
         run_pipeline(one.graph, "canonicalize,shard{tp=2},overlap{split=2}")
 
 
-def _overlapped_rank(rank: int, world: int, name: str, overlap: str) -> np.ndarray:
-    model, args = MODELS[name]()
-    compiled = lamina.distributed.compile(model, args, pipeline=f"canonicalize,shard{{tp={world}}},{overlap},fuse")
-    with torch.no_grad():
-        return compiled(*args).numpy()
-
-
 @pytest.mark.parametrize("name", ["gpt2", "llama"])
 @pytest.mark.parametrize("split", [False, True])
 def test_the_sequence_parallel_stream_equals_the_whole_model(name: str, split: bool) -> None:
@@ -250,13 +249,15 @@ def test_the_sequence_parallel_stream_equals_the_whole_model(name: str, split: b
         run_pipeline(sharded, "overlap{norm=1,chunks=2}")
 
 
-@pytest.mark.parametrize("overlap", ["overlap{chunks=4}", "overlap{split=2}", "overlap{norm=1}",
-                                     "overlap{split=2,norm=1}"])
-def test_gloo_ranks_with_overlap_equal_the_single_process_model(overlap: str) -> None:
-    model, args = MODELS["gpt2"]()
-    with torch.no_grad():
-        want = lamina.compile(model, args)(*args).numpy()
-    for got in spawn(_overlapped_rank, 2, "gpt2", overlap, timeout_s=300):
+OVERLAPS = ["overlap{chunks=4}", "overlap{split=2}", "overlap{norm=1}", "overlap{split=2,norm=1}"]
+
+
+@pytest.mark.parametrize("name, world, overlap", [(name, 2, overlap) for name in ("gpt2", "llama", "hf-llama")
+                                                  for overlap in OVERLAPS]
+                         + [("gpt2", 4, "overlap{chunks=4}"), ("gpt2", 4, "overlap{split=2,norm=1}")])
+def test_gloo_ranks_with_overlap_equal_the_single_process_model(name: str, world: int, overlap: str) -> None:
+    want = _single_process(name)
+    for got in spawn(_compiled_rank, world, name, overlap, timeout_s=300):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
