@@ -69,12 +69,13 @@ def rank_main(rank: int, world: int, ns: argparse.Namespace) -> list[tuple]:
                     times[name].append((time.perf_counter() - start) * 1e3)
             profiled = {}
             for name, fn in compiled.items():
+                arena = fn.plan_cache.arena_bytes  # of the plan the timed calls ran (profiling replans)
                 dist.barrier()
                 _reset_peak_rss()
                 profiled[name] = fn.profile(ids)
                 rows.append((link_name, name, statistics.median(times[name]), profiled[name].compute_ms,
                              profiled[name].exposed_ms, profiled[name].overlapped_ms, fn.weight_bytes / 2**20,
-                             fn.plan_cache.arena_bytes / 2**20, _peak_rss_mb()))
+                             arena / 2**20, _peak_rss_mb()))
         best = [min(times, key=lambda name: statistics.median(times[name]))]  # at the slowest link, rank 0's pick
         dist.broadcast_object_list(best, src=0)
         timelines = [None] * world
@@ -86,7 +87,14 @@ def rank_main(rank: int, world: int, ns: argparse.Namespace) -> list[tuple]:
 
 
 def _reset_peak_rss() -> None:
-    """Linux: the resident-set high-water mark starts again from the current size (``clear_refs`` 5)."""
+    """Linux: the resident-set high-water mark starts again from the current size (``clear_refs`` 5), after
+    glibc has given back the heap it keeps freed (the plans rebuilt per link left 2-3 GB of it, with 0.9 GB
+    live), so that the mark measures the call."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
 

@@ -28,6 +28,10 @@ class DistributedError(LaminaError, RuntimeError):
 CollectiveError = DistributedError  # a collective that failed: a rank died, or the timeout passed
 
 
+# torch 2.13 names it reduce_scatter_single (reduce_scatter_tensor warns that it is deprecated)
+_reduce_scatter = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
+
+
 @dataclass
 class SlowLink:
     """A simulated link of ``gbps`` GB/s: a collective is not done before its bytes could cross it (ring
@@ -110,7 +114,7 @@ def start(kind: str, x: torch.Tensor, group: int, axis: int = 0, link: SlowLink 
     # reduce_scatter: gloo and NCCL split dim 0, so the reduced axis goes first and comes back after
     front = x.movedim(axis, 0).clone(memory_format=own)
     part = front.new_empty((front.shape[0] // group, *front.shape[1:]))
-    return Pending(dist.reduce_scatter_tensor(part, front, async_op=True),
+    return Pending(_reduce_scatter(part, front, async_op=True),
                    lambda: part.movedim(0, axis).contiguous(), ready_at, front)
 
 
