@@ -48,10 +48,11 @@ class SlowLink:
         share = 2 * (world - 1) / world if kind == "all_reduce" else (world - 1) / world
         return share * nbytes / (self.gbps * 1e9)
 
-    def delivered_at(self, kind: str, nbytes: int, world: int) -> float:
-        """When a collective started now has crossed the link, queued behind the ones in flight."""
+    def delivered_at(self, kind: str, nbytes: int, world: int, now: float) -> float:
+        """When a collective started at ``now`` (perf_counter seconds) has crossed the link, queued behind
+        the ones in flight."""
         with self._lock:
-            self.free_at = max(time.perf_counter(), self.free_at) + self.seconds(kind, nbytes, world)
+            self.free_at = max(now, self.free_at) + self.seconds(kind, nbytes, world)
             return self.free_at
 
 
@@ -100,7 +101,7 @@ def start(kind: str, x: torch.Tensor, group: int, axis: int = 0, link: SlowLink 
     """Start collective ``kind`` of ``x`` across the ``group`` ranks (see ``ir/ops/collective.py``)."""
     check_group(group)
     ready_at = link.delivered_at(kind, x.numel() * x.element_size() * (group if kind == "all_gather" else 1),
-                                 group) if link is not None else 0.0
+                                 group, time.perf_counter()) if link is not None else 0.0
     # torch.distributed reads the operand after this returns, and the plan may reuse its buffer for the next
     # op's result before the wait: every kind works on a copy of its own, which the work keeps alive
     own = torch.contiguous_format
