@@ -1,21 +1,24 @@
 """Tensor parallelism on 2 gloo ranks (one thread each): step time and exposed communication with and without
 overlap, over a simulated link (none, 10 GB/s, 1 GB/s, 0.1 GB/s).
 
-Usage: ``python benchmarks/overlap.py [--d-model 1024] [--layers 4] [--batch 4] [--tokens 128] [--rounds 5]``
+Usage: ``python benchmarks/overlap.py [--d-model 1024] [--layers 4] [--batch 4] [--tokens 128] [--rounds 5]
+[--configs tp,tp+split,...]``
 
 Each rank compiles lamina's GPT-2 stack once per configuration (``lamina.distributed.compile``): "tp" (one
 blocking all-reduce per sublayer), "tp+split" (``overlap{split=2}``: batch halves), "tp+chunks"
 (``overlap{chunks=4}``: chunked row GEMMs), "tp+norm" (``overlap{norm=1}``: the sequence-parallel
-stream) and "tp+split+norm" (both: the halves' reduce-scatters and all-gathers started). Per link speed (``CompiledModule.simulate_link``: a collective
-is not done before its bytes could cross that link) the configurations run interleaved, round by round;
-step time is the median over rounds on rank 0, and the exposed communication (time blocked in waits and
-blocking collectives) and compute run under collectives in flight come from one profiled call
-(``CompiledModule.profile``). "hidden" is 1 - exposed / exposed of "tp" at the same link. Memory: each
-configuration's weights (this rank's shards) and plan arena, and the rank's resident-set high-water mark
-during its profiled call (Linux: reset before it through ``/proc/self/clear_refs``; the whole process,
-every compiled configuration included). The timeline of the fastest
-configuration at the slowest link is written to ``benchmarks/overlap_timeline.png`` and
-``overlap_trace.json``. Outputs are checked equal across configurations.
+stream) and "tp+split+norm" (both: the halves' reduce-scatters and all-gathers started); on request
+"tp+split4" and "tp+split4+norm" (four pieces of the batch).
+Per link speed (``CompiledModule.simulate_link``: a collective is not done before its bytes could cross
+that link) the configurations run interleaved, round by round; step time is the median over rounds on
+rank 0, and the exposed communication (time blocked in waits and blocking collectives) and compute run
+under collectives in flight come from one profiled call (``CompiledModule.profile``). "hidden" is
+1 - exposed / exposed of "tp" at the same link. Memory: each configuration's weights (this rank's
+shards) and plan arena, and the rank's resident-set high-water mark during its profiled call (Linux:
+reset before it through ``/proc/self/clear_refs``; the whole process, every compiled configuration
+included). The timeline of the fastest configuration at the slowest link is written to
+``benchmarks/overlap_timeline.png`` and ``overlap_trace.json``. Outputs are checked equal across
+configurations.
 """
 from __future__ import annotations
 
@@ -37,7 +40,9 @@ import lamina.distributed  # noqa: E402
 from lamina.models.gpt2_stack import make_gpt2_stack  # noqa: E402
 
 CONFIGS = {"tp": "", "tp+split": "overlap{split=2},", "tp+chunks": "overlap{chunks=4},",
-           "tp+norm": "overlap{norm=1},", "tp+split+norm": "overlap{split=2,norm=1},"}
+           "tp+norm": "overlap{norm=1},", "tp+split+norm": "overlap{split=2,norm=1},",
+           "tp+split4": "overlap{split=4},", "tp+split4+norm": "overlap{split=4,norm=1},"}
+DEFAULT_CONFIGS = "tp,tp+split,tp+chunks,tp+norm,tp+split+norm"
 LINKS = {"none": None, "10 GB/s": 10.0, "1 GB/s": 1.0, "0.1 GB/s": 0.1}
 HERE = Path(__file__).resolve().parent
 
@@ -50,7 +55,7 @@ def rank_main(rank: int, world: int, ns: argparse.Namespace) -> list[tuple]:
     model, (ids,) = make_gpt2_stack(batch=ns.batch, seq=ns.tokens, d_model=ns.d_model, n_heads=ns.d_model // 64,
                                     n_layers=ns.layers)
     compiled = {name: lamina.distributed.compile(model, (ids,), pipeline=f"canonicalize,shard{{tp={world}}},{extra}fuse")
-                for name, extra in CONFIGS.items()}
+                for name, extra in CONFIGS.items() if name in ns.configs}
     rows = []
     with torch.no_grad():
         outputs = {name: fn(ids) for name, fn in compiled.items()}
@@ -112,7 +117,13 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--configs", default=DEFAULT_CONFIGS,
+                        help=f"comma-separated, tp first, of: {', '.join(CONFIGS)} (default: %(default)s)")
     ns = parser.parse_args()
+    ns.configs = ns.configs.split(",")
+    unknown = [c for c in ns.configs if c not in CONFIGS]
+    if unknown or ns.configs[0] != "tp":
+        parser.error(f"--configs: {', '.join(unknown) or 'tp must come first'}; choose from {', '.join(CONFIGS)}")
     print(f"machine: {machine()}; 2 ranks, gloo on loopback, 1 thread each")
     rows = lamina.distributed.spawn(rank_main, 2, ns, timeout_s=3600)[0]
     base = {link: step for link, name, step, *_ in rows if name == "tp"}

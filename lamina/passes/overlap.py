@@ -1,4 +1,4 @@
-"""overlap{chunks=C | split=2 | norm=1 | split=2,norm=1}: hide a sharded graph's all-reduces behind compute.
+"""overlap{chunks=C | split=S | norm=1 | split=S,norm=1}: hide a sharded graph's all-reduces behind compute.
 
 After ``shard``, each sublayer ends in ``all_reduce(linear(x, W))``, and every rank waits for it. This pass
 starts collectives early and waits for them late (``*_start`` / ``wait`` ops), with compute between:
@@ -6,13 +6,14 @@ starts collectives early and waits for them late (``*_start`` / ``wait`` ops), w
 - ``chunks=C`` (T3): the row linear's output rows (its tokens) in C chunks, each chunk's all-reduce
   started as soon as the chunk is written, so chunk i's communication runs while chunk i+1 multiplies;
   the chunks are joined after their waits. The token axis must split into C equal parts.
-- ``split=2`` (TokenWeave): the batch in two halves that run the layer stack one after the other, so
+- ``split=2`` (TokenWeave): the batch in two halves that run each sublayer one after the other, so
   one half's all-reduce runs while the other half computes its sublayer. The halves are joined after
-  the stack. The batch must be even (and at least 2).
+  the stack. ``split=S`` cuts S pieces (S must divide the batch): a piece whose communication is a chain
+  of collectives (with ``norm=1``) has S - 1 other pieces' compute to hide it behind.
 - ``norm=1`` (sequence parallelism, TokenWeave's all-reduce fused with the norm): the stream split by
   tokens across the ranks; each all-reduce becomes a reduce-scatter, the residual adds and norms run on
-  this rank's tokens, and the norm's output is all-gathered for the next column linears. With ``split=2``
-  as well, the halves run on the token-split stream, and their reduce-scatters and all-gathers are started.
+  this rank's tokens, and the norm's output is all-gathered for the next column linears. With ``split=S``
+  as well, the pieces run on the token-split stream, and their reduce-scatters and all-gathers are started.
 
 Then a scheduling step (``schedule``) reorders the graph, keeping every dependency: a ``*_start`` as soon
 as its operand is ready, a ``wait`` only when nothing else can run. ``lamina dump`` shows the order. The
@@ -37,7 +38,7 @@ class OverlapError(LaminaError, ValueError):
 
 @dataclass(frozen=True)
 class OverlapOptions:
-    """chunks: T3's chunks of each row linear (>= 2); split: TokenWeave's batch halves (2); norm: 1 for the
+    """chunks: T3's chunks of each row linear (>= 2); split: TokenWeave's batch pieces (>= 2); norm: 1 for the
     sequence-parallel stream (reduce-scatter, norms on the token shard, all-gather); split and norm combine."""
 
     chunks: int = 0
@@ -46,16 +47,16 @@ class OverlapOptions:
 
     def __post_init__(self) -> None:
         if self.chunks and (self.split or self.norm):
-            raise OverlapError("overlap: chunks=C goes alone; split=2 and norm=1 go alone or together")
+            raise OverlapError("overlap: chunks=C goes alone; split=S and norm=1 go alone or together")
         if not self.chunks and not self.split and not self.norm:
-            raise OverlapError("overlap: give chunks=C (chunked row GEMMs), split=2 (batch halves) or norm=1 "
+            raise OverlapError("overlap: give chunks=C (chunked row GEMMs), split=S (batch pieces) or norm=1 "
                                "(sequence-parallel norms)")
         if self.norm not in (0, 1):
             raise OverlapError(f"overlap: norm={self.norm} must be 1 (or left out)")
         if self.chunks and self.chunks < 2:
             raise OverlapError(f"overlap: chunks={self.chunks} must be at least 2")
-        if self.split and self.split != 2:
-            raise OverlapError(f"overlap: split={self.split}: only split=2 (two halves) is supported")
+        if self.split and self.split < 2:
+            raise OverlapError(f"overlap: split={self.split} must be at least 2 (pieces of the batch)")
 
 
 def overlap(graph: Graph, options: OverlapOptions = OverlapOptions(chunks=2)) -> Graph:
@@ -67,7 +68,7 @@ def overlap(graph: Graph, options: OverlapOptions = OverlapOptions(chunks=2)) ->
         return schedule(_chunked(graph, reduces, options.chunks))
     if options.norm:
         graph = _sequence_parallel(graph, reduces)
-    return schedule(_halves(graph) if options.split else graph)
+    return schedule(_pieces(graph, options.split) if options.split else graph)
 
 
 def _chunked(graph: Graph, reduces: Sequence[Op], chunks: int) -> Graph:
@@ -102,67 +103,69 @@ def _chunked(graph: Graph, reduces: Sequence[Op], chunks: int) -> Graph:
                          history=graph.history + (note,))
 
 
-def _halves(graph: Graph) -> Graph:
-    """The layer stack's ops twice, once per half of the batch (see the module doc)."""
+def _pieces(graph: Graph, n: int) -> Graph:
+    """The layer stack's ops ``n`` times, once per ``n``-th of the batch (see the module doc)."""
+    what = f"overlap{{split={n}}}"
     chains = find_chains(graph, "sublayer", min_layers=1)
     chain = max(chains, key=lambda c: len(c.layers)) if chains else None
     if chain is None:
-        raise OverlapError(f"overlap{{split=2}}: graph @{graph.name} has no residual layer stack to split")
+        raise OverlapError(f"{what}: graph @{graph.name} has no residual layer stack to split")
     stream = chain.layers[0].stream
     batch = stream.type.shape[0] if stream.type.rank else None
-    if not isinstance(batch, int) or batch < 2 or batch % 2:
-        raise OverlapError(f"overlap{{split=2}}: the stream {stream.type} needs an even static batch (its dim 0) of "
-                           "at least 2 to run in two halves; use overlap{chunks=C} for one sequence")
+    if not isinstance(batch, int) or batch < n or batch % n:
+        raise OverlapError(f"{what}: the stream {stream.type} needs a static batch (its dim 0) that {n} divides, to "
+                           f"run in {n} pieces; use overlap{{chunks=C}} for one sequence")
     inside = {id(op) for layer in chain.layers for op in layer.ops}
     ends = {layer.out for layer in chain.layers}
     end = chain.layers[-1].out
     out = OpEmitter()
-    halves: list[dict[Value, Value]] = [{}, {}]
+    pieces: list[dict[Value, Value]] = [{} for _ in range(n)]
     outside: dict[Value, Value] = {}
-    pending: list[Op] = []  # the current sublayer's ops: emitted for half A, then for half B
+    pending: list[Op] = []  # the current sublayer's ops: emitted for each piece in turn
+    size = batch // n
     for op in graph.ops:
         if id(op) not in inside:
-            if halves[0] and any(v in halves[0] and v not in outside for v in op.operands):
-                raise OverlapError(f"overlap{{split=2}}: {op.describe()} reads a layer's value outside the stack "
+            if pieces[0] and any(v in pieces[0] and v not in outside for v in op.operands):
+                raise OverlapError(f"{what}: {op.describe()} reads a layer's value outside the stack "
                                    "(a KV cache's entries): not split yet")
             out.append(op.replace(operands=tuple(outside.get(v, v) for v in op.operands)))
             continue
-        if not halves[0]:  # the stream in halves, at the first layer op
-            for h in (0, 1):
-                halves[h][stream] = out.emit("slice", stream, dim=0, start=h * batch // 2, end=(h + 1) * batch // 2)
+        if not pieces[0]:  # the stream in pieces, at the first layer op
+            for h in range(n):
+                pieces[h][stream] = out.emit("slice", stream, dim=0, start=h * size, end=(h + 1) * size)
         pending.append(op)
         if not any(r in ends for r in op.results):
             continue
-        for h in (0, 1):  # one half's sublayer, then the other's: B computes while A's all-reduce runs
+        for piece in pieces:  # one piece's sublayer, then the next's: it computes while the others communicate
             for p in pending:
-                _half_op(out, p, halves[h], batch)
+                _piece_op(out, p, piece, batch, n)
         pending = []
         if end in op.results:
-            outside[end] = out.emit("concat", halves[0][end], halves[1][end], dim=0)
-    note = f"overlap: the batch of {batch} in two halves through {len(chain.layers)} sublayers"
+            outside[end] = out.emit("concat", *(piece[end] for piece in pieces), dim=0)
+    note = f"overlap: the batch of {batch} in {n} pieces through {len(chain.layers)} sublayers"
     return graph.replace(ops=tuple(out.ops), outputs=tuple(outside.get(v, v) for v in graph.outputs),
                          history=graph.history + (note,))
 
 
-def _half_op(out: OpEmitter, op: Op, values: dict[Value, Value], batch: int) -> None:
-    """``op`` on one half of the batch: operands of that half, shapes that name the batch halved."""
+def _piece_op(out: OpEmitter, op: Op, values: dict[Value, Value], batch: int, n: int) -> None:
+    """``op`` on one ``n``-th of the batch: operands of that piece, shapes that name the batch divided."""
     operands = [values.get(v, v) for v in op.operands]
     attrs = dict(op.attrs)
     for key in ("shape",):
         if key in attrs and attrs[key] and attrs[key][0] == batch:
-            attrs[key] = [batch // 2, *attrs[key][1:]]
+            attrs[key] = [batch // n, *attrs[key][1:]]
     started = kind_of(op.name) is not None and not op.name.endswith("_start")  # a blocking collective
     name = f"{op.name}_start" if started else op.name
     try:
         new = out.emit_op(name, operands, attrs, op.loc, op.regions)
     except Exception as e:
-        raise OverlapError(f"overlap{{split=2}}: {op.describe()} does not run on half the batch ({e})") from None
+        raise OverlapError(f"overlap{{split={n}}}: {op.describe()} does not run on 1/{n} of the batch ({e})") from None
     results = list(new.results)
     if started:
         results = [out.emit("wait", new.results[0], loc=op.loc)]
     for old, fresh in zip(op.results, results):
-        if old.type.rank and old.type.shape[0] == batch and fresh.type.shape[0] != batch // 2:
-            raise OverlapError(f"overlap{{split=2}}: {op.describe()} mixes the batch's rows")
+        if old.type.rank and old.type.shape[0] == batch and fresh.type.shape[0] != batch // n:
+            raise OverlapError(f"overlap{{split={n}}}: {op.describe()} mixes the batch's rows")
         values[old] = fresh
 
 

@@ -214,11 +214,33 @@ def test_overlap_errors_name_the_option() -> None:
         run_pipeline(graph, "overlap{chunks=2}")
     with pytest.raises(OverlapError, match="do not split into 3 equal chunks"):
         run_pipeline(graph, "shard{tp=2},overlap{chunks=3}")
-    with pytest.raises(OverlapError, match="give chunks=C .*split=2 .*or norm=1"):
+    with pytest.raises(OverlapError, match="give chunks=C .*split=S .*or norm=1"):
         run_pipeline(graph, "overlap")
+    with pytest.raises(OverlapError, match="split=1 must be at least 2"):
+        run_pipeline(graph, "shard{tp=2},overlap{split=1}")
     one = import_module(make_gpt2_stack(n_layers=2, batch=1)[0], (torch.randint(0, 128, (1, 16)),), None, None)
-    with pytest.raises(OverlapError, match="needs an even static batch"):
+    with pytest.raises(OverlapError, match=r"needs a static batch \(its dim 0\) that 2 divides"):
         run_pipeline(one.graph, "canonicalize,shard{tp=2},overlap{split=2}")
+    with pytest.raises(OverlapError, match="that 3 divides"):
+        run_pipeline(graph, "shard{tp=2},overlap{split=3}")
+
+
+def test_four_pieces_of_the_batch_equal_the_whole_model() -> None:
+    """overlap{split=4,norm=1}: each piece's chain of collectives (reduce-scatter, norm, all-gather) has three
+    other pieces' compute to hide behind; the numbers are the unsplit model's."""
+    model, (ids,) = make_gpt2_stack(n_layers=2, batch=4)
+    imported = import_module(model, (ids,), None, None)
+    graph = run_pipeline(imported.graph, "canonicalize")
+    weights = {k: v.detach().numpy() for k, v in imported.weights.items()}
+    want = interpret(graph, [ids.numpy()], weights)[0]
+    done = run_pipeline(graph, "shard{tp=2},overlap{split=4,norm=1}")
+    names = [op.name for op in done.ops]
+    assert names.count("reduce_scatter_start") == names.count("all_gather_start") == 4 * 4  # 4 sublayers
+    assert _waits(done) == (2 * 4 * 4, 0)
+    ranks = [{p.key: p.shard.take(weights[p.key], r) if p.shard else weights[p.key] for p in done.params}
+             for r in range(2)]
+    for out in interpret_group(done, [[ids.numpy()]] * 2, ranks):
+        np.testing.assert_allclose(out[0], want, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("name", ["gpt2", "llama"])
