@@ -138,7 +138,7 @@ def _pieces(graph: Graph, n: int) -> Graph:
             continue
         for piece in pieces:  # one piece's sublayer, then the next's: it computes while the others communicate
             for p in pending:
-                _piece_op(out, p, piece, batch, n)
+                _piece_op(out, p, piece, batch, n, what)
         pending = []
         if end in op.results:
             outside[end] = out.emit("concat", *(piece[end] for piece in pieces), dim=0)
@@ -147,25 +147,25 @@ def _pieces(graph: Graph, n: int) -> Graph:
                          history=graph.history + (note,))
 
 
-def _piece_op(out: OpEmitter, op: Op, values: dict[Value, Value], batch: int, n: int) -> None:
+def _piece_op(out: OpEmitter, op: Op, values: dict[Value, Value], batch: int, n: int, what: str) -> None:
     """``op`` on one ``n``-th of the batch: operands of that piece, shapes that name the batch divided."""
     operands = [values.get(v, v) for v in op.operands]
     attrs = dict(op.attrs)
     for key in ("shape",):
         if key in attrs and attrs[key] and attrs[key][0] == batch:
             attrs[key] = [batch // n, *attrs[key][1:]]
-    started = kind_of(op.name) is not None and not op.name.endswith("_start")  # a blocking collective
+    started = kind_of(op.name) is not None and not _is_start(op)  # a blocking collective
     name = f"{op.name}_start" if started else op.name
     try:
         new = out.emit_op(name, operands, attrs, op.loc, op.regions)
     except Exception as e:
-        raise OverlapError(f"overlap{{split={n}}}: {op.describe()} does not run on 1/{n} of the batch ({e})") from None
+        raise OverlapError(f"{what}: {op.describe()} does not run on 1/{n} of the batch ({e})") from None
     results = list(new.results)
     if started:
         results = [out.emit("wait", new.results[0], loc=op.loc)]
     for old, fresh in zip(op.results, results):
         if old.type.rank and old.type.shape[0] == batch and fresh.type.shape[0] != batch // n:
-            raise OverlapError(f"overlap{{split={n}}}: {op.describe()} mixes the batch's rows")
+            raise OverlapError(f"{what}: {op.describe()} mixes the batch's rows")
         values[old] = fresh
 
 
@@ -256,8 +256,7 @@ def schedule(graph: Graph) -> Graph:
     placed: dict[int, int] = {}  # op index -> its position in the new order
 
     def oldest_in_flight(wait: int) -> int:  # a wait on the collective started first: the likeliest done
-        started = made.get(ops[wait].operands[0])
-        return placed.get(started, len(ops)) if started is not None else len(ops)
+        return placed.get(made.get(ops[wait].operands[0]), len(ops))
 
     while ready:
         starts = [i for i in ready if _is_start(ops[i])]

@@ -97,23 +97,28 @@ def check_group(group: int, what: str = "this program") -> int:
     return dist.get_rank()
 
 
-def start(kind: str, x: torch.Tensor, group: int, axis: int = 0, link: SlowLink | None = None) -> Pending:
-    """Start collective ``kind`` of ``x`` across the ``group`` ranks (see ``ir/ops/collective.py``)."""
+def start(kind: str, x: torch.Tensor, group: int, axis: int = 0, link: SlowLink | None = None,
+          waited_at_once: bool = False) -> Pending:
+    """Start collective ``kind`` of ``x`` across the ``group`` ranks (see ``ir/ops/collective.py``).
+    ``waited_at_once``: the caller finishes it before anything else runs (``run``)."""
     check_group(group)
     ready_at = link.delivered_at(kind, x.numel() * x.element_size() * (group if kind == "all_gather" else 1),
                                  group, time.perf_counter()) if link is not None else 0.0
-    # torch.distributed reads the operand after this returns, and the plan may reuse its buffer for the next
-    # op's result before the wait: every kind works on a copy of its own, which the work keeps alive
-    own = torch.contiguous_format
+
+    def operand(t: torch.Tensor) -> torch.Tensor:
+        # torch.distributed reads it after this returns, and the plan may reuse its buffer for the next op's
+        # result before the wait: a started collective works on a copy of its own, which the work keeps alive
+        return t.contiguous() if waited_at_once else t.clone(memory_format=torch.contiguous_format)
+
     if kind == "all_reduce":
-        out = x.clone(memory_format=own)
+        out = x.clone(memory_format=torch.contiguous_format)  # reduced in place: always a copy
         return Pending(dist.all_reduce(out, async_op=True), lambda: out, ready_at)
     if kind == "all_gather":
-        mine = x.clone(memory_format=own)
+        mine = operand(x)
         parts = [torch.empty_like(mine) for _ in range(group)]
         return Pending(dist.all_gather(parts, mine, async_op=True), lambda: torch.cat(parts, axis), ready_at, mine)
     # reduce_scatter: gloo and NCCL split dim 0, so the reduced axis goes first and comes back after
-    front = x.movedim(axis, 0).clone(memory_format=own)
+    front = operand(x.movedim(axis, 0))
     part = front.new_empty((front.shape[0] // group, *front.shape[1:]))
     return Pending(_reduce_scatter(part, front, async_op=True),
                    lambda: part.movedim(0, axis).contiguous(), ready_at, front)
@@ -121,7 +126,7 @@ def start(kind: str, x: torch.Tensor, group: int, axis: int = 0, link: SlowLink 
 
 def run(kind: str, x: torch.Tensor, group: int, axis: int = 0, link: SlowLink | None = None) -> torch.Tensor:
     """Collective ``kind`` of ``x``, waited for."""
-    return start(kind, x, group, axis, link).finish()
+    return start(kind, x, group, axis, link, waited_at_once=True).finish()
 
 
 def _line(blocking: bool) -> Callable[..., str]:
